@@ -1,0 +1,166 @@
+"""Bit-packed activation-pattern store.
+
+On disk, one (split, layer, projection) is two files:
+
+* ``L{layer:02d}.npy`` -- ``uint8`` array of shape ``(n_tokens, ceil(width / 8))``,
+  ``numpy.packbits(bits, axis=1)`` order (big-endian within a byte, the last
+  byte zero-padded).  Row ``t`` is token ``t`` of the split, in window order,
+  BOS positions excluded.
+* ``L{layer:02d}.json`` -- metadata sidecar: model, split, layer, projection,
+  width, n_tokens, threshold, density.
+
+Writers fill the ``.npy`` in token chunks through a memory map on a temporary
+file that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from .atomic import read_json, write_json
+
+
+def packed_width(width: int) -> int:
+    """Bytes per packed row for ``width`` neurons."""
+    return (int(width) + 7) // 8
+
+
+def pack(bits: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Pack ``bits: (n, width) bool`` into ``(n, ceil(width/8)) uint8``."""
+    if isinstance(bits, torch.Tensor):
+        bits = bits.detach().to("cpu").numpy()
+    return np.packbits(np.asarray(bits, dtype=bool), axis=-1)
+
+
+def unpack(packed: np.ndarray, width: int) -> np.ndarray:
+    """Unpack ``packed: (n, ceil(width/8)) uint8`` into ``(n, width) bool``."""
+    packed = np.asarray(packed, dtype=np.uint8)
+    if packed.shape[-1] != packed_width(width):
+        raise ValueError(f"packed rows have {packed.shape[-1]} bytes, expected {packed_width(width)} for width {width}")
+    return np.unpackbits(packed, axis=-1, count=width).astype(bool)
+
+
+_SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
+
+
+def pack_torch(bits: torch.Tensor) -> torch.Tensor:
+    """Pack ``bits: (n, width) bool`` on its device into ``(n, ceil(width/8)) uint8``."""
+    n, width = bits.shape
+    pad = packed_width(width) * 8 - width
+    b = bits.to(torch.uint8)
+    if pad:
+        b = torch.nn.functional.pad(b, (0, pad))
+    b = b.view(n, -1, 8) << _SHIFTS.to(bits.device)
+    return b.sum(dim=-1, dtype=torch.uint8)
+
+
+def unpack_torch(packed: torch.Tensor, width: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
+    """Unpack ``packed: (n, ceil(width/8)) uint8`` on its device into ``(n, width)`` of ``dtype``."""
+    if packed.shape[-1] != packed_width(width):
+        raise ValueError(f"packed rows have {packed.shape[-1]} bytes, expected {packed_width(width)} for width {width}")
+    bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
+    return bits.reshape(*packed.shape[:-1], -1)[..., :width].to(dtype)
+
+
+def pattern_path(root: str | os.PathLike, split: str, projection: str, layer: int) -> Path:
+    """Path of the packed array for one (split, projection, layer) under ``root``."""
+    return Path(root) / split / projection / f"L{layer:02d}.npy"
+
+
+class PatternWriter:
+    """Write one (split, layer, projection) pattern file in token chunks.
+
+    ``n_tokens`` must be known up front; rows are appended with :meth:`append`
+    and the file appears at its final path only after :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
+        self.width = int(width)
+        self.n_tokens = int(n_tokens)
+        self.meta = dict(meta)
+        self._mm = np.lib.format.open_memmap(
+            self.tmp, mode="w+", dtype=np.uint8, shape=(self.n_tokens, packed_width(width))
+        )
+        self._row = 0
+        self._ones = 0
+
+    def append(self, bits: np.ndarray | torch.Tensor) -> None:
+        """Append ``bits: (m, width) bool`` rows."""
+        if bits.shape[-1] != self.width:
+            raise ValueError(f"{self.path}: got rows of width {bits.shape[-1]}, expected {self.width}")
+        m = bits.shape[0]
+        if self._row + m > self.n_tokens:
+            raise ValueError(f"{self.path}: more than the declared {self.n_tokens} tokens")
+        if isinstance(bits, torch.Tensor):
+            self._ones += int(bits.sum())
+            packed = pack_torch(bits.bool()).cpu().numpy()
+        else:
+            self._ones += int(np.count_nonzero(bits))
+            packed = pack(bits)
+        self._mm[self._row : self._row + m] = packed
+        self._row += m
+
+    def close(self) -> dict:
+        """Flush, rename into place and write the sidecar; return the sidecar dict."""
+        if self._row != self.n_tokens:
+            self.abort()
+            raise ValueError(f"{self.path}: wrote {self._row} of {self.n_tokens} declared tokens")
+        self._mm.flush()
+        del self._mm
+        os.replace(self.tmp, self.path)
+        meta = dict(self.meta)
+        meta.update(width=self.width, n_tokens=self.n_tokens,
+                    density=self._ones / max(1, self.n_tokens * self.width))
+        write_json(self.path.with_suffix(".json"), meta)
+        return meta
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if hasattr(self, "_mm"):
+            del self._mm
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+class PatternReader:
+    """Read one pattern file and its sidecar; stream it back in token chunks."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.meta = read_json(self.path.with_suffix(".json"))
+        from .atomic import read_npy
+
+        self._arr = read_npy(self.path, mmap=True)
+        self.width = int(self.meta["width"])
+        self.n_tokens = int(self.meta["n_tokens"])
+        if self._arr.dtype != np.uint8 or self._arr.ndim != 2:
+            raise ValueError(f"{self.path}: expected a 2-D uint8 array, got {self._arr.dtype} {self._arr.shape}")
+        if self._arr.shape != (self.n_tokens, packed_width(self.width)):
+            raise ValueError(
+                f"{self.path}: array shape {self._arr.shape} disagrees with its sidecar "
+                f"(n_tokens={self.n_tokens}, width={self.width} -> {packed_width(self.width)} bytes per row)"
+            )
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def packed(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Packed rows ``(m, ceil(width/8)) uint8`` (all rows if ``rows`` is None)."""
+        return np.asarray(self._arr if rows is None else self._arr[rows])
+
+    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        """Yield packed chunks ``(<= chunk_tokens, ceil(width/8)) uint8`` in order."""
+        for start in range(0, self.n_tokens, chunk_tokens):
+            yield np.asarray(self._arr[start : start + chunk_tokens])
+
+    def bits(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """Unpacked rows ``(m, width) bool``."""
+        return unpack(self.packed(rows), self.width)
