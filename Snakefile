@@ -1,0 +1,20 @@
+# APC: activation-pattern clustering study.
+#   snakemake --cores all                       # embedded default
+#   snakemake --cores all --config preset=smoke # tiny budgets
+#   snakemake -n                                # dry-run: show the DAG
+# README.md documents every rule, output and config key.
+
+configfile: "config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/cluster.smk"
+include: "workflow/rules/perplexity.smk"
+include: "workflow/rules/results.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

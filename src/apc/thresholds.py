@@ -1,0 +1,63 @@
+"""Streaming per-(layer, projection) quantiles of |x| from exact float-bit histograms.
+
+Method: every |x| is cast to float32 and binned by the top ``8 + bits`` bits of
+its IEEE-754 representation (exponent plus ``bits`` leading mantissa bits).
+For positive floats that order is the numeric order, so bin ``i`` holds exactly
+the values in ``[edge(i), edge(i + 1))`` with ``edge(i) = float32 from bits
+(i << (23 - bits))``: neighbouring edges differ by a factor of at most
+``1 + 2**-bits`` (0.1 % for the default 10 bits).  The threshold T for sparsity
+q is the edge whose share of values below it is closest to q; that share is
+the *exact* achieved sparsity on the calibration data, since ``|x| < T`` holds
+exactly for the bins below.  Memory is ``2**(8 + bits)`` counts per
+(layer, projection), independent of the number of tokens.  Only torch is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+class AbsQuantileHistogram:
+    """Histogram of |x| over float32 bit patterns for one (layer, projection)."""
+
+    def __init__(self, bits: int = 10):
+        if not 1 <= bits <= 16:
+            raise ValueError(f"histogram mantissa bits must be in 1..16, got {bits}")
+        self.shift = 23 - int(bits)
+        self.bins = 1 << (31 - self.shift)  # sign bit is always 0 for |x|
+        self.counts = None
+        self.n = 0
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add ``x: (..., width)`` values (any float dtype, any device)."""
+        idx = (x.detach().float().abs().reshape(-1).view(torch.int32) >> self.shift)
+        c = torch.bincount(idx, minlength=self.bins)
+        self.counts = c if self.counts is None else self.counts + c
+        self.n += idx.numel()
+
+    def edge(self, i: int) -> float:
+        """Lower edge of bin ``i`` as a float."""
+        return float(np.array([i << self.shift], dtype=np.int32).view(np.float32)[0])
+
+    def quantile(self, q: float) -> tuple[float, float]:
+        """``(threshold T, exact share of values with |x| < T)`` for target share ``q``."""
+        if self.n == 0:
+            raise ValueError("no values were added to the histogram")
+        counts = self.counts.to("cpu", torch.float64)
+        below = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(counts, 0)])[:-1] / self.n
+        i = int(torch.argmin((below - q).abs()))
+        return self.edge(i), float(below[i])
+
+
+def threshold_table(hists: dict[tuple[str, int], AbsQuantileHistogram], sparsity: float) -> dict[str, list[dict]]:
+    """``{projection: [{layer, threshold, achieved_sparsity}, ...]}`` from per-(projection, layer) histograms."""
+    out: dict[str, list[dict]] = {}
+    for proj, layer in sorted(hists):
+        t, achieved = hists[(proj, layer)].quantile(sparsity)
+        if not math.isfinite(t):
+            raise ValueError(f"non-finite threshold for {proj} layer {layer}: activations contain inf/nan")
+        out.setdefault(proj, []).append({"layer": layer, "threshold": t, "achieved_sparsity": achieved})
+    return out

@@ -1,0 +1,60 @@
+# Stage 1: model, token windows, thresholds, bit-packed activation patterns.
+
+
+rule prepare_model:
+    output:
+        f"{OUT}/model/manifest.json",
+    params:
+        model=C["model"],
+    log:
+        f"{OUT}/logs/prepare_model.log",
+    script:
+        "../scripts/prepare_model.py"
+
+
+rule prepare_data:
+    input:
+        f"{OUT}/model/manifest.json",
+    output:
+        tokens=expand(f"{OUT}/tokens/{{split}}.npy", split=SPLITS),
+        meta=expand(f"{OUT}/tokens/{{split}}.json", split=SPLITS),
+    params:
+        data=C["data"],
+    log:
+        f"{OUT}/logs/prepare_data.log",
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule calibrate_thresholds:
+    input:
+        model=f"{OUT}/model/manifest.json",
+        tokens=f"{OUT}/tokens/train.npy",
+    output:
+        f"{OUT}/thresholds.json",
+    params:
+        extract=C["extract"],
+        device=C["device"],
+    threads: C["threads"]
+    log:
+        f"{OUT}/logs/calibrate_thresholds.log",
+    script:
+        "../scripts/calibrate_thresholds.py"
+
+
+rule extract_patterns:
+    input:
+        model=f"{OUT}/model/manifest.json",
+        tokens=f"{OUT}/tokens/{{split}}.npy",
+        thresholds=f"{OUT}/thresholds.json",
+    output:
+        directory(f"{OUT}/patterns/{{split}}"),
+    params:
+        extract=C["extract"],
+        device=C["device"],
+        dataset=C["data"],
+    threads: C["threads"]
+    log:
+        f"{OUT}/logs/extract_patterns_{{split}}.log",
+    script:
+        "../scripts/extract_patterns.py"

@@ -1,0 +1,17 @@
+import torch
+
+from apc.atomic import read_npy, write_json
+from apc.extract import calibrate_thresholds
+from apc.model import load_model, resolve_device
+from apc.rulekit import start
+
+start(snakemake, "calibrate_thresholds")
+ex = snakemake.params.extract
+device = resolve_device(snakemake.params.device)
+model, tok = load_model(snakemake.input.model, device=device)
+windows = torch.from_numpy(read_npy(snakemake.input.tokens))
+result = calibrate_thresholds(
+    model, windows, ex["projections"], ex["sparsity"], bits=ex["histogram_bits"],
+    skip_first=tok.bos_token_id is not None, device=device,
+)
+write_json(snakemake.output[0], result)

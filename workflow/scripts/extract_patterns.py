@@ -1,0 +1,22 @@
+import torch
+
+from apc.atomic import read_json, read_npy, write_json
+from apc.extract import extract_patterns
+from apc.model import load_model, resolve_device
+from apc.rulekit import start
+
+start(snakemake, "extract_patterns")
+split = snakemake.wildcards.split
+device = resolve_device(snakemake.params.device)
+manifest = read_json(snakemake.input.model)
+model, tok = load_model(manifest, device=device)
+windows = torch.from_numpy(read_npy(snakemake.input.tokens))
+data = snakemake.params.dataset
+dataset = data["source"] if data["source"] != "huggingface" else f"{data['hf_path']}/{data['hf_name']}"
+meta = {"model": manifest["name"], "dataset": dataset}
+summary = extract_patterns(
+    model, windows, read_json(snakemake.input.thresholds), snakemake.params.extract["projections"],
+    snakemake.output[0].rsplit("/", 1)[0], split, meta,
+    skip_first=tok.bos_token_id is not None, device=device,
+)
+write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", **meta, **summary})
