@@ -18,14 +18,26 @@ def cluster_cells(config: dict) -> list[dict]:
 
 
 def perplexity_cells(config: dict) -> list[dict]:
-    """Perplexity cells ``{pset, scope, method, k, seed}`` from ``perplexity.cells`` (``all`` = every sweep cell)."""
+    """Perplexity cells ``{pset, scope, method, k, seed}`` from ``perplexity.cells`` (``all`` = every sweep cell).
+
+    Per-layer centroids mask a model only when they cover every layer, so with
+    ``cluster.layers`` a subset, ``all`` leaves per-layer cells out and an
+    explicit per-layer cell is an error.
+    """
     p = config["perplexity"]
+    all_layers = config["cluster"]["layers"] == "all"
     if p["cells"] == "all":
-        base = {(c["scope"], c["method"], c["k"], c["seed"]) for c in cluster_cells(config)}
+        base = {(c["scope"], c["method"], c["k"], c["seed"]) for c in cluster_cells(config)
+                if all_layers or c["scope"] != "per_layer"}
     else:
         seeds = config["cluster"]["seeds"]
         base = {(c["scope"], c["method"], int(c["k"]), int(c.get("seed", seeds[0]))) for c in p["cells"]}
         known = {(c["scope"], c["method"], c["k"], c["seed"]) for c in cluster_cells(config)}
+        if not all_layers and any(scope == "per_layer" for scope, *_ in base):
+            from .config import ConfigError
+
+            raise ConfigError("config key 'perplexity.cells': per_layer cells need cluster.layers: all "
+                              "(per-layer centroids must cover every layer to mask the model)")
         missing = sorted(base - known)
         if missing:
             from .config import ConfigError

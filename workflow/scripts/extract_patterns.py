@@ -3,7 +3,7 @@ import torch
 from apc.atomic import read_json, read_npy, write_json
 from apc.extract import extract_patterns
 from apc.model import load_model, resolve_device
-from apc.rulekit import start
+from apc.rulekit import dataset_name, start
 
 start(snakemake, "extract_patterns")
 split = snakemake.wildcards.split
@@ -11,9 +11,7 @@ device = resolve_device(snakemake.params.device)
 manifest = read_json(snakemake.input.model)
 model, tok = load_model(manifest, device=device)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
-data = snakemake.params.dataset
-dataset = data["source"] if data["source"] != "huggingface" else f"{data['hf_path']}/{data['hf_name']}"
-meta = {"model": manifest["name"], "dataset": dataset}
+meta = {"model": manifest["name"], "dataset": dataset_name(snakemake.params.dataset)}
 summary = extract_patterns(
     model, windows, read_json(snakemake.input.thresholds), snakemake.params.extract["projections"],
     snakemake.output[0].rsplit("/", 1)[0], split, meta,

@@ -1,0 +1,68 @@
+import time
+
+import torch
+
+from apc.atomic import read_json, read_npy, write_json
+from apc.clustering import load_centroids
+from apc.masking import install_interventions
+from apc.model import load_model, resolve_device
+from apc.perplexity import score_windows
+from apc.rulekit import dataset_name, start
+
+log = start(snakemake, "perplexity")
+p = snakemake.params
+device = resolve_device(p.device)
+manifest = read_json(snakemake.input.model)
+model, tok = load_model(manifest, device=device)
+bos = tok.bos_token_id is not None
+windows = torch.from_numpy(read_npy(snakemake.input.tokens))
+seq_len = windows.shape[1]
+if p.ppl["test_tokens"] is not None:
+    n = p.ppl["test_tokens"] // seq_len
+    if n > len(windows):
+        raise ValueError(
+            f"config key 'perplexity.test_tokens': {n} windows asked for, the test split has only {len(windows)}"
+        )
+    windows = windows[:n]
+common = {"model": manifest["name"], "dataset": dataset_name(p.data), "seq_len": int(seq_len)}
+projections = list(p.projections)
+thresholds = None
+if projections:
+    table = read_json(snakemake.input.thresholds)["projections"]
+    thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
+
+
+def run(mode, **kw):
+    t0 = time.perf_counter()
+    with install_interventions(model, mode, projections=projections if mode != "dense" else (),
+                               thresholds=thresholds if mode != "dense" else None,
+                               skip_first_position=bos, **kw) as handle:
+        res = score_windows(model, windows, bos=bos)
+    out = {k: res[k] for k in ("ppl", "nll", "tokens", "windows")}
+    out["kept"] = handle.kept_fraction() if mode != "dense" else {}
+    out["wall_time_s"] = time.perf_counter() - t0
+    log.info("%s: ppl %.3f over %d tokens in %d windows; kept %s", mode, out["ppl"], out["tokens"],
+             out["windows"], {k: round(v, 4) for k, v in out["kept"].items()})
+    return out
+
+
+if p.mode in ("dense", "sparse"):
+    result = {"mode": p.mode, **run(p.mode), **common}
+    if p.mode == "sparse":
+        result.update(pset=snakemake.wildcards.pset, projections=projections)
+else:
+    wc = snakemake.wildcards
+    centroids, density = {}, {}
+    for q in projections:
+        bits, meta = load_centroids(snakemake.input[q])
+        if meta.get("model") not in (None, manifest["name"]):
+            raise ValueError(f"{snakemake.input[q]}: centroids of model {meta.get('model')!r}, not {manifest['name']!r}")
+        centroids[q] = torch.from_numpy(bits)
+        density[q] = float(bits.mean())
+    modes = {}
+    for mode in p.ppl["modes"]:
+        modes[mode] = run(mode, centroids=centroids if mode != "random" else None,
+                          random_density=density if mode == "random" else None, seed=int(wc.seed))
+    result = {"pset": wc.pset, "projections": projections, "method": wc.method, "k": int(wc.k),
+              "scope": wc.scope, "seed": int(wc.seed), "centroid_density": density, **common, "modes": modes}
+write_json(snakemake.output[0], result)

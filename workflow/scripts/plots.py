@@ -1,0 +1,10 @@
+from pathlib import Path
+
+from apc.plots import make_plots
+from apc.rulekit import start
+
+log = start(snakemake, "plots")
+out = Path(snakemake.output[0])
+paths = make_plots(out.parent, out)
+out.mkdir(parents=True, exist_ok=True)
+log.info("wrote %d plots to %s", len(paths), out)
