@@ -1,0 +1,136 @@
+"""Command line: ``python -m apc {summary,plots,sync} ...``.
+
+``summary`` prints the results table of an output directory, best cells first
+(sorted by F1 descending, then recall), with the perplexity columns beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_OUTDIR = "results/default"
+_SHOW = ["projection", "scope", "method", "k", "seed", "recall", "precision", "f1",
+         "centroid_density", "data_density", "compute_share", "random_recall"]
+
+
+def _no_results(outdir: Path) -> int:
+    if not outdir.exists():
+        print(f"no results: output directory {outdir} does not exist (run the workflow first)", file=sys.stderr)
+    else:
+        print(f"no results yet under {outdir}: no eval/*/*/*.csv files (run the workflow first)", file=sys.stderr)
+    return 1
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from apc.summary import build_summary
+
+    outdir = Path(args.outdir)
+    df = build_summary(outdir) if outdir.exists() else pd.DataFrame()
+    if df.empty:
+        return _no_results(outdir)
+    if args.csv:
+        from apc.atomic import atomic_path
+
+        with atomic_path(args.csv, ".csv") as tmp:
+            df.to_csv(tmp, index=False)
+    splits = sorted(df["split"].unique())
+    if args.split != "all":
+        if args.split not in splits:
+            print(f"no rows for split {args.split!r} under {outdir} (splits present: {', '.join(splits)})",
+                  file=sys.stderr)
+            return 1
+        df = df[df["split"] == args.split]
+    sort_cols = [c for c in ("f1", "recall") if c in df.columns]
+    df = df.sort_values(sort_cols, ascending=False, kind="stable", na_position="last")
+    if args.top and args.top > 0:
+        df = df.head(args.top)
+    if args.all_columns:
+        cols = list(df.columns)
+    else:
+        ppl_cols = [c for c in df.columns if c.startswith("ppl_")]
+        cols = [c for c in _SHOW if c in df.columns] + ppl_cols
+        if args.split == "all":
+            cols.insert(5, "split")
+    with pd.option_context("display.width", 250, "display.max_columns", None):
+        print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    return 0
+
+
+def cmd_plots(args: argparse.Namespace) -> int:
+    from apc.plots import make_plots
+
+    outdir = Path(args.outdir)
+    if not outdir.exists():
+        return _no_results(outdir)
+    paths = make_plots(outdir, args.plot_dir or outdir / "plots")
+    for p in paths:
+        print(p)
+    return 0
+
+
+def _load_config(path: str | None) -> dict:
+    if path is None:
+        return {}
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml  # only needed for YAML configs
+
+        return yaml.safe_load(text) or {}
+    return json.loads(text)
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    from apc.tracking import TrackingError, default_tracking_uri, git_info, sync_results
+
+    outdir = Path(args.outdir)
+    if not outdir.exists():
+        return _no_results(outdir)
+    uri = args.tracking_uri or default_tracking_uri(outdir.resolve().parent)
+    try:
+        res = sync_results(outdir, _load_config(args.config), tracking_uri=uri, experiment=args.experiment,
+                           git_info=git_info(Path.cwd()))
+    except TrackingError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(res))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m apc", description="activation pattern clustering: results tools")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("summary", help="print the results table, best cells (F1) first")
+    s.add_argument("--outdir", default=DEFAULT_OUTDIR, help=f"results directory (default {DEFAULT_OUTDIR})")
+    s.add_argument("--split", default="test", help="split to show: train, test or all (default test)")
+    s.add_argument("--top", type=int, default=0, help="show only the N best rows (default: all)")
+    s.add_argument("--all-columns", action="store_true", help="show every column (kept shares, timings, ...)")
+    s.add_argument("--csv", help="also write the full table (all splits, all columns) to this CSV")
+    s.set_defaults(func=cmd_summary)
+
+    p = sub.add_parser("plots", help="write PNG plots of a results directory")
+    p.add_argument("--outdir", default=DEFAULT_OUTDIR)
+    p.add_argument("--plot-dir", help="where to write (default OUTDIR/plots)")
+    p.set_defaults(func=cmd_plots)
+
+    y = sub.add_parser("sync", help="upsert a results directory into MLflow")
+    y.add_argument("--outdir", default=DEFAULT_OUTDIR)
+    y.add_argument("--config", help="resolved config (JSON or YAML) identifying the parent run")
+    y.add_argument("--tracking-uri", help="default: sqlite:///<parent of outdir>/mlflow.db")
+    y.add_argument("--experiment", default="apc")
+    y.set_defaults(func=cmd_sync)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Summary table, plots and the ``python -m apc summary`` command against a fake results tree."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from fake_results import MODES, build_fake_results  # noqa: E402
+
+from apc.atomic import read_json  # noqa: E402
+from apc.cli import main  # noqa: E402
+from apc.plots import make_plots  # noqa: E402
+from apc.summary import build_summary, write_summary  # noqa: E402
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+METRICS = ("n_tokens", "recall", "paper_precision", "precision", "f1", "centroid_density", "data_density",
+           "compute_share", "random_recall")
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    out = tmp_path_factory.mktemp("res")
+    desc = build_fake_results(out, seeds=(0, 1))
+    return out, desc
+
+
+def _all_row(path: Path, split: str) -> dict:
+    with open(path, newline="") as fh:
+        return next(r for r in csv.DictReader(fh) if r["split"] == split and r["layer"] == "all")
+
+
+def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
+    out, desc = tree
+    df = build_summary(out)
+    assert len(df) == 2 * len(desc["cells"])
+    keys = set(zip(df["projection"], df["scope"], df["method"], df["k"], df["seed"], df["split"]))
+    assert keys == {(*c, s) for c in desc["cells"] for s in ("train", "test")}
+
+    dense = read_json(out / "ppl/dense.json")["ppl"]
+    sparse = {p: read_json(out / f"ppl/sparse-{p}.json")["ppl"] for p in desc["psets"]}
+    for row in df.itertuples(index=False):
+        r = row._asdict()
+        name = f"{r['method']}-k{r['k']}-s{r['seed']}"
+        want = _all_row(out / "eval" / r["projection"] / r["scope"] / f"{name}.csv", r["split"])
+        for m in METRICS:
+            assert r[m] == pytest.approx(float(want[m])), (name, m)
+        side = read_json(out / "clusters" / r["projection"] / r["scope"] / name / "centroids.json")
+        assert r["iterations"] == side["iterations"]
+        for pset, projs in desc["psets"].items():
+            cell = read_json(out / "ppl" / pset / r["scope"] / f"{name}.json")
+            for mode in MODES:
+                assert r[f"ppl_{pset}_{mode}"] == pytest.approx(cell["modes"][mode]["ppl"])
+                for proj in projs:
+                    assert r[f"kept_{pset}_{mode}_{proj}"] == pytest.approx(cell["modes"][mode]["kept"][proj])
+            assert r[f"ppl_sparse_{pset}"] == pytest.approx(sparse[pset])
+        assert r["ppl_dense"] == pytest.approx(dense)
+
+
+def test_write_summary_roundtrip_and_empty(tree, tmp_path):
+    out, desc = tree
+    path = write_summary(out, tmp_path / "sub" / "summary.csv")
+    back = pd.read_csv(path)
+    assert len(back) == 2 * len(desc["cells"])
+    assert list(back.columns) == list(build_summary(out).columns)
+    assert not list((tmp_path / "sub").glob(".*"))  # no temporaries left
+    empty = build_summary(tmp_path / "nothing")
+    assert empty.empty
+
+
+def test_summary_without_ppl_results(tmp_path):
+    out = tmp_path / "res"
+    build_fake_results(out, projections=("gate",))
+    for p in sorted((out / "ppl").rglob("*.json")):
+        p.unlink()
+    df = build_summary(out)
+    assert len(df) == 2 * 6 and not any(c.startswith("ppl_") for c in df.columns)
+
+
+def _is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1024
+
+
+def test_plots_written(tree, tmp_path):
+    out, desc = tree
+    paths = make_plots(out, tmp_path / "plots")
+    names = {p.name for p in paths}
+    assert {"recall_vs_k.png", "precision_vs_k.png", "layer_recall_per_layer.png"} <= names
+    assert {f"ppl_{p}.png" for p in desc["psets"]} <= names
+    for p in paths:
+        assert p.parent == tmp_path / "plots" and _is_png(p), p
+    assert not [p for p in (tmp_path / "plots").iterdir() if p.name.startswith(".")]
+
+
+def test_plots_skip_missing_inputs(tmp_path, caplog):
+    assert make_plots(tmp_path / "empty", tmp_path / "plots") == []
+    out = tmp_path / "res"
+    build_fake_results(out, projections=("gate",), scopes=("pooled",), methods={"static": [1]})
+    for p in sorted((out / "eval").rglob("*.csv")):
+        p.unlink()
+    paths = make_plots(out, tmp_path / "plots2")  # only perplexity inputs remain
+    assert sorted(p.name for p in paths) == ["ppl_down_in.png", "ppl_paper.png"]
+    assert all(_is_png(p) for p in paths)
+
+
+def test_cli_summary(tree, capsys):
+    out, desc = tree
+    assert main(["summary", "--outdir", str(out), "--top", "3"]) == 0
+    text = capsys.readouterr().out
+    lines = text.strip().splitlines()
+    assert len(lines) == 4 and "f1" in lines[0] and "ppl_paper_centroid" in lines[0]
+    df = build_summary(out)
+    best = df[df["split"] == "test"].sort_values("f1", ascending=False).iloc[0]
+    assert f"{best['f1']:.4g}" in lines[1] and best["method"] in lines[1]
+    assert main(["summary", "--outdir", str(out), "--split", "all"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 2 * len(desc["cells"])
+
+
+def test_cli_no_results(tmp_path, capsys):
+    assert main(["summary", "--outdir", str(tmp_path / "missing")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["summary", "--outdir", str(tmp_path / "empty")]) == 1
+    assert "no results yet" in capsys.readouterr().err
+
+
+def test_python_dash_m_apc(tree):
+    out, _ = tree
+    env = {**os.environ, "PYTHONPATH": SRC}
+    res = subprocess.run([sys.executable, "-m", "apc", "summary", "--outdir", str(out), "--top", "2"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert len(res.stdout.strip().splitlines()) == 3
