@@ -54,8 +54,12 @@ def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
             assert r[m] == pytest.approx(float(want[m])), (name, m)
         side = read_json(out / "clusters" / r["projection"] / r["scope"] / name / "centroids.json")
         assert r["iterations"] == side["iterations"]
+        assert r["lift"] == pytest.approx(float(want["recall"]) - float(want["random_recall"]))
         for pset, projs in desc["psets"].items():
             cell = read_json(out / "ppl" / pset / r["scope"] / f"{name}.json")
+            if r["projection"] not in projs:  # a set's perplexity belongs only to the projections it masks
+                assert all(pd.isna(r[f"ppl_{pset}_{mode}"]) for mode in MODES)
+                continue
             for mode in MODES:
                 assert r[f"ppl_{pset}_{mode}"] == pytest.approx(cell["modes"][mode]["ppl"])
                 for proj in projs:
@@ -117,8 +121,8 @@ def test_cli_summary(tree, capsys):
     lines = text.strip().splitlines()
     assert len(lines) == 4 and "f1" in lines[0] and "ppl_paper_centroid" in lines[0]
     df = build_summary(out)
-    best = df[df["split"] == "test"].sort_values("f1", ascending=False).iloc[0]
-    assert f"{best['f1']:.4g}" in lines[1] and best["method"] in lines[1]
+    best = df[df["split"] == "test"].sort_values("lift", ascending=False).iloc[0]
+    assert f"{best['lift']:.4g}" in lines[1] and best["method"] in lines[1]
     assert main(["summary", "--outdir", str(out), "--split", "all"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 2 * len(desc["cells"])
 

@@ -1,7 +1,8 @@
 """Command line: ``python -m apc {summary,plots,sync} ...``.
 
 ``summary`` prints the results table of an output directory, best cells first
-(sorted by F1 descending, then recall), with the perplexity columns beside them.
+(ranked by ``lift`` = recall - random_recall, the coverage gained over a random
+mask of the same density, then F1), with the perplexity columns beside them.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUTDIR = "results/default"
-_SHOW = ["projection", "scope", "method", "k", "seed", "recall", "precision", "f1",
+_SHOW = ["projection", "scope", "method", "k", "seed", "lift", "recall", "precision", "f1",
          "centroid_density", "data_density", "compute_share", "random_recall"]
 
 
@@ -45,7 +46,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         df = df[df["split"] == args.split]
-    sort_cols = [c for c in ("f1", "recall") if c in df.columns]
+    sort_cols = [c for c in ("lift", "f1") if c in df.columns]
     df = df.sort_values(sort_cols, ascending=False, kind="stable", na_position="last")
     if args.top and args.top > 0:
         df = df.head(args.top)

@@ -9,9 +9,12 @@ rows of ``eval/{proj}/{scope}/{method}-k{k}-s{seed}.csv``.  Columns:
   ``cluster_wall_time_s``;
 * from each perplexity cell ``ppl/{pset}/{scope}/{method}-k{k}-s{seed}.json`` with the
   same (scope, method, k, seed): ``ppl_{pset}_{mode}`` and the kept share of each
-  projection, ``kept_{pset}_{mode}_{proj}`` (a perplexity cell masks a whole set of
-  projections, so its values repeat on the rows of every projection);
-* references: ``ppl_dense`` and ``ppl_sparse_{pset}`` (plus ``kept_sparse_{pset}_{proj}``).
+  projection, ``kept_{pset}_{mode}_{proj}``, on the rows of the projections that
+  the set masks (a set masks its projections together, so its values repeat on
+  each of their rows and are blank on the others);
+* references: ``ppl_dense`` and ``ppl_sparse_{pset}`` (plus ``kept_sparse_{pset}_{proj}``);
+* ``lift`` = ``recall - random_recall``: coverage gained over a random mask of the
+  same density (0 for a mask that knows nothing; the table is ranked by it).
 """
 
 from __future__ import annotations
@@ -58,12 +61,15 @@ def read_eval(outdir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _ppl_columns(outdir: Path) -> tuple[pd.DataFrame, dict]:
-    """Perplexity cells as one wide frame keyed by (scope, method, k, seed); reference values."""
+def _ppl_columns(outdir: Path) -> tuple[pd.DataFrame, dict, dict]:
+    """Perplexity cells as one wide frame keyed by (scope, method, k, seed); reference values;
+    the projections of each pset."""
     rows: dict[tuple, dict] = {}
+    psets: dict[str, list] = {}
     for path in sorted(outdir.glob("ppl/*/*/*.json")):
         d = read_json(path)
         pset, scope = d.get("pset", path.parts[-3]), d.get("scope", path.parts[-2])
+        psets[pset] = list(d.get("projections") or [])
         key = (scope, d["method"], int(d["k"]), int(d["seed"]))
         row = rows.setdefault(key, {})
         for mode, md in (d.get("modes") or {}).items():
@@ -81,11 +87,11 @@ def _ppl_columns(outdir: Path) -> tuple[pd.DataFrame, dict]:
         for proj, kept in (d.get("kept") or {}).items():
             ref[f"kept_sparse_{pset}_{proj}"] = kept
     if not rows:
-        return pd.DataFrame(columns=["scope", "method", "k", "seed"]), ref
+        return pd.DataFrame(columns=["scope", "method", "k", "seed"]), ref, psets
     frame = pd.DataFrame([{"scope": s, "method": m, "k": k, "seed": sd, **v} for (s, m, k, sd), v in rows.items()])
     ppl_cols = sorted(c for c in frame.columns if c.startswith("ppl_"))
     kept_cols = sorted(c for c in frame.columns if c.startswith("kept_"))
-    return frame[["scope", "method", "k", "seed", *ppl_cols, *kept_cols]], ref
+    return frame[["scope", "method", "k", "seed", *ppl_cols, *kept_cols]], ref, psets
 
 
 def _cluster_columns(outdir: Path) -> pd.DataFrame:
@@ -112,9 +118,14 @@ def build_summary(outdir: str | os.PathLike) -> pd.DataFrame:
     metric_cols = [c for c in df.columns if c not in ID_COLS]
     df = df[ID_COLS + metric_cols]
     df = df.merge(_cluster_columns(out), on=["projection", "scope", "method", "k", "seed"], how="left")
-    ppl, ref = _ppl_columns(out)
+    df["lift"] = df["recall"] - df["random_recall"]
+    ppl, ref, psets = _ppl_columns(out)
     if len(ppl):
         df = df.merge(ppl, on=["scope", "method", "k", "seed"], how="left")
+        for pset, projs in psets.items():
+            cols = [c for c in df.columns if c.startswith((f"ppl_{pset}_", f"kept_{pset}_"))]
+            if projs:
+                df.loc[~df["projection"].isin(projs), cols] = float("nan")
     for col, val in ref.items():
         df[col] = val
     if df.duplicated(ID_COLS).any():
