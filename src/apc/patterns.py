@@ -59,12 +59,29 @@ def pack_torch(bits: torch.Tensor) -> torch.Tensor:
     return b.sum(dim=-1, dtype=torch.uint8)
 
 
+_BIT_TABLES: dict = {}
+
+
+def _bit_table(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(256, 8)`` table: row ``b`` holds the bits of byte ``b``, most significant first."""
+    key = (device, dtype)
+    table = _BIT_TABLES.get(key)
+    if table is None:
+        table = ((torch.arange(256).unsqueeze(-1) >> _SHIFTS.long()) & 1).to(device=device, dtype=dtype)
+        _BIT_TABLES[key] = table
+    return table
+
+
 def unpack_torch(packed: torch.Tensor, width: int, dtype: torch.dtype = torch.bool) -> torch.Tensor:
     """Unpack ``packed: (n, ceil(width/8)) uint8`` on its device into ``(n, width)`` of ``dtype``."""
     if packed.shape[-1] != packed_width(width):
         raise ValueError(f"packed rows have {packed.shape[-1]} bytes, expected {packed_width(width)} for width {width}")
+    if dtype.is_floating_point and packed.device.type == "cpu":
+        # one table lookup per byte: about 2x faster than shift-and-convert on CPU (on CUDA it is slower)
+        bits = torch.nn.functional.embedding(packed.int(), _bit_table(packed.device, dtype))
+        return bits.reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :width].contiguous()
     bits = (packed.unsqueeze(-1) >> _SHIFTS.to(packed.device)) & 1
-    return bits.reshape(*packed.shape[:-1], -1)[..., :width].to(dtype)
+    return bits.reshape(*packed.shape[:-1], packed.shape[-1] * 8)[..., :width].to(dtype)
 
 
 def pattern_path(root: str | os.PathLike, split: str, projection: str, layer: int) -> Path:

@@ -20,3 +20,12 @@ def start(snakemake, name: str) -> logging.Logger:
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
     return log
+
+
+def dataset_name(data: dict) -> str:
+    """A short dataset label for a ``data`` config block."""
+    if data["source"] == "huggingface":
+        return "/".join(filter(None, [data.get("hf_path"), data.get("hf_name")]))
+    if data["source"] == "text":
+        return "text:" + ",".join(data["text_files"])
+    return data["source"]
