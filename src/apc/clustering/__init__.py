@@ -1,0 +1,31 @@
+"""Clustering of binary activation patterns (torch + numpy only).
+
+Entry point: :func:`cluster` with a registered method name (``apc``,
+``apc_balanced``, ``kmeans``, ``kmeans_capped``, ``random``, ``static``).
+"""
+
+from .common import ClusterResult, density_to_count, top_n_mask
+from .data import PackedPatterns
+from .device import resolve_device
+from .distance import activation_aware_distance, hamming_distance, nearest, pairwise_distance
+from .registry import available_methods, cluster, get_method, register
+from . import apc as _apc, baselines as _baselines, kmeans as _kmeans  # noqa: F401  (register the built-ins)
+from .io import load_centroids, save_centroids
+
+__all__ = [
+    "ClusterResult",
+    "PackedPatterns",
+    "activation_aware_distance",
+    "available_methods",
+    "cluster",
+    "density_to_count",
+    "get_method",
+    "hamming_distance",
+    "load_centroids",
+    "nearest",
+    "pairwise_distance",
+    "register",
+    "resolve_device",
+    "save_centroids",
+    "top_n_mask",
+]

@@ -1,0 +1,52 @@
+"""Device selection and matrix-product precision for the clustering core."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+
+__all__ = ["resolve_device", "exact_matmul"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available else CPU; ``"cpu"``/``"cuda"``/``"cuda:N"`` as given.
+
+    Raises ``ValueError`` if CUDA is requested but not available.
+    """
+    if isinstance(device, torch.device):
+        name = str(device)
+    else:
+        name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"unknown device {device!r} (use 'auto', 'cpu' or 'cuda')") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported device {device!r} (use 'auto', 'cpu' or 'cuda')")
+    return dev
+
+
+@contextlib.contextmanager
+def exact_matmul(device: torch.device, allow_tf32: bool = True) -> Iterator[None]:
+    """Allow TF32 float32 matrix products on CUDA inside the block, restoring the setting after.
+
+    TF32 is exact here: the operands are 0/1 (exactly representable in TF32)
+    and cuBLAS accumulates in fp32, so counts below 2**24 come out exact.
+    """
+    if device.type != "cuda" or not allow_tf32:
+        yield
+        return
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)

@@ -1,0 +1,157 @@
+"""Centroid quality on a pattern set, with oracle nearest-centroid assignment.
+
+Each pattern ``x`` is assigned the centroid ``c(x)`` nearest by the
+activation-aware distance (largest overlap, ties -> lowest index), streamed in
+chunks with one matrix product per chunk.  :func:`coverage_sums` returns
+additive integer sums, so per-layer results and a pooled total combine
+exactly (``sum(sums_per_layer, CoverageSums())``); :func:`metrics_from_sums`
+turns sums into rates:
+
+* ``recall`` = sum|x AND c(x)| / sum|x| -- the paper's "clustering precision"
+  (also ``paper_precision``);
+* ``precision`` = sum|x AND c(x)| / sum|c(x)|;
+* ``f1`` = harmonic mean of the two;
+* ``centroid_density`` = sum|c(x)| / (n d): mean density of the assigned
+  centroid, equal to ``compute_share`` (share of the projection's neurons a
+  centroid mask computes) and to ``random_recall`` (expected recall of a
+  random mask of that density);
+* ``data_density`` = sum|x| / (n d).
+
+Only torch and numpy are used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from .clustering.common import default_block_rows
+from .clustering.data import PackedPatterns
+from .clustering.device import exact_matmul, resolve_device
+from .clustering.distance import overlap
+from .patterns import unpack_torch
+
+__all__ = ["CoverageSums", "coverage_sums", "metrics_from_sums", "evaluate_centroids"]
+
+
+@dataclass(frozen=True)
+class CoverageSums:
+    """Additive totals of an evaluation (all integers)."""
+
+    n_tokens: int = 0
+    cells: int = 0  # sum over tokens of the width, n * d
+    active: int = 0  # sum |x|
+    hits: int = 0  # sum |x AND c(x)|
+    centroid_ones: int = 0  # sum |c(x)|
+
+    def __add__(self, other: "CoverageSums") -> "CoverageSums":
+        if not isinstance(other, CoverageSums):
+            return NotImplemented
+        return CoverageSums(*(a + b for a, b in zip(self.as_tuple(), other.as_tuple())))
+
+    def __radd__(self, other):  # lets sum() start from 0
+        if other == 0:
+            return self
+        return self.__add__(other)
+
+    def as_tuple(self) -> tuple[int, int, int, int, int]:
+        return (self.n_tokens, self.cells, self.active, self.hits, self.centroid_ones)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CoverageSums":
+        return cls(**{k: int(d[k]) for k in ("n_tokens", "cells", "active", "hits", "centroid_ones")})
+
+
+def _as_centroids(centroids, width: int, device: torch.device) -> torch.Tensor:
+    c = torch.as_tensor(np.asarray(centroids) if not isinstance(centroids, torch.Tensor) else centroids)
+    if c.ndim != 2 or c.shape[1] != width:
+        raise ValueError(f"centroids must be (K, {width}), got shape {tuple(c.shape)}")
+    if c.shape[0] == 0:
+        raise ValueError("centroids must hold at least one centroid")
+    return c.to(device=device).bool()
+
+
+def coverage_sums(
+    patterns: PackedPatterns,
+    centroids: np.ndarray | torch.Tensor,
+    *,
+    device: str | torch.device = "auto",
+    chunk_size: int = 65536,
+    return_assignments: bool = False,
+):
+    """Stream ``patterns`` and sum the coverage of their nearest centroid.
+
+    ``centroids``: ``(K, width)`` bool.  Returns :class:`CoverageSums`, and with
+    ``return_assignments`` also the ``(n,)`` int64 CPU assignment.
+    """
+    if not isinstance(patterns, PackedPatterns):
+        raise TypeError(f"patterns must be a PackedPatterns, got {type(patterns).__name__}")
+    dev = resolve_device(device)
+    width = patterns.width
+    c_bool = _as_centroids(centroids, width, dev)
+    c = c_bool.float()
+    c_sum = c_bool.sum(dim=1, dtype=torch.int64)
+    block = default_block_rows(width, dev, chunk_size)
+    active = torch.zeros((), dtype=torch.int64, device=dev)
+    hits = torch.zeros((), dtype=torch.int64, device=dev)
+    ones = torch.zeros((), dtype=torch.int64, device=dev)
+    assign = torch.empty(patterns.n, dtype=torch.int64) if return_assignments else None
+    start = 0
+    with exact_matmul(dev):
+        for packed in patterns.packed_chunks(chunk_size, dev):
+            for b0 in range(0, packed.shape[0], block):
+                x = unpack_torch(packed[b0 : b0 + block], width, torch.float32)
+                best, idx = overlap(x, c).max(dim=1)
+                active += x.sum(dim=1, dtype=torch.float32).to(torch.int64).sum()
+                hits += best.to(torch.int64).sum()
+                ones += c_sum[idx].sum()
+                if assign is not None:
+                    assign[start : start + idx.shape[0]] = idx.cpu()
+                start += idx.shape[0]
+    sums = CoverageSums(
+        n_tokens=patterns.n, cells=patterns.n * width, active=int(active), hits=int(hits), centroid_ones=int(ones)
+    )
+    return (sums, assign) if return_assignments else sums
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a) / float(b) if b else float("nan")
+
+
+def metrics_from_sums(sums: CoverageSums) -> dict[str, float | int]:
+    """Rates from :class:`CoverageSums` (NaN where a denominator is 0)."""
+    recall = _ratio(sums.hits, sums.active)
+    precision = _ratio(sums.hits, sums.centroid_ones)
+    f1 = 2 * precision * recall / (precision + recall) if (precision + recall) > 0 else float("nan")
+    centroid_density = _ratio(sums.centroid_ones, sums.cells)
+    return {
+        "n_tokens": int(sums.n_tokens),
+        "recall": recall,
+        "paper_precision": recall,
+        "precision": precision,
+        "f1": f1,
+        "centroid_density": centroid_density,
+        "data_density": _ratio(sums.active, sums.cells),
+        "compute_share": centroid_density,
+        "random_recall": centroid_density,
+    }
+
+
+def evaluate_centroids(
+    patterns: PackedPatterns,
+    centroids: np.ndarray | torch.Tensor,
+    *,
+    device: str | torch.device = "auto",
+    chunk_size: int = 65536,
+) -> dict[str, float | int]:
+    """Flat dict: :func:`metrics_from_sums` of :func:`coverage_sums` plus the raw sums
+    (``cells``, ``active``, ``hits``, ``centroid_ones``), so rows can be re-combined."""
+    sums = coverage_sums(patterns, centroids, device=device, chunk_size=chunk_size)
+    out = metrics_from_sums(sums)
+    out.update(sums.as_dict())
+    return out
