@@ -83,3 +83,118 @@ def test_bad_config_stops_with_one_clear_message(tmp_path):
     assert "config key 'extract.sparsity'" in res.stdout + res.stderr
     res = snakemake("-n", "--config", "preset=smoke", "clustr={k: [2]}", check=False)
     assert res.returncode != 0 and "config key 'clustr': unknown key" in res.stdout + res.stderr
+
+
+def smoke_cells(out):
+    import yaml
+
+    from apc.config import resolve
+    from apc.sweep import cluster_cells, perplexity_cells
+
+    c = resolve({**yaml.safe_load((ROOT / "config.yaml").read_text()), "preset": "smoke", "outdir": str(out)}, root=ROOT)
+    return c, cluster_cells(c), perplexity_cells(c)
+
+
+def test_every_cell_has_centroids_and_train_test_tables(smoke):
+    c, cells, _ = smoke_cells(smoke)
+    assert {x["method"] for x in cells} == {"apc", "kmeans", "random", "static"}
+    for cell in cells:
+        name = f"{cell['method']}-k{cell['k']}-s{cell['seed']}"
+        meta = json.loads((smoke / "clusters" / cell["proj"] / cell["scope"] / name / "centroids.json").read_text())
+        n_sets = 30 if cell["scope"] == "per_layer" else 1
+        assert meta["n_sets"] == n_sets and meta["k"] == cell["k"] and meta["layers"] == list(range(30))
+        if cell["method"] in ("apc", "kmeans"):
+            assert meta["history"] and meta["iterations"] >= 1
+        if cell["method"] in ("apc", "random", "static"):  # density-capped methods
+            assert abs(meta["density"] - c["cluster"]["density"]) < 1e-3
+        table = pd.read_csv(smoke / "eval" / cell["proj"] / cell["scope"] / f"{name}.csv", dtype={"layer": str})
+        assert set(table["split"]) == {"train", "test"}
+        for split, rows in table.groupby("split"):
+            assert len(rows) == 31 and (rows["layer"] == "all").sum() == 1  # 30 layers + the total
+            total = rows[rows["layer"] == "all"].iloc[0]
+            per = rows[rows["layer"] != "all"]
+            # the total is the token-weighted combination of the per-layer rows
+            assert total["recall"] == pytest.approx((per["recall"] * per["data_density"]).sum() / per["data_density"].sum())
+            assert (table["paper_precision"] == table["recall"]).all()
+            assert (table["random_recall"] == table["centroid_density"]).all()
+
+
+def test_apc_beats_the_random_control_on_held_out_tokens(smoke):
+    s = pd.read_csv(smoke / "summary.csv")
+    test = s[(s["split"] == "test")].set_index(["projection", "scope", "method", "k"])
+    for proj in ("gate", "down_in"):
+        for scope in ("per_layer", "pooled"):
+            apc, rnd = test.loc[(proj, scope, "apc", 8)], test.loc[(proj, scope, "random", 8)]
+            assert apc["centroid_density"] == pytest.approx(rnd["centroid_density"], abs=1e-3)
+            assert apc["recall"] > rnd["recall"] + 0.02
+
+
+def test_perplexity_results(smoke):
+    c, _, pcells = smoke_cells(smoke)
+    dense = json.loads((smoke / "ppl" / "dense.json").read_text())
+    assert dense["windows"] == 2 and dense["tokens"] == 2 * 127 and np.isfinite(dense["ppl"])
+    sparse = json.loads((smoke / "ppl" / "sparse-gate.json").read_text())
+    assert abs(sparse["kept"]["gate"] - 0.5) < 0.05 and sparse["tokens"] == dense["tokens"]
+    assert len(pcells) == 14
+    for cell in pcells:
+        r = json.loads((smoke / "ppl" / cell["pset"] / cell["scope"] /
+                        f"{cell['method']}-k{cell['k']}-s{cell['seed']}.json").read_text())
+        assert set(r["modes"]) == {"centroid", "centroid_only", "random"}
+        for mode in r["modes"].values():
+            assert np.isfinite(mode["ppl"]) and mode["tokens"] == dense["tokens"]
+        # centroid-only keeps exactly the centroids' density; the oracle keeps their overlap with the true mask
+        assert r["modes"]["centroid_only"]["kept"]["gate"] == pytest.approx(r["centroid_density"]["gate"], abs=0.03)
+        assert r["modes"]["centroid"]["kept"]["gate"] < r["modes"]["centroid_only"]["kept"]["gate"]
+        assert r["modes"]["random"]["ppl"] > dense["ppl"]
+
+
+def test_mlflow_store_summary_plots_and_report(smoke, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    _, cells, pcells = smoke_cells(smoke)
+    info = json.loads((smoke / "mlflow_runs.json").read_text())
+    expected_children = 2 + 2 * len(cells) + 1 + 1 + len(pcells)  # extract x2, cluster+eval, dense, sparse, ppl
+    assert info["children"] == expected_children
+    client = MlflowClient(info["tracking_uri"])
+    exp = client.get_experiment_by_name("apc")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == info["parent"]]
+    assert len(parents) == 1 and len(children) == expected_children
+    ev = next(r for r in children if r.data.tags["apc.cell_key"] == "eval/gate/pooled/apc-k8-s0")
+    table = pd.read_csv(smoke / "eval" / "gate" / "pooled" / "apc-k8-s0.csv", dtype={"layer": str})
+    want = table[(table["layer"] == "all") & (table["split"] == "test")].iloc[0]
+    assert ev.data.metrics["test_recall"] == pytest.approx(want["recall"])
+    assert ev.data.metrics["test_paper_precision"] == pytest.approx(want["recall"])
+    assert ev.data.params["method"] == "apc" and ev.data.params["k"] == "8" and ev.data.params["scope"] == "pooled"
+
+    summary = pd.read_csv(smoke / "summary.csv")
+    assert len(summary) == 2 * len(cells)
+    pngs = sorted((smoke / "plots").glob("*.png"))
+    assert {"recall_vs_k.png", "precision_vs_k.png", "ppl_gate.png"} <= {p.name for p in pngs}
+    for p in pngs:
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+
+    report = tmp_path / "report.html"
+    snakemake("--report", str(report), *cfg(smoke))
+    html = report.read_text(errors="ignore")
+    assert report.stat().st_size > 10_000 and "summary.csv" in html and "recall_vs_k.png" in html
+
+
+def test_forcerun_one_cell_updates_its_run_in_place(smoke):
+    from mlflow.tracking import MlflowClient
+
+    before = json.loads((smoke / "mlflow_runs.json").read_text())
+    target = smoke / "clusters" / "gate" / "pooled" / "apc-k8-s0" / "centroids.npy"
+    old_meta = json.loads(target.with_suffix(".json").read_text())
+    res = snakemake("--forcerun", str(target), *cfg(smoke))
+    assert "rule cluster" in res.stdout + res.stderr
+    new_meta = json.loads(target.with_suffix(".json").read_text())
+    assert new_meta["wall_time_s"] != old_meta["wall_time_s"]  # the cell really ran again
+    after = json.loads((smoke / "mlflow_runs.json").read_text())
+    assert after["parent"] == before["parent"] and after["children"] == before["children"]
+    assert after["updated"] >= 1 and after["created"] == 0
+    client = MlflowClient(after["tracking_uri"])
+    runs = client.search_runs([after["experiment_id"]], "tags.`apc.cell_key` = 'cluster/gate/pooled/apc-k8-s0'")
+    assert len(runs) == 1
+    assert runs[0].data.metrics["wall_time_s"] == pytest.approx(new_meta["wall_time_s"])

@@ -59,10 +59,20 @@ else:
             raise ValueError(f"{snakemake.input[q]}: centroids of model {meta.get('model')!r}, not {manifest['name']!r}")
         centroids[q] = torch.from_numpy(bits)
         density[q] = float(bits.mean())
-    modes = {}
-    for mode in p.ppl["modes"]:
+    # The random control matches the density of the masks the cell actually applies: the assigned
+    # centroids' density measured in centroid_only mode (run first), which differs from the mean over
+    # all K centroids when a method does not cap density (k-means).  Without centroid_only, fall back
+    # to the mean density of the centroid sets.
+    order = sorted(p.ppl["modes"], key=lambda m: {"centroid_only": 0, "centroid": 1, "random": 2}[m])
+    modes, random_density, source = {}, dict(density), "mean over centroids"
+    for mode in order:
         modes[mode] = run(mode, centroids=centroids if mode != "random" else None,
-                          random_density=density if mode == "random" else None, seed=int(wc.seed))
+                          random_density=random_density if mode == "random" else None, seed=int(wc.seed))
+        if mode == "centroid_only":
+            random_density, source = dict(modes[mode]["kept"]), "assigned centroids (centroid_only kept share)"
+    if "random" in modes:
+        modes["random"]["density"], modes["random"]["density_source"] = random_density, source
     result = {"pset": wc.pset, "projections": projections, "method": wc.method, "k": int(wc.k),
-              "scope": wc.scope, "seed": int(wc.seed), "centroid_density": density, **common, "modes": modes}
+              "scope": wc.scope, "seed": int(wc.seed), "centroid_density": density, **common,
+              "modes": {m: modes[m] for m in p.ppl["modes"]}}
 write_json(snakemake.output[0], result)
