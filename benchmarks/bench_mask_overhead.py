@@ -1,7 +1,11 @@
 """Hook overhead: time of a masked forward over the time of the dense forward, same windows, same run.
 
-CPU by default; a tiny random Llama stands in for a real model.  Usage:
+CPU by default; a tiny random Llama stands in for a real model unless ``--model`` names
+``mistral7b-random`` (Mistral-7B shapes, random bf16 weights, for a GPU) or a model
+manifest written by the workflow (e.g. results/default/model/manifest.json).  Usage:
     PYTHONPATH=src python benchmarks/bench_mask_overhead.py [--device cpu] [--repeats 5]
+    PYTHONPATH=src python benchmarks/bench_mask_overhead.py --model results/default/model/manifest.json --seq-len 512 --windows 1
+    PYTHONPATH=src python benchmarks/bench_mask_overhead.py --device cuda --model mistral7b-random --seq-len 2048 --k 2048
 Prints one line per (mode, projections): best-of-repeats seconds and ratio to dense
 (dense is timed first and last; the smaller is used).  Other load on the machine skews it.
 """
@@ -38,17 +42,35 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--k", type=int, default=1024, help="centroids per projection (pooled)")
+    ap.add_argument("--model", default="tiny", help="tiny | mistral7b-random | path to a model manifest.json")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                                   num_attention_heads=8, num_key_value_heads=4)
-    model = transformers.LlamaForCausalLM(cfg).eval().to(args.device)
-    windows = torch.randint(2, 1024, (args.windows, args.seq_len), device=args.device)
+    if args.model in ("tiny", "mistral7b-random"):
+        if args.model == "tiny":
+            cfg = transformers.LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=1024,
+                                           num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=4)
+        else:  # Mistral-7B-v0.1 shapes
+            cfg = transformers.MistralConfig(vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+                                             num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8)
+        dtype = torch.float32 if args.model == "tiny" else torch.bfloat16
+        with torch.device(args.device):
+            model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+        vocab = cfg.vocab_size
+    else:
+        from apc.model import load_model
+
+        model, _ = load_model(args.model, device=args.device)
+        vocab = model.config.vocab_size
+    windows = torch.randint(2, vocab, (args.windows, args.seq_len), device=args.device)
     windows[:, 0] = 1
     n_layers = len(mlp_projections(model))
     allp = ["gate", "up", "down", "down_in"]
-    thr = {p: [0.05] * n_layers for p in allp}
+    # thresholds near the median |x| of random weights' activations; real runs use calibrated ones
+    thr = {p: [0.05 if args.model == "tiny" else 0.3] * n_layers for p in allp}
     g = torch.Generator().manual_seed(0)
     cents = {p: torch.rand(1, args.k, projection_width(model, p), generator=g) < 0.6 for p in allp}
     dens = {p: 0.6 for p in allp}
@@ -62,6 +84,7 @@ def main() -> None:
                 t = _time(model, windows, args.repeats)
             rows.append((mode, "+".join(projs), t))
     dense = min(dense, _time(model, windows, args.repeats))
+    print(f"model {args.model}, {n_layers} layers, {args.windows} x {args.seq_len} tokens, K={args.k}, {args.device}")
     print(f"{'dense':>13} {'':<13}: {dense:.4f} s  ratio 1.00")
     for mode, projs, t in rows:
         print(f"{mode:>13} {projs:<13}: {t:.4f} s  ratio {t / dense:.2f}")
