@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from .arch import PROJECTIONS, mlp_projections
+from .clustering.device import exact_matmul
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random")
 _CENTROID_MODES = ("centroid", "centroid_only")
@@ -48,9 +49,11 @@ def nearest_centroid(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
 
     ``p: (N, W)`` 0/1 float32, ``c: (K, W)`` 0/1 float32 -> ``(N,)`` int64.
     d = rowsum(p) - p @ c.T, so the argmin of d is the argmax of one matmul;
-    ties go to the lowest index.  Exact while W < 2**24 (integer counts in fp32).
+    ties go to the lowest index.  Exact while W < 2**24 (integer counts in fp32; on
+    CUDA the product runs in TF32, which represents 0/1 exactly and accumulates in fp32).
     """
-    return (p @ c.T).argmax(dim=1)
+    with exact_matmul(p.device):  # TF32 on CUDA: exact for 0/1 operands, fp32 accumulation
+        return (p @ c.T).argmax(dim=1)
 
 
 class Interventions:
