@@ -202,3 +202,31 @@ def test_forcerun_one_cell_updates_its_run_in_place(smoke):
     runs = client.search_runs([after["experiment_id"]], "tags.`apc.cell_key` = 'cluster/gate/pooled/apc-k8-s0'")
     assert len(runs) == 1
     assert runs[0].data.metrics["wall_time_s"] == pytest.approx(new_meta["wall_time_s"])
+
+
+def test_real_model_masks_dense_equivalence_and_random_half(smoke):
+    """On the embedded model: all-ones masks and zero thresholds reproduce dense exactly; a random 50 % mask hurts."""
+    import torch
+
+    from apc.masking import install_interventions
+    from apc.model import load_model
+    from apc.perplexity import score_windows
+
+    model, _ = load_model(smoke / "model" / "manifest.json")
+    windows = torch.from_numpy(np.load(smoke / "tokens" / "test.npy"))[:1]
+    dense = score_windows(model, windows, bos=True, progress=False)
+    projs = ["gate", "up", "down", "down_in"]
+    widths = {"gate": 1536, "up": 1536, "down": 576, "down_in": 1536}
+    zero = {p: [0.0] * 30 for p in projs}
+    ones = {p: torch.ones(1, 4, widths[p], dtype=torch.bool) for p in projs}
+    with install_interventions(model, "sparse", projections=projs, thresholds=zero, skip_first_position=True):
+        assert score_windows(model, windows, bos=True, progress=False)["nll"] == dense["nll"]
+    with install_interventions(model, "centroid_only", projections=projs, thresholds=zero, centroids=ones,
+                               skip_first_position=True) as h:
+        assert score_windows(model, windows, bos=True, progress=False)["nll"] == dense["nll"]
+    assert all(v == 1.0 for v in h.kept_fraction().values())
+    with install_interventions(model, "random", projections=["down_in"], thresholds={"down_in": [0.0] * 30},
+                               random_density={"down_in": 0.5}, skip_first_position=True) as h:
+        rnd = score_windows(model, windows, bos=True, progress=False)
+    assert h.kept_fraction()["down_in"] == pytest.approx(0.5)
+    assert np.isfinite(rnd["ppl"]) and rnd["ppl"] > 1.5 * dense["ppl"]
