@@ -32,8 +32,10 @@ def majority_update(sums: torch.Tensor, counts: torch.Tensor, prev: torch.Tensor
 
 
 def _run(
-    patterns: PackedPatterns, k: int, *, density, seed, max_iter, device, chunk_size, init, min_zero_share,
-    init_sample, init_centroids, dtype, block_rows, capped: bool, name: str, accumulate: str = "auto",
+    patterns: PackedPatterns, k: int, *, density: float, capped: bool, name: str, seed: int = 42,
+    max_iter: int = 50, device: str | torch.device = "auto", chunk_size: int = 65536, init: str = "random",
+    min_zero_share: float = 0.4, init_sample: int | None = None, init_centroids=None, dtype: str = "float32",
+    block_rows: int | None = None, accumulate: str = "auto",
 ) -> ClusterResult:
     t0 = time.perf_counter()
     n_keep, dev = check_inputs(patterns, k, density, max_iter=max_iter, chunk_size=chunk_size, device=device)
@@ -74,50 +76,20 @@ def _run(
 
 
 @register("kmeans")
-def kmeans(
-    patterns: PackedPatterns,
-    k: int,
-    *,
-    density: float,
-    seed: int = 42,
-    max_iter: int = 50,
-    device: str | torch.device = "auto",
-    chunk_size: int = 65536,
-    init: str = "random",
-    min_zero_share: float = 0.4,
-    init_sample: int | None = None,
-    init_centroids=None,
-    dtype: str = "float32",
-    block_rows: int | None = None,
-    accumulate: str = "auto",
-) -> ClusterResult:
-    """Binary k-means (Hamming, majority vote).  ``density`` is validated and recorded, not enforced."""
-    return _run(patterns, k, density=density, seed=seed, max_iter=max_iter, device=device, chunk_size=chunk_size,
-                init=init, min_zero_share=min_zero_share, init_sample=init_sample, init_centroids=init_centroids,
-                dtype=dtype, block_rows=block_rows, capped=False, name="kmeans",
-                accumulate=accumulate)
+def kmeans(patterns: PackedPatterns, k: int, **options) -> ClusterResult:
+    """Binary k-means (Hamming, majority vote).  ``density`` is validated and recorded, not enforced.
+
+    Options (all keyword): ``density``, ``seed=42``, ``max_iter=50``, ``device="auto"``,
+    ``chunk_size=65536``, ``init="random"``, ``min_zero_share=0.4``, ``init_sample=None``,
+    ``init_centroids=None``, ``dtype="float32"``, ``block_rows=None``, ``accumulate="auto"``.
+    """
+    return _run(patterns, k, capped=False, name="kmeans", **options)
 
 
 @register("kmeans_capped")
-def kmeans_capped(
-    patterns: PackedPatterns,
-    k: int,
-    *,
-    density: float,
-    seed: int = 42,
-    max_iter: int = 50,
-    device: str | torch.device = "auto",
-    chunk_size: int = 65536,
-    init: str = "random",
-    min_zero_share: float = 0.4,
-    init_sample: int | None = None,
-    init_centroids=None,
-    dtype: str = "float32",
-    block_rows: int | None = None,
-    accumulate: str = "auto",
-) -> ClusterResult:
-    """Hamming k-means whose centroids keep exactly ``round(density * width)`` top-mean positions."""
-    return _run(patterns, k, density=density, seed=seed, max_iter=max_iter, device=device, chunk_size=chunk_size,
-                init=init, min_zero_share=min_zero_share, init_sample=init_sample, init_centroids=init_centroids,
-                dtype=dtype, block_rows=block_rows, capped=True, name="kmeans_capped",
-                accumulate=accumulate)
+def kmeans_capped(patterns: PackedPatterns, k: int, **options) -> ClusterResult:
+    """Hamming k-means whose centroids keep exactly ``round(density * width)`` top-mean positions.
+
+    Same options as :func:`kmeans`.
+    """
+    return _run(patterns, k, capped=True, name="kmeans_capped", **options)
