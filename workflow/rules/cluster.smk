@@ -8,7 +8,7 @@ rule cluster:
         centroids=f"{OUT}/clusters/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}/centroids.npy",
         meta=f"{OUT}/clusters/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}/centroids.json",
     params:
-        cluster=C["cluster"],
+        cluster=lambda wc: cluster_settings(wc.method),
         device=C["device"],
     threads: 1
     log:

@@ -34,6 +34,18 @@ wildcard_constraints:
     pset="[A-Za-z0-9_]+",
 
 
+def cluster_settings(method):
+    """The settings one clustering cell depends on (not the sweep lists), so extending a sweep reruns nothing."""
+    c = C["cluster"]
+    keys = ("layers", "density", "max_iter", "max_patterns_per_layer", "chunk_size")
+    return {**{k: c[k] for k in keys}, "options": c["options"].get(method, {})}
+
+
+def ppl_settings(with_modes):
+    p = C["perplexity"]
+    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"]} if with_modes else {})}
+
+
 def cell_dir(proj, scope, method, k, seed):
     return f"{OUT}/clusters/{proj}/{scope}/{method}-k{k}-s{seed}"
 

@@ -15,7 +15,7 @@ rule perplexity_dense:
     output:
         f"{OUT}/ppl/dense.json",
     params:
-        ppl=C["perplexity"],
+        ppl=ppl_settings(with_modes=False),
         device=C["device"],
         data=C["data"],
         mode="dense",
@@ -35,7 +35,7 @@ rule perplexity_sparse:
     output:
         f"{OUT}/ppl/sparse-{{pset}}.json",
     params:
-        ppl=C["perplexity"],
+        ppl=ppl_settings(with_modes=False),
         device=C["device"],
         data=C["data"],
         mode="sparse",
@@ -56,7 +56,7 @@ rule perplexity_cell:
     output:
         f"{OUT}/ppl/{{pset}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}.json",
     params:
-        ppl=C["perplexity"],
+        ppl=ppl_settings(with_modes=True),
         device=C["device"],
         data=C["data"],
         mode="cell",

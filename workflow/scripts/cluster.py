@@ -18,7 +18,7 @@ layers = all_layers if cfg["layers"] == "all" else list(cfg["layers"])
 bad = [l for l in layers if l not in all_layers]
 if bad:
     raise ValueError(f"config key 'cluster.layers': layers {bad} do not exist (the model has {len(all_layers)})")
-options = dict(cfg["options"].get(wc.method, {}))
+options = dict(cfg["options"])
 run = dict(method=wc.method, density=cfg["density"], seed=seed, max_iter=cfg["max_iter"],
            device=snakemake.params.device, chunk_size=cfg["chunk_size"], **options)
 
