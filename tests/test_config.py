@@ -25,6 +25,8 @@ def test_overrides_from_the_command_line_are_coerced():
     c = res(preset="smoke", cluster={"k": ["4", "16"], "max_iter": "3"}, data={"test_tokens": "null"})
     assert c["cluster"]["k"] == [4, 16] and c["cluster"]["max_iter"] == 3 and c["data"]["test_tokens"] is None
     assert res(**{"extract.sparsity": "0.3"})["extract"]["sparsity"] == 0.3
+    cells = res(perplexity={"cells": [{"method": "apc", "k": "32", "scope": "pooled", "seed": "0"}]})
+    assert cells["perplexity"]["cells"] == [{"method": "apc", "k": 32, "scope": "pooled", "seed": 0}]
 
 
 @pytest.mark.parametrize("over, key", [

@@ -100,6 +100,13 @@ def _resolve_ref(schema: dict, root: dict) -> dict:
 def _coerce(value: Any, schema: dict, root: dict, path: str) -> Any:
     """Coerce strings given on the command line (Snakemake parses nested values as strings)."""
     schema = _resolve_ref(schema, root)
+    if isinstance(value, (dict, list)) and ("anyOf" in schema or "oneOf" in schema):
+        want = "object" if isinstance(value, dict) else "array"
+        for alt in schema.get("anyOf", []) + schema.get("oneOf", []):
+            alt = _resolve_ref(alt, root)
+            if alt.get("type") == want:
+                schema = alt
+                break
     if isinstance(value, dict):
         props = schema.get("properties", {})
         extra = schema.get("additionalProperties")
