@@ -41,6 +41,7 @@ def test_overrides_from_the_command_line_are_coerced():
     ({"model": {"name_or_path": "/abs/missing"}}, "'model.name_or_path'"),
     ({"cluster": {"density": 1.2}}, "'cluster.density'"),
     ({"preset": "nope"}, "'preset'"),
+    ({"cluster": {"methods": ["apc", "kmedoids"]}}, "'cluster.methods': unknown method 'kmedoids'"),
     ({"data": {"source": "text", "text_files": ["missing.txt"]}}, "'data.text_files'"),
 ])
 def test_bad_config_names_the_key(over, key):

@@ -35,7 +35,13 @@ def sample_layer(path: str | Path, max_n: int | None, seed: int) -> PackedPatter
 
 
 def pooled(paths: list[Path], max_per_layer: int | None, seed: int) -> PackedPatterns:
-    """All layers' patterns in one set (the paper's pooling), each layer sampled to ``max_per_layer``."""
+    """All layers' patterns in one set (the paper's pooling), each layer sampled to ``max_per_layer``.
+
+    Without a sample (``max_per_layer=None``) the layers stay memory-mapped and are
+    streamed chunk by chunk; with one, only the sampled rows are held in memory.
+    """
+    if max_per_layer is None:
+        return PackedPatterns.from_readers([PatternReader(p) for p in paths])
     parts = [sample_layer(p, max_per_layer, seed * 1_000_003 + i) for i, p in enumerate(paths)]
     widths = {p.width for p in parts}
     if len(widths) != 1:

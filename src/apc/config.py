@@ -208,6 +208,14 @@ def _check_paths(config: dict, root: Path) -> None:
         missing = [p for p in projs if p not in config["cluster"]["projections"]]
         if missing:
             raise ConfigError(f"config key 'perplexity.psets.{pset}': projections {missing} are not in cluster.projections")
+    from .clustering.registry import available_methods
+
+    import apc.clustering  # noqa: F401  (registers the built-in methods)
+
+    unknown = [m for m in config["cluster"]["methods"] if m not in available_methods()]
+    if unknown:
+        raise ConfigError(f"config key 'cluster.methods': unknown method {unknown[0]!r} "
+                          f"(registered: {', '.join(available_methods())})")
     missing = [p for p in config["cluster"]["projections"] if p not in config["extract"]["projections"]]
     if missing:
         raise ConfigError(f"config key 'cluster.projections': {missing} are not extracted (extract.projections)")
