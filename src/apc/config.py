@@ -11,7 +11,6 @@ checked against the JSON schema.  Every problem is reported as one
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -219,8 +218,3 @@ def _check_paths(config: dict, root: Path) -> None:
     missing = [p for p in config["cluster"]["projections"] if p not in config["extract"]["projections"]]
     if missing:
         raise ConfigError(f"config key 'cluster.projections': {missing} are not extracted (extract.projections)")
-
-
-def config_hash(config: dict) -> str:
-    """A short stable hash of a resolved config."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]

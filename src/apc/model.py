@@ -106,15 +106,6 @@ def load_model(manifest: dict | str | Path, dtype: str | None = None, device: st
     return model, tok
 
 
-def resolve_device(name: str) -> str:
-    """``auto`` -> ``cuda`` if available else ``cpu``; a clear error if ``cuda`` is asked for but absent."""
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device': cuda requested but torch sees no CUDA device")
-    return name
-
-
 def load_tokenizer(manifest: dict | str | Path):
     """The tokenizer of the model described by ``manifest`` (dict or path)."""
     from transformers import AutoTokenizer

@@ -2,7 +2,8 @@ import torch
 
 from apc.atomic import read_npy, write_json
 from apc.extract import calibrate_thresholds
-from apc.model import load_model, resolve_device
+from apc.clustering.device import resolve_device
+from apc.model import load_model
 from apc.rulekit import start
 
 start(snakemake, "calibrate_thresholds")

@@ -2,7 +2,8 @@ import torch
 
 from apc.atomic import read_json, read_npy, write_json
 from apc.extract import extract_patterns
-from apc.model import load_model, resolve_device
+from apc.clustering.device import resolve_device
+from apc.model import load_model
 from apc.rulekit import dataset_name, start
 
 start(snakemake, "extract_patterns")

@@ -5,7 +5,8 @@ import torch
 from apc.atomic import read_json, read_npy, write_json
 from apc.clustering import load_centroids
 from apc.masking import install_interventions
-from apc.model import load_model, resolve_device
+from apc.clustering.device import resolve_device
+from apc.model import load_model
 from apc.perplexity import score_windows
 from apc.rulekit import dataset_name, start
 

@@ -50,8 +50,15 @@ def initial_points(
     init_sample: int | None,
     to_centroid,
     chunk_size: int,
+    given=None,
 ) -> torch.Tensor:
-    """Seed points ``(k, width)`` float32 by the named ``init`` (see :data:`INITS`)."""
+    """Starting centroids ``(k, width)`` bool: ``to_centroid`` of the ``given`` ``(k, width)``
+    array if one is passed, else of the seed points chosen by ``init`` (see :data:`INITS`)."""
+    if given is not None:
+        start = torch.as_tensor(given).to(device)
+        if tuple(start.shape) != (k, patterns.width):
+            raise ValueError(f"init_centroids has shape {tuple(start.shape)}, expected ({k}, {patterns.width})")
+        return to_centroid(start.float())
     if init == "random":
         points, _ = init_random_points(patterns, k, seed=seed, device=device, min_zero_share=min_zero_share)
     elif init == "kmeans++":
@@ -61,7 +68,7 @@ def initial_points(
         )
     else:
         raise ValueError(f"unknown init {init!r}; known: {', '.join(INITS)}")
-    return points
+    return to_centroid(points)
 
 
 @register("apc")
@@ -109,16 +116,10 @@ def apc(
     def to_centroid(points: torch.Tensor) -> torch.Tensor:
         return cap_points(points, n_keep, freq)
 
-    if init_centroids is not None:
-        start = torch.as_tensor(init_centroids).to(dev)
-        if tuple(start.shape) != (k, patterns.width):
-            raise ValueError(f"init_centroids has shape {tuple(start.shape)}, expected ({k}, {patterns.width})")
-        start = to_centroid(start.float())
-    else:
-        start = to_centroid(initial_points(
-            patterns, k, init=init, seed=seed, device=dev, kind="activation", min_zero_share=min_zero_share,
-            init_sample=init_sample, to_centroid=to_centroid, chunk_size=chunk_size,
-        ))
+    start = initial_points(
+        patterns, k, init=init, seed=seed, device=dev, kind="activation", min_zero_share=min_zero_share,
+        init_sample=init_sample, to_centroid=to_centroid, chunk_size=chunk_size, given=init_centroids,
+    )
     centroids, assignments, history, converged = lloyd(
         patterns, start, kind="activation",
         update=lambda sums, counts, prev: capped_update(sums, counts, prev, n_keep, float(blend)),

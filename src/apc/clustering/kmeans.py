@@ -51,16 +51,10 @@ def _run(
         to_centroid = lambda p: p.bool()  # noqa: E731
         update = majority_update
         reseed = lambda p, f: p.bool()  # noqa: E731
-    if init_centroids is not None:
-        start = torch.as_tensor(init_centroids).to(dev)
-        if tuple(start.shape) != (k, patterns.width):
-            raise ValueError(f"init_centroids has shape {tuple(start.shape)}, expected ({k}, {patterns.width})")
-        start = to_centroid(start.float())
-    else:
-        start = to_centroid(initial_points(
-            patterns, k, init=init, seed=seed, device=dev, kind="hamming", min_zero_share=min_zero_share,
-            init_sample=init_sample, to_centroid=to_centroid, chunk_size=chunk_size,
-        ))
+    start = initial_points(
+        patterns, k, init=init, seed=seed, device=dev, kind="hamming", min_zero_share=min_zero_share,
+        init_sample=init_sample, to_centroid=to_centroid, chunk_size=chunk_size, given=init_centroids,
+    )
     centroids, assignments, history, converged = lloyd(
         patterns, start, kind="hamming", update=update, reseed=reseed, max_iter=max_iter,
         chunk_size=chunk_size, block_rows=block, dtype=cdtype, accumulate_method=accumulate, name=name,
