@@ -1,9 +1,10 @@
 # Two commands do all the set-up on a fresh machine:
-#   make run    create .venv, install, run the whole workflow on the embedded default
+#   make run    create .venv, install, run the whole workflow on the embedded default, write the HTML report
 #   make test   create .venv if missing, run the test suite
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
+REPORT ?= results/report.html
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.apc-installed
 
@@ -21,12 +22,13 @@ $(STAMP): pyproject.toml requirements-embedded.txt
 
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) $(ARGS)
+	$(BIN)/snakemake --report $(REPORT) $(ARGS)
 
 dry-run: $(STAMP)
 	$(BIN)/snakemake -n $(ARGS)
 
 report: $(STAMP)
-	$(BIN)/snakemake --report results/report.html $(ARGS)
+	$(BIN)/snakemake --report $(REPORT) $(ARGS)
 
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db
