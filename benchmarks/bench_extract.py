@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from apc.atomic import read_npy  # noqa: E402
-from apc.extract import _forward_windows, calibrate_thresholds, extract_patterns  # noqa: E402
+from apc.extract import forward_windows, calibrate_thresholds, extract_patterns  # noqa: E402
 from apc.model import load_model  # noqa: E402
 
 
@@ -38,8 +38,8 @@ def main() -> None:
     windows = torch.from_numpy(read_npy(out / "tokens" / "train.npy"))[: args.windows]
     projs = args.projections.split(",")
     skip = tok.bos_token_id is not None
-    _forward_windows(model, windows[:1], "cpu", "warm-up")
-    plain = _forward_windows(model, windows, "cpu", "plain forward")
+    forward_windows(model, windows[:1], "cpu", "warm-up")
+    plain = forward_windows(model, windows, "cpu", "plain forward")
     t0 = time.perf_counter()
     th = calibrate_thresholds(model, windows, projs, 0.5, skip_first=skip)
     calib = time.perf_counter() - t0
@@ -47,7 +47,7 @@ def main() -> None:
         t0 = time.perf_counter()
         summary = extract_patterns(model, windows, th, projs, tmp, "train", {}, skip_first=skip)
         extract = time.perf_counter() - t0
-    plain2 = _forward_windows(model, windows, "cpu", "plain forward again")
+    plain2 = forward_windows(model, windows, "cpu", "plain forward again")
     base = min(plain, plain2)
     n_tok = summary["n_tokens"]
     print(f"{len(windows)} windows x {windows.shape[1]} tokens, {summary['n_layers']} layers, projections {projs}, "

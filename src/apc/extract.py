@@ -20,7 +20,7 @@ from .thresholds import AbsQuantileHistogram, threshold_table
 log = get_logger("apc.extract")
 
 
-def _forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: str) -> float:
+def forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: str) -> float:
     """Run ``windows: (n_windows, seq_len) int64`` through ``model`` one at a time; return seconds."""
     t0 = time.perf_counter()
     with torch.inference_mode():
@@ -56,7 +56,7 @@ def calibrate_thresholds(
             n_tokens[0] += x.shape[0]
 
     with ProjectionCapture(model, projections, collect, skip_first=skip_first):
-        wall = _forward_windows(model, windows, device, "calibrating thresholds")
+        wall = forward_windows(model, windows, device, "calibrating thresholds")
     table = threshold_table(hists, sparsity)
     worst = max(abs(r["achieved_sparsity"] - sparsity) for rows in table.values() for r in rows)
     log.info("thresholds for %d (layer, projection) pairs from %d tokens; worst |achieved - target| = %.2e",
@@ -107,7 +107,7 @@ def extract_patterns(
 
     try:
         with ProjectionCapture(model, projections, write, skip_first=skip_first):
-            wall = _forward_windows(model, windows, device, f"extracting {split} patterns")
+            wall = forward_windows(model, windows, device, f"extracting {split} patterns")
         sidecars = {k: w.close() for k, w in writers.items()}
     except BaseException:
         for w in writers.values():

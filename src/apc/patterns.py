@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .atomic import read_json, write_json
+from .atomic import read_json, read_npy, write_json
 
 
 def packed_width(width: int) -> int:
@@ -153,8 +153,6 @@ class PatternReader:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.meta = read_json(self.path.with_suffix(".json"))
-        from .atomic import read_npy
-
         self._arr = read_npy(self.path, mmap=True)
         self.width = int(self.meta["width"])
         self.n_tokens = int(self.meta["n_tokens"])
