@@ -10,6 +10,7 @@ configfile: "config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/cluster.smk"
+include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/perplexity.smk"
 include: "workflow/rules/results.smk"
 

@@ -41,7 +41,7 @@ from apc.clustering.data import PackedPatterns  # noqa: E402
 from apc.clustering.device import exact_matmul, resolve_device  # noqa: E402
 from apc.clustering.distance import overlap  # noqa: E402
 from apc.clustering.engine import assign_pass, resolve_accumulate  # noqa: E402
-from apc.patterns import pack_torch, unpack_torch  # noqa: E402
+from apc.extraction.patterns import pack_torch, unpack_torch  # noqa: E402
 
 
 def sync(device: torch.device) -> None:

@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from apc.atomic import read_npy  # noqa: E402
-from apc.extract import forward_windows, calibrate_thresholds, extract_patterns  # noqa: E402
-from apc.model import load_model  # noqa: E402
+from apc.common.atomic import read_npy  # noqa: E402
+from apc.extraction.extract import forward_windows, calibrate_thresholds, extract_patterns  # noqa: E402
+from apc.extraction.model import load_model  # noqa: E402
 
 
 def main() -> None:

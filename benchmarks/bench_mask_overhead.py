@@ -18,8 +18,8 @@ import time
 import torch
 import transformers
 
-from apc.arch import mlp_projections, projection_width
-from apc.masking import install_interventions
+from apc.common.projections import mlp_projections, projection_width
+from apc.perplexity.masking import install_interventions
 
 
 def _time(model, windows, repeats):
@@ -61,7 +61,7 @@ def main() -> None:
             model = transformers.AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
         vocab = cfg.vocab_size
     else:
-        from apc.model import load_model
+        from apc.extraction.model import load_model
 
         model, _ = load_model(args.model, device=args.device)
         vocab = model.config.vocab_size

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apc.atomic import atomic_path, write_json, write_npy
+from apc.common.atomic import atomic_path, write_json, write_npy
 
 MODEL = "fake/tiny-llm"
 DATASET = "fake-wikitext"

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from apc.arch import UnsupportedArchitecture, mlp_projections, projection_width
-from apc.capture import ProjectionCapture
+from apc.common.projections import UnsupportedArchitecture, mlp_projections, projection_width
+from apc.extraction.capture import ProjectionCapture
 
 
 def test_hooked_outputs_equal_manual_mlp(tiny_llama):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from apc.cells import layer_files, pooled, sample_layer
-from apc.patterns import PatternWriter
+from apc.clustering.sources import layer_files, pooled, sample_layer
+from apc.extraction.patterns import PatternWriter
 
 
 @pytest.fixture

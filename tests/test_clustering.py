@@ -24,7 +24,7 @@ from apc.clustering import (
     save_centroids,
 )
 from apc.clustering.engine import balanced_assign
-from apc.patterns import PatternReader, PatternWriter
+from apc.extraction.patterns import PatternReader, PatternWriter
 
 
 def _random_bits(n, width, p=0.5, seed=0):
@@ -412,7 +412,7 @@ def test_balanced_apc_fills_each_chunk_within_capacity():
 
 @pytest.mark.parametrize("width", [13, 37, 64])
 def test_unpack_to_float_matches_numpy(width):
-    from apc.patterns import unpack_torch
+    from apc.extraction.patterns import unpack_torch
 
     bits = _random_bits(21, width, seed=width)
     packed = torch.from_numpy(np.packbits(bits, axis=1))
@@ -425,7 +425,7 @@ def test_unpack_to_float_matches_numpy(width):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu_bit_for_bit():
-    from apc.metrics import coverage_sums
+    from apc.evaluation.metrics import coverage_sums
 
     bits, _ = _planted(k=6, width=203, n=3000, noise=0.1, seed=4)
     pats = PackedPatterns.from_bits(bits)

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from apc.config import ConfigError, resolve
+from apc.common.config import ConfigError, resolve
 from conftest import ROOT
 
 RAW = yaml.safe_load((ROOT / "config.yaml").read_text())

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from apc.corpus import Article, load_split_articles, make_windows, split_articles
+from apc.extraction.corpus import Article, load_split_articles, make_windows, split_articles
 
 
 class CharTokenizer:

@@ -3,8 +3,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from apc.arch import PROJECTIONS, mlp_projections
-from apc.masking import install_interventions, nearest_centroid
+from apc.common.projections import PROJECTIONS, mlp_projections
+from apc.perplexity.masking import install_interventions, nearest_centroid
 
 N_LAYERS = 3
 WIDTH = {"gate": 44, "up": 44, "down": 32, "down_in": 44}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apc.clustering import PackedPatterns
-from apc.metrics import CoverageSums, coverage_sums, evaluate_centroids, metrics_from_sums
+from apc.evaluation.metrics import CoverageSums, coverage_sums, evaluate_centroids, metrics_from_sums
 
 
 def _bits(rows):

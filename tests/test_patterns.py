@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from apc.patterns import PatternReader, PatternWriter, pack, pack_torch, packed_width, unpack, unpack_torch
+from apc.extraction.patterns import PatternReader, PatternWriter, pack, pack_torch, packed_width, unpack, unpack_torch
 
 
 @pytest.mark.parametrize("width", [1, 7, 13, 44, 1537])

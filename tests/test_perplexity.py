@@ -4,7 +4,7 @@ import pytest
 import torch
 import transformers
 
-from apc.perplexity import score_windows
+from apc.perplexity.scoring import score_windows
 
 
 @pytest.fixture(scope="module")

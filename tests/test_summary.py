@@ -15,10 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_results import MODES, build_fake_results  # noqa: E402
 
-from apc.atomic import read_json  # noqa: E402
+from apc.common.atomic import read_json  # noqa: E402
 from apc.cli import main  # noqa: E402
-from apc.plots import make_plots  # noqa: E402
-from apc.summary import build_summary, write_summary  # noqa: E402
+from apc.results.plots import make_plots  # noqa: E402
+from apc.results.summary import build_summary, write_summary  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 METRICS = ("n_tokens", "recall", "paper_precision", "precision", "f1", "centroid_density", "data_density",

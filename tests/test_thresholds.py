@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from apc.thresholds import AbsQuantileHistogram, threshold_table
+from apc.extraction.thresholds import AbsQuantileHistogram, threshold_table
 
 
 @pytest.mark.parametrize("q", [0.3, 0.5, 0.9])

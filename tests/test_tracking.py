@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_results import build_fake_results  # noqa: E402
 
-from apc.atomic import read_json, write_json  # noqa: E402
-from apc.tracking import (  # noqa: E402
+from apc.common.atomic import read_json, write_json  # noqa: E402
+from apc.results.tracking import (  # noqa: E402
     TrackingError,
     config_hash,
     default_tracking_uri,

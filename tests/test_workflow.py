@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from apc.patterns import PatternReader
+from apc.extraction.patterns import PatternReader
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -88,8 +88,8 @@ def test_bad_config_stops_with_one_clear_message(tmp_path):
 def smoke_cells(out):
     import yaml
 
-    from apc.config import resolve
-    from apc.sweep import cluster_cells, perplexity_cells
+    from apc.common.config import resolve
+    from apc.common.sweep import cluster_cells, perplexity_cells
 
     c = resolve({**yaml.safe_load((ROOT / "config.yaml").read_text()), "preset": "smoke", "outdir": str(out)}, root=ROOT)
     return c, cluster_cells(c), perplexity_cells(c)
@@ -208,9 +208,9 @@ def test_real_model_masks_dense_equivalence_and_random_half(smoke):
     """On the embedded model: all-ones masks and zero thresholds reproduce dense exactly; a random 50 % mask hurts."""
     import torch
 
-    from apc.masking import install_interventions
-    from apc.model import load_model
-    from apc.perplexity import score_windows
+    from apc.perplexity.masking import install_interventions
+    from apc.extraction.model import load_model
+    from apc.perplexity.scoring import score_windows
 
     model, _ = load_model(smoke / "model" / "manifest.json")
     windows = torch.from_numpy(np.load(smoke / "tokens" / "test.npy"))[:1]

@@ -28,14 +28,14 @@ def _no_results(outdir: Path) -> int:
 def cmd_summary(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from apc.summary import build_summary
+    from apc.results.summary import build_summary
 
     outdir = Path(args.outdir)
     df = build_summary(outdir) if outdir.exists() else pd.DataFrame()
     if df.empty:
         return _no_results(outdir)
     if args.csv:
-        from apc.atomic import atomic_path
+        from apc.common.atomic import atomic_path
 
         with atomic_path(args.csv, ".csv") as tmp:
             df.to_csv(tmp, index=False)
@@ -63,7 +63,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
-    from apc.plots import make_plots
+    from apc.results.plots import make_plots
 
     outdir = Path(args.outdir)
     if not outdir.exists():
@@ -86,7 +86,7 @@ def _load_config(path: str | None) -> dict:
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
-    from apc.tracking import TrackingError, default_tracking_uri, git_info, sync_results
+    from apc.results.tracking import TrackingError, default_tracking_uri, git_info, sync_results
 
     outdir = Path(args.outdir)
     if not outdir.exists():

@@ -7,8 +7,8 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use the library in place, even if not installed
 
-from apc.config import ConfigError, load_schema, resolve
-from apc.sweep import cluster_cells, perplexity_cells
+from apc.common.config import ConfigError, load_schema, resolve
+from apc.common.sweep import cluster_cells, perplexity_cells
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 

@@ -1,10 +1,10 @@
 import torch
 
-from apc.atomic import read_npy, write_json
-from apc.extract import calibrate_thresholds
+from apc.common.atomic import read_npy, write_json
+from apc.extraction.extract import calibrate_thresholds
 from apc.clustering.device import resolve_device
-from apc.model import load_model
-from apc.rulekit import start
+from apc.extraction.model import load_model
+from apc.common.rulekit import start
 
 start(snakemake, "calibrate_thresholds")
 ex = snakemake.params.extract

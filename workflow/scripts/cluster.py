@@ -3,10 +3,10 @@ from pathlib import Path
 
 import torch
 
-from apc.atomic import read_json
-from apc.cells import layer_files, pooled, sample_layer
+from apc.common.atomic import read_json
+from apc.clustering.sources import layer_files, pooled, sample_layer
 from apc.clustering import cluster, save_centroids
-from apc.rulekit import start
+from apc.common.rulekit import start
 
 log = start(snakemake, "cluster")
 wc, cfg = snakemake.wildcards, snakemake.params.cluster

@@ -2,11 +2,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from apc.atomic import atomic_path
-from apc.cells import layer_files, sample_layer
+from apc.common.atomic import atomic_path
+from apc.clustering.sources import layer_files, sample_layer
 from apc.clustering import load_centroids
-from apc.metrics import coverage_sums, metrics_from_sums
-from apc.rulekit import start
+from apc.evaluation.metrics import coverage_sums, metrics_from_sums
+from apc.common.rulekit import start
 
 log = start(snakemake, "evaluate")
 wc, p = snakemake.wildcards, snakemake.params

@@ -1,10 +1,10 @@
 import torch
 
-from apc.atomic import read_json, read_npy, write_json
-from apc.extract import extract_patterns
+from apc.common.atomic import read_json, read_npy, write_json
+from apc.extraction.extract import extract_patterns
 from apc.clustering.device import resolve_device
-from apc.model import load_model
-from apc.rulekit import dataset_name, start
+from apc.extraction.model import load_model
+from apc.common.rulekit import dataset_name, start
 
 start(snakemake, "extract_patterns")
 split = snakemake.wildcards.split

@@ -2,13 +2,13 @@ import time
 
 import torch
 
-from apc.atomic import read_json, read_npy, write_json
+from apc.common.atomic import read_json, read_npy, write_json
 from apc.clustering import load_centroids
-from apc.masking import install_interventions
+from apc.perplexity.masking import install_interventions
 from apc.clustering.device import resolve_device
-from apc.model import load_model
-from apc.perplexity import score_windows
-from apc.rulekit import dataset_name, start
+from apc.extraction.model import load_model
+from apc.perplexity.scoring import score_windows
+from apc.common.rulekit import dataset_name, start
 
 log = start(snakemake, "perplexity")
 p = snakemake.params

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from apc.plots import make_plots
-from apc.rulekit import start
+from apc.results.plots import make_plots
+from apc.common.rulekit import start
 
 log = start(snakemake, "plots")
 out = Path(snakemake.output[0])

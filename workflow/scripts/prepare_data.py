@@ -1,7 +1,7 @@
-from apc.atomic import write_json, write_npy
-from apc.corpus import load_split_articles, make_windows
-from apc.model import load_tokenizer
-from apc.rulekit import start
+from apc.common.atomic import write_json, write_npy
+from apc.extraction.corpus import load_split_articles, make_windows
+from apc.extraction.model import load_tokenizer
+from apc.common.rulekit import start
 
 log = start(snakemake, "prepare_data")
 data = snakemake.params.data

@@ -1,8 +1,8 @@
 from pathlib import Path
 
-from apc.atomic import write_json
-from apc.rulekit import start
-from apc.tracking import default_tracking_uri, git_info, sync_results
+from apc.common.atomic import write_json
+from apc.common.rulekit import start
+from apc.results.tracking import default_tracking_uri, git_info, sync_results
 
 log = start(snakemake, "track")
 p = snakemake.params

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..patterns import PatternReader, pack, packed_width, unpack_torch
+from ..extraction.patterns import PatternReader, pack, packed_width, unpack_torch
 
 __all__ = ["PackedPatterns"]
 

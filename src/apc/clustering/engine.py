@@ -17,8 +17,8 @@ from typing import Callable
 
 import torch
 
-from ..patterns import unpack_torch
-from ..progress import get_logger
+from ..extraction.patterns import unpack_torch
+from ..common.progress import get_logger
 from .data import PackedPatterns
 from .device import exact_matmul
 from .distance import nearest, overlap, pairwise_distance

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..progress import get_logger
+from ..common.progress import get_logger
 from .data import PackedPatterns
 from .distance import pairwise_distance
 

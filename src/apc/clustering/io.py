@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic import read_json, read_npy, write_json, write_npy
-from ..patterns import packed_width
+from ..common.atomic import read_json, read_npy, write_json, write_npy
+from ..extraction.patterns import packed_width
 
 __all__ = ["FORMAT", "save_centroids", "load_centroids", "centroid_paths"]
 

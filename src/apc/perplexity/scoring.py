@@ -12,7 +12,7 @@ position t predicting token t+1 from its in-window prefix only.
     PPL = exp(NLL)    (token-weighted over ALL windows, not a mean of window PPLs)
 
 Sums are accumulated in float64; log-probs come from float32 logits.  Any hooks
-installed on the model (:mod:`apc.masking`) apply during scoring.
+installed on the model (:mod:`apc.perplexity.masking`) apply during scoring.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .progress import progress as _progress
+from apc.common.progress import progress as _progress
 
 
 def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progress: bool = True,

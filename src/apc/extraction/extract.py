@@ -1,7 +1,7 @@
 """Calibrate thresholds and extract bit-packed activation patterns, one forward pass per window.
 
 Only torch, numpy and the project's torch/numpy modules are used; the model is
-any ``nn.Module`` with Llama-style MLPs (see :mod:`apc.arch`).
+any ``nn.Module`` with Llama-style MLPs (see :mod:`apc.common.projections`).
 """
 
 from __future__ import annotations
@@ -12,12 +12,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .capture import ProjectionCapture
-from .patterns import PatternWriter, pattern_path
-from .progress import get_logger, progress
-from .thresholds import AbsQuantileHistogram, threshold_table
+from apc.extraction.capture import ProjectionCapture
+from apc.extraction.patterns import PatternWriter, pattern_path
+from apc.common.progress import get_logger, progress
+from apc.extraction.thresholds import AbsQuantileHistogram, threshold_table
 
-log = get_logger("apc.extract")
+log = get_logger("apc.extraction.extract")
 
 
 def forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: str) -> float:

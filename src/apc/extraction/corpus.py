@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .progress import get_logger
+from apc.common.progress import get_logger
 
-log = get_logger("apc.corpus")
+log = get_logger("apc.extraction.corpus")
 
 EMBEDDED_WIKIPEDIA = ("exllamav2", "conversion/standard_cal_data/wiki.utf8")
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from apc.atomic import atomic_path, read_json
-from apc.progress import get_logger
+from apc.common.atomic import atomic_path, read_json
+from apc.common.progress import get_logger
 
-log = get_logger("apc.plots")
+log = get_logger("apc.results.plots")
 
 MODES = ("centroid", "centroid_only", "random")
 
@@ -165,7 +165,7 @@ def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
 
 def make_plots(outdir: str | os.PathLike, plot_dir: str | os.PathLike) -> list[Path]:
     """Write every plot whose inputs exist under ``outdir`` into ``plot_dir``; return their paths."""
-    from apc.summary import read_eval
+    from apc.results.summary import read_eval
 
     out, pdir = Path(outdir), Path(plot_dir)
     written: list[Path] = []

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .arch import PROJECTIONS, mlp_projections
+from apc.common.projections import PROJECTIONS, mlp_projections
 
 #: callback(projection, layer, x) with ``x: (n_tokens, width)`` activations of one window.
 Callback = Callable[[str, int, torch.Tensor], None]

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 class ConfigError(ValueError):
@@ -207,7 +207,7 @@ def _check_paths(config: dict, root: Path) -> None:
         missing = [p for p in projs if p not in config["cluster"]["projections"]]
         if missing:
             raise ConfigError(f"config key 'perplexity.psets.{pset}': projections {missing} are not in cluster.projections")
-    from .clustering.registry import available_methods
+    from apc.clustering.registry import available_methods
 
     import apc.clustering  # noqa: F401  (registers the built-in methods)
 

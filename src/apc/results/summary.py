@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from apc.atomic import atomic_path, read_json
-from apc.progress import get_logger
+from apc.common.atomic import atomic_path, read_json
+from apc.common.progress import get_logger
 
-log = get_logger("apc.summary")
+log = get_logger("apc.results.summary")
 
 ID_COLS = ["projection", "scope", "method", "k", "seed", "split"]
 _CELL_RE = re.compile(r"(?P<method>.+)-k(?P<k>\d+)-s(?P<seed>-?\d+)")

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .arch import PROJECTIONS, mlp_projections
-from .clustering.device import exact_matmul
+from apc.common.projections import PROJECTIONS, mlp_projections
+from apc.clustering.device import exact_matmul
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random")
 _CENTROID_MODES = ("centroid", "centroid_only")

@@ -67,10 +67,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from apc.atomic import read_json, write_json
-from apc.progress import get_logger
+from apc.common.atomic import read_json, write_json
+from apc.common.progress import get_logger
 
-log = get_logger("apc.tracking")
+log = get_logger("apc.results.tracking")
 
 SCHEMA_VERSION = "1"  # bump when the mapping files -> params/metrics changes (forces replacement)
 LOCK_TIMEOUT_S = 900.0

@@ -34,13 +34,13 @@ def perplexity_cells(config: dict) -> list[dict]:
         base = {(c["scope"], c["method"], int(c["k"]), int(c.get("seed", seeds[0]))) for c in p["cells"]}
         known = {(c["scope"], c["method"], c["k"], c["seed"]) for c in cluster_cells(config)}
         if not all_layers and any(scope == "per_layer" for scope, *_ in base):
-            from .config import ConfigError
+            from apc.common.config import ConfigError
 
             raise ConfigError("config key 'perplexity.cells': per_layer cells need cluster.layers: all "
                               "(per-layer centroids must cover every layer to mask the model)")
         missing = sorted(base - known)
         if missing:
-            from .config import ConfigError
+            from apc.common.config import ConfigError
 
             scope, method, k, seed = missing[0]
             raise ConfigError(

@@ -27,11 +27,11 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from .clustering.common import default_block_rows
-from .clustering.data import PackedPatterns
-from .clustering.device import exact_matmul, resolve_device
-from .clustering.distance import overlap
-from .patterns import unpack_torch
+from apc.clustering.common import default_block_rows
+from apc.clustering.data import PackedPatterns
+from apc.clustering.device import exact_matmul, resolve_device
+from apc.clustering.distance import overlap
+from apc.extraction.patterns import unpack_torch
 
 __all__ = ["CoverageSums", "coverage_sums", "metrics_from_sums", "evaluate_centroids"]
 

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .atomic import read_json, read_npy, write_json
+from apc.common.atomic import read_json, read_npy, write_json
 
 
 def packed_width(width: int) -> int:

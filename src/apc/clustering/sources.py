@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .clustering.data import PackedPatterns
-from .patterns import PatternReader, pattern_path
+from .data import PackedPatterns
+from ..extraction.patterns import PatternReader, pattern_path
 
 
 def layer_files(root: str | Path, split: str, projection: str, layers: list[int] | None = None) -> list[Path]:
