@@ -10,8 +10,13 @@ import csv
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 from apc.common.atomic import atomic_path, write_json, write_npy
+from apc.common.config import resolve
+from apc.perplexity.intervals import bootstrap_ppl, ppl_of
+
+ROOT = Path(__file__).resolve().parents[1]
 
 MODEL = "fake/tiny-llm"
 DATASET = "fake-wikitext"
@@ -33,9 +38,9 @@ def build_fake_results(
 ) -> dict:
     """Write a fake results tree under ``outdir``; return a description of it.
 
-    The description has ``n_children`` (expected child runs), ``cells`` (list of
-    (projection, scope, method, k, seed)), ``ppl_cells`` (list of (pset, scope,
-    method, k, seed)), ``psets`` and ``n_layers``.
+    The description has ``config`` (the resolved config of this sweep, also written to
+    ``config.json``), ``cells`` (list of (projection, scope, method, k, seed)),
+    ``ppl_cells`` (list of (pset, scope, method, k, seed)), ``psets`` and ``n_layers``.
     """
     out = Path(outdir)
     methods = methods if methods is not None else {"apc": [2, 4], "static": [1]}
@@ -73,15 +78,12 @@ def build_fake_results(
                         cells.append((proj, scope, method, k, seed))
                         _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_iters)
 
-    write_json(out / "ppl" / "dense.json", {
-        "mode": "dense", "ppl": 12.5, "nll": float(np.log(12.5)), "tokens": 2047, "windows": 1,
-        "wall_time_s": 3.2, "model": MODEL, "dataset": DATASET})
+    write_json(out / "ppl" / "dense.json", {"mode": "dense", **_ppl_result(rng, 2.5), "model": MODEL,
+                                            "dataset": DATASET})
     for pset, projs in psets.items():
-        ppl = float(rng.uniform(13, 20))
         write_json(out / "ppl" / f"sparse-{pset}.json", {
-            "mode": "sparse", "ppl": ppl, "nll": float(np.log(ppl)), "tokens": 2047, "windows": 1,
-            "wall_time_s": 3.3, "model": MODEL, "dataset": DATASET, "pset": pset,
-            "projections": list(projs), "kept": {p: 0.5 for p in projs}})
+            "mode": "sparse", **_ppl_result(rng, float(rng.uniform(2.6, 3.0))), "model": MODEL,
+            "dataset": DATASET, "pset": pset, "projections": list(projs), "kept": {p: 0.5 for p in projs}})
 
     ppl_cells: list[tuple] = []
     for pset, projs in psets.items():
@@ -92,18 +94,32 @@ def build_fake_results(
                         ppl_cells.append((pset, scope, method, k, seed))
                         modes = {}
                         for mode in MODES:
-                            ppl = float(rng.uniform(15, 500))
-                            modes[mode] = {"ppl": ppl, "nll": float(np.log(ppl)), "tokens": 2047, "windows": 1,
-                                           "kept": {p: round(float(rng.uniform(0.3, 0.7)), 4) for p in projs},
-                                           "wall_time_s": round(float(rng.uniform(1, 4)), 3)}
+                            modes[mode] = {**_ppl_result(rng, float(rng.uniform(2.7, 6.0))),
+                                           "kept": {p: round(float(rng.uniform(0.3, 0.7)), 4) for p in projs}}
                         write_json(out / "ppl" / pset / scope / f"{method}-k{k}-s{seed}.json", {
                             "pset": pset, "projections": list(projs), "method": method, "k": k,
                             "scope": scope, "seed": seed, "model": MODEL, "dataset": DATASET,
                             "modes": modes})
 
-    n_children = 2 + 2 * len(cells) + 1 + len(psets) + len(ppl_cells)
-    return {"n_children": n_children, "cells": cells, "ppl_cells": ppl_cells,
+    presets = yaml.safe_load((ROOT / "config.yaml").read_text())["presets"]
+    config = resolve({"presets": presets, "preset": "smoke", "outdir": str(out), "cluster": {
+        "projections": list(projections), "scopes": list(scopes), "methods": list(methods),
+        "k": sorted({k for m, ks in methods.items() if m != "static" for k in ks}) or [1], "seeds": list(seeds)},
+        "extract": {"projections": list(projections)},
+        "perplexity": {"psets": {k: list(v) for k, v in psets.items()}}}, root=ROOT)
+    write_json(out / "config.json", config)
+    return {"config": config, "cells": cells, "ppl_cells": ppl_cells,
             "psets": dict(psets), "n_layers": n_layers, "projections": list(projections)}
+
+
+def _ppl_result(rng, nll: float, windows: int = 4, tokens: int = 511) -> dict:
+    """A perplexity result with per-window NLL sums around ``nll`` nats per token."""
+    sums = [float(x) for x in rng.normal(nll, 0.1, size=windows) * tokens]
+    t = [tokens] * windows
+    lo, hi = bootstrap_ppl(sums, t)
+    return {"ppl": ppl_of(sums, t), "ppl_lo": lo, "ppl_hi": hi, "nll": sum(sums) / sum(t), "tokens": sum(t),
+            "windows": windows, "window_nll_sum": sums, "window_tokens": t, "started_at": 1.7e9,
+            "finished_at": 1.7e9 + 5, "wall_time_s": round(float(rng.uniform(1, 4)), 3)}
 
 
 def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_iters):
@@ -123,6 +139,7 @@ def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_i
         "method": method, "k": k, "scope": scope, "projection": proj, "layers": list(layers),
         "density": density, "seed": seed, "iterations": history_iters, "converged": True,
         "wall_time_s": round(float(rng.uniform(0.5, 2)), 3), "n_train_patterns": 4096 * len(layers),
+        "target_density": density, "started_at": 1.7e9, "finished_at": 1.7e9 + 2,
         "width": width, "model": MODEL, "dataset": DATASET, "history": history})
 
     cols = ["split", "layer", "projection", "scope", "method", "k", "seed", "n_tokens", "recall",

@@ -1,9 +1,12 @@
 import math
 
+import numpy as np
+
 import pytest
 import torch
 import transformers
 
+from apc.perplexity.intervals import bootstrap_ppl, bootstrap_ratio, ppl_of
 from apc.perplexity.scoring import score_windows
 
 
@@ -41,7 +44,8 @@ def test_dense_matches_manual_log_softmax(model):
     assert res["windows"] == 3 and res["seq_len"] == 17
     assert res["nll"] == pytest.approx(nll, rel=1e-6, abs=0)
     assert res["ppl"] == pytest.approx(math.exp(nll), rel=1e-6)
-    assert sum(res["window_nll"]) / 3 == pytest.approx(res["nll"], rel=1e-12)
+    assert sum(res["window_nll_sum"]) / sum(res["window_tokens"]) == pytest.approx(res["nll"], rel=1e-12)
+    assert res["window_tokens"] == [16, 16, 16]
     # a random-init model over 128 tokens is close to uniform
     assert 0.5 * 128 < res["ppl"] < 2 * 128
 
@@ -52,15 +56,54 @@ def test_batching_scores_every_window(model):
     two = score_windows(model, w, bos=True, progress=False, batch_size=2)  # last batch has 1 window
     assert two["tokens"] == one["tokens"] == 5 * 16
     assert two["nll"] == pytest.approx(one["nll"], rel=1e-5)
-    assert two["window_nll"] == pytest.approx(one["window_nll"], rel=1e-5)
+    assert two["window_nll_sum"] == pytest.approx(one["window_nll_sum"], rel=1e-5)
 
 
 def test_token_weighting_not_window_mean(model):
-    # windows are equal length, so token weighting == window mean; check the sum really spans all windows
-    w = _windows(n=4)
-    full = score_windows(model, w, bos=True, progress=False)
-    parts = [score_windows(model, w[i : i + 1], bos=True, progress=False)["nll"] for i in range(4)]
-    assert full["nll"] == pytest.approx(sum(parts) / 4, rel=1e-6)
+    # windows of unequal length: a short window (4 tokens) and a long one (32) scored separately
+    g = torch.Generator().manual_seed(3)
+    short = torch.randint(1, 128, (1, 5), generator=g)
+    long = torch.randint(1, 128, (1, 33), generator=g)
+    a = score_windows(model, short, bos=False, progress=False)
+    b = score_windows(model, long, bos=False, progress=False)
+    sums = a["window_nll_sum"] + b["window_nll_sum"]
+    toks = a["window_tokens"] + b["window_tokens"]
+    assert toks == [4, 32]
+    pooled = ppl_of(sums, toks)
+    manual_a, _ = _manual(model, short)
+    manual_b, _ = _manual(model, long)
+    assert pooled == pytest.approx(math.exp((4 * manual_a + 32 * manual_b) / 36), rel=1e-6)
+    window_mean = math.exp((a["nll"] + b["nll"]) / 2)
+    assert abs(pooled - window_mean) > 1e-3 * pooled  # the window mean would be a different number
+
+
+def test_bootstrap_interval_covers_the_true_perplexity():
+    # windows with known per-token NLL distribution: true PPL = exp(E[sum]/E[tokens]) = exp(mu)
+    mu, covered = 3.0, 0
+    for trial in range(100):
+        rng = np.random.default_rng(trial)
+        tokens = rng.integers(100, 400, size=40)
+        nll = rng.normal(mu, 0.4, size=40) * tokens  # window difficulty varies, mean mu per token
+        lo, hi = bootstrap_ppl(nll, tokens, seed=trial, n_boot=1000)
+        assert lo <= ppl_of(nll, tokens) <= hi
+        covered += lo <= math.exp(mu) <= hi
+    assert covered >= 90
+
+
+def test_paired_ratio_interval_is_tighter_than_unpaired_and_covers_truth():
+    rng = np.random.default_rng(0)
+    tokens = np.full(30, 511)
+    difficulty = rng.normal(3.0, 0.5, size=30)               # shared by both models, per window
+    base = difficulty * tokens
+    masked = (difficulty + 0.2 + rng.normal(0, 0.02, size=30)) * tokens  # +0.2 nats per token
+    ratio, lo, hi = bootstrap_ratio(masked, tokens, base, tokens)
+    assert ratio == pytest.approx(math.exp((masked.sum() - base.sum()) / tokens.sum()))
+    assert lo <= math.exp(0.2) <= hi
+    a_lo, a_hi = bootstrap_ppl(masked, tokens)
+    b_lo, b_hi = bootstrap_ppl(base, tokens)
+    assert (hi - lo) < 0.5 * (a_hi / b_lo - a_lo / b_hi)
+    with pytest.raises(ValueError, match="same windows"):
+        bootstrap_ratio(masked[:5], tokens[:5], base, tokens)
 
 
 def test_no_bos_scores_same_positions(model):

@@ -18,6 +18,7 @@ from fake_results import MODES, build_fake_results  # noqa: E402
 from apc.common.atomic import read_json  # noqa: E402
 from apc.cli import main  # noqa: E402
 from apc.results.plots import make_plots  # noqa: E402
+from apc.results.inputs import sweep_files  # noqa: E402
 from apc.results.summary import build_summary, write_summary  # noqa: E402
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -32,6 +33,11 @@ def tree(tmp_path_factory):
     return out, desc
 
 
+def _summary(desc) -> pd.DataFrame:
+    f = sweep_files(desc["config"])
+    return build_summary(f.evals, f.centroid_metas, f.refs, f.ppl)
+
+
 def _all_row(path: Path, split: str) -> dict:
     with open(path, newline="") as fh:
         return next(r for r in csv.DictReader(fh) if r["split"] == split and r["layer"] == "all")
@@ -39,7 +45,7 @@ def _all_row(path: Path, split: str) -> dict:
 
 def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
     out, desc = tree
-    df = build_summary(out)
+    df = _summary(desc)
     assert len(df) == 2 * len(desc["cells"])
     keys = set(zip(df["projection"], df["scope"], df["method"], df["k"], df["seed"], df["split"]))
     assert keys == {(*c, s) for c in desc["cells"] for s in ("train", "test")}
@@ -62,6 +68,10 @@ def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
                 continue
             for mode in MODES:
                 assert r[f"ppl_{pset}_{mode}"] == pytest.approx(cell["modes"][mode]["ppl"])
+                assert r[f"ppl_{pset}_{mode}_lo"] == pytest.approx(cell["modes"][mode]["ppl_lo"])
+                assert r[f"ppl_{pset}_{mode}_hi"] == pytest.approx(cell["modes"][mode]["ppl_hi"])
+                assert r[f"ratio_{pset}_{mode}"] == pytest.approx(cell["modes"][mode]["ppl"] / dense)
+                assert r[f"ratio_{pset}_{mode}_lo"] < r[f"ratio_{pset}_{mode}"] < r[f"ratio_{pset}_{mode}_hi"]
                 for proj in projs:
                     assert r[f"kept_{pset}_{mode}_{proj}"] == pytest.approx(cell["modes"][mode]["kept"][proj])
             assert r[f"ppl_sparse_{pset}"] == pytest.approx(sparse[pset])
@@ -70,22 +80,32 @@ def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
 
 def test_write_summary_roundtrip_and_empty(tree, tmp_path):
     out, desc = tree
-    path = write_summary(out, tmp_path / "sub" / "summary.csv")
+    f = sweep_files(desc["config"])
+    path = write_summary(tmp_path / "sub" / "summary.csv", f.evals, f.centroid_metas, f.refs, f.ppl)
     back = pd.read_csv(path)
     assert len(back) == 2 * len(desc["cells"])
-    assert list(back.columns) == list(build_summary(out).columns)
+    assert list(back.columns) == list(_summary(desc).columns)
     assert not list((tmp_path / "sub").glob(".*"))  # no temporaries left
-    empty = build_summary(tmp_path / "nothing")
-    assert empty.empty
+    assert build_summary([]).empty
+
+
+def test_summary_reads_exactly_its_inputs(tmp_path):
+    # a cell that left the sweep, and a hidden temporary, stay on disk but are never read
+    out = tmp_path / "res"
+    desc = build_fake_results(out, projections=("gate",), psets={"paper": ["gate"]})
+    (out / "eval" / "gate" / "pooled" / ".apc-k4-s0.csv.XYZ.csv").write_text("garbage,\n1")
+    small = {**desc["config"], "cluster": {**desc["config"]["cluster"], "k": [2]}}
+    f = sweep_files(small)
+    df = build_summary(f.evals, f.centroid_metas, f.refs, f.ppl)
+    assert set(df["k"]) == {1, 2} and len(df) == 2 * len(f.cells)
 
 
 def test_summary_without_ppl_results(tmp_path):
     out = tmp_path / "res"
-    build_fake_results(out, projections=("gate",))
-    for p in sorted((out / "ppl").rglob("*.json")):
-        p.unlink()
-    df = build_summary(out)
-    assert len(df) == 2 * 6 and not any(c.startswith("ppl_") for c in df.columns)
+    desc = build_fake_results(out, projections=("gate",), psets={"paper": ["gate"]})
+    f = sweep_files(desc["config"])
+    df = build_summary(f.evals, f.centroid_metas)
+    assert len(df) == 2 * 6 and not any(c.startswith(("ppl_", "ratio_")) for c in df.columns)
 
 
 def _is_png(path: Path) -> bool:
@@ -94,7 +114,8 @@ def _is_png(path: Path) -> bool:
 
 def test_plots_written(tree, tmp_path):
     out, desc = tree
-    paths = make_plots(out, tmp_path / "plots")
+    f = sweep_files(desc["config"])
+    paths = make_plots(tmp_path / "plots", f.evals, f.refs, f.ppl)
     names = {p.name for p in paths}
     assert {"recall_vs_k.png", "precision_vs_k.png", "layer_recall_per_layer.png"} <= names
     assert {f"ppl_{p}.png" for p in desc["psets"]} <= names
@@ -104,12 +125,11 @@ def test_plots_written(tree, tmp_path):
 
 
 def test_plots_skip_missing_inputs(tmp_path, caplog):
-    assert make_plots(tmp_path / "empty", tmp_path / "plots") == []
+    assert make_plots(tmp_path / "plots") == []
     out = tmp_path / "res"
-    build_fake_results(out, projections=("gate",), scopes=("pooled",), methods={"static": [1]})
-    for p in sorted((out / "eval").rglob("*.csv")):
-        p.unlink()
-    paths = make_plots(out, tmp_path / "plots2")  # only perplexity inputs remain
+    desc = build_fake_results(out, projections=("gate", "down_in"), scopes=("pooled",), methods={"static": [1]})
+    f = sweep_files(desc["config"])
+    paths = make_plots(tmp_path / "plots2", [], f.refs, f.ppl)  # only perplexity inputs
     assert sorted(p.name for p in paths) == ["ppl_down_in.png", "ppl_paper.png"]
     assert all(_is_png(p) for p in paths)
 
@@ -120,7 +140,7 @@ def test_cli_summary(tree, capsys):
     text = capsys.readouterr().out
     lines = text.strip().splitlines()
     assert len(lines) == 4 and "f1" in lines[0] and "ppl_paper_centroid" in lines[0]
-    df = build_summary(out)
+    df = _summary(desc)
     best = df[df["split"] == "test"].sort_values("lift", ascending=False).iloc[0]
     assert f"{best['lift']:.4g}" in lines[1] and best["method"] in lines[1]
     assert main(["summary", "--outdir", str(out), "--split", "all"]) == 0
@@ -132,7 +152,7 @@ def test_cli_no_results(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert main(["summary", "--outdir", str(tmp_path / "empty")]) == 1
-    assert "no results yet" in capsys.readouterr().err
+    assert "no resolved config" in capsys.readouterr().err
 
 
 def test_python_dash_m_apc(tree):

@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from apc.common.layout import Cell, Layout
 from apc.extraction.patterns import PatternReader
 from conftest import ROOT
 
@@ -97,17 +99,17 @@ def smoke_cells(out):
 
 def test_every_cell_has_centroids_and_train_test_tables(smoke):
     c, cells, _ = smoke_cells(smoke)
-    assert {x["method"] for x in cells} == {"apc", "kmeans", "random", "static"}
+    lay = Layout(smoke)
+    assert {x.method for x in cells} == {"apc", "kmeans", "random", "static"}
     for cell in cells:
-        name = f"{cell['method']}-k{cell['k']}-s{cell['seed']}"
-        meta = json.loads((smoke / "clusters" / cell["proj"] / cell["scope"] / name / "centroids.json").read_text())
-        n_sets = 30 if cell["scope"] == "per_layer" else 1
-        assert meta["n_sets"] == n_sets and meta["k"] == cell["k"] and meta["layers"] == list(range(30))
-        if cell["method"] in ("apc", "kmeans"):
+        meta = json.loads(Path(lay.centroids_meta(cell)).read_text())
+        n_sets = 30 if cell.scope == "per_layer" else 1
+        assert meta["n_sets"] == n_sets and meta["k"] == cell.k and meta["layers"] == list(range(30))
+        if cell.method in ("apc", "kmeans"):
             assert meta["history"] and meta["iterations"] >= 1
-        if cell["method"] in ("apc", "random", "static"):  # density-capped methods
+        if cell.method in ("apc", "random", "static"):  # density-capped methods
             assert abs(meta["density"] - c["cluster"]["density"]) < 1e-3
-        table = pd.read_csv(smoke / "eval" / cell["proj"] / cell["scope"] / f"{name}.csv", dtype={"layer": str})
+        table = pd.read_csv(lay.eval_table(cell), dtype={"layer": str})
         assert set(table["split"]) == {"train", "test"}
         for split, rows in table.groupby("split"):
             assert len(rows) == 31 and (rows["layer"] == "all").sum() == 1  # 30 layers + the total
@@ -136,14 +138,15 @@ def test_perplexity_results(smoke):
     sparse = json.loads((smoke / "ppl" / "sparse-gate.json").read_text())
     assert abs(sparse["kept"]["gate"] - 0.5) < 0.05 and sparse["tokens"] == dense["tokens"]
     assert len(pcells) == 2 * 4  # both scopes x (apc, kmeans, random at K=8 + static)
-    for cell in pcells:
-        r = json.loads((smoke / "ppl" / cell["pset"] / cell["scope"] /
-                        f"{cell['method']}-k{cell['k']}-s{cell['seed']}.json").read_text())
+    for pset, cell in pcells:
+        r = json.loads(Path(Layout(smoke).ppl_cell(pset, cell)).read_text())
         assert set(r["modes"]) == {"centroid", "centroid_only", "random"}
         for mode in r["modes"].values():
             assert np.isfinite(mode["ppl"]) and mode["tokens"] == dense["tokens"]
+            assert mode["ppl_lo"] <= mode["ppl"] <= mode["ppl_hi"]
+            assert len(mode["window_nll_sum"]) == mode["windows"] == 2 and sum(mode["window_tokens"]) == mode["tokens"]
         only = r["modes"]["centroid_only"]["kept"]["gate"]
-        if cell["method"] != "kmeans":  # density-capped: every centroid, hence every mask, has the same density
+        if cell.method != "kmeans":  # density-capped: every centroid, hence every mask, has the same density
             assert only == pytest.approx(r["centroid_density"]["gate"], abs=1e-9)
         # the random control uses the density of the masks actually applied
         assert r["modes"]["random"]["density"]["gate"] == pytest.approx(only)
@@ -152,25 +155,37 @@ def test_perplexity_results(smoke):
         assert r["modes"]["random"]["ppl"] > dense["ppl"]
 
 
-def test_mlflow_store_summary_plots_and_report(smoke, tmp_path):
+def _mlflow(out):
+    from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
 
-    _, cells, pcells = smoke_cells(smoke)
-    info = json.loads((smoke / "mlflow_runs.json").read_text())
-    expected_children = 2 + 2 * len(cells) + 1 + 1 + len(pcells)  # extract x2, cluster+eval, dense, sparse, ppl
-    assert info["children"] == expected_children
+    info = json.loads((out / "mlflow_runs.json").read_text())
     client = MlflowClient(info["tracking_uri"])
-    exp = client.get_experiment_by_name("apc")
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == info["parent"]]
-    assert len(parents) == 1 and len(children) == expected_children
-    ev = next(r for r in children if r.data.tags["apc.cell_key"] == "eval/gate/pooled/apc-k8-s0")
-    table = pd.read_csv(smoke / "eval" / "gate" / "pooled" / "apc-k8-s0.csv", dtype={"layer": str})
+    runs = client.search_runs([info["experiment_id"]], f"tags.`apc.study` = '{info['study']}'",
+                              run_view_type=ViewType.ACTIVE_ONLY, max_results=5000)
+    cells = {}
+    for r in runs:
+        if r.data.tags["apc.kind"] == "cell":
+            key = r.data.tags["apc.cell_key"]
+            assert key not in cells, f"two active runs for {key}"
+            cells[key] = r
+    return info, [r for r in runs if r.data.tags["apc.kind"] == "study"], cells
+
+
+def test_mlflow_one_run_per_cell_summary_plots_and_report(smoke, tmp_path):
+    _, cells, _ = smoke_cells(smoke)
+    info, studies, runs = _mlflow(smoke)
+    assert len(studies) == 1 and studies[0].info.run_id == info["parent"]
+    assert studies[0].info.run_name == "smoke · embedded:smollm2 · embedded-wikipedia"
+    assert set(runs) == {c.key for c in cells} and info["cells"] == len(cells)
+    run = runs["gate/pooled/apc-k8-s0"]
+    table = pd.read_csv(Layout(smoke).eval_table(Cell("gate", "pooled", "apc", 8, 0)), dtype={"layer": str})
     want = table[(table["layer"] == "all") & (table["split"] == "test")].iloc[0]
-    assert ev.data.metrics["test_recall"] == pytest.approx(want["recall"])
-    assert ev.data.metrics["test_paper_precision"] == pytest.approx(want["recall"])
-    assert ev.data.params["method"] == "apc" and ev.data.params["k"] == "8" and ev.data.params["scope"] == "pooled"
+    assert run.data.metrics["test_recall"] == pytest.approx(want["recall"])
+    assert run.data.metrics["k"] == 8.0
+    ppl = json.loads(Path(Layout(smoke).ppl_cell("gate", Cell("", "pooled", "apc", 8, 0))).read_text())
+    assert run.data.metrics["ppl_gate_centroid_only"] == pytest.approx(ppl["modes"]["centroid_only"]["ppl"])
+    assert "ratio_gate_centroid_only_lo" in run.data.metrics  # recall and perplexity side by side
 
     summary = pd.read_csv(smoke / "summary.csv")
     assert len(summary) == 2 * len(cells)
@@ -185,23 +200,31 @@ def test_mlflow_store_summary_plots_and_report(smoke, tmp_path):
     assert report.stat().st_size > 10_000 and "summary.csv" in html and "recall_vs_k.png" in html
 
 
-def test_forcerun_one_cell_updates_its_run_in_place(smoke):
-    from mlflow.tracking import MlflowClient
-
-    before = json.loads((smoke / "mlflow_runs.json").read_text())
-    target = smoke / "clusters" / "gate" / "pooled" / "apc-k8-s0" / "centroids.npy"
-    old_meta = json.loads(target.with_suffix(".json").read_text())
-    res = snakemake("--forcerun", str(target), *cfg(smoke))
-    assert "rule cluster" in res.stdout + res.stderr
-    new_meta = json.loads(target.with_suffix(".json").read_text())
-    assert new_meta["wall_time_s"] != old_meta["wall_time_s"]  # the cell really ran again
-    after = json.loads((smoke / "mlflow_runs.json").read_text())
-    assert after["parent"] == before["parent"] and after["children"] == before["children"]
-    assert after["updated"] >= 1 and after["created"] == 0
-    client = MlflowClient(after["tracking_uri"])
-    runs = client.search_runs([after["experiment_id"]], "tags.`apc.cell_key` = 'cluster/gate/pooled/apc-k8-s0'")
-    assert len(runs) == 1
-    assert runs[0].data.metrics["wall_time_s"] == pytest.approx(new_meta["wall_time_s"])
+def test_sweep_extend_shrink_rerun_keeps_mlflow_and_summary_exact(smoke):
+    _, small, _ = smoke_cells(smoke)
+    _, _, before = _mlflow(smoke)
+    # extend K: only the new cells' runs appear
+    snakemake(*cfg(smoke), "cluster={k: [8, 4], methods: [apc, static]}")
+    info, studies, grown = _mlflow(smoke)
+    new = {k for k in grown if "-k4-" in k}
+    assert len(studies) == 1 and new and info["created"] == len(new) and info["updated"] == 0
+    assert {k: r.info.run_id for k, r in grown.items() if k not in new} == \
+        {k: before[k].info.run_id for k in grown if k not in new}
+    s = pd.read_csv(smoke / "summary.csv")
+    assert set(s["k"]) == {1, 4, 8} and set(s["method"]) == {"apc", "static"}
+    # shrink back: summary, plots and the MLflow view hold exactly the current cells
+    snakemake(*cfg(smoke))
+    info, studies, shrunk = _mlflow(smoke)
+    assert set(shrunk) == {c.key for c in small} and info["retired"] == len(new)
+    s = pd.read_csv(smoke / "summary.csv")
+    assert len(s) == 2 * len(small) and 4 not in set(s["k"])
+    assert {k: r.info.run_id for k, r in shrunk.items()} == {k: r.info.run_id for k, r in before.items()}
+    # rerun: nothing to do, and a forced sync changes nothing
+    assert "Nothing to be done" in (lambda r: r.stdout + r.stderr)(snakemake("-n", *cfg(smoke)))
+    snakemake("--forcerun", "track", *cfg(smoke))
+    info, _, again = _mlflow(smoke)
+    assert (info["created"], info["updated"], info["retired"]) == (0, 0, 0)
+    assert {k: r.info.run_id for k, r in again.items()} == {k: r.info.run_id for k, r in shrunk.items()}
 
 
 def test_real_model_masks_dense_equivalence_and_random_half(smoke):

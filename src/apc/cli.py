@@ -1,8 +1,9 @@
-"""Command line: ``python -m apc {summary,plots,sync} ...``.
+"""Command line: ``python -m apc {summary,plots,sync} ...`` on a finished output directory.
 
-``summary`` prints the results table of an output directory, best cells first
-(ranked by ``lift`` = recall - random_recall, the coverage gained over a random
-mask of the same density, then F1), with the perplexity columns beside them.
+Every command reads the resolved config the workflow wrote (``<outdir>/config.json``) and
+works on exactly the files of that config's sweep.  ``summary`` prints the results table,
+best cells first (ranked by ``lift`` = recall - random_recall, the coverage gained over a
+random mask of the same density, then F1), with the perplexity columns beside them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,20 @@ def _no_results(outdir: Path) -> int:
     if not outdir.exists():
         print(f"no results: output directory {outdir} does not exist (run the workflow first)", file=sys.stderr)
     else:
-        print(f"no results yet under {outdir}: no eval/*/*/*.csv files (run the workflow first)", file=sys.stderr)
+        print(f"no results yet under {outdir}: no evaluation tables (run the workflow first)", file=sys.stderr)
     return 1
+
+
+def _resolved_config(outdir: Path) -> dict | None:
+    """The resolved config the workflow wrote into ``outdir``; None (with a message) if absent."""
+    from apc.common.layout import Layout
+
+    path = Path(Layout(outdir).config())
+    if not path.exists():
+        print(f"no resolved config at {path}: run the workflow on this output directory first "
+              "(its resolved_config rule writes it)", file=sys.stderr)
+        return None
+    return json.loads(path.read_text())
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -30,8 +43,15 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
     from apc.results.summary import build_summary
 
+    from apc.results.inputs import sweep_files
+
     outdir = Path(args.outdir)
-    df = build_summary(outdir) if outdir.exists() else pd.DataFrame()
+    config = _resolved_config(outdir) if outdir.exists() else None
+    if config is None:
+        return _no_results(outdir) if not outdir.exists() else 1
+    f = sweep_files(config)
+    exists = lambda paths: [p for p in paths if Path(p).exists()]  # noqa: E731 - a partly finished run
+    df = build_summary(exists(f.evals), exists(f.centroid_metas), exists(f.refs), exists(f.ppl))
     if df.empty:
         return _no_results(outdir)
     if args.csv:
@@ -63,26 +83,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_plots(args: argparse.Namespace) -> int:
+    from apc.results.inputs import sweep_files
     from apc.results.plots import make_plots
 
     outdir = Path(args.outdir)
     if not outdir.exists():
         return _no_results(outdir)
-    paths = make_plots(outdir, args.plot_dir or outdir / "plots")
-    for p in paths:
+    config = _resolved_config(outdir)
+    if config is None:
+        return 1
+    f = sweep_files(config)
+    exists = lambda paths: [p for p in paths if Path(p).exists()]  # noqa: E731 - a partly finished run
+    for p in make_plots(args.plot_dir or outdir / "plots", exists(f.evals), exists(f.refs), exists(f.ppl)):
         print(p)
     return 0
-
-
-def _load_config(path: str | None) -> dict:
-    if path is None:
-        return {}
-    text = Path(path).read_text()
-    if path.endswith((".yaml", ".yml")):
-        import yaml  # only needed for YAML configs
-
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
 
 
 def cmd_sync(args: argparse.Namespace) -> int:
@@ -91,10 +105,15 @@ def cmd_sync(args: argparse.Namespace) -> int:
     outdir = Path(args.outdir)
     if not outdir.exists():
         return _no_results(outdir)
-    uri = args.tracking_uri or default_tracking_uri(outdir.resolve().parent)
+    config = _resolved_config(outdir)
+    if config is None:
+        return 1
+    mlcfg = config.get("mlflow") or {}
+    uri = args.tracking_uri or mlcfg.get("tracking_uri") or default_tracking_uri(outdir.resolve().parent)
+    experiment = args.experiment or mlcfg.get("experiment") or "apc"
     try:
-        res = sync_results(outdir, _load_config(args.config), tracking_uri=uri, experiment=args.experiment,
-                           git_info=git_info(Path.cwd()))
+        res = sync_results(config, tracking_uri=uri, experiment=experiment,
+                           git_info=git_info(Path(__file__).resolve().parent))
     except TrackingError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -106,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apc", description="activation pattern clustering: results tools")
     sub = ap.add_subparsers(dest="command", required=True)
 
-    s = sub.add_parser("summary", help="print the results table, best cells (F1) first")
+    s = sub.add_parser("summary", help="print the results table, best cells (lift, then F1) first")
     s.add_argument("--outdir", default=DEFAULT_OUTDIR, help=f"results directory (default {DEFAULT_OUTDIR})")
     s.add_argument("--split", default="test", help="split to show: train, test or all (default test)")
     s.add_argument("--top", type=int, default=0, help="show only the N best rows (default: all)")
@@ -119,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-dir", help="where to write (default OUTDIR/plots)")
     p.set_defaults(func=cmd_plots)
 
-    y = sub.add_parser("sync", help="upsert a results directory into MLflow")
+    y = sub.add_parser("sync", help="upsert the sweep of a results directory into MLflow (one run per cell)")
     y.add_argument("--outdir", default=DEFAULT_OUTDIR)
-    y.add_argument("--config", help="resolved config (JSON or YAML) identifying the parent run")
-    y.add_argument("--tracking-uri", help="default: sqlite:///<parent of outdir>/mlflow.db")
-    y.add_argument("--experiment", default="apc")
+    y.add_argument("--tracking-uri", help="default: the run's mlflow.tracking_uri, else "
+                                          "sqlite:///<parent of outdir>/mlflow.db")
+    y.add_argument("--experiment", help="default: the run's mlflow.experiment")
     y.set_defaults(func=cmd_sync)
     return ap
 

@@ -1,17 +1,17 @@
-# Stage 2: one clustering job per sweep cell.
+# Stage 2: one clustering job per sweep cell (apc.clustering.cell).
 
 
 rule cluster:
     input:
-        f"{OUT}/patterns/train",
+        L.patterns("train"),
     output:
-        centroids=f"{OUT}/clusters/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}/centroids.npy",
-        meta=f"{OUT}/clusters/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}/centroids.json",
+        centroids=L.centroids(W),
+        meta=L.centroids_meta(W),
     params:
         cluster=lambda wc: cluster_settings(wc.method),
         device=C["device"],
     threads: 1
     log:
-        f"{OUT}/logs/cluster/{{proj}}-{{scope}}-{{method}}-k{{k}}-s{{seed}}.log",
+        L.log("cluster", W),
     script:
         "../scripts/cluster.py"

@@ -1,32 +1,40 @@
-# Shared helpers: resolve and validate the config, name outputs, expand the sweep.
+# Shared helpers: resolve and validate the config, name outputs (apc.common.layout), expand the sweep.
+import os
 import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-sys.path.insert(0, str(Path(workflow.basedir) / "src"))  # use the library in place, even if not installed
+# Jobs run the library of this checkout, whatever is installed in the environment: the Snakefile's
+# process imports it from here, and its jobs (separate processes) inherit PYTHONPATH.
+SRC = str(Path(workflow.basedir) / "src")
+sys.path.insert(0, SRC)
+os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
+os.environ["APC_SRC"] = SRC
 
 from apc.common.config import ConfigError, load_schema, resolve
-from apc.common.sweep import cluster_cells, perplexity_cells
+from apc.common.layout import WILDCARDS as W, Cell, Layout
+from apc.common.projections import PROJECTIONS
+from apc.results.inputs import sweep_files
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 try:
     C = resolve(dict(config), load_schema(SCHEMA), root=workflow.basedir)
+    FILES = sweep_files(C)
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
 validate(C, SCHEMA)  # the schema check Snakemake users expect; passes once resolve() has passed
 
 OUT = C["outdir"]
+L = Layout(OUT)
 SPLITS = ["train", "test"]
-CLUSTER_CELLS = cluster_cells(C)
-PPL_CELLS = perplexity_cells(C)
 
 
 wildcard_constraints:
     split="train|test",
-    proj="gate|up|down|down_in",
+    proj="|".join(PROJECTIONS),
     scope="per_layer|pooled",
     method="[A-Za-z0-9_]+",
     k=r"\d+",
@@ -46,37 +54,30 @@ def ppl_settings(with_modes):
     return {"test_tokens": p["test_tokens"], **({"modes": p["modes"]} if with_modes else {})}
 
 
-def cell_dir(proj, scope, method, k, seed):
-    return f"{OUT}/clusters/{proj}/{scope}/{method}-k{k}-s{seed}"
-
-
-def centroid_files():
-    return [f"{cell_dir(**c)}/centroids.npy" for c in CLUSTER_CELLS]
-
-
-def eval_files():
-    return [f"{OUT}/eval/{c['proj']}/{c['scope']}/{c['method']}-k{c['k']}-s{c['seed']}.csv" for c in CLUSTER_CELLS]
-
-
-def ppl_files():
-    files = [f"{OUT}/ppl/dense.json"]
-    files += [f"{OUT}/ppl/sparse-{pset}.json" for pset in C["perplexity"]["psets"]]
-    if C["perplexity"]["modes"]:
-        files += [
-            f"{OUT}/ppl/{c['pset']}/{c['scope']}/{c['method']}-k{c['k']}-s{c['seed']}.json" for c in PPL_CELLS
-        ]
-    return files
-
-
-def extraction_files():
-    return [f"{OUT}/patterns/{s}" for s in SPLITS] + [f"{OUT}/thresholds.json"]
-
-
 def all_outputs():
     return (
-        extraction_files()
-        + centroid_files()
-        + eval_files()
-        + ppl_files()
-        + [f"{OUT}/summary.csv", f"{OUT}/plots", f"{OUT}/mlflow_runs.json"]
+        [L.patterns(s) for s in SPLITS]
+        + [L.thresholds()]
+        + FILES.centroids
+        + FILES.evals
+        + FILES.refs
+        + FILES.ppl
+        + [L.summary(), L.plots(), L.mlflow_runs()]
     )
+
+
+def tracking_uri():
+    from apc.results.tracking import default_tracking_uri
+
+    return C["mlflow"]["tracking_uri"] or default_tracking_uri(Path(OUT).parent)
+
+
+onstart:
+    # Fail before the first job, not after the whole DAG, when the tracking store cannot be reached.
+    if any(job.rule.name == "track" for job in workflow.dag.needrun_jobs()):
+        from apc.results.tracking import TrackingError, check_tracking_uri
+
+        try:
+            check_tracking_uri(tracking_uri(), C["mlflow"]["experiment"])
+        except TrackingError as err:
+            raise WorkflowError(str(err)) from None

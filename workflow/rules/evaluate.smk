@@ -1,18 +1,18 @@
-# Stage 3: each clustering cell scored on train and held-out test.
+# Stage 3: each clustering cell scored on train and held-out test (apc.evaluation.evaluate).
 
 
 rule evaluate:
     input:
-        centroids=f"{OUT}/clusters/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}/centroids.npy",
-        patterns=expand(f"{OUT}/patterns/{{split}}", split=C["eval"]["splits"]),
+        centroids=L.centroids(W),
+        patterns=[L.patterns(s) for s in C["eval"]["splits"]],
     output:
-        f"{OUT}/eval/{{proj}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}.csv",
+        L.eval_table(W),
     params:
         eval=C["eval"],
         splits=C["eval"]["splits"],
         device=C["device"],
     threads: 1
     log:
-        f"{OUT}/logs/evaluate/{{proj}}-{{scope}}-{{method}}-k{{k}}-s{{seed}}.log",
+        L.log("evaluate", W),
     script:
         "../scripts/evaluate.py"

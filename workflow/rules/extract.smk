@@ -3,58 +3,58 @@
 
 rule prepare_model:
     output:
-        f"{OUT}/model/manifest.json",
+        L.manifest(),
     params:
         model=C["model"],
     log:
-        f"{OUT}/logs/prepare_model.log",
+        L.log("prepare_model"),
     script:
         "../scripts/prepare_model.py"
 
 
 rule prepare_data:
     input:
-        f"{OUT}/model/manifest.json",
+        L.manifest(),
     output:
-        tokens=expand(f"{OUT}/tokens/{{split}}.npy", split=SPLITS),
-        meta=expand(f"{OUT}/tokens/{{split}}.json", split=SPLITS),
+        tokens=expand(L.tokens("{split}"), split=SPLITS),
+        meta=[L.tokens_meta(s) for s in SPLITS],
     params:
         data=C["data"],
     log:
-        f"{OUT}/logs/prepare_data.log",
+        L.log("prepare_data"),
     script:
         "../scripts/prepare_data.py"
 
 
 rule calibrate_thresholds:
     input:
-        model=f"{OUT}/model/manifest.json",
-        tokens=f"{OUT}/tokens/train.npy",
+        model=L.manifest(),
+        tokens=L.tokens("train"),
     output:
-        f"{OUT}/thresholds.json",
+        L.thresholds(),
     params:
         extract=C["extract"],
         device=C["device"],
     threads: C["threads"]
     log:
-        f"{OUT}/logs/calibrate_thresholds.log",
+        L.log("calibrate_thresholds"),
     script:
         "../scripts/calibrate_thresholds.py"
 
 
 rule extract_patterns:
     input:
-        model=f"{OUT}/model/manifest.json",
-        tokens=f"{OUT}/tokens/{{split}}.npy",
-        thresholds=f"{OUT}/thresholds.json",
+        model=L.manifest(),
+        tokens=L.tokens("{split}"),
+        thresholds=L.thresholds(),
     output:
-        directory(f"{OUT}/patterns/{{split}}"),
+        directory(L.patterns("{split}")),
     params:
         extract=C["extract"],
         device=C["device"],
         dataset=C["data"],
     threads: C["threads"]
     log:
-        f"{OUT}/logs/extract_patterns_{{split}}.log",
+        L.log("extract_patterns", split="{split}"),
     script:
         "../scripts/extract_patterns.py"

@@ -1,19 +1,17 @@
-# Stage 4: perplexity on the held-out test split, dense, true sparse and under centroid masks.
+# Stage 4: perplexity on the held-out test split, dense, true sparse and under centroid masks
+# (apc.perplexity.protocol).
 
 
-def ppl_centroid_inputs(wildcards):
-    return {
-        p: f"{cell_dir(p, wildcards.scope, wildcards.method, wildcards.k, wildcards.seed)}/centroids.npy"
-        for p in C["perplexity"]["psets"][wildcards.pset]
-    }
+def ppl_centroid_inputs(wc):
+    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
 
 
 rule perplexity_dense:
     input:
-        model=f"{OUT}/model/manifest.json",
-        tokens=f"{OUT}/tokens/test.npy",
+        model=L.manifest(),
+        tokens=L.tokens("test"),
     output:
-        f"{OUT}/ppl/dense.json",
+        L.ppl_dense(),
     params:
         ppl=ppl_settings(with_modes=False),
         device=C["device"],
@@ -22,18 +20,18 @@ rule perplexity_dense:
         projections=[],
     threads: C["threads"]
     log:
-        f"{OUT}/logs/perplexity_dense.log",
+        L.log("perplexity_dense"),
     script:
         "../scripts/perplexity.py"
 
 
 rule perplexity_sparse:
     input:
-        model=f"{OUT}/model/manifest.json",
-        tokens=f"{OUT}/tokens/test.npy",
-        thresholds=f"{OUT}/thresholds.json",
+        model=L.manifest(),
+        tokens=L.tokens("test"),
+        thresholds=L.thresholds(),
     output:
-        f"{OUT}/ppl/sparse-{{pset}}.json",
+        L.ppl_sparse("{pset}"),
     params:
         ppl=ppl_settings(with_modes=False),
         device=C["device"],
@@ -42,7 +40,7 @@ rule perplexity_sparse:
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
     threads: C["threads"]
     log:
-        f"{OUT}/logs/perplexity_sparse_{{pset}}.log",
+        L.log("perplexity_sparse", pset="{pset}"),
     script:
         "../scripts/perplexity.py"
 
@@ -50,11 +48,11 @@ rule perplexity_sparse:
 rule perplexity_cell:
     input:
         unpack(ppl_centroid_inputs),
-        model=f"{OUT}/model/manifest.json",
-        tokens=f"{OUT}/tokens/test.npy",
-        thresholds=f"{OUT}/thresholds.json",
+        model=L.manifest(),
+        tokens=L.tokens("test"),
+        thresholds=L.thresholds(),
     output:
-        f"{OUT}/ppl/{{pset}}/{{scope}}/{{method}}-k{{k}}-s{{seed}}.json",
+        L.ppl_cell("{pset}", W),
     params:
         ppl=ppl_settings(with_modes=True),
         device=C["device"],
@@ -63,6 +61,6 @@ rule perplexity_cell:
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
     threads: 1
     log:
-        f"{OUT}/logs/perplexity/{{pset}}-{{scope}}-{{method}}-k{{k}}-s{{seed}}.log",
+        L.log("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{seed}")),
     script:
         "../scripts/perplexity.py"

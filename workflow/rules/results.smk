@@ -1,50 +1,69 @@
-# Stage 5: one summary table, plots, the MLflow store and the HTML report.
+# Stage 5: the resolved config, one summary table, plots, the MLflow store and the HTML report.
+# Aggregations read exactly their declared inputs: the files of the current sweep (apc.results.inputs).
+
+
+rule resolved_config:
+    output:
+        L.config(),
+    params:
+        config=C,
+    log:
+        L.log("resolved_config"),
+    script:
+        "../scripts/resolved_config.py"
 
 
 rule summary:
     input:
-        eval_files(),
-        ppl_files(),
+        evals=FILES.evals,
+        metas=FILES.centroid_metas,
+        refs=FILES.refs,
+        ppl=FILES.ppl,
     output:
-        report(f"{OUT}/summary.csv", caption="../report/summary.rst", category="Summary"),
+        report(L.summary(), caption="../report/summary.rst", category="Summary"),
     log:
-        f"{OUT}/logs/summary.log",
+        L.log("summary"),
     script:
         "../scripts/summary.py"
 
 
 rule plots:
     input:
-        f"{OUT}/summary.csv",
+        evals=FILES.evals,
+        refs=FILES.refs,
+        ppl=FILES.ppl,
     output:
         report(
-            directory(f"{OUT}/plots"),
+            directory(L.plots()),
             patterns=["{name}.png"],
             caption="../report/plots.rst",
             category="Plots",
         ),
     log:
-        f"{OUT}/logs/plots.log",
+        L.log("plots"),
     script:
         "../scripts/plots.py"
 
 
 rule track:
     input:
-        extraction_files(),
-        centroid_files(),
-        eval_files(),
-        ppl_files(),
-        f"{OUT}/summary.csv",
-        f"{OUT}/plots",
+        config=L.config(),
+        thresholds=L.thresholds(),
+        patterns=[L.patterns(s) for s in SPLITS],
+        centroids=FILES.centroids,
+        metas=FILES.centroid_metas,
+        evals=FILES.evals,
+        refs=FILES.refs,
+        ppl=FILES.ppl,
+        summary=L.summary(),
+        plots=L.plots(),
     output:
-        f"{OUT}/mlflow_runs.json",
+        L.mlflow_runs(),
     params:
-        config=C,
-        tracking_uri=C["mlflow"]["tracking_uri"],
+        tracking_uri=tracking_uri(),
         experiment=C["mlflow"]["experiment"],
         repo=workflow.basedir,
     log:
-        f"{OUT}/logs/track.log",
+        L.log("track"),
     script:
         "../scripts/track.py"

@@ -2,5 +2,5 @@ from apc.common.rulekit import start
 from apc.results.summary import write_summary
 
 log = start(snakemake, "summary")
-path = write_summary(snakemake.output[0].rsplit("/", 1)[0], snakemake.output[0])
-log.info("wrote %s", path)
+i = snakemake.input
+write_summary(snakemake.output[0], i.evals, i.metas, i.refs, i.ppl)

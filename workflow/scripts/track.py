@@ -1,12 +1,9 @@
-from pathlib import Path
-
-from apc.common.atomic import write_json
+from apc.common.atomic import read_json, write_json
 from apc.common.rulekit import start
-from apc.results.tracking import default_tracking_uri, git_info, sync_results
+from apc.results.tracking import git_info, sync_results
 
 log = start(snakemake, "track")
 p = snakemake.params
-outdir = Path(snakemake.output[0]).parent
-uri = p.tracking_uri or default_tracking_uri(outdir.parent)
-result = sync_results(outdir, p.config, tracking_uri=uri, experiment=p.experiment, git_info=git_info(p.repo))
-write_json(snakemake.output[0], {"tracking_uri": uri, "experiment": p.experiment, **result})
+result = sync_results(read_json(snakemake.input.config), tracking_uri=p.tracking_uri, experiment=p.experiment,
+                      git_info=git_info(p.repo))
+write_json(snakemake.output[0], {"tracking_uri": p.tracking_uri, "experiment": p.experiment, **result})

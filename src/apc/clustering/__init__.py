@@ -8,7 +8,7 @@ from .common import ClusterResult, density_to_count, top_n_mask
 from .data import PackedPatterns
 from .device import resolve_device
 from .distance import activation_aware_distance, hamming_distance, nearest, pairwise_distance
-from .registry import available_methods, cluster, get_method, register
+from .registry import available_methods, cluster, fixed_k, get_method, register
 from . import apc as _apc, baselines as _baselines, kmeans as _kmeans  # noqa: F401  (register the built-ins)
 from .io import load_centroids, save_centroids
 
@@ -19,6 +19,7 @@ __all__ = [
     "available_methods",
     "cluster",
     "density_to_count",
+    "fixed_k",
     "get_method",
     "hamming_distance",
     "load_centroids",

@@ -49,7 +49,7 @@ def random_control(
     )
 
 
-@register("static")
+@register("static", fixed_k=1)
 def static_mask(
     patterns: PackedPatterns,
     k: int = 1,

@@ -14,15 +14,20 @@ from typing import Callable, TypeVar
 
 import torch
 
-__all__ = ["register", "get_method", "available_methods", "cluster"]
+__all__ = ["register", "get_method", "available_methods", "fixed_k", "cluster"]
 
 F = TypeVar("F", bound=Callable)
 _METHODS: dict[str, Callable] = {}
+_FIXED_K: dict[str, int] = {}
 _BUILTINS = ("apc", "kmeans", "baselines")
 
 
-def register(name: str) -> Callable[[F], F]:
-    """Decorator registering a clustering method under ``name``."""
+def register(name: str, *, fixed_k: int | None = None) -> Callable[[F], F]:
+    """Decorator registering a clustering method under ``name``.
+
+    ``fixed_k``: the only K the method takes (the static mask: 1); the sweep then runs it once
+    with that K instead of once per configured K.
+    """
     if not isinstance(name, str) or not name:
         raise ValueError(f"method name must be a non-empty string, got {name!r}")
 
@@ -30,6 +35,8 @@ def register(name: str) -> Callable[[F], F]:
         if name in _METHODS and _METHODS[name] is not fn:
             raise ValueError(f"clustering method {name!r} is already registered")
         _METHODS[name] = fn
+        if fixed_k is not None:
+            _FIXED_K[name] = int(fixed_k)
         return fn
 
     return deco
@@ -44,6 +51,12 @@ def available_methods() -> tuple[str, ...]:
     """Names of the registered methods, sorted."""
     _load_builtins()
     return tuple(sorted(_METHODS))
+
+
+def fixed_k(name: str) -> int | None:
+    """The K that method ``name`` is fixed to, or None when it takes any K."""
+    get_method(name)
+    return _FIXED_K.get(name)
 
 
 def get_method(name: str) -> Callable:

@@ -25,8 +25,12 @@ class ConfigError(ValueError):
 
 
 def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
-    """The config JSON schema as a dict."""
-    return yaml.safe_load(Path(path).read_text())
+    """The config JSON schema as a dict, its projection names taken from the projection table."""
+    from apc.common.projections import PROJECTIONS
+
+    schema = yaml.safe_load(Path(path).read_text())
+    schema["$defs"]["projection"]["enum"] = list(PROJECTIONS)
+    return schema
 
 
 #: Mappings of user-named entries: an override replaces them whole instead of merging.

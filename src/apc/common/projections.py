@@ -9,9 +9,30 @@ from __future__ import annotations
 
 from torch import nn
 
-#: Projection names used throughout the project.  ``down_in`` is the input of
-#: ``down_proj``, i.e. act(gate) * up, the intermediate neuron activation.
-PROJECTIONS = ("gate", "up", "down", "down_in")
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Projection:
+    """A hooked tensor: the ``side`` (``"output"`` or ``"input"``) of MLP module ``module``."""
+
+    module: str
+    side: str
+
+    def width(self, linear: nn.Linear) -> int:
+        """Neurons of this tensor given its module."""
+        return linear.out_features if self.side == "output" else linear.in_features
+
+
+#: The one table of projections, read by capture, masking, the config schema and the rule wildcards.
+#: ``down_in`` is the input of ``down_proj``, i.e. act(gate) * up, the intermediate neuron activation.
+TABLE = {
+    "gate": Projection("gate", "output"),
+    "up": Projection("up", "output"),
+    "down": Projection("down", "output"),
+    "down_in": Projection("down", "input"),
+}
+PROJECTIONS = tuple(TABLE)
 
 _LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers")
 _MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
@@ -56,13 +77,19 @@ def mlp_projections(model: nn.Module) -> list[dict[str, nn.Linear]]:
     return out
 
 
-def projection_width(model: nn.Module, projection: str) -> int:
-    """Number of neurons (features) of ``projection`` in every layer."""
-    proj = mlp_projections(model)[0]
-    if projection in ("gate", "up"):
-        return proj[projection].out_features
-    if projection == "down":
-        return proj["down"].out_features
-    if projection == "down_in":
-        return proj["down"].in_features
-    raise ValueError(f"unknown projection {projection!r}; expected one of {', '.join(PROJECTIONS)}")
+def projection(name: str) -> Projection:
+    """The table entry of ``name``; ``ValueError`` listing the known names otherwise."""
+    try:
+        return TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown projection {name!r}; expected one of {', '.join(PROJECTIONS)}") from None
+
+
+def projection_module(mods: dict[str, nn.Linear], name: str) -> nn.Linear:
+    """The module of one layer's ``mods`` (from :func:`mlp_projections`) that carries ``name``."""
+    return mods[projection(name).module]
+
+
+def projection_width(model: nn.Module, name: str) -> int:
+    """Number of neurons (features) of projection ``name`` in every layer."""
+    return projection(name).width(projection_module(mlp_projections(model)[0], name))

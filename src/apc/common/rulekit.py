@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from apc.common.progress import get_logger
 
@@ -17,6 +19,7 @@ def start(snakemake, name: str) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger("apc").addHandler(handler)
     torch.set_num_threads(max(1, int(snakemake.threads)))
+    check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
     return log
@@ -29,3 +32,16 @@ def dataset_name(data: dict) -> str:
     if data["source"] == "text":
         return "text:" + ",".join(data["text_files"])
     return data["source"]
+
+
+def check_library_source() -> Path:
+    """The folder ``apc`` was imported from; ``RuntimeError`` unless it is the checkout running the
+    workflow (``APC_SRC``, set by the Snakefile), so a job never runs another checkout's code."""
+    import apc
+
+    here = Path(apc.__file__).resolve().parent.parent
+    want = os.environ.get("APC_SRC")
+    if want and here != Path(want).resolve():
+        raise RuntimeError(f"this job imported apc from {here}, not from the workflow's checkout {want}; "
+                           "check PYTHONPATH")
+    return here

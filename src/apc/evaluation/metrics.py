@@ -30,7 +30,7 @@ import torch
 from apc.clustering.common import default_block_rows
 from apc.clustering.data import PackedPatterns
 from apc.clustering.device import exact_matmul, resolve_device
-from apc.clustering.distance import overlap
+from apc.clustering.distance import nearest
 from apc.extraction.patterns import unpack_torch
 
 __all__ = ["CoverageSums", "coverage_sums", "metrics_from_sums", "evaluate_centroids"]
@@ -106,9 +106,10 @@ def coverage_sums(
         for packed in patterns.packed_chunks(chunk_size, dev):
             for b0 in range(0, packed.shape[0], block):
                 x = unpack_torch(packed[b0 : b0 + block], width, torch.float32)
-                best, idx = overlap(x, c).max(dim=1)
-                active += x.sum(dim=1, dtype=torch.float32).to(torch.int64).sum()
-                hits += best.to(torch.int64).sum()
+                idx, missed = nearest(x, c, "activation")
+                x_active = x.sum(dim=1, dtype=torch.float32)
+                active += x_active.to(torch.int64).sum()
+                hits += (x_active - missed).to(torch.int64).sum()
                 ones += c_sum[idx].sum()
                 if assign is not None:
                     assign[start : start + idx.shape[0]] = idx.cpu()

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from apc.common.projections import PROJECTIONS, mlp_projections
+from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projection_module
 
 #: callback(projection, layer, x) with ``x: (n_tokens, width)`` activations of one window.
 Callback = Callable[[str, int, torch.Tensor], None]
@@ -43,11 +43,9 @@ class ProjectionCapture:
 
     def __enter__(self) -> "ProjectionCapture":
         for i, mods in enumerate(mlp_projections(self.model)):
-            for proj in ("gate", "up"):
-                if proj in self.projections:
-                    self._handles.append(mods[proj].register_forward_hook(self._out_hook(proj, i)))
-            if "down" in self.projections or "down_in" in self.projections:
-                self._handles.append(mods["down"].register_forward_hook(self._down_hook(i)))
+            for proj in self.projections:
+                module = projection_module(mods, proj)
+                self._handles.append(module.register_forward_hook(self._hook(proj, i, TABLE[proj].side)))
         return self
 
     def __exit__(self, *exc) -> None:
@@ -55,17 +53,8 @@ class ProjectionCapture:
             h.remove()
         self._handles.clear()
 
-    def _out_hook(self, proj: str, layer: int):
+    def _hook(self, proj: str, layer: int, side: str):
         def hook(module, inputs, output):
-            self._emit(proj, layer, output)
-
-        return hook
-
-    def _down_hook(self, layer: int):
-        def hook(module, inputs, output):
-            if "down_in" in self.projections:
-                self._emit("down_in", layer, inputs[0])
-            if "down" in self.projections:
-                self._emit("down", layer, output)
+            self._emit(proj, layer, output if side == "output" else inputs[0])
 
         return hook

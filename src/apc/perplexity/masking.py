@@ -37,23 +37,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from apc.common.projections import PROJECTIONS, mlp_projections
+from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projection_module
 from apc.clustering.device import exact_matmul
+from apc.clustering.distance import nearest
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random")
 _CENTROID_MODES = ("centroid", "centroid_only")
 
 
 def nearest_centroid(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Nearest centroid per pattern under d(p, c) = |p & ~c|.
+    """Nearest centroid per pattern under d(p, c) = |p & ~c| (:func:`apc.clustering.nearest`).
 
-    ``p: (N, W)`` 0/1 float32, ``c: (K, W)`` 0/1 float32 -> ``(N,)`` int64.
-    d = rowsum(p) - p @ c.T, so the argmin of d is the argmax of one matmul;
-    ties go to the lowest index.  Exact while W < 2**24 (integer counts in fp32; on
-    CUDA the product runs in TF32, which represents 0/1 exactly and accumulates in fp32).
+    ``p: (N, W)`` 0/1 float32, ``c: (K, W)`` 0/1 float32 -> ``(N,)`` int64; ties go to the
+    lowest index.  On CUDA the product runs in TF32, exact for 0/1 operands.
     """
-    with exact_matmul(p.device):  # TF32 on CUDA: exact for 0/1 operands, fp32 accumulation
-        return (p @ c.T).argmax(dim=1)
+    with exact_matmul(p.device):
+        return nearest(p, c, "activation")[0]
 
 
 class Interventions:
@@ -150,7 +149,7 @@ def install_interventions(
 
     for proj in projections:
         for l, mods in enumerate(layers):
-            module = mods["down" if proj == "down_in" else proj]
+            module = projection_module(mods, proj)
             dev = module.weight.device
             gen = None
             if mode == "random":
@@ -159,7 +158,7 @@ def install_interventions(
                 gen = generators[dev]
             fn = _make_apply(handle, mode, proj, thr[proj][l], cents.get(proj, [None] * n_layers)[l],
                              k_rand.get(proj), gen, skip_first_position)
-            if proj == "down_in":
+            if TABLE[proj].side == "input":
                 h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
             else:
                 h = module.register_forward_hook(lambda m, args, out, fn=fn: fn(out))
@@ -202,7 +201,7 @@ def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first):
 
 
 def _width(mods: dict, proj: str) -> int:
-    return mods["down"].in_features if proj == "down_in" else mods[proj].out_features
+    return TABLE[proj].width(projection_module(mods, proj))
 
 
 def _check_thresholds(thresholds, projections, n_layers, mode) -> dict[str, list[float]]:
@@ -242,7 +241,7 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
         per_layer = []
         for l, mods in enumerate(layers):
             src = l if c.shape[0] == n_layers else 0
-            dev = mods["down" if p == "down_in" else p].weight.device
+            dev = projection_module(mods, p).weight.device
             if (src, dev) not in cache:
                 cache[(src, dev)] = c[src].to(device=dev, dtype=torch.float32).contiguous()
             per_layer.append(cache[(src, dev)])

@@ -30,9 +30,10 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
                   batch_size: int = 1) -> dict:
     """Score ``windows: (n_windows, seq_len)`` token ids with ``model(ids).logits``.
 
-    Returns ``{"nll", "ppl", "tokens", "windows", "seq_len", "bos", "window_nll"}``:
-    token-weighted mean NLL (nats), exp(nll), scored tokens = n_windows * (seq_len - 1),
-    n_windows, seq_len, bos, and the per-window mean NLLs (list, window order).
+    Returns ``{"nll", "ppl", "tokens", "windows", "seq_len", "bos", "window_nll_sum",
+    "window_tokens"}``: token-weighted mean NLL (nats), exp(nll), scored tokens =
+    n_windows * (seq_len - 1), n_windows, seq_len, bos, and per window (lists, window
+    order) the summed NLL and the scored tokens, from which intervals are bootstrapped.
     ``bos=True`` requires the same token id in column 0 of every window.
     """
     windows = torch.as_tensor(windows)
@@ -74,7 +75,8 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
         "windows": n,
         "seq_len": seq_len,
         "bos": bool(bos),
-        "window_nll": (sums / (seq_len - 1)).tolist(),
+        "window_nll_sum": sums.tolist(),
+        "window_tokens": [seq_len - 1] * n,
     }
 
 

@@ -10,6 +10,7 @@
   projection (rows) x method (columns).
 
 Values are averaged over seeds.  A plot whose inputs are absent is skipped with a log line.
+Plots read exactly the result files they are given (the rule's inputs), never a folder scan.
 """
 
 from __future__ import annotations
@@ -94,22 +95,20 @@ def _metric_vs_k(ev: pd.DataFrame, metric: str, ref_col: str, path: Path) -> Pat
     return _save(fig, path)
 
 
-def _ppl_plot(out: Path, pset: str, cells: list[dict], path: Path) -> Path:
+def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -> Path:
     df = pd.DataFrame(cells)
     scopes = sorted(df["scope"].unique())
     colors = _colors(df["method"].unique())
-    dense = out / "ppl" / "dense.json"
-    sparse = out / "ppl" / f"sparse-{pset}.json"
-    dense_ppl = read_json(dense).get("ppl") if dense.exists() else None
-    sparse_ppl = read_json(sparse).get("ppl") if sparse.exists() else None
     fig, axes = _figure(len(scopes), len(MODES))
     for i, scope in enumerate(scopes):
         for j, mode in enumerate(MODES):
             ax = axes[i, j]
             sub = df[(df["scope"] == scope) & (df["mode"] == mode)]
             for method, g in sub.groupby("method"):
-                s = g.groupby("k")["ppl"].mean().sort_index()
-                ax.plot(s.index, s.values, "-", color=colors[method], marker="o", ms=4, label=method)
+                s = g.groupby("k")[["ppl", "lo", "hi"]].mean().sort_index()
+                err = [(s["ppl"] - s["lo"]).clip(lower=0), (s["hi"] - s["ppl"]).clip(lower=0)]
+                ax.errorbar(s.index, s["ppl"], yerr=err, fmt="-o", color=colors[method], ms=4, capsize=2,
+                            label=method)
             if dense_ppl is not None:
                 ax.axhline(dense_ppl, color="k", ls="--", lw=1, label="dense")
             if sparse_ppl is not None:
@@ -123,7 +122,8 @@ def _ppl_plot(out: Path, pset: str, cells: list[dict], path: Path) -> Path:
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         axes[0, -1].legend(handles, labels, fontsize=6, loc="best")
-    fig.suptitle(f"perplexity against K, masks on {pset}", fontsize=10)
+    fig.suptitle(f"perplexity against K, masks on {pset} (bars: 95 % bootstrap interval over windows)",
+                 fontsize=10)
     return _save(fig, path)
 
 
@@ -163,15 +163,18 @@ def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
-def make_plots(outdir: str | os.PathLike, plot_dir: str | os.PathLike) -> list[Path]:
-    """Write every plot whose inputs exist under ``outdir`` into ``plot_dir``; return their paths."""
+def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> list[Path]:
+    """Write every plot of exactly the given result files into ``plot_dir``; return their paths.
+
+    ``evals``: eval CSVs; ``refs``: dense and sparse perplexity results; ``ppl_cells``: perplexity cells.
+    """
     from apc.results.summary import read_eval
 
-    out, pdir = Path(outdir), Path(plot_dir)
+    pdir = Path(plot_dir)
     written: list[Path] = []
-    ev = read_eval(out)
+    ev = read_eval(evals)
     if ev.empty:
-        log.info("plots: no eval results under %s; skipping recall/precision and heat-map plots", out)
+        log.info("plots: no eval results; skipping recall/precision and heat-map plots")
     else:
         written.append(_metric_vs_k(ev, "recall", "random_recall", pdir / "recall_vs_k.png"))
         written.append(_metric_vs_k(ev, "precision", "data_density", pdir / "precision_vs_k.png"))
@@ -182,17 +185,20 @@ def make_plots(outdir: str | os.PathLike, plot_dir: str | os.PathLike) -> list[P
             else:
                 written.append(p)
 
+    references = [read_json(p) for p in refs]
+    dense_ppl = next((r["ppl"] for r in references if r.get("mode") == "dense"), None)
+    sparse_ppl = {r["pset"]: r["ppl"] for r in references if r.get("mode") == "sparse"}
     by_pset: dict[str, list[dict]] = {}
-    for path in sorted(out.glob("ppl/*/*/*.json")):
+    for path in ppl_cells:
         d = read_json(path)
-        pset = d.get("pset", path.parts[-3])
         for mode, md in (d.get("modes") or {}).items():
             if md.get("ppl") is not None and np.isfinite(float(md["ppl"])):
-                by_pset.setdefault(pset, []).append({"scope": d.get("scope", path.parts[-2]), "method": d["method"],
-                                                     "k": int(d["k"]), "seed": d.get("seed"), "mode": mode,
-                                                     "ppl": float(md["ppl"])})
+                by_pset.setdefault(d["pset"], []).append({
+                    "scope": d["scope"], "method": d["method"], "k": int(d["k"]), "seed": d["seed"], "mode": mode,
+                    "ppl": float(md["ppl"]), "lo": float(md.get("ppl_lo", md["ppl"])),
+                    "hi": float(md.get("ppl_hi", md["ppl"]))})
     if not by_pset:
-        log.info("plots: no perplexity cells under %s; skipping perplexity plots", out)
+        log.info("plots: no perplexity cells; skipping perplexity plots")
     for pset, cells in sorted(by_pset.items()):
-        written.append(_ppl_plot(out, pset, cells, pdir / f"ppl_{pset}.png"))
+        written.append(_ppl_plot(pset, cells, dense_ppl, sparse_ppl.get(pset), pdir / f"ppl_{pset}.png"))
     return written

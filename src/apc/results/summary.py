@@ -8,11 +8,14 @@ rows of ``eval/{proj}/{scope}/{method}-k{k}-s{seed}.csv``.  Columns:
 * from the clustering sidecar, when present: ``iterations``, ``converged``,
   ``cluster_wall_time_s``;
 * from each perplexity cell ``ppl/{pset}/{scope}/{method}-k{k}-s{seed}.json`` with the
-  same (scope, method, k, seed): ``ppl_{pset}_{mode}`` and the kept share of each
-  projection, ``kept_{pset}_{mode}_{proj}``, on the rows of the projections that
-  the set masks (a set masks its projections together, so its values repeat on
-  each of their rows and are blank on the others);
-* references: ``ppl_dense`` and ``ppl_sparse_{pset}`` (plus ``kept_sparse_{pset}_{proj}``);
+  same (scope, method, k, seed): ``ppl_{pset}_{mode}`` with its 95 % bootstrap interval
+  (``_lo``, ``_hi``), the paired ratio to dense on the same windows
+  (``ratio_{pset}_{mode}``, ``_lo``, ``_hi``) and the kept share of each projection,
+  ``kept_{pset}_{mode}_{proj}``, on the rows of the projections that the set masks (a
+  set masks its projections together, so its values repeat on each of their rows and
+  are blank on the others);
+* references: ``ppl_dense`` and ``ppl_sparse_{pset}`` (with intervals, the sparse ratio to
+  dense, and ``kept_sparse_{pset}_{proj}``);
 * ``lift`` = ``recall - random_recall``: coverage gained over a random mask of the
   same density (0 for a mask that knows nothing; the table is ranked by it).
 """
@@ -20,39 +23,28 @@ rows of ``eval/{proj}/{scope}/{method}-k{k}-s{seed}.csv``.  Columns:
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+from typing import Iterable
 
 import pandas as pd
 
 from apc.common.atomic import atomic_path, read_json
+from apc.common.layout import Cell
 from apc.common.progress import get_logger
+from apc.perplexity.intervals import bootstrap_ratio
 
 log = get_logger("apc.results.summary")
 
 ID_COLS = ["projection", "scope", "method", "k", "seed", "split"]
-_CELL_RE = re.compile(r"(?P<method>.+)-k(?P<k>\d+)-s(?P<seed>-?\d+)")
+CELL_COLS = ["projection", "scope", "method", "k", "seed"]
 
 
-def read_eval(outdir: str | os.PathLike) -> pd.DataFrame:
-    """All rows (per layer and ``"all"``) of every eval CSV, concatenated; empty frame if none.
+def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """All rows (per layer and ``"all"``) of the given eval CSVs, concatenated; empty frame if none.
 
     ``layer`` stays a string column ("all" or the layer index) so both kinds of row survive.
     """
-    paths = sorted(Path(outdir).glob("eval/*/*/*.csv"))
-    frames = []
-    for path in paths:
-        df = pd.read_csv(path, dtype={"layer": str})
-        if df.empty:
-            continue
-        proj, scope = path.parts[-3], path.parts[-2]
-        m = _CELL_RE.fullmatch(path.stem)
-        for col, val in (("projection", proj), ("scope", scope),
-                         ("method", m["method"] if m else None),
-                         ("k", int(m["k"]) if m else None), ("seed", int(m["seed"]) if m else None)):
-            if col not in df.columns and val is not None:
-                df[col] = val
-        frames.append(df)
+    frames = [df for df in (pd.read_csv(p, dtype={"layer": str}) for p in paths) if not df.empty]
     if not frames:
         return pd.DataFrame()
     df = pd.concat(frames, ignore_index=True)
@@ -61,82 +53,94 @@ def read_eval(outdir: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
-def _ppl_columns(outdir: Path) -> tuple[pd.DataFrame, dict, dict]:
-    """Perplexity cells as one wide frame keyed by (scope, method, k, seed); reference values;
-    the projections of each pset."""
+def _interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
+    """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, and its paired ratio to dense."""
+    out = {prefix: result.get("ppl"), f"{prefix}_lo": result.get("ppl_lo"), f"{prefix}_hi": result.get("ppl_hi")}
+    if dense is not None and "window_nll_sum" in result and "window_nll_sum" in dense:
+        r, lo, hi = bootstrap_ratio(result["window_nll_sum"], result["window_tokens"],
+                                    dense["window_nll_sum"], dense["window_tokens"])
+        name = "ratio" + prefix[len("ppl"):]
+        out.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
+    return out
+
+
+def reference_columns(ref_paths: Iterable[str | os.PathLike]) -> tuple[dict, dict | None]:
+    """``ppl_dense`` and ``ppl_sparse_{pset}`` columns (with intervals and ratios); the dense result."""
+    results = [read_json(p) for p in ref_paths]
+    dense = next((r for r in results if r.get("mode") == "dense"), None)
+    ref: dict = {}
+    if dense is not None:
+        ref.update(_interval_columns("ppl_dense", dense, None))
+    for d in results:
+        if d.get("mode") == "sparse":
+            ref.update(_interval_columns(f"ppl_sparse_{d['pset']}", d, dense))
+            for proj, kept in (d.get("kept") or {}).items():
+                ref[f"kept_sparse_{d['pset']}_{proj}"] = kept
+    return ref, dense
+
+
+def _ppl_columns(paths: Iterable[str | os.PathLike], dense: dict | None) -> tuple[pd.DataFrame, dict]:
+    """Perplexity cells as one wide frame keyed by (scope, method, k, seed); the projections of each pset."""
     rows: dict[tuple, dict] = {}
     psets: dict[str, list] = {}
-    for path in sorted(outdir.glob("ppl/*/*/*.json")):
+    for path in paths:
         d = read_json(path)
-        pset, scope = d.get("pset", path.parts[-3]), d.get("scope", path.parts[-2])
-        psets[pset] = list(d.get("projections") or [])
-        key = (scope, d["method"], int(d["k"]), int(d["seed"]))
-        row = rows.setdefault(key, {})
+        psets[d["pset"]] = list(d["projections"])
+        row = rows.setdefault((d["scope"], d["method"], int(d["k"]), int(d["seed"])), {})
         for mode, md in (d.get("modes") or {}).items():
-            row[f"ppl_{pset}_{mode}"] = md.get("ppl")
+            row.update(_interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
             for proj, kept in (md.get("kept") or {}).items():
-                row[f"kept_{pset}_{mode}_{proj}"] = kept
-    ref: dict[str, float] = {}
-    dense = outdir / "ppl" / "dense.json"
-    if dense.exists():
-        ref["ppl_dense"] = read_json(dense).get("ppl")
-    for path in sorted(outdir.glob("ppl/sparse-*.json")):
-        d = read_json(path)
-        pset = d.get("pset", path.stem[len("sparse-"):])
-        ref[f"ppl_sparse_{pset}"] = d.get("ppl")
-        for proj, kept in (d.get("kept") or {}).items():
-            ref[f"kept_sparse_{pset}_{proj}"] = kept
+                row[f"kept_{d['pset']}_{mode}_{proj}"] = kept
     if not rows:
-        return pd.DataFrame(columns=["scope", "method", "k", "seed"]), ref, psets
+        return pd.DataFrame(columns=["scope", "method", "k", "seed"]), psets
     frame = pd.DataFrame([{"scope": s, "method": m, "k": k, "seed": sd, **v} for (s, m, k, sd), v in rows.items()])
-    ppl_cols = sorted(c for c in frame.columns if c.startswith("ppl_"))
+    cols = sorted(c for c in frame.columns if c.startswith(("ppl_", "ratio_")))
     kept_cols = sorted(c for c in frame.columns if c.startswith("kept_"))
-    return frame[["scope", "method", "k", "seed", *ppl_cols, *kept_cols]], ref, psets
+    return frame[["scope", "method", "k", "seed", *cols, *kept_cols]], psets
 
 
-def _cluster_columns(outdir: Path) -> pd.DataFrame:
+def _cluster_columns(meta_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = []
-    for path in sorted(outdir.glob("clusters/*/*/*/centroids.json")):
+    for path in meta_paths:
         d = read_json(path)
-        m = _CELL_RE.fullmatch(path.parent.name)
-        rows.append({"projection": d.get("projection", path.parts[-4]), "scope": d.get("scope", path.parts[-3]),
-                     "method": d.get("method", m["method"] if m else None),
-                     "k": int(d.get("k", m["k"] if m else -1)), "seed": int(d.get("seed", m["seed"] if m else -1)),
-                     "iterations": d.get("iterations"), "converged": d.get("converged"),
+        rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": int(d["k"]),
+                     "seed": int(d["seed"]), "iterations": d.get("iterations"), "converged": d.get("converged"),
                      "cluster_wall_time_s": d.get("wall_time_s")})
-    return pd.DataFrame(rows, columns=["projection", "scope", "method", "k", "seed", "iterations",
-                                       "converged", "cluster_wall_time_s"])
+    return pd.DataFrame(rows, columns=[*CELL_COLS, "iterations", "converged", "cluster_wall_time_s"])
 
 
-def build_summary(outdir: str | os.PathLike) -> pd.DataFrame:
-    """The summary table (see module docstring); an empty frame when no eval results exist yet."""
-    out = Path(outdir)
-    ev = read_eval(out)
+def build_summary(evals, cluster_metas=(), refs=(), ppl_cells=()) -> pd.DataFrame:
+    """The summary table (see module docstring) of exactly the given result files.
+
+    ``evals``: eval CSVs; ``cluster_metas``: centroid sidecars; ``refs``: dense and sparse
+    perplexity results; ``ppl_cells``: perplexity cell results.  Empty frame without evals.
+    """
+    ev = read_eval(evals)
     if ev.empty:
         return pd.DataFrame(columns=ID_COLS)
     df = ev[ev["layer"] == "all"].drop(columns=["layer"]).copy()
     metric_cols = [c for c in df.columns if c not in ID_COLS]
     df = df[ID_COLS + metric_cols]
-    df = df.merge(_cluster_columns(out), on=["projection", "scope", "method", "k", "seed"], how="left")
+    df = df.merge(_cluster_columns(cluster_metas), on=CELL_COLS, how="left")
     df["lift"] = df["recall"] - df["random_recall"]
-    ppl, ref, psets = _ppl_columns(out)
+    ref, dense = reference_columns(refs)
+    ppl, psets = _ppl_columns(ppl_cells, dense)
     if len(ppl):
         df = df.merge(ppl, on=["scope", "method", "k", "seed"], how="left")
         for pset, projs in psets.items():
-            cols = [c for c in df.columns if c.startswith((f"ppl_{pset}_", f"kept_{pset}_"))]
-            if projs:
-                df.loc[~df["projection"].isin(projs), cols] = float("nan")
+            cols = [c for c in df.columns if c.startswith((f"ppl_{pset}_", f"ratio_{pset}_", f"kept_{pset}_"))]
+            df.loc[~df["projection"].isin(projs), cols] = float("nan")
     for col, val in ref.items():
         df[col] = val
     if df.duplicated(ID_COLS).any():
         dup = df[df.duplicated(ID_COLS, keep=False)][ID_COLS].drop_duplicates()
-        raise ValueError(f"duplicate summary rows in {out}: {dup.to_dict('records')[:5]}")
+        raise ValueError(f"duplicate summary rows: {dup.to_dict('records')[:5]}")
     return df.sort_values(ID_COLS, kind="stable").reset_index(drop=True)
 
 
-def write_summary(outdir: str | os.PathLike, path: str | os.PathLike) -> Path:
-    """Write :func:`build_summary` of ``outdir`` as CSV to ``path`` atomically; return ``path``."""
-    df = build_summary(outdir)
+def write_summary(path: str | os.PathLike, evals, cluster_metas=(), refs=(), ppl_cells=()) -> Path:
+    """Write :func:`build_summary` of the given files as CSV to ``path`` atomically; return ``path``."""
+    df = build_summary(evals, cluster_metas, refs, ppl_cells)
     path = Path(path)
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)

@@ -1,54 +1,47 @@
-"""Mirror a results tree into MLflow: one parent run per configuration, one child run per job result.
+"""Mirror the current sweep of a results folder into MLflow: one run per sweep cell.
 
 Layout of the MLflow side
 -------------------------
-* Parent run: tag ``apc.config_hash`` (:func:`config_hash` of the resolved config),
-  ``apc.rule = "workflow"``, ``apc.cell_key = "config"``.  Params: the config dict
-  flattened with dotted keys (immutable, because the hash identifies the config).
-  Artifacts: ``config.json``, ``thresholds.json``, ``plots/*.png``.  Metrics: the
-  per-layer thresholds (``threshold_{proj}``, step = layer).
-* Child runs (tag ``mlflow.parentRunId``), one per result file, keyed by the tag
-  ``apc.cell_key``:
+* The experiment (``mlflow.experiment``) is tagged as model development, so the UI opens
+  its runs table.
+* One *study* run per set of shared settings: model, data, extraction, clustering and
+  evaluation settings, the perplexity budget and the output folder -- not the sweep lists,
+  so extending or shrinking a sweep keeps its study.  Tags ``apc.kind = "study"`` and
+  ``apc.study`` (:func:`study_key`); named ``<preset> · <model> · <corpus>``.  Params: the
+  shared settings.  Metrics: dense and true-sparse perplexities with intervals, the
+  thresholds per layer.  Artifacts: the resolved config, thresholds, summary and plots.
+* One *cell* run per clustering cell ``(projection, scope, method, K, seed)``, child of the
+  study, named by its key (``gate/per_layer/apc-k32-s0``, tag ``apc.cell_key``).  It holds
+  the clustering parameters and per-iteration history (metric steps), train and test
+  coverage metrics, and for every projection set that masks its projection, every
+  perplexity mode's perplexity, interval, paired ratio to dense and kept share.  K, seed and
+  density are metrics too, so charts plot them on numeric axes.  Start and end times are
+  those of the cell's jobs.
 
-  ====================================================  ===================  ==================
-  result file                                            apc.cell_key         apc.rule
-  ====================================================  ===================  ==================
-  patterns/{split}/extract.json                          extract/{split}      extract_patterns
-  clusters/{proj}/{scope}/{cell}/centroids.json (+npy)   cluster/{proj}/...   cluster
-  eval/{proj}/{scope}/{cell}.csv                         eval/{proj}/...      evaluate
-  ppl/dense.json                                         ppl/dense            ppl_dense
-  ppl/sparse-{pset}.json                                 ppl/sparse-{pset}    ppl_sparse
-  ppl/{pset}/{scope}/{cell}.json                         ppl/{pset}/...       ppl_cell
-  ====================================================  ===================  ==================
+Sync ("replace on change")
+--------------------------
+Everything a run carries is derived from the result files of the current sweep (listed
+from the resolved config by :func:`apc.results.inputs.sweep_files`, never a folder
+scan); a sha256 of that payload is the tag ``apc.content_hash``, and a run is complete
+once FINISHED, which is set last.  Under a file lock, for each current cell:
 
-Idempotent update ("replace on change")
----------------------------------------
-Everything a child run carries (params, metrics with their steps, artifact bytes)
-is derived deterministically from its result files, and a sha256 of that payload
-is stored in the tag ``apc.content_hash``, which is written *last* (it marks the
-run complete).  On every sync, under the lock:
+* an active complete run with the same hash -> left alone ("unchanged");
+* a deleted complete run with the same hash (the cell left the sweep and came back) ->
+  restored ("restored");
+* otherwise a new run is logged, then the cell's other active runs are deleted
+  ("created" or "updated").
 
-* payload hash equal to the stored one  -> the run is left alone ("unchanged");
-* hash differs, or the run is incomplete -> a new run is created and fully
-  logged, then the old one is deleted ("updated").  The number of active runs
-  never changes.
-
-Replacement (rather than logging into the old run) is deliberate: MLflow forbids
-changing a logged param, and it cannot delete metric history, so re-logging
-per-iteration statistics of a rerun with fewer iterations would leave stale
-steps behind.  The old run is soft-deleted (``mlflow gc`` purges it).  The run id
-of a child therefore changes when its result changes; look runs up by
-``apc.cell_key``.  The parent is never replaced: its params come from the config,
-which its hash pins; its artifacts (plots) are re-logged in place.
+Active runs of cells no longer in the sweep are tagged ``apc.in_sweep = false`` and
+soft-deleted ("retired"), so the default view shows exactly the current sweep; ``mlflow
+gc`` purges them, a later sync restores them if they return unchanged.  Replacement rather
+than logging into the old run is deliberate: MLflow forbids changing a logged param and
+cannot delete metric history.
 
 Concurrency
 -----------
-All reads and writes of one sync happen while holding a :class:`filelock.FileLock`
-on ``<db file>.lock`` for ``sqlite:`` URIs (``<outdir>/.mlflow-sync.lock``
-otherwise), so concurrent syncs (e.g. four Snakemake jobs) are serialised: no
-duplicate runs, no "database is locked".  Duplicates that exist anyway (e.g.
-from a crash between create and delete) are healed: the newest complete run is
-kept, the others deleted.
+All reads and writes of one sync hold a :class:`filelock.FileLock` on ``<db file>.lock``
+for ``sqlite:`` URIs (``<outdir>/.mlflow-sync.lock`` otherwise), so concurrent syncs are
+serialised: no duplicate runs, no "database is locked".
 """
 
 from __future__ import annotations
@@ -72,7 +65,7 @@ from apc.common.progress import get_logger
 
 log = get_logger("apc.results.tracking")
 
-SCHEMA_VERSION = "1"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "2"  # bump when the mapping files -> params/metrics changes (forces replacement)
 LOCK_TIMEOUT_S = 900.0
 _HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _MAX_PARAMS_PER_BATCH = 100
@@ -86,9 +79,25 @@ class TrackingError(RuntimeError):
 
 
 # ----------------------------------------------------------------------------- helpers
-def config_hash(config: dict) -> str:
-    """Stable 12-hex-digit hash of a resolved config dict (key order does not matter)."""
-    blob = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+#: Keys of ``cluster`` that list the sweep rather than settle how each cell is computed.
+SWEEP_KEYS = ("methods", "k", "scopes", "projections", "seeds")
+
+
+def shared_settings(config: dict) -> dict:
+    """What every cell of a study shares: the config without the sweep lists (and without the
+    tracking block, the device and thread counts, which do not change any result)."""
+    c = config["cluster"]
+    return {
+        "preset": config.get("preset"), "outdir": str(Path(config["outdir"]).resolve()),
+        "model": config["model"], "data": config["data"], "extract": config["extract"],
+        "cluster": {k: v for k, v in c.items() if k not in SWEEP_KEYS},
+        "eval": config["eval"], "perplexity": {"test_tokens": config["perplexity"]["test_tokens"]},
+    }
+
+
+def study_key(config: dict) -> str:
+    """Stable 12-hex-digit hash of :func:`shared_settings` (key order does not matter)."""
+    blob = json.dumps(shared_settings(config), sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -183,10 +192,12 @@ class _Record:
     """Everything one run will carry, derived from result files only."""
 
     cell_key: str
-    rule: str
+    name: str
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, artifact dir)
+    start_ms: int | None = None
+    end_ms: int | None = None
 
     def param(self, **kw: Any) -> None:
         for k, v in kw.items():
@@ -195,12 +206,21 @@ class _Record:
 
     def metric(self, key: str, value: Any, step: int = 0) -> None:
         x = _num(value)
-        if x is not None:
+        if x is not None and math.isfinite(x):
             self.metrics.append((_key(key), x, int(step)))
+
+    def times(self, start_s: float | None, end_s: float | None) -> None:
+        """Widen the run's time span to cover a job from ``start_s`` to ``end_s`` (epoch seconds)."""
+        if start_s is not None:
+            ms = int(start_s * 1000)
+            self.start_ms = ms if self.start_ms is None else min(self.start_ms, ms)
+        if end_s is not None:
+            ms = int(end_s * 1000)
+            self.end_ms = ms if self.end_ms is None else max(self.end_ms, ms)
 
     def content_hash(self) -> str:
         h = hashlib.sha256(SCHEMA_VERSION.encode())
-        h.update(json.dumps([self.cell_key, self.rule, sorted(self.params.items()),
+        h.update(json.dumps([self.cell_key, self.name, sorted(self.params.items()),
                              [(k, repr(v), s) for k, v, s in self.metrics]]).encode())
         for path, adir in self.artifacts:
             h.update(f"\0{adir}/{path.name}\0".encode())
@@ -213,152 +233,122 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _cell_name(path: Path) -> tuple[str, int, int] | None:
-    m = re.fullmatch(r"(?P<method>.+)-k(?P<k>\d+)-s(?P<seed>-?\d+)", path.stem if path.suffix else path.name)
-    return (m["method"], int(m["k"]), int(m["seed"])) if m else None
+def _ppl_metrics(r: _Record, prefix: str, result: dict, dense: dict | None, proj: str | None = None) -> None:
+    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense and the kept share of ``proj``."""
+    from apc.results.summary import _interval_columns
+
+    for k, v in _interval_columns(prefix, result, dense).items():
+        r.metric(k, v)
+    kept = result.get("kept") or {}
+    if proj is not None and proj in kept:
+        r.metric("kept" + prefix[len("ppl"):], kept[proj])
 
 
-def collect_records(outdir: str | os.PathLike) -> list[_Record]:
-    """Scan ``outdir`` and build one record per job result (sorted by cell key)."""
-    out = Path(outdir)
-    thresholds = out / "thresholds.json"
-    sparsity = read_json(thresholds).get("sparsity") if thresholds.exists() else None
-    model = dataset = None
-    records: list[_Record] = []
+def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
+    """One record per cell of the current sweep (sorted by key), and the dense result if present.
 
-    for path in sorted(out.glob("patterns/*/extract.json")):
-        d = read_json(path)
-        split = d.get("split", path.parent.name)
-        model, dataset = model or d.get("model"), dataset or d.get("dataset")
-        r = _Record(f"extract/{split}", d.get("rule", "extract_patterns"))
-        r.param(model=d.get("model"), dataset=d.get("dataset"), split=split, seq_len=d.get("seq_len"),
-                n_layers=d.get("n_layers"), projections=d.get("projections"), sparsity=sparsity)
-        for k in ("n_tokens", "n_windows", "wall_time_s", "store_bytes", "ideal_bytes"):
-            r.metric(k, d.get(k))
-        for proj, dens in (d.get("density") or {}).items():
-            dens = [x for x in dens if _num(x) is not None]
-            if dens:
-                r.metric(f"density_{proj}_mean", sum(dens) / len(dens))
-            for layer, x in enumerate(dens):
-                r.metric(f"density_{proj}", x, step=layer)
-        r.artifacts.append((path, None))
+    Missing result files of a cell are skipped (a cell of a partly finished run carries
+    what exists)."""
+    from apc.results.inputs import sweep_files
+    from apc.common.layout import Layout
+
+    lay = Layout(config["outdir"])
+    files = sweep_files(config)
+    dense_path = Path(lay.ppl_dense())
+    dense = read_json(dense_path) if dense_path.exists() else None
+    psets = config["perplexity"]["psets"]
+    ppl_by_group: dict[tuple, list[Path]] = {}
+    for (pset, pc), path in zip(files.ppl_cells, files.ppl):
+        ppl_by_group.setdefault(pc.group, []).append(Path(path))
+    records = []
+    for cell in files.cells:
+        r = _Record(cell.key, cell.key)
+        r.param(projection=cell.proj, scope=cell.scope, method=cell.method, k=cell.k, seed=cell.seed)
+        r.metric("k", cell.k)
+        r.metric("seed", cell.seed)
+        meta_path, npy = Path(lay.centroids_meta(cell)), Path(lay.centroids(cell))
+        if meta_path.exists():
+            d = read_json(meta_path)
+            r.param(model=d.get("model"), dataset=d.get("dataset"), target_density=d.get("target_density"),
+                    layers=d.get("layers"), options=d.get("options") or {},
+                    max_patterns_per_layer=d.get("max_patterns_per_layer"))
+            r.metric("target_density", d.get("target_density"))
+            r.metric("centroid_density", d.get("density"))
+            for k in ("iterations", "converged", "n_train_patterns"):
+                r.metric(k, d.get(k))
+            r.metric("cluster_wall_time_s", d.get("wall_time_s"))
+            per_set = cell.scope == "per_layer"
+            for h in d.get("history") or []:
+                suffix = f"_L{h.get('set', 0):02d}" if per_set else ""
+                for stat in ("objective", "changed", "empty"):
+                    if stat in h:
+                        r.metric(f"{stat}{suffix}", h[stat], step=int(h.get("iteration", 0)))
+            r.times(d.get("started_at"), d.get("finished_at"))
+            r.artifacts += [(meta_path, "clustering"), (npy, "clustering")] if npy.exists() else [(meta_path, "clustering")]
+        ev = Path(lay.eval_table(cell))
+        if ev.exists():
+            for row in _read_csv(ev):
+                split = row["split"]
+                for c in ("recall", "paper_precision", "precision", "f1", "centroid_density", "data_density",
+                          "compute_share", "random_recall"):
+                    if c not in row:
+                        continue
+                    if row["layer"] == "all":
+                        r.metric(f"{split}_{c}", row[c])
+                    elif c in ("recall", "precision", "centroid_density"):
+                        r.metric(f"{split}_{c}_by_layer", row[c], step=int(row["layer"]))
+            r.times(None, ev.stat().st_mtime)
+            r.artifacts.append((ev, "evaluation"))
+        for path in ppl_by_group.get(cell.group, []):
+            if not path.exists():
+                continue
+            d = read_json(path)
+            if cell.proj not in psets.get(d["pset"], []):
+                continue
+            for mode, md in (d.get("modes") or {}).items():
+                _ppl_metrics(r, f"ppl_{d['pset']}_{mode}", md, dense, cell.proj)
+                r.times(None, md.get("finished_at"))
+            r.artifacts.append((path, f"perplexity/{d['pset']}"))
         records.append(r)
-
-    for path in sorted(out.glob("clusters/*/*/*/centroids.json")):
-        d = read_json(path)
-        proj, scope, cell = path.parts[-4], path.parts[-3], path.parts[-2]
-        model, dataset = model or d.get("model"), dataset or d.get("dataset")
-        r = _Record(f"cluster/{proj}/{scope}/{cell}", d.get("rule", "cluster"))
-        r.param(model=d.get("model"), dataset=d.get("dataset"), projection=d.get("projection", proj),
-                scope=d.get("scope", scope), layers=d.get("layers"), method=d.get("method"), k=d.get("k"),
-                seed=d.get("seed"), centroid_density=d.get("density"), width=d.get("width"),
-                n_train_patterns=d.get("n_train_patterns"), sparsity=sparsity)
-        for k in ("iterations", "converged", "wall_time_s", "n_train_patterns"):
-            r.metric(k, d.get(k))
-        r.metric("centroid_density", d.get("density"))
-        per_set = d.get("scope", scope) == "per_layer"
-        for h in d.get("history") or []:
-            suffix = f"_L{h.get('set', 0)}" if per_set else ""
-            for stat in ("objective", "changed", "empty"):
-                if stat in h:
-                    r.metric(f"{stat}{suffix}", h[stat], step=int(h.get("iteration", 0)))
-        r.artifacts.append((path, None))
-        npy = path.with_suffix(".npy")
-        if npy.exists():
-            r.artifacts.append((npy, None))
-        records.append(r)
-
-    for path in sorted(out.glob("eval/*/*/*.csv")):
-        proj, scope = path.parts[-3], path.parts[-2]
-        parsed = _cell_name(path)
-        rows = _read_csv(path)
-        side = out / "clusters" / proj / scope / path.stem / "centroids.json"
-        sd = read_json(side) if side.exists() else {}
-        first = rows[0] if rows else {}
-        r = _Record(f"eval/{proj}/{scope}/{path.stem}", "evaluate")
-        r.param(model=sd.get("model", model), dataset=sd.get("dataset", dataset),
-                projection=first.get("projection", proj), scope=first.get("scope", scope),
-                method=first.get("method", parsed[0] if parsed else None),
-                k=first.get("k", parsed[1] if parsed else None),
-                seed=first.get("seed", parsed[2] if parsed else None),
-                layers=sd.get("layers"), centroid_density=sd.get("density"), sparsity=sparsity)
-        metric_cols = [c for c in (first.keys() if first else [])
-                       if c not in ("split", "layer", "projection", "scope", "method", "k", "seed")]
-        for row in rows:
-            split = row.get("split", "test")
-            for c in metric_cols:
-                if row.get("layer") == "all":
-                    r.metric(f"{split}_{c}", row.get(c))
-                elif c in ("recall", "precision", "f1", "data_density", "centroid_density"):
-                    try:
-                        r.metric(f"{split}_{c}_by_layer", row.get(c), step=int(row["layer"]))
-                    except (KeyError, ValueError):
-                        pass
-        r.artifacts.append((path, None))
-        records.append(r)
-
-    dense = out / "ppl" / "dense.json"
-    if dense.exists():
-        d = read_json(dense)
-        r = _Record("ppl/dense", d.get("rule", "ppl_dense"))
-        r.param(mode=d.get("mode", "dense"), model=d.get("model"), dataset=d.get("dataset"))
-        for k in ("ppl", "nll", "tokens", "windows", "wall_time_s"):
-            r.metric(k, d.get(k))
-        r.artifacts.append((dense, None))
-        records.append(r)
-
-    for path in sorted(out.glob("ppl/sparse-*.json")):
-        d = read_json(path)
-        pset = d.get("pset", path.stem[len("sparse-"):])
-        r = _Record(f"ppl/sparse-{pset}", d.get("rule", "ppl_sparse"))
-        r.param(mode=d.get("mode", "sparse"), pset=pset, projections=d.get("projections"),
-                model=d.get("model"), dataset=d.get("dataset"), sparsity=sparsity)
-        for k in ("ppl", "nll", "tokens", "windows", "wall_time_s"):
-            r.metric(k, d.get(k))
-        for proj, x in (d.get("kept") or {}).items():
-            r.metric(f"kept_{proj}", x)
-        r.artifacts.append((path, None))
-        records.append(r)
-
-    for path in sorted(out.glob("ppl/*/*/*.json")):
-        d = read_json(path)
-        pset, scope = path.parts[-3], path.parts[-2]
-        r = _Record(f"ppl/{pset}/{scope}/{path.stem}", d.get("rule", "ppl_cell"))
-        modes = d.get("modes") or {}
-        r.param(pset=d.get("pset", pset), projections=d.get("projections"), method=d.get("method"),
-                k=d.get("k"), scope=d.get("scope", scope), seed=d.get("seed"), model=d.get("model"),
-                dataset=d.get("dataset"), modes=sorted(modes), sparsity=sparsity)
-        for mode, md in sorted(modes.items()):
-            for k in ("ppl", "nll", "tokens", "windows", "wall_time_s"):
-                r.metric(f"{k}_{mode}", md.get(k))
-            for proj, x in (md.get("kept") or {}).items():
-                r.metric(f"kept_{mode}_{proj}", x)
-        r.artifacts.append((path, None))
-        records.append(r)
-
-    keys = [r.cell_key for r in records]
-    if len(set(keys)) != len(keys):  # pragma: no cover - layout guarantees uniqueness
-        raise ValueError(f"duplicate cell keys in {out}")
-    return records
+    return sorted(records, key=lambda r: r.cell_key), dense
 
 
-def _parent_record(out: Path, config: dict, tmpdir: Path) -> _Record:
-    r = _Record("config", "workflow")
-    flat = _flatten(config)
-    for k, v in flat.items():
+def study_record(config: dict, tmpdir: Path, dense: dict | None) -> _Record:
+    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots."""
+    from apc.common.layout import Layout
+    from apc.results.summary import reference_columns
+
+    lay = Layout(config["outdir"])
+    model = Path(str(config["model"]["name_or_path"])).name or config["model"]["name_or_path"]
+    data = config["data"]
+    corpus = "/".join(filter(None, [data.get("hf_path"), data.get("hf_name")])) if data["source"] == "huggingface" \
+        else data["source"]
+    r = _Record("study", f"{config.get('preset', 'custom')} · {model} · {corpus}")
+    for k, v in _flatten(shared_settings(config)).items():
         r.param(**{k: "" if v is None else v})
     cfg = tmpdir / "config.json"
     write_json(cfg, config)
     r.artifacts.append((cfg, None))
-    thr = out / "thresholds.json"
+    refs = [p for p in [lay.ppl_dense()] + [lay.ppl_sparse(s) for s in config["perplexity"]["psets"]]
+            if Path(p).exists()]
+    for k, v in reference_columns(refs)[0].items():
+        r.metric(k, v)
+    for p in refs:
+        r.artifacts.append((Path(p), "perplexity"))
+    thr = Path(lay.thresholds())
     if thr.exists():
         for proj, rows in (read_json(thr).get("projections") or {}).items():
             for row in rows:
                 r.metric(f"threshold_{proj}", row.get("threshold"), step=int(row.get("layer", 0)))
                 r.metric(f"achieved_sparsity_{proj}", row.get("achieved_sparsity"), step=int(row.get("layer", 0)))
         r.artifacts.append((thr, None))
-    for png in sorted((out / "plots").glob("*.png")):
-        r.artifacts.append((png, "plots"))
+    summary = Path(lay.summary())
+    if summary.exists():
+        r.artifacts.append((summary, None))
+    plots = Path(lay.plots())
+    if plots.is_dir():
+        for png in sorted(plots.glob("[!.]*.png")):
+            r.artifacts.append((png, "plots"))
     return r
 
 
@@ -370,10 +360,13 @@ def _lock_path(uri: str, out: Path) -> Path:
     return out / ".mlflow-sync.lock"
 
 
-def _search_all(client, exp_id: str, filter_string: str) -> list:
+def _search_all(client, exp_id: str, filter_string: str, view=None) -> list:
+    from mlflow.entities import ViewType
+
     runs, token = [], None
     while True:
-        page = client.search_runs([exp_id], filter_string=filter_string, max_results=1000, page_token=token)
+        page = client.search_runs([exp_id], filter_string=filter_string, run_view_type=view or ViewType.ACTIVE_ONLY,
+                                  max_results=1000, page_token=token)
         runs.extend(page)
         token = page.token
         if not token:
@@ -405,39 +398,62 @@ def _log_record(client, run_id: str, rec: _Record, extra_tags: dict[str, str]) -
 
 
 def _complete(run) -> bool:
-    """A child run is complete once marked FINISHED, which happens after everything is logged."""
+    """A run is complete once marked FINISHED, which happens after everything is logged."""
     return run.info.status == "FINISHED"
 
 
-def sync_results(outdir: str | os.PathLike, config: dict, *, tracking_uri: str, experiment: str,
-                 git_info: dict | None = None) -> dict:
-    """Upsert the results tree under ``outdir`` into MLflow (see module docstring).
+def check_tracking_uri(uri: str, experiment: str) -> None:
+    """Cheap reachability check before any job runs; :class:`TrackingError` saying what to do.
 
-    Returns ``{"parent": run_id, "children": n, "created": n, "updated": n,
-    "unchanged": n, "experiment_id": id}`` (counts are of child runs).  Raises
-    :class:`TrackingError` naming ``tracking_uri`` if the store is unreachable or
-    rejects a write; result files are only read, never written.
+    A ``sqlite:`` store needs a writable folder (the file is created on first use); any other
+    store must answer one read.
     """
-    out = Path(outdir).resolve()
+    hint = ("set mlflow.tracking_uri to a reachable store (or null for the local sqlite file), "
+            "or start the tracking server")
+    db = _sqlite_path(uri)
+    if db is not None:
+        folder = db.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK) or (db.exists() and not os.access(db, os.W_OK)):
+            raise TrackingError(f"MLflow tracking URI {uri!r}: {db} is not writable; {hint}")
+        return
+    with _http_env():
+        try:
+            _client(uri, experiment)
+        except TrackingError as err:
+            raise TrackingError(f"{err}; {hint}") from None
+
+
+def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: dict | None = None) -> dict:
+    """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
+
+    Returns ``{"parent", "experiment_id", "study", "cells", "created", "updated", "unchanged",
+    "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
+    is unreachable or rejects a write; result files are only read, never written.
+    """
+    out = Path(config["outdir"]).resolve()
     if not out.is_dir():
         raise FileNotFoundError(f"results directory not found: {out}")
     ginfo = git_info if git_info is not None else _git_info(Path(__file__).resolve().parent)
     commit = str(ginfo.get("commit") or "unknown")
     dirty = ginfo.get("dirty")
-    dirty_tag = "unknown" if dirty is None else str(bool(dirty)).lower()
-    chash = config_hash(config)
-
+    base_tags = {"apc.git_commit": commit, "apc.git_dirty": "unknown" if dirty is None else str(bool(dirty)).lower(),
+                 "mlflow.source.git.commit": commit}
     db = _sqlite_path(tracking_uri)
-    if db is not None and not db.parent.is_dir():
-        raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: "
-                            f"directory {db.parent} does not exist")
-    records = collect_records(out)
+    if db is not None:
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
+    records, dense = cell_records(config)
 
     from filelock import FileLock, Timeout
 
     lock_file = _lock_path(tracking_uri, out)
     t0 = time.time()
-    with _http_env():
+    with _http_env(), tempfile.TemporaryDirectory(prefix="apc-mlflow-") as tmp:
+        study = study_record(config, Path(tmp), dense)
         client = None
         if db is None:  # probe remote stores before taking a lock in outdir
             client = _client(tracking_uri, experiment)
@@ -446,8 +462,8 @@ def sync_results(outdir: str | os.PathLike, config: dict, *, tracking_uri: str, 
                 if client is None:  # sqlite: even the schema creation must be serialised
                     client = _client(tracking_uri, experiment)
                 try:
-                    result = _sync_locked(client, tracking_uri, experiment, out, config, chash, records,
-                                          commit, dirty_tag, db)
+                    result = _sync_locked(client, experiment, db, study_key(config), study, records, base_tags,
+                                          str(out))
                 except TrackingError:
                     raise
                 except Exception as err:  # noqa: BLE001 - MLflow raises many types
@@ -456,9 +472,9 @@ def sync_results(outdir: str | os.PathLike, config: dict, *, tracking_uri: str, 
         except Timeout as err:
             raise TrackingError(f"timed out after {LOCK_TIMEOUT_S:.0f}s waiting for lock {lock_file} "
                                 f"(tracking URI {tracking_uri!r})") from err
-    log.info("mlflow sync %s -> %s [%s]: %d children (%d created, %d updated, %d unchanged) in %.1fs",
-             out, tracking_uri, experiment, result["children"], result["created"], result["updated"],
-             result["unchanged"], time.time() - t0)
+    log.info("mlflow sync %s -> %s [%s]: %d cells (%d created, %d updated, %d unchanged, %d restored, "
+             "%d retired) in %.1fs", out, tracking_uri, experiment, result["cells"], result["created"],
+             result["updated"], result["unchanged"], result["restored"], result["retired"], time.time() - t0)
     return result
 
 
@@ -474,9 +490,7 @@ def _client(uri: str, experiment: str):
     return client
 
 
-def _sync_locked(client, uri, experiment, out, config, chash, records, commit, dirty_tag, db) -> dict:
-    from mlflow.entities import RunStatus
-
+def _experiment(client, experiment: str, db: Path | None) -> str:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         art = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
@@ -485,68 +499,74 @@ def _sync_locked(client, uri, experiment, out, config, chash, records, commit, d
         exp_id = exp.experiment_id
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp_id)
+    # open the runs table ("Model training"), not the GenAI overview
+    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
+    return exp_id
 
-    existing = _search_all(client, exp_id, f"tags.`apc.config_hash` = '{chash}'")
+
+def _new_run(client, exp_id: str, rec: _Record, tags: dict[str, str]) -> str:
+    from mlflow.entities import RunStatus
+
+    run = client.create_run(exp_id, run_name=rec.name, start_time=rec.start_ms, tags=tags)
+    _log_record(client, run.info.run_id, rec, {})
+    client.set_terminated(run.info.run_id, RunStatus.to_string(RunStatus.FINISHED), end_time=rec.end_ms)
+    return run.info.run_id
+
+
+def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir) -> dict:
+    from mlflow.entities import ViewType
+
+    exp_id = _experiment(client, experiment, db)
+    runs = _search_all(client, exp_id, f"tags.`apc.study` = '{skey}'", ViewType.ALL)
+    studies = sorted((r for r in runs if r.data.tags.get("apc.kind") == "study" and r.info.lifecycle_stage == "active"),
+                     key=lambda r: (_complete(r), r.info.start_time or 0), reverse=True)
+    shash = study.content_hash()
+    study_tags = {**base_tags, "apc.kind": "study", "apc.study": skey, "apc.cell_key": "study", "apc.outdir": outdir}
+    if studies and _complete(studies[0]):
+        parent_id = studies[0].info.run_id
+        for dup in studies[1:]:
+            client.delete_run(dup.info.run_id)
+        if studies[0].data.tags.get("apc.content_hash") != shash:
+            _log_record(client, parent_id, study, {})
+            client.set_tag(parent_id, "apc.content_hash", shash)
+    else:
+        parent_id = _new_run(client, exp_id, study, {**study_tags, "apc.content_hash": shash})
+        for old in studies:
+            client.delete_run(old.info.run_id)
+
     by_key: dict[str, list] = {}
-    for run in existing:
-        by_key.setdefault(run.data.tags.get("apc.cell_key", ""), []).append(run)
-    for runs in by_key.values():  # newest complete first
-        runs.sort(key=lambda r: (_complete(r), r.info.start_time or 0), reverse=True)
-
-    base_tags = {"apc.config_hash": chash, "apc.git_commit": commit, "apc.git_dirty": dirty_tag,
-                 "mlflow.source.git.commit": commit}
-    finished = RunStatus.to_string(RunStatus.FINISHED)
-
-    # ---- parent (never replaced; params pinned by the config hash)
-    with tempfile.TemporaryDirectory(prefix="apc-mlflow-") as tmp:
-        prec = _parent_record(out, config, Path(tmp))
-        phash = prec.content_hash()
-        parents = by_key.pop("config", [])
-        if parents:
-            parent = parents[0]
-            for dup in parents[1:]:
-                client.delete_run(dup.info.run_id)
-            parent_id = parent.info.run_id
-            if parent.data.tags.get("apc.content_hash") != phash:
-                _log_record(client, parent_id, prec, {**base_tags, "apc.outdir": str(out)})
-                client.set_tag(parent_id, "apc.content_hash", phash)
-            if parent.info.status != finished:
-                client.set_terminated(parent_id, finished)
-        else:
-            run = client.create_run(exp_id, run_name=f"apc-{chash}",
-                                    tags={**base_tags, "apc.rule": "workflow", "apc.cell_key": "config"})
-            parent_id = run.info.run_id
-            _log_record(client, parent_id, prec, {"apc.outdir": str(out)})
-            client.set_tag(parent_id, "apc.content_hash", phash)
-            client.set_terminated(parent_id, finished)
-
-    # ---- children
-    created = updated = unchanged = 0
+    for run in runs:
+        if run.data.tags.get("apc.kind") == "cell":
+            by_key.setdefault(run.data.tags.get("apc.cell_key", ""), []).append(run)
+    counts = dict(created=0, updated=0, unchanged=0, restored=0, retired=0)
     for rec in records:
         h = rec.content_hash()
-        runs = by_key.pop(rec.cell_key, [])
-        keep = runs[0] if runs and _complete(runs[0]) and runs[0].data.tags.get("apc.content_hash") == h else None
-        for dup in runs:
-            if keep is not None and dup is not keep:
-                client.delete_run(dup.info.run_id)
+        have = by_key.pop(rec.cell_key, [])
+        active = [r for r in have if r.info.lifecycle_stage == "active"]
+        same = [r for r in have if _complete(r) and r.data.tags.get("apc.content_hash") == h]
+        keep = next((r for r in same if r.info.lifecycle_stage == "active"), None) or (same[0] if same else None)
         if keep is not None:
+            if keep.info.lifecycle_stage != "active":
+                client.restore_run(keep.info.run_id)
+                counts["restored"] += 1
+            else:
+                counts["unchanged"] += 1
+            if keep.data.tags.get("apc.in_sweep") != "true":
+                client.set_tag(keep.info.run_id, "apc.in_sweep", "true")
             if keep.data.tags.get("mlflow.parentRunId") != parent_id:
                 client.set_tag(keep.info.run_id, "mlflow.parentRunId", parent_id)
-            unchanged += 1
-            continue
-        run = client.create_run(exp_id, run_name=rec.cell_key, tags={
-            **base_tags, "apc.rule": rec.rule, "apc.cell_key": rec.cell_key, "apc.content_hash": h,
-            "mlflow.parentRunId": parent_id})
-        _log_record(client, run.info.run_id, rec, {})
-        client.set_terminated(run.info.run_id, finished)  # completion marker, written last
-        for old in runs:
-            client.delete_run(old.info.run_id)
-        if runs:
-            updated += 1
         else:
-            created += 1
-    stale = sum(len(v) for v in by_key.values())
-    if stale:
-        log.info("mlflow: %d run(s) of config %s have no result file any more; left as they are", stale, chash)
-    return {"parent": parent_id, "experiment_id": exp_id, "children": len(records),
-            "created": created, "updated": updated, "unchanged": unchanged}
+            _new_run(client, exp_id, rec, {**base_tags, "apc.kind": "cell", "apc.study": skey,
+                                           "apc.cell_key": rec.cell_key, "apc.content_hash": h,
+                                           "apc.in_sweep": "true", "mlflow.parentRunId": parent_id})
+            counts["updated" if active else "created"] += 1
+        for r in active:
+            if keep is None or r.info.run_id != keep.info.run_id:
+                client.delete_run(r.info.run_id)
+    for stale in by_key.values():  # cells that left the sweep
+        for r in stale:
+            if r.info.lifecycle_stage == "active":
+                client.set_tag(r.info.run_id, "apc.in_sweep", "false")
+                client.delete_run(r.info.run_id)
+                counts["retired"] += 1
+    return {"parent": parent_id, "experiment_id": exp_id, "study": skey, "cells": len(records), **counts}

@@ -1,0 +1,143 @@
+"""Every artifact path of a results folder, named from its cell.
+
+Rules, rule scripts, summary, plots, tracking and tests all take paths from
+here, so a layout change is made once.  Fields may be Snakemake wildcard
+strings (``"{proj}"``) as well as values, so rules build their patterns with
+the same functions.
+
+A clustering *cell* is ``(proj, scope, method, k, seed)``; a perplexity cell
+is a projection set ``pset`` masked with the centroids of one
+``(scope, method, k, seed)`` for each of its projections.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Cell", "Layout"]
+
+_KEY_RE = re.compile(r"(?P<proj>[^/]+)/(?P<scope>[^/]+)/(?P<method>.+)-k(?P<k>\d+)-s(?P<seed>\d+)")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One clustering cell of the sweep."""
+
+    proj: str
+    scope: str
+    method: str
+    k: int | str
+    seed: int | str
+
+    @property
+    def name(self) -> str:
+        """``apc-k32-s0``: method, K and seed."""
+        return f"{self.method}-k{self.k}-s{self.seed}"
+
+    @property
+    def key(self) -> str:
+        """``gate/per_layer/apc-k32-s0``: the cell's identity in file names and MLflow."""
+        return f"{self.proj}/{self.scope}/{self.name}"
+
+    @property
+    def group(self) -> tuple:
+        """``(scope, method, k, seed)``: what a perplexity cell shares with its projections' cells."""
+        return (self.scope, self.method, self.k, self.seed)
+
+    @classmethod
+    def parse(cls, key: str) -> "Cell":
+        """Inverse of :attr:`key`; ``ValueError`` for anything else."""
+        m = _KEY_RE.fullmatch(key)
+        if not m:
+            raise ValueError(f"not a cell key (proj/scope/method-kK-sSEED): {key!r}")
+        return cls(m["proj"], m["scope"], m["method"], int(m["k"]), int(m["seed"]))
+
+    @classmethod
+    def of(cls, d: dict) -> "Cell":
+        """From a mapping with ``proj`` (or ``projection``), ``scope``, ``method``, ``k`` and ``seed``."""
+        return cls(d.get("proj", d.get("projection")), d["scope"], d["method"], int(d["k"]), int(d["seed"]))
+
+    def as_dict(self) -> dict:
+        return {"proj": self.proj, "scope": self.scope, "method": self.method, "k": self.k, "seed": self.seed}
+
+
+#: A cell whose fields are the Snakemake wildcards of the rules.
+WILDCARDS = Cell("{proj}", "{scope}", "{method}", "{k}", "{seed}")
+
+
+class Layout:
+    """Paths under one results folder ``root`` (strings, as Snakemake wants them)."""
+
+    def __init__(self, root: str | Path):
+        self.root = str(root).rstrip("/")
+
+    def _p(self, *parts) -> str:
+        return "/".join([self.root, *map(str, parts)])
+
+    # -- stage 1: extraction
+    def manifest(self) -> str:
+        return self._p("model", "manifest.json")
+
+    def tokens(self, split: str) -> str:
+        return self._p("tokens", f"{split}.npy")
+
+    def tokens_meta(self, split: str) -> str:
+        return self._p("tokens", f"{split}.json")
+
+    def thresholds(self) -> str:
+        return self._p("thresholds.json")
+
+    def patterns(self, split: str) -> str:
+        """Folder of the split's pattern store (``{proj}/L{layer:02d}.npy`` + ``extract.json``)."""
+        return self._p("patterns", split)
+
+    def extract_summary(self, split: str) -> str:
+        return self._p("patterns", split, "extract.json")
+
+    # -- stage 2: clustering
+    def cell_dir(self, c: Cell) -> str:
+        return self._p("clusters", c.proj, c.scope, c.name)
+
+    def centroids(self, c: Cell) -> str:
+        return self.cell_dir(c) + "/centroids.npy"
+
+    def centroids_meta(self, c: Cell) -> str:
+        return self.cell_dir(c) + "/centroids.json"
+
+    # -- stage 3: evaluation
+    def eval_table(self, c: Cell) -> str:
+        return self._p("eval", c.proj, c.scope, f"{c.name}.csv")
+
+    # -- stage 4: perplexity
+    def ppl_dense(self) -> str:
+        return self._p("ppl", "dense.json")
+
+    def ppl_sparse(self, pset: str) -> str:
+        return self._p("ppl", f"sparse-{pset}.json")
+
+    def ppl_cell(self, pset: str, c: Cell) -> str:
+        """Perplexity of ``pset`` masked with the centroids of ``c``'s group (``c.proj`` is not used)."""
+        return self._p("ppl", pset, c.scope, f"{c.name}.json")
+
+    # -- stage 5: results
+    def config(self) -> str:
+        """The resolved config of the run, as JSON (read by ``apc sync``)."""
+        return self._p("config.json")
+
+    def summary(self) -> str:
+        return self._p("summary.csv")
+
+    def plots(self) -> str:
+        return self._p("plots")
+
+    def mlflow_runs(self) -> str:
+        return self._p("mlflow_runs.json")
+
+    def log(self, rule: str, c: Cell | None = None, **wildcards) -> str:
+        """``logs/{rule}[/{cell key}|-{wildcards}].log``."""
+        if c is not None:
+            return self._p("logs", rule, f"{c.key.replace('/', '-')}.log")
+        tail = "-".join(str(v) for v in wildcards.values())
+        return self._p("logs", f"{rule}{'-' + tail if tail else ''}.log")

@@ -1,0 +1,92 @@
+"""The perplexity protocol of the study: which windows, which masks, what each result holds.
+
+* Windows: the first ``test_tokens // seq_len`` windows of the test split (all when None).
+* References: ``dense`` (no hook) and ``sparse`` (true thresholded masks of a projection set).
+* A cell: the projection set masked with one clustering cell's centroids per projection, in the
+  modes ``centroid_only`` (the centroid mask alone), ``centroid`` (true mask AND centroid mask)
+  and ``random`` (a same-density random mask; its density is the kept share measured in
+  ``centroid_only`` when that mode runs, so the control matches the masks actually applied).
+
+Every result keeps the per-window NLL sums and token counts and a bootstrap interval.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from apc.common.progress import get_logger
+from apc.perplexity.intervals import bootstrap_ppl
+from apc.perplexity.masking import install_interventions
+from apc.perplexity.scoring import score_windows
+
+log = get_logger("apc.perplexity.protocol")
+
+#: Cell modes in the order they run (``random`` reads the kept share of ``centroid_only``).
+CELL_MODES = ("centroid_only", "centroid", "random")
+
+
+def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str = "perplexity.test_tokens",
+                   split: str = "test") -> torch.Tensor:
+    """The first ``test_tokens // seq_len`` rows of ``windows: (n_windows, seq_len)``; all if None."""
+    if test_tokens is None:
+        return windows
+    seq_len = windows.shape[1]
+    n = int(test_tokens) // seq_len
+    if n < 1:
+        raise ValueError(f"config key '{key}': {test_tokens} tokens is less than one window of {seq_len} tokens")
+    if n > len(windows):
+        raise ValueError(f"config key '{key}': {n} windows of {seq_len} tokens asked for, the {split} split "
+                         f"has only {len(windows)} ({len(windows) * seq_len} tokens); lower it or set it to null")
+    return windows[:n]
+
+
+def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
+          seed: int = 0, **masks) -> dict:
+    """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
+
+    Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
+    started_at, finished_at, wall_time_s``; ``kept`` maps each masked projection to its kept share.
+    """
+    started = time.time()
+    t0 = time.perf_counter()
+    masked = mode != "dense"
+    with install_interventions(model, mode, projections=projections if masked else (),
+                               thresholds=thresholds if masked else None, skip_first_position=bos,
+                               seed=seed, **masks) as handle:
+        res = score_windows(model, windows, bos=bos)
+    lo, hi = bootstrap_ppl(res["window_nll_sum"], res["window_tokens"])
+    out = {"ppl": res["ppl"], "ppl_lo": lo, "ppl_hi": hi,
+           **{k: res[k] for k in ("nll", "tokens", "windows", "window_nll_sum", "window_tokens")},
+           "kept": handle.kept_fraction() if masked else {},
+           "started_at": started, "finished_at": time.time(), "wall_time_s": time.perf_counter() - t0}
+    log.info("%s: ppl %.3f [%.3f, %.3f] over %d tokens in %d windows; kept %s", mode, out["ppl"], lo, hi,
+             out["tokens"], out["windows"], {k: round(v, 4) for k, v in out["kept"].items()})
+    return out
+
+
+def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
+               centroids: dict[str, torch.Tensor], seed: int) -> dict[str, dict]:
+    """Every requested cell mode, ``{mode: result of :func:`score`}``, in the order of ``modes``.
+
+    ``centroids: {proj: (n_sets, K, width) bool}`` (n_sets 1 for pooled, n_layers per layer).
+    """
+    unknown = [m for m in modes if m not in CELL_MODES]
+    if unknown:
+        raise ValueError(f"unknown perplexity mode(s) {unknown}; known: {', '.join(CELL_MODES)}")
+    density = {q: float(c.float().mean()) for q, c in centroids.items()}
+    source = "mean over centroids"
+    results: dict[str, dict] = {}
+    for mode in sorted(modes, key=CELL_MODES.index):
+        if mode == "random":
+            results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
+                                  seed=seed, random_density=density)
+            results[mode].update(density=dict(density), density_source=source)
+        else:
+            results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
+                                  seed=seed, centroids=centroids)
+        if mode == "centroid_only":
+            density, source = dict(results[mode]["kept"]), "assigned centroids (centroid_only kept share)"
+    return {m: results[m] for m in modes}

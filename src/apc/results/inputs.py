@@ -1,0 +1,41 @@
+"""The result files of the current sweep of a resolved config: what summary, plots and tracking read.
+
+Derived from the config alone (never a folder scan), so a cell that left the sweep is not
+read even while its files stay on disk, and hidden or temporary files are never picked up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from apc.common.layout import Cell, Layout
+from apc.common.sweep import cluster_cells, perplexity_cells
+
+
+@dataclass
+class SweepFiles:
+    """Result paths of one resolved config, by kind (lists of ``str``)."""
+
+    cells: list[Cell]
+    ppl_cells: list[tuple[str, Cell]]
+    centroids: list[str]
+    centroid_metas: list[str]
+    evals: list[str]
+    refs: list[str]
+    ppl: list[str]
+
+
+def sweep_files(config: dict) -> SweepFiles:
+    """Every result file the current sweep of ``config`` writes (see :class:`SweepFiles`)."""
+    lay = Layout(config["outdir"])
+    cells = cluster_cells(config)
+    pcells = perplexity_cells(config)
+    return SweepFiles(
+        cells=cells,
+        ppl_cells=pcells,
+        centroids=[lay.centroids(c) for c in cells],
+        centroid_metas=[lay.centroids_meta(c) for c in cells],
+        evals=[lay.eval_table(c) for c in cells],
+        refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in config["perplexity"]["psets"]],
+        ppl=[lay.ppl_cell(p, c) for p, c in pcells] if config["perplexity"]["modes"] else [],
+    )
