@@ -1,4 +1,5 @@
 # Stage 1: model, token windows, thresholds, bit-packed activation patterns.
+from apc.extraction.corpus import split_settings
 
 
 rule prepare_model:
@@ -13,15 +14,18 @@ rule prepare_model:
 
 
 rule prepare_data:
+    # One job per split: each gets only the settings its own windows depend on,
+    # so changing one split's budget reruns only that split's work.
     input:
-        f"{OUT}/model/manifest.json",
+        model=f"{OUT}/model/manifest.json",
+        text=C["data"]["text_files"] if C["data"]["source"] == "text" else [],
     output:
-        tokens=expand(f"{OUT}/tokens/{{split}}.npy", split=SPLITS),
-        meta=expand(f"{OUT}/tokens/{{split}}.json", split=SPLITS),
+        tokens=f"{OUT}/tokens/{{split}}.npy",
+        meta=f"{OUT}/tokens/{{split}}.json",
     params:
-        data=C["data"],
+        data=lambda wc: split_settings(C["data"], wc.split),
     log:
-        f"{OUT}/logs/prepare_data.log",
+        f"{OUT}/logs/prepare_data_{{split}}.log",
     script:
         "../scripts/prepare_data.py"
 
