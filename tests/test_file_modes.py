@@ -3,8 +3,10 @@ import stat
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import save_file
 
-from apc.common.atomic import atomic_path, write_json, write_npy
+from apc.common.atomic import atomic_path, current_umask, write_json, write_npy
 from apc.extraction.model import ensure_converted
 from apc.extraction.patterns import PatternWriter
 
@@ -52,8 +54,13 @@ def test_pattern_files_follow_the_umask(tmp_path, umask_022):
 def test_converted_model_folder_follows_the_umask(tmp_path, umask_022):
     def convert(tmp):
         (tmp / "config.json").write_text("{}")
-        (tmp / "model.safetensors").write_bytes(b"w")
+        (tmp / "tokenizer").mkdir(mode=0o700)
+        (tmp / "tokenizer" / "vocab.json").write_text("{}")
+        save_file({"w": torch.zeros(2)}, str(tmp / "model.safetensors"))  # written with mode 0600
+        os.chmod(tmp, 0o700)
 
     out = ensure_converted(tmp_path / "models" / "m-123", convert)
-    assert _mode(out) == 0o755
-    assert all(_mode(out / n) == 0o644 for n in ("config.json", "model.safetensors"))
+    assert _mode(out) == 0o755 and _mode(out / "tokenizer") == 0o755
+    for name in ("config.json", "model.safetensors", "tokenizer/vocab.json"):
+        assert _mode(out / name) == 0o644, name
+    assert current_umask() == 0o022  # reading the umask leaves it as it was

@@ -52,6 +52,27 @@ def _create_temporary(path: Path, suffix: str) -> Path:
             continue
 
 
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything under it the modes the umask gives new files and folders.
+
+    For trees written by libraries that create private files (``safetensors``
+    writes mode 0600): files get ``0o666``, folders ``0o777``, minus the umask.
+    """
+    mask = current_umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path, ".json") as tmp:

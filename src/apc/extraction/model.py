@@ -25,7 +25,7 @@ from filelock import FileLock
 import torch
 
 from apc.common.projections import PROJECTIONS, mlp_projections, projection_width
-from apc.common.atomic import read_json, write_json
+from apc.common.atomic import apply_umask, read_json, write_json
 from apc.common.progress import get_logger
 
 log = get_logger("apc.extraction.model")
@@ -102,7 +102,8 @@ def ensure_converted(out: str | Path, convert: Callable[[Path], None]) -> Path:
 
     Holds a file lock ``.{name}.lock`` beside ``out`` throughout, so concurrent
     callers (threads or processes) wait and then reuse the first caller's result.
-    ``tmp`` is renamed onto ``out`` only after ``convert`` returns.
+    ``tmp`` is renamed onto ``out`` only after ``convert`` returns; its files and
+    folders then get the modes the umask gives (0644 / 0755 under umask 022).
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -115,6 +116,7 @@ def ensure_converted(out: str | Path, convert: Callable[[Path], None]) -> Path:
         tmp.mkdir()
         try:
             convert(tmp)
+            apply_umask(tmp)  # safetensors writes its files with mode 0600
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
