@@ -78,35 +78,63 @@ def _half_centroids(width, k=4, n_sets=1, seed=0):
     return torch.zeros(n_sets, k, width, dtype=torch.bool).scatter_(-1, idx, True)
 
 
+def _hand_stats(model, windows, thresholds, skip):
+    """Counted by hand from a dense pass: per projection, (active count, elements) over the
+    intervened positions of all layers -- position 0 left out when ``skip``."""
+    cap = Capture(model)
+    _logits(model, windows)
+    cap.remove()
+    out = {}
+    for p in PROJECTIONS:
+        xs = [cap.x[p][l][0][:, 1:] if skip else cap.x[p][l][0] for l in range(N_LAYERS)]
+        active = sum(int((x.abs() >= thresholds[p][l]).sum()) for l, x in enumerate(xs))
+        out[p] = (active, sum(x.numel() for x in xs))
+    return out
+
+
 def test_dense_installs_nothing(model, windows):
     dense = _logits(model, windows)
     with install_interventions(model, "dense", projections=list(PROJECTIONS), skip_first_position=True) as h:
         out = _logits(model, windows)
     assert torch.equal(out, dense)
     assert h.calls == {p: 0 for p in PROJECTIONS}
-    assert h.kept_fraction() == {p: 1.0 for p in PROJECTIONS}
+    assert all(s["elements"] == 0 for s in h.stats().values())  # nothing intervened, nothing counted
+    assert h.kept_fraction() == {p: 1.0 for p in PROJECTIONS}  # the documented convention for dense
 
 
+@pytest.mark.parametrize("skip", [False, True])
 @pytest.mark.parametrize("n_sets", [1, N_LAYERS])
-def test_all_ones_centroid_only_is_dense(model, windows, thresholds, n_sets):
+def test_all_ones_centroid_only_is_dense(model, windows, thresholds, n_sets, skip):
     dense = _logits(model, windows)
+    hand = _hand_stats(model, windows, thresholds, skip)
     cents = {p: torch.ones(n_sets, 3, WIDTH[p], dtype=torch.bool) for p in PROJECTIONS}
     with install_interventions(model, "centroid_only", projections=list(PROJECTIONS), thresholds=thresholds,
-                               centroids=cents, skip_first_position=False) as h:
+                               centroids=cents, skip_first_position=skip) as h:
         out = _logits(model, windows)
     assert torch.equal(out, dense)
-    assert h.kept_fraction() == {p: 1.0 for p in PROJECTIONS}
     assert h.calls == {p: N_LAYERS for p in PROJECTIONS}
+    positions = 2 * (11 if skip else 12)
+    for p, s in h.stats().items():
+        active, elements = hand[p]
+        assert elements == N_LAYERS * positions * WIDTH[p]
+        assert s["elements"] == elements  # counted over the intervened positions, BOS left out when skipped
+        assert s["kept_fraction"] == 1.0  # every neuron of every counted position kept
+        assert s["active_fraction"] == pytest.approx(active / elements, abs=1e-12)
+        assert 0.3 < s["active_fraction"] < 0.7  # median thresholds: a real share, not 0 or 1
 
 
-def test_zero_thresholds_sparse_is_dense(model, windows):
+@pytest.mark.parametrize("skip", [False, True])
+def test_zero_thresholds_sparse_is_dense(model, windows, skip):
     dense = _logits(model, windows)
     zero = {p: [0.0] * N_LAYERS for p in PROJECTIONS}
     with install_interventions(model, "sparse", projections=list(PROJECTIONS), thresholds=zero,
-                               skip_first_position=False) as h:
+                               skip_first_position=skip) as h:
         out = _logits(model, windows)
     assert torch.equal(out, dense)
-    assert h.kept_fraction() == {p: 1.0 for p in PROJECTIONS}
+    hand = _hand_stats(model, windows, zero, skip)
+    for p, s in h.stats().items():
+        assert (s["kept_fraction"], s["active_fraction"]) == (1.0, 1.0)
+        assert s["elements"] == hand[p][1] == N_LAYERS * 2 * (11 if skip else 12) * WIDTH[p]
 
 
 def test_sparse_changes_logits_and_remove_restores(model, windows, thresholds):

@@ -16,6 +16,8 @@ os.environ["APC_SRC"] = SRC
 from apc.common.config import ConfigError, load_schema, resolve
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
+from apc.common.rulekit import dataset_name
+from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")

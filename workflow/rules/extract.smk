@@ -13,15 +13,18 @@ rule prepare_model:
 
 
 rule prepare_data:
+    # One job per split: each gets only the settings its own windows depend on,
+    # so changing one split's budget reruns only that split's work.
     input:
-        L.manifest(),
+        model=L.manifest(),
+        text=C["data"]["text_files"] if C["data"]["source"] == "text" else [],
     output:
-        tokens=expand(L.tokens("{split}"), split=SPLITS),
-        meta=[L.tokens_meta(s) for s in SPLITS],
+        tokens=L.tokens("{split}"),
+        meta=L.tokens_meta("{split}"),
     params:
-        data=C["data"],
+        data=lambda wc: split_settings(C["data"], wc.split),
     log:
-        L.log("prepare_data"),
+        L.log("prepare_data", split="{split}"),
     script:
         "../scripts/prepare_data.py"
 
@@ -52,7 +55,7 @@ rule extract_patterns:
     params:
         extract=C["extract"],
         device=C["device"],
-        dataset=C["data"],
+        dataset=dataset_name(C["data"]),
     threads: C["threads"]
     log:
         L.log("extract_patterns", split="{split}"),

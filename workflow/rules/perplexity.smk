@@ -15,7 +15,7 @@ rule perplexity_dense:
     params:
         ppl=ppl_settings(with_modes=False),
         device=C["device"],
-        data=C["data"],
+        dataset=dataset_name(C["data"]),
         mode="dense",
         projections=[],
     threads: C["threads"]
@@ -35,7 +35,7 @@ rule perplexity_sparse:
     params:
         ppl=ppl_settings(with_modes=False),
         device=C["device"],
-        data=C["data"],
+        dataset=dataset_name(C["data"]),
         mode="sparse",
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
     threads: C["threads"]
@@ -56,7 +56,7 @@ rule perplexity_cell:
     params:
         ppl=ppl_settings(with_modes=True),
         device=C["device"],
-        data=C["data"],
+        dataset=dataset_name(C["data"]),
         mode="cell",
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
     threads: 1

@@ -4,7 +4,7 @@ from apc.common.atomic import read_json, read_npy, write_json
 from apc.extraction.extract import extract_patterns
 from apc.clustering.device import resolve_device
 from apc.extraction.model import load_model
-from apc.common.rulekit import dataset_name, start
+from apc.common.rulekit import start
 
 start(snakemake, "extract_patterns")
 split = snakemake.wildcards.split
@@ -12,7 +12,7 @@ device = resolve_device(snakemake.params.device)
 manifest = read_json(snakemake.input.model)
 model, tok = load_model(manifest, device=device)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
-meta = {"model": manifest["name"], "dataset": dataset_name(snakemake.params.dataset)}
+meta = {"model": manifest["name"], "dataset": snakemake.params.dataset}
 summary = extract_patterns(
     model, windows, read_json(snakemake.input.thresholds), snakemake.params.extract["projections"],
     snakemake.output[0].rsplit("/", 1)[0], split, meta,

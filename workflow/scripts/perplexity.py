@@ -3,7 +3,7 @@ import torch
 from apc.clustering import load_centroids
 from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import dataset_name, start
+from apc.common.rulekit import start
 from apc.extraction.model import load_model
 from apc.perplexity.protocol import score, score_cell, select_windows
 
@@ -18,7 +18,7 @@ thresholds = None
 if projections:
     table = read_json(snakemake.input.thresholds)["projections"]
     thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
-result = {"model": manifest["name"], "dataset": dataset_name(p.data), "seq_len": int(windows.shape[1])}
+result = {"model": manifest["name"], "dataset": p.dataset, "seq_len": int(windows.shape[1])}
 
 if p.mode in ("dense", "sparse"):
     result.update(mode=p.mode, **score(model, windows, p.mode, bos=bos, projections=projections,

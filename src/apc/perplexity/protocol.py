@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from apc.common.progress import get_logger
+from apc.extraction.corpus import check_budget
 from apc.perplexity.intervals import bootstrap_ppl
 from apc.perplexity.masking import install_interventions
 from apc.perplexity.scoring import score_windows
@@ -37,9 +38,7 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
     n = int(test_tokens) // seq_len
     if n < 1:
         raise ValueError(f"config key '{key}': {test_tokens} tokens is less than one window of {seq_len} tokens")
-    if n > len(windows):
-        raise ValueError(f"config key '{key}': {n} windows of {seq_len} tokens asked for, the {split} split "
-                         f"has only {len(windows)} ({len(windows) * seq_len} tokens); lower it or set it to null")
+    check_budget(n, len(windows), seq_len, key=key, split=split)
     return windows[:n]
 
 
