@@ -91,9 +91,20 @@ def density_to_count(density: float, width: int) -> int:
 def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     """Bool mask keeping the ``n_keep`` highest scores of each row.
 
-    Deterministic: a stable sort by descending score, so ties go to the lowest
-    position.  Every row has exactly ``n_keep`` True entries.
+    Deterministic: ties go to the lowest position, and every row has exactly
+    ``n_keep`` True entries.  Integer scores (counts) take a faster exact
+    route, a selection of the ``n_keep``-th largest unique key
+    ``score * width + (width - 1 - position)`` per row; other scores a stable
+    sort by descending score.
     """
+    if not score.is_floating_point() and score.dtype != torch.bool:
+        width = score.shape[1]
+        if not 0 < n_keep <= width:
+            raise ValueError(f"n_keep must be in [1, {width}], got {n_keep}")
+        pos = torch.arange(width - 1, -1, -1, dtype=torch.int64, device=score.device)
+        key = score.to(torch.int64).mul_(width).add_(pos)
+        kth = torch.kthvalue(key, width - n_keep + 1, dim=1, keepdim=True).values
+        return key >= kth
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n_keep]
     mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     return mask.scatter_(1, order, True)

@@ -221,6 +221,22 @@ class PackedPatterns:
         idx = np.sort(np.random.RandomState(seed).choice(self.n, size=max_n, replace=False))
         return PackedPatterns([self.packed_rows(idx, "cpu").numpy()], self._width, sources=[f"subsample of {self!r}"])
 
+    def slice(self, start: int, stop: int) -> "PackedPatterns":
+        """Rows ``[start, stop)`` as a set over views of the same arrays (nothing is copied)."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n:
+            raise IndexError(f"row range [{start}, {stop}) outside {self.n} patterns")
+        arrays, sources = [], []
+        for i, (arr, src) in enumerate(zip(self._arrays, self._sources)):
+            lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if b > a:
+                arrays.append(arr[a:b])
+                sources.append(src)
+        if not arrays:
+            arrays, sources = [self._arrays[0][:0]], [self._sources[0]]
+        return PackedPatterns(arrays, self._width, sources=sources)
+
     def to(self, device: str | torch.device) -> "PackedPatterns":
         """All rows as one packed tensor on ``device`` (opt-in cache: ``n * ceil(width/8)`` bytes)."""
         device = torch.device(device)
