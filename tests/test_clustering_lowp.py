@@ -109,6 +109,8 @@ def test_integer_top_n_equals_stable_sort(n_keep):
     ref = top_n_mask(counts.double(), n_keep)  # stable-sort route
     assert torch.equal(mask, ref)
     assert (mask.sum(1) == n_keep).all()
+    big = counts * (1 << 40)  # keys need int64
+    assert torch.equal(top_n_mask(big, n_keep), ref)
 
 
 @pytest.mark.parametrize("method,opts", [("apc", {}), ("apc_balanced", {}), ("kmeans", {}), ("kmeans_capped", {}),

@@ -101,8 +101,12 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
         width = score.shape[1]
         if not 0 < n_keep <= width:
             raise ValueError(f"n_keep must be in [1, {width}], got {n_keep}")
-        pos = torch.arange(width - 1, -1, -1, dtype=torch.int64, device=score.device)
-        key = score.to(torch.int64).mul_(width).add_(pos)
+        lo, hi = (int(v) for v in torch.aminmax(score))
+        # the narrowest key type that holds score * width + position (int32 halves the selection's work)
+        small = lo >= 0 and hi < (2**31 - width) // width
+        kdt = torch.int32 if small else torch.int64
+        pos = torch.arange(width - 1, -1, -1, dtype=kdt, device=score.device)
+        key = score.to(kdt).mul_(width).add_(pos)
         kth = torch.kthvalue(key, width - n_keep + 1, dim=1, keepdim=True).values
         return key >= kth
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n_keep]
