@@ -53,6 +53,11 @@ def test_unpack_operand_pads_with_zeros_and_counts_rows(width, one):
     expect[:21, :width] = bits * one
     np.testing.assert_array_equal(out.numpy(), expect)
     np.testing.assert_array_equal(rowsum.numpy(), bits.sum(1))
+    if width % 8:  # set padding bits of the last byte are ignored
+        dirty = packed.clone()
+        dirty[:, -1] |= (1 << (8 - width % 8)) - 1
+        again, again_sum = unpack_operand(dirty, width, rows, cols, one)
+        assert torch.equal(again, out) and torch.equal(again_sum, rowsum)
     with pytest.raises(ValueError, match="smaller than the data"):
         unpack_operand(packed, width, 10, cols, one)
 
@@ -105,9 +110,11 @@ def test_segment_bit_sums_equal_index_add():
 def test_integer_top_n_equals_stable_sort(n_keep):
     rng = np.random.RandomState(n_keep)
     counts = torch.from_numpy(rng.randint(0, 4, size=(30, 20)))  # many ties
+    before = counts.clone()
     mask = top_n_mask(counts, n_keep)
     ref = top_n_mask(counts.double(), n_keep)  # stable-sort route
     assert torch.equal(mask, ref)
+    assert torch.equal(counts, before)  # the scores are not overwritten
     assert (mask.sum(1) == n_keep).all()
     big = counts * (1 << 40)  # keys need int64
     assert torch.equal(top_n_mask(big, n_keep), ref)

@@ -39,7 +39,7 @@ def capped_update(sums: torch.Tensor, counts: torch.Tensor, prev: torch.Tensor, 
     selection of :func:`top_n_mask` is used.
     """
     if not blend:
-        return top_n_mask(sums.to(torch.int64), n_keep)
+        return top_n_mask(sums.to(torch.int64) if sums.is_floating_point() else sums, n_keep)
     mean = sums.to(torch.float64) / counts.clamp_min(1).to(torch.float64)[:, None]
     if blend:
         mean = mean.mul_(1.0 - blend).add_(prev.to(torch.float64), alpha=blend)

@@ -106,7 +106,7 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
         small = lo >= 0 and hi < (2**31 - width) // width
         kdt = torch.int32 if small else torch.int64
         pos = torch.arange(width - 1, -1, -1, dtype=kdt, device=score.device)
-        key = score.to(kdt).mul_(width).add_(pos)
+        key = score.to(kdt) * width + pos  # a new tensor: the caller's scores stay as they are
         kth = torch.kthvalue(key, width - n_keep + 1, dim=1, keepdim=True).values
         return key >= kth
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n_keep]

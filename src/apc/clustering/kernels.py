@@ -8,9 +8,11 @@ significant bit first).  Two operations:
   pass: no bool or float intermediate of the chunk is written.
 * :func:`segment_bit_sums` -- per-cluster sums of member bits, ``sums[k] +=
   sum of rows with idx == k``, from the packed bytes (rows visited in cluster
-  order, one int32 accumulator per column block, flushed by atomic adds when
-  the cluster changes).  Integer arithmetic, so the result does not depend on
-  the order of the atomic adds.
+  order; each byte becomes 8 one-byte lanes of an int64 word (:func:`byte_table`),
+  so one 64-bit add counts 8 columns; the lanes are flushed into ``sums`` by
+  int32 atomic adds when the cluster changes and at the end of each run of at
+  most 255 rows).  Integer arithmetic, so the result does not depend on the
+  order of the atomic adds.
 
 Triton is imported lazily and used only for CUDA tensors; the torch versions
 compute the same outputs (and are what the CPU tests exercise).
@@ -24,12 +26,16 @@ import torch
 
 from ..patterns import packed_width, unpack_torch
 
-__all__ = ["FP8_ONE", "INT8_ONE", "triton_available", "unpack_operand", "segment_bit_sums"]
+__all__ = ["FP8_ONE", "INT8_ONE", "byte_table", "triton_available", "unpack_operand", "segment_bit_sums"]
 
 #: Byte pattern of 1.0 in float8 e4m3 (``torch.tensor(1.0).to(torch.float8_e4m3fn).view(torch.uint8)``).
 FP8_ONE = 0x38
 #: Byte pattern of 1 in int8.
 INT8_ONE = 0x01
+#: Triton tiles: (rows, packed bytes) per program of the unpacking kernel; (rows per program (<= 255),
+#: rows per step, packed bytes) of the member-sum kernel.
+UNPACK_TILE = (8, 128)
+SEGMENT_TILE = (240, 16, 64)
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,73 +51,101 @@ def triton_available() -> bool:
     return True
 
 
+def byte_table(one: int, device: torch.device) -> torch.Tensor:
+    """``(256,)`` int64: entry ``b`` holds the 8 bits of byte ``b`` spread over 8 byte lanes.
+
+    Lane ``j`` (bits ``8j .. 8j+7``, i.e. byte ``j`` in little-endian memory
+    order) is ``one`` if bit ``7 - j`` of ``b`` is set (``numpy.packbits``
+    order, column ``8 * byte + j``), else 0.  Written to memory, an entry is
+    the unpacked operand of 8 columns; with ``one = 1`` sums of up to 255
+    entries hold 8 exact column counts.
+    """
+    key = (one, str(device))
+    table = _TABLES.get(key)
+    if table is None:
+        bits = (torch.arange(256)[:, None] >> torch.arange(7, -1, -1)[None, :]) & 1  # (256, 8), MSB first
+        table = (bits * one * (256 ** torch.arange(8))[None, :]).sum(dim=1).to(device)
+        _TABLES[key] = table
+    return table
+
+
+_TABLES: dict = {}
+
+
 @functools.lru_cache(maxsize=None)
 def _triton_kernels():
     import triton
     import triton.language as tl
 
     @triton.jit
-    def unpack_kernel(packed_ptr, out_ptr, rowsum_ptr, m, out_rows, pw, width, out_cols,
-                      ONE: tl.constexpr, BR: tl.constexpr, NB: tl.constexpr):
+    def unpack_kernel(packed_ptr, table_ptr, out_ptr, rowsum_ptr, m, out_rows, pw, out_words, last_mask,
+                      BR: tl.constexpr, NB: tl.constexpr):
+        # out viewed as int64 (out_rows, out_words): word w of a row = the 8 columns of byte w
         pid = tl.program_id(0)
         rows = pid * BR + tl.arange(0, BR)
         rows64 = rows.to(tl.int64)
         in_rows = rows < m
         out_ok = rows < out_rows
-        j = tl.arange(0, 8)
-        shift = 7 - j
         total = tl.zeros([BR], dtype=tl.int32)
-        n_bytes = (out_cols + 7) // 8
-        for b0 in range(0, n_bytes, NB):
-            byte = b0 + tl.arange(0, NB)
-            b = tl.load(packed_ptr + rows64[:, None] * pw + byte[None, :],
-                        mask=in_rows[:, None] & (byte < pw)[None, :], other=0)
-            bits = (b.to(tl.int32)[:, :, None] >> shift[None, None, :]) & 1
-            cols = byte[None, :, None] * 8 + j[None, None, :]
-            bits = tl.where(cols < width, bits, 0)
-            total += tl.sum(tl.sum(bits, axis=2), axis=1)
-            tl.store(out_ptr + rows64[:, None, None] * out_cols + cols, (bits * ONE).to(tl.uint8),
-                     mask=out_ok[:, None, None] & (cols < out_cols))
+        for w0 in range(0, out_words, NB):
+            words = w0 + tl.arange(0, NB)
+            b = tl.load(packed_ptr + rows64[:, None] * pw + words[None, :],
+                        mask=in_rows[:, None] & (words < pw)[None, :], other=0).to(tl.int32)
+            b = tl.where((words == pw - 1)[None, :], b & last_mask, b)
+            v = tl.load(table_ptr + b)
+            c = b - ((b >> 1) & 0x55)
+            c = (c & 0x33) + ((c >> 2) & 0x33)
+            total += tl.sum((c + (c >> 4)) & 0x0F, axis=1)
+            tl.store(out_ptr + rows64[:, None] * out_words + words[None, :], v,
+                     mask=out_ok[:, None] & (words < out_words)[None, :])
         tl.store(rowsum_ptr + rows, total, mask=in_rows)
 
     @triton.jit
-    def segment_kernel(packed_ptr, order_ptr, ids_ptr, sums_ptr, n, pw, width,
+    def segment_kernel(packed_ptr, order_ptr, ids_ptr, table_ptr, sums_ptr, n, pw, width, last_mask,
                        R: tl.constexpr, RB: tl.constexpr, NB: tl.constexpr):
+        # rows in cluster order; 8 column counts per int64 word (byte lanes, R <= 255 rows per program)
         pid_r = tl.program_id(0)
         pid_c = tl.program_id(1)
         byte = pid_c * NB + tl.arange(0, NB)
+        bmask = byte < pw
         j = tl.arange(0, 8)
         cols = byte[:, None] * 8 + j[None, :]
         cmask = cols < width
-        bmask = byte < pw
-        shift = 7 - j
         r0 = pid_r * R
         r1 = tl.minimum(r0 + R, n)
         cur = tl.load(ids_ptr + r0)
-        acc = tl.zeros([NB, 8], dtype=tl.int32)
+        acc = tl.zeros([NB], dtype=tl.int64)
         for t in range(r0, r1, RB):
             rows = t + tl.arange(0, RB)
             rmask = rows < r1
             tids = tl.load(ids_ptr + rows, mask=rmask, other=-1)
             src = tl.load(order_ptr + rows, mask=rmask, other=0)
-            b = tl.load(packed_ptr + src[:, None] * pw + byte[None, :], mask=rmask[:, None] & bmask[None, :], other=0)
-            bits = (b.to(tl.int32)[:, :, None] >> shift[None, None, :]) & 1
+            b = tl.load(packed_ptr + src[:, None] * pw + byte[None, :], mask=rmask[:, None] & bmask[None, :],
+                        other=0).to(tl.int32)
+            b = tl.where((byte == pw - 1)[None, :], b & last_mask, b)
+            w = tl.load(table_ptr + b)
             big = tl.full([RB], 1 << 62, dtype=tl.int64)
             c = tl.min(tl.where(rmask, tids, big), axis=0)
             last = tl.max(tids, axis=0)
             while c <= last:
-                sel = (tids == c).to(tl.int32)
-                part = tl.sum(bits * sel[:, None, None], axis=0)
+                part = tl.sum(tl.where((tids == c)[:, None], w, 0), axis=0)
                 if c != cur:
-                    tl.atomic_add(sums_ptr + cur * width + cols, acc, mask=cmask, sem="relaxed")
+                    lanes = ((acc[:, None] >> (8 * j)[None, :]) & 0xFF).to(tl.int32)
+                    tl.atomic_add(sums_ptr + cur * width + cols, lanes, mask=cmask, sem="relaxed")
                     acc = part
                     cur = c
                 else:
                     acc = acc + part
                 c = tl.min(tl.where(tids > c, tids, big), axis=0)
-        tl.atomic_add(sums_ptr + cur * width + cols, acc, mask=cmask, sem="relaxed")
+        lanes = ((acc[:, None] >> (8 * j)[None, :]) & 0xFF).to(tl.int32)
+        tl.atomic_add(sums_ptr + cur * width + cols, lanes, mask=cmask, sem="relaxed")
 
     return triton, unpack_kernel, segment_kernel
+
+
+def _last_byte_mask(width: int) -> int:
+    """Mask of the bits of the last packed byte that belong to the row (padding bits cleared)."""
+    return (0xFF << (packed_width(width) * 8 - width)) & 0xFF
 
 
 def unpack_operand(
@@ -134,20 +168,27 @@ def unpack_operand(
         out = torch.empty((rows, cols), dtype=torch.uint8, device=packed.device)
     else:
         out = out[:rows]
+    if cols % 8:
+        raise ValueError(f"operand columns must be a multiple of 8, got {cols}")
+    pw = packed.shape[1]
     if packed.is_cuda and triton_available():
         triton, unpack_kernel, _ = _triton_kernels()
         rowsum = torch.empty(m, dtype=torch.int32, device=packed.device)
-        br, nb = 16, 64
-        unpack_kernel[(triton.cdiv(rows, br),)](packed.contiguous(), out, rowsum, m, rows, packed.shape[1], width, cols,
-                                                ONE=one, BR=br, NB=nb, num_warps=4)
+        br, nb = UNPACK_TILE
+        unpack_kernel[(triton.cdiv(rows, br),)](packed.contiguous(), byte_table(one, packed.device), out.view(torch.int64),
+                                                rowsum, m, rows, pw, cols // 8, _last_byte_mask(width),
+                                                BR=br, NB=nb, num_warps=4)
         return out, rowsum
-    bits = unpack_torch(packed, width, torch.uint8)
+    b = packed.long()
+    if m:
+        b[:, -1] &= _last_byte_mask(width)
     out.zero_()
-    out[:m, :width] = bits
-    rowsum = bits.sum(dim=1, dtype=torch.int32)
-    if one != 1:
-        out.mul_(one)
+    out.view(torch.int64)[:m, :pw] = byte_table(one, packed.device)[b]
+    rowsum = _POPCOUNT.to(packed.device)[b].sum(dim=1, dtype=torch.int32)
     return out, rowsum
+
+
+_POPCOUNT = ((torch.arange(256)[:, None] >> torch.arange(8)[None, :]) & 1).sum(dim=1)
 
 
 def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor) -> None:
@@ -168,10 +209,10 @@ def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor
     ids, order = torch.sort(idx, stable=True)
     if packed.is_cuda and triton_available() and sums.dtype == torch.int32 and sums.is_contiguous():
         triton, _, segment_kernel = _triton_kernels()
-        r, rb, nb = 256, 16, 64
+        r, rb, nb = SEGMENT_TILE
         grid = (triton.cdiv(m, r), triton.cdiv(packed.shape[1], nb))
-        segment_kernel[grid](packed.contiguous(), order, ids, sums, m, packed.shape[1], width,
-                             R=r, RB=rb, NB=nb, num_warps=4)
+        segment_kernel[grid](packed.contiguous(), order, ids, byte_table(1, packed.device), sums, m, packed.shape[1],
+                             width, _last_byte_mask(width), R=r, RB=rb, NB=nb, num_warps=4)
         return
     block = max(1, (16 << 20) // max(1, width))
     for s in range(0, m, block):

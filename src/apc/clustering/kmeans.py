@@ -47,7 +47,7 @@ def _run(
     if capped:
         freq = activity_frequency(patterns, dev, chunk_size=chunk_size, seed=seed)
         to_centroid = lambda p: cap_points(p, n_keep, freq)  # noqa: E731
-        update = lambda s, c, prev: top_n_mask(s.to(torch.int64), n_keep)  # noqa: E731  (one count per row)
+        update = lambda s, c, prev: top_n_mask(s.to(torch.int64) if s.is_floating_point() else s, n_keep)  # noqa: E731  (one count per row)
         reseed = lambda p, f: cap_points(p, n_keep, f)  # noqa: E731
     else:
         to_centroid = lambda p: p.bool()  # noqa: E731
