@@ -190,3 +190,14 @@ def test_cuda_one_byte_assignment_equals_fp32_argmax(kind):
             assert torch.equal(assign.cpu(), ref), (name, block_rows)
             sums = torch.zeros(64, 1000, dtype=torch.int64).index_add_(0, ref, torch.from_numpy(x).long())
             assert torch.equal(res.sums.long().cpu(), sums), name
+
+
+@pytest.mark.skipif(not CUDA, reason="needs CUDA")
+def test_cuda_top_n_kernel_equals_stable_sort():
+    from apc.clustering.kernels import top_n_rows
+
+    rng = np.random.RandomState(1)
+    for width, n_keep, lo, hi in [(203, 1, -3, 4), (203, 203, 0, 3), (1000, 400, 0, 5), (14336, 7168, 0, 400000)]:
+        score = torch.from_numpy(rng.randint(lo, hi, size=(33, width))).to(torch.int32)
+        got = top_n_rows(score.cuda(), n_keep)
+        assert got is not None and torch.equal(got.cpu(), top_n_mask(score.double(), n_keep)), (width, n_keep)

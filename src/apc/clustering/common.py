@@ -10,6 +10,7 @@ import torch
 
 from .data import PackedPatterns
 from .device import resolve_device
+from .kernels import top_n_rows
 
 __all__ = [
     "ClusterResult",
@@ -101,6 +102,9 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
         width = score.shape[1]
         if not 0 < n_keep <= width:
             raise ValueError(f"n_keep must be in [1, {width}], got {n_keep}")
+        fast = top_n_rows(score, n_keep)
+        if fast is not None:
+            return fast
         lo, hi = (int(v) for v in torch.aminmax(score))
         # the narrowest key type that holds score * width + position (int32 halves the selection's work)
         small = lo >= 0 and hi < (2**31 - width) // width

@@ -221,7 +221,7 @@ def assign_pass(
             else:
                 raise ValueError(f"unknown assignment {assignment!r}; known: {', '.join(ASSIGNMENTS)}")
             seg = assign[start : start + m]
-            counts += torch.bincount(seg, minlength=k)
+            counts.scatter_add_(0, seg, torch.ones_like(seg))  # bincount would wait for the device
             objective += dist_out[start : start + m].sum(dtype=torch.float64)
             if accumulate:
                 if packed_sums:

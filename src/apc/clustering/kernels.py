@@ -26,7 +26,8 @@ import torch
 
 from ..patterns import packed_width, unpack_torch
 
-__all__ = ["FP8_ONE", "INT8_ONE", "byte_table", "triton_available", "unpack_operand", "segment_bit_sums"]
+__all__ = ["FP8_ONE", "INT8_ONE", "byte_table", "triton_available", "unpack_operand", "segment_bit_sums",
+           "top_n_rows"]
 
 #: Byte pattern of 1.0 in float8 e4m3 (``torch.tensor(1.0).to(torch.float8_e4m3fn).view(torch.uint8)``).
 FP8_ONE = 0x38
@@ -34,8 +35,10 @@ FP8_ONE = 0x38
 INT8_ONE = 0x01
 #: Triton tiles: (rows, packed bytes) per program of the unpacking kernel; (rows per program (<= 255),
 #: rows per step, packed bytes) of the member-sum kernel.
-UNPACK_TILE = (8, 128)
-SEGMENT_TILE = (240, 16, 64)
+UNPACK_TILE = (4, 256)
+SEGMENT_TILE = (256, 16, 64)
+#: Widest row the one-program-per-row top-n kernel holds in registers.
+TOP_N_MAX_WIDTH = 16384
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,72 +78,10 @@ _TABLES: dict = {}
 @functools.lru_cache(maxsize=None)
 def _triton_kernels():
     import triton
-    import triton.language as tl
 
-    @triton.jit
-    def unpack_kernel(packed_ptr, table_ptr, out_ptr, rowsum_ptr, m, out_rows, pw, out_words, last_mask,
-                      BR: tl.constexpr, NB: tl.constexpr):
-        # out viewed as int64 (out_rows, out_words): word w of a row = the 8 columns of byte w
-        pid = tl.program_id(0)
-        rows = pid * BR + tl.arange(0, BR)
-        rows64 = rows.to(tl.int64)
-        in_rows = rows < m
-        out_ok = rows < out_rows
-        total = tl.zeros([BR], dtype=tl.int32)
-        for w0 in range(0, out_words, NB):
-            words = w0 + tl.arange(0, NB)
-            b = tl.load(packed_ptr + rows64[:, None] * pw + words[None, :],
-                        mask=in_rows[:, None] & (words < pw)[None, :], other=0).to(tl.int32)
-            b = tl.where((words == pw - 1)[None, :], b & last_mask, b)
-            v = tl.load(table_ptr + b)
-            c = b - ((b >> 1) & 0x55)
-            c = (c & 0x33) + ((c >> 2) & 0x33)
-            total += tl.sum((c + (c >> 4)) & 0x0F, axis=1)
-            tl.store(out_ptr + rows64[:, None] * out_words + words[None, :], v,
-                     mask=out_ok[:, None] & (words < out_words)[None, :])
-        tl.store(rowsum_ptr + rows, total, mask=in_rows)
+    from . import triton_kernels as tk
 
-    @triton.jit
-    def segment_kernel(packed_ptr, order_ptr, ids_ptr, table_ptr, sums_ptr, n, pw, width, last_mask,
-                       R: tl.constexpr, RB: tl.constexpr, NB: tl.constexpr):
-        # rows in cluster order; 8 column counts per int64 word (byte lanes, R <= 255 rows per program)
-        pid_r = tl.program_id(0)
-        pid_c = tl.program_id(1)
-        byte = pid_c * NB + tl.arange(0, NB)
-        bmask = byte < pw
-        j = tl.arange(0, 8)
-        cols = byte[:, None] * 8 + j[None, :]
-        cmask = cols < width
-        r0 = pid_r * R
-        r1 = tl.minimum(r0 + R, n)
-        cur = tl.load(ids_ptr + r0)
-        acc = tl.zeros([NB], dtype=tl.int64)
-        for t in range(r0, r1, RB):
-            rows = t + tl.arange(0, RB)
-            rmask = rows < r1
-            tids = tl.load(ids_ptr + rows, mask=rmask, other=-1)
-            src = tl.load(order_ptr + rows, mask=rmask, other=0)
-            b = tl.load(packed_ptr + src[:, None] * pw + byte[None, :], mask=rmask[:, None] & bmask[None, :],
-                        other=0).to(tl.int32)
-            b = tl.where((byte == pw - 1)[None, :], b & last_mask, b)
-            w = tl.load(table_ptr + b)
-            big = tl.full([RB], 1 << 62, dtype=tl.int64)
-            c = tl.min(tl.where(rmask, tids, big), axis=0)
-            last = tl.max(tids, axis=0)
-            while c <= last:
-                part = tl.sum(tl.where((tids == c)[:, None], w, 0), axis=0)
-                if c != cur:
-                    lanes = ((acc[:, None] >> (8 * j)[None, :]) & 0xFF).to(tl.int32)
-                    tl.atomic_add(sums_ptr + cur * width + cols, lanes, mask=cmask, sem="relaxed")
-                    acc = part
-                    cur = c
-                else:
-                    acc = acc + part
-                c = tl.min(tl.where(tids > c, tids, big), axis=0)
-        lanes = ((acc[:, None] >> (8 * j)[None, :]) & 0xFF).to(tl.int32)
-        tl.atomic_add(sums_ptr + cur * width + cols, lanes, mask=cmask, sem="relaxed")
-
-    return triton, unpack_kernel, segment_kernel
+    return triton, tk.unpack_kernel, tk.segment_kernel, tk.top_n_kernel
 
 
 def _last_byte_mask(width: int) -> int:
@@ -172,7 +113,7 @@ def unpack_operand(
         raise ValueError(f"operand columns must be a multiple of 8, got {cols}")
     pw = packed.shape[1]
     if packed.is_cuda and triton_available():
-        triton, unpack_kernel, _ = _triton_kernels()
+        triton, unpack_kernel, _, _ = _triton_kernels()
         rowsum = torch.empty(m, dtype=torch.int32, device=packed.device)
         br, nb = UNPACK_TILE
         unpack_kernel[(triton.cdiv(rows, br),)](packed.contiguous(), byte_table(one, packed.device), out.view(torch.int64),
@@ -208,7 +149,7 @@ def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor
         return
     ids, order = torch.sort(idx, stable=True)
     if packed.is_cuda and triton_available() and sums.dtype == torch.int32 and sums.is_contiguous():
-        triton, _, segment_kernel = _triton_kernels()
+        triton, _, segment_kernel, _ = _triton_kernels()
         r, rb, nb = SEGMENT_TILE
         grid = (triton.cdiv(m, r), triton.cdiv(packed.shape[1], nb))
         segment_kernel[grid](packed.contiguous(), order, ids, byte_table(1, packed.device), sums, m, packed.shape[1],
@@ -219,3 +160,23 @@ def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor
         rows = order[s : s + block]
         bits = unpack_torch(packed.index_select(0, rows), width, sums.dtype)
         sums.index_add_(0, ids[s : s + block], bits)
+
+
+def top_n_rows(score: torch.Tensor, n_keep: int) -> torch.Tensor | None:
+    """Triton top-n mask of integer ``score: (K, width)`` on CUDA (ties -> lowest position).
+
+    Each row's threshold on the unique keys ``score * width + (width - 1 -
+    position)`` is found by bisection inside one program.  Returns ``(K,
+    width)`` bool, or None where this kernel does not apply (CPU, no Triton,
+    rows wider than :data:`TOP_N_MAX_WIDTH`); the caller then takes the torch
+    route.  ``|score|`` must be below ``2**61 / width``.
+    """
+    k, width = score.shape
+    if not (score.is_cuda and triton_available() and width <= TOP_N_MAX_WIDTH and k > 0):
+        return None
+    triton, _, _, top_n_kernel = _triton_kernels()
+    out = torch.empty((k, width), dtype=torch.bool, device=score.device)
+    block = triton.next_power_of_2(width)
+    top_n_kernel[(k,)](score.contiguous(), out.view(torch.int8), width, int(n_keep), BLOCK=block,
+                       num_warps=max(4, min(16, block // 1024)))
+    return out
