@@ -260,6 +260,7 @@ def main(argv=None) -> dict:
                 full_iteration(methods[0])
             sync(device)
         table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25)
+        table += "\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
         Path(args.profile).parent.mkdir(parents=True, exist_ok=True)
         Path(args.profile).write_text(f"# {args.profile_iters} full iterations: {out['command']}\n{table}\n")
         print(table, flush=True)

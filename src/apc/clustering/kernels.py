@@ -7,12 +7,11 @@ significant bit first).  Two operations:
   (``0x38`` = e4m3 1.0 for fp8, ``0x01`` for int8) plus exact row sums, in one
   pass: no bool or float intermediate of the chunk is written.
 * :func:`segment_bit_sums` -- per-cluster sums of member bits, ``sums[k] +=
-  sum of rows with idx == k``, from the packed bytes (rows visited in cluster
-  order; each byte becomes 8 one-byte lanes of an int64 word (:func:`byte_table`),
-  so one 64-bit add counts 8 columns; the lanes are flushed into ``sums`` by
-  int32 atomic adds when the cluster changes and at the end of each run of at
-  most 255 rows).  Integer arithmetic, so the result does not depend on the
-  order of the atomic adds.
+  sum of rows with idx == k``, from the packed bytes: rows are visited in
+  cluster order, one program per (cluster, column block); each nibble becomes
+  4 one-byte lanes of a 32-bit word, so one add counts 4 columns, and the
+  lanes are emptied into int32 counts at least every 255 rows.  Each entry of
+  ``sums`` is written by one program: no atomics, integer arithmetic.
 
 Triton is imported lazily and used only for CUDA tensors; the torch versions
 compute the same outputs (and are what the CPU tests exercise).
@@ -33,10 +32,10 @@ __all__ = ["FP8_ONE", "INT8_ONE", "byte_table", "triton_available", "unpack_oper
 FP8_ONE = 0x38
 #: Byte pattern of 1 in int8.
 INT8_ONE = 0x01
-#: Triton tiles: (rows, packed bytes) per program of the unpacking kernel; (rows per program (<= 255),
-#: rows per step, packed bytes) of the member-sum kernel.
+#: Triton tiles: (rows, packed bytes) per program of the unpacking kernel; (rows per step, packed
+#: bytes) per program of the member-sum kernel.
 UNPACK_TILE = (4, 256)
-SEGMENT_TILE = (256, 16, 64)
+SEGMENT_TILE = (16, 64)
 #: Widest row the one-program-per-row top-n kernel holds in registers.
 TOP_N_MAX_WIDTH = 16384
 
@@ -81,7 +80,7 @@ def _triton_kernels():
 
     from . import triton_kernels as tk
 
-    return triton, tk.unpack_kernel, tk.segment_kernel, tk.top_n_kernel
+    return triton, tk.unpack_kernel, tk.cluster_sum_kernel, tk.top_n_kernel
 
 
 def _last_byte_mask(width: int) -> int:
@@ -149,11 +148,12 @@ def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor
         return
     ids, order = torch.sort(idx, stable=True)
     if packed.is_cuda and triton_available() and sums.dtype == torch.int32 and sums.is_contiguous():
-        triton, _, segment_kernel, _ = _triton_kernels()
-        r, rb, nb = SEGMENT_TILE
-        grid = (triton.cdiv(m, r), triton.cdiv(packed.shape[1], nb))
-        segment_kernel[grid](packed.contiguous(), order, ids, byte_table(1, packed.device), sums, m, packed.shape[1],
-                             width, _last_byte_mask(width), R=r, RB=rb, NB=nb, num_warps=4)
+        triton, _, cluster_sum_kernel, _ = _triton_kernels()
+        bounds = torch.searchsorted(ids, torch.arange(k + 1, device=ids.device, dtype=ids.dtype))
+        rb, nb = SEGMENT_TILE
+        cluster_sum_kernel[(k, triton.cdiv(packed.shape[1], nb))](
+            packed.contiguous(), order, bounds, sums, packed.shape[1], width, _last_byte_mask(width),
+            RB=rb, NB=nb, num_warps=4)
         return
     block = max(1, (16 << 20) // max(1, width))
     for s in range(0, m, block):

@@ -28,55 +28,48 @@ def unpack_kernel(packed_ptr, table_ptr, out_ptr, rowsum_ptr, m, out_rows, pw, o
     tl.store(rowsum_ptr + rows, total, mask=in_rows)
 
 @triton.jit
-def _flush(sums_ptr, cur, width, cols, cmask, acc, j):
-    # acc: (RB, NB) int64 byte-lane counts of cluster cur -> int32 column counts, added to sums[cur]
-    lanes = tl.sum((acc[:, :, None] >> (8 * j)[None, None, :]) & 0xFF, axis=0).to(tl.int32)
-    tl.atomic_add(sums_ptr + cur * width + cols, lanes, mask=cmask, sem="relaxed")
+def _spread4(nibble):
+    # uint32 nibble (4 bits, most significant = first column) -> 4 byte lanes of 0/1, first column in lane 0
+    return ((((nibble * 0x01010101) & 0x01020408) + 0x7F7F7F7F) >> 7) & 0x01010101
+
 
 @triton.jit
-def segment_kernel(packed_ptr, order_ptr, ids_ptr, table_ptr, sums_ptr, n, pw, width, last_mask,
-                   R: tl.constexpr, RB: tl.constexpr, NB: tl.constexpr):
-    # rows in cluster order; slot (row % RB, byte) of acc holds 8 byte-lane counts of one cluster,
-    # at most R / RB <= 255 rows each, so no lane overflows
-    pid_r = tl.program_id(0)
+def cluster_sum_kernel(packed_ptr, order_ptr, bounds_ptr, sums_ptr, pw, width, last_mask,
+                       RB: tl.constexpr, NB: tl.constexpr):
+    # one program per (cluster, column block): sums[k, cols] += column counts of the rows
+    # order[bounds[k]:bounds[k + 1]]; each slot (row % RB, byte) of acc0/acc1 holds 4 byte-lane
+    # counts, emptied into total every 255 steps so that no lane overflows
+    k = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
-    byte = pid_c * NB + tl.arange(0, NB)
-    bmask = byte < pw
-    j = tl.arange(0, 8)
-    cols = byte[:, None] * 8 + j[None, :]
-    cmask = cols < width
-    r0 = pid_r * R
-    r1 = tl.minimum(r0 + R, n)
-    cur = tl.load(ids_ptr + r0)
-    acc = tl.zeros([RB, NB], dtype=tl.int64)
-    for t in range(r0, r1, RB):
-        rows = t + tl.arange(0, RB)
-        rmask = rows < r1
-        src = tl.load(order_ptr + rows, mask=rmask, other=0)
-        b = tl.load(packed_ptr + src[:, None] * pw + byte[None, :], mask=rmask[:, None] & bmask[None, :],
-                    other=0).to(tl.int32)
-        b = tl.where((byte == pw - 1)[None, :], b & last_mask, b)
-        w = tl.load(table_ptr + b)
-        first = tl.load(ids_ptr + t)
-        last = tl.load(ids_ptr + tl.minimum(t + RB, r1) - 1)
-        if first == last:  # the whole step is one cluster (ids are sorted)
-            if first != cur:
-                _flush(sums_ptr, cur, width, cols, cmask, acc, j)
-                acc = tl.zeros([RB, NB], dtype=tl.int64)
-                cur = first
-            acc += w
-        else:
-            tids = tl.load(ids_ptr + rows, mask=rmask, other=-1)
-            big = tl.full([RB], 1 << 62, dtype=tl.int64)
-            c = first
-            while c <= last:
-                if c != cur:
-                    _flush(sums_ptr, cur, width, cols, cmask, acc, j)
-                    acc = tl.zeros([RB, NB], dtype=tl.int64)
-                    cur = c
-                acc += tl.where((tids == c)[:, None], w, 0)
-                c = tl.min(tl.where(tids > c, tids, big), axis=0)
-    _flush(sums_ptr, cur, width, cols, cmask, acc, j)
+    start = tl.load(bounds_ptr + k)
+    end = tl.load(bounds_ptr + k + 1)
+    if end > start:
+        byte = pid_c * NB + tl.arange(0, NB)
+        bmask = byte < pw
+        j = tl.arange(0, 4)
+        total0 = tl.zeros([NB, 4], dtype=tl.int32)
+        total1 = tl.zeros([NB, 4], dtype=tl.int32)
+        for g in range(start, end, RB * 255):
+            acc0 = tl.zeros([RB, NB], dtype=tl.uint32)
+            acc1 = tl.zeros([RB, NB], dtype=tl.uint32)
+            for t in range(g, tl.minimum(g + RB * 255, end), RB):
+                rows = t + tl.arange(0, RB)
+                rmask = rows < end
+                src = tl.load(order_ptr + rows, mask=rmask, other=0)
+                b = tl.load(packed_ptr + src[:, None] * pw + byte[None, :], mask=rmask[:, None] & bmask[None, :],
+                            other=0).to(tl.uint32)
+                b = tl.where((byte == pw - 1)[None, :], b & last_mask, b)
+                acc0 += _spread4(b >> 4)
+                acc1 += _spread4(b & 15)
+            total0 += tl.sum(((acc0[:, :, None] >> (8 * j)[None, None, :]) & 0xFF).to(tl.int32), axis=0)
+            total1 += tl.sum(((acc1[:, :, None] >> (8 * j)[None, None, :]) & 0xFF).to(tl.int32), axis=0)
+        cols0 = byte[:, None] * 8 + j[None, :]
+        m0 = cols0 < width
+        p0 = sums_ptr + k * width + cols0
+        tl.store(p0, tl.load(p0, mask=m0, other=0) + total0, mask=m0)
+        m1 = (cols0 + 4) < width
+        tl.store(p0 + 4, tl.load(p0 + 4, mask=m1, other=0) + total1, mask=m1)
+
 
 @triton.jit
 def top_n_kernel(score_ptr, out_ptr, width, n_keep, BLOCK: tl.constexpr):
