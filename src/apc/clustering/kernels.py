@@ -34,8 +34,8 @@ FP8_ONE = 0x38
 INT8_ONE = 0x01
 #: Triton tiles: (rows, packed bytes) per program of the unpacking kernel; (rows per step, packed
 #: bytes) per program of the member-sum kernel.
-UNPACK_TILE = (4, 256)
-SEGMENT_TILE = (16, 64)
+UNPACK_TILE = (1, 1024)
+SEGMENT_TILE = (4, 128)
 #: Widest row the one-program-per-row top-n kernel holds in registers.
 TOP_N_MAX_WIDTH = 16384
 
@@ -146,20 +146,20 @@ def segment_bit_sums(packed: torch.Tensor, idx: torch.Tensor, sums: torch.Tensor
         raise ValueError(f"idx has shape {tuple(idx.shape)}, expected ({m},)")
     if m == 0:
         return
-    ids, order = torch.sort(idx, stable=True)
+    ids, order = torch.sort(idx.to(torch.int32))  # any order within a cluster gives the same integer sums
     if packed.is_cuda and triton_available() and sums.dtype == torch.int32 and sums.is_contiguous():
         triton, _, cluster_sum_kernel, _ = _triton_kernels()
         bounds = torch.searchsorted(ids, torch.arange(k + 1, device=ids.device, dtype=ids.dtype))
         rb, nb = SEGMENT_TILE
         cluster_sum_kernel[(k, triton.cdiv(packed.shape[1], nb))](
             packed.contiguous(), order, bounds, sums, packed.shape[1], width, _last_byte_mask(width),
-            RB=rb, NB=nb, num_warps=4)
+            RB=rb, NB=nb, num_warps=2)
         return
     block = max(1, (16 << 20) // max(1, width))
     for s in range(0, m, block):
         rows = order[s : s + block]
         bits = unpack_torch(packed.index_select(0, rows), width, sums.dtype)
-        sums.index_add_(0, ids[s : s + block], bits)
+        sums.index_add_(0, ids[s : s + block].long(), bits)
 
 
 def top_n_rows(score: torch.Tensor, n_keep: int) -> torch.Tensor | None:
