@@ -248,10 +248,11 @@ def main(argv=None) -> dict:
         sync(device)
         out["iteration_peak_gpu_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
         out["iteration_working_gib"] = (torch.cuda.max_memory_allocated(device) - resident) / 2**30
+        out["resident_gib"] = resident / 2**30
         out["packed_gib"] = packed.numel() / 2**30
         print(f"     iteration peak GPU memory {out['iteration_peak_gpu_gib']:.2f} GiB "
-              f"({out['iteration_working_gib']:.2f} GiB above the resident {out['packed_gib']:.2f} GiB of packed "
-              f"patterns and per-pattern state)", flush=True)
+              f"({out['iteration_working_gib']:.2f} GiB above the {out['resident_gib']:.2f} GiB held before it, "
+              f"of which {out['packed_gib']:.2f} GiB are the packed patterns)", flush=True)
     if args.profile and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile
 

@@ -95,8 +95,9 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     Deterministic: ties go to the lowest position, and every row has exactly
     ``n_keep`` True entries.  Integer scores (counts) take a faster exact
     route, a selection of the ``n_keep``-th largest unique key
-    ``score * width + (width - 1 - position)`` per row; other scores a stable
-    sort by descending score.
+    ``score * width + (width - 1 - position)`` per row (a Triton bisection on
+    CUDA; integer scores must stay below ``2**61 / width`` in magnitude);
+    other scores a stable sort by descending score.
     """
     if not score.is_floating_point() and score.dtype != torch.bool:
         width = score.shape[1]
