@@ -24,6 +24,7 @@ import torch
 from .common import ClusterResult, cap_points, check_inputs, compute_dtype, default_block_rows, top_n_mask
 from .data import PackedPatterns
 from .engine import ASSIGNMENTS, lloyd, resolve_accumulate
+from .lowp import resolve_matmul
 from .init import INITS, activity_frequency, init_kmeanspp, init_random_points
 from .registry import register
 
@@ -31,7 +32,14 @@ __all__ = ["apc", "apc_balanced", "capped_update", "initial_points"]
 
 
 def capped_update(sums: torch.Tensor, counts: torch.Tensor, prev: torch.Tensor, n_keep: int, blend: float = 0.0) -> torch.Tensor:
-    """New centroids: top ``n_keep`` positions of the (blended) member mean, ``(K, d)`` bool."""
+    """New centroids: top ``n_keep`` positions of the (blended) member mean, ``(K, d)`` bool.
+
+    Without ``blend`` the ranking of a row's mean is the ranking of its
+    integer sums (one count divides the whole row), so the exact integer
+    selection of :func:`top_n_mask` is used.
+    """
+    if not blend:
+        return top_n_mask(sums.to(torch.int64) if sums.is_floating_point() else sums, n_keep)
     mean = sums.to(torch.float64) / counts.clamp_min(1).to(torch.float64)[:, None]
     if blend:
         mean = mean.mul_(1.0 - blend).add_(prev.to(torch.float64), alpha=blend)
@@ -91,6 +99,8 @@ def apc(
     dtype: str = "float32",
     block_rows: int | None = None,
     accumulate: str = "auto",
+    matmul: str = "auto",
+    distributed: bool = False,
 ) -> ClusterResult:
     """Cluster ``patterns`` into ``k`` centroids of exactly ``round(density * width)`` ones.
 
@@ -100,7 +110,11 @@ def apc(
     how many rows are unpacked at once (default: cache-sized on CPU, the whole
     chunk on CUDA) and ``accumulate`` how member sums are formed (see
     :data:`apc.clustering.engine.ACCUMULATE`); both change speed only, never
-    the result.
+    the result.  ``matmul`` picks the exact product (``auto``, ``fp8``,
+    ``int8``, ``bf16``, ``tf32``, ``fp32``; see :mod:`apc.clustering.lowp`),
+    again without changing the result.  ``distributed=True``: every rank of
+    the initialised default ``torch.distributed`` group calls this alike and
+    streams its share (see :mod:`apc.clustering.distributed`).
     """
     t0 = time.perf_counter()
     n_keep, dev = check_inputs(patterns, k, density, max_iter=max_iter, chunk_size=chunk_size, device=device)
@@ -110,6 +124,7 @@ def apc(
         raise ValueError(f"unknown assignment {assignment!r}; known: {', '.join(ASSIGNMENTS)}")
     cdtype = compute_dtype(dtype, dev)
     accumulate = resolve_accumulate(accumulate, dev)
+    matmul = resolve_matmul(matmul, dev, cdtype)
     block = int(block_rows or default_block_rows(patterns.width, dev, chunk_size))
     freq = activity_frequency(patterns, dev, chunk_size=chunk_size, seed=seed)
 
@@ -125,14 +140,16 @@ def apc(
         update=lambda sums, counts, prev: capped_update(sums, counts, prev, n_keep, float(blend)),
         reseed=lambda points, f: cap_points(points, n_keep, f),
         max_iter=max_iter, chunk_size=chunk_size, block_rows=block, dtype=cdtype,
-        assignment=assignment, slack=float(slack), accumulate_method=accumulate, name="apc",
+        assignment=assignment, slack=float(slack), accumulate_method=accumulate, matmul=matmul,
+        distributed=bool(distributed), name="apc",
     )
     return ClusterResult(
         centroids=centroids, iterations=len(history), converged=converged, history=history,
         assignments=assignments, method="apc", density=float(density), seed=seed,
         options=dict(init=init if init_centroids is None else "given", min_zero_share=min_zero_share,
                      init_sample=init_sample, blend=float(blend), assignment=assignment, slack=float(slack),
-                     dtype=str(dtype), max_iter=max_iter, chunk_size=chunk_size, accumulate=accumulate),
+                     dtype=str(dtype), max_iter=max_iter, chunk_size=chunk_size, accumulate=accumulate,
+                     matmul=matmul),
         seconds=round(time.perf_counter() - t0, 3),
     )
 

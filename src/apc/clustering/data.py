@@ -5,7 +5,7 @@ arrays (``uint8 (n_i, ceil(width/8))``, ``numpy.packbits`` order): numpy
 arrays, read-only memory maps of pattern files, or ``uint8`` torch tensors
 (possibly already on the GPU).  Nothing is unpacked on the host: chunks travel
 packed and are unpacked on the target device with
-:func:`apc.patterns.unpack_torch`, so host memory and transfer volume are
+:func:`apc.extraction.patterns.unpack_torch`, so host memory and transfer volume are
 bounded by the chunk size, never by the number of patterns.
 """
 
@@ -75,7 +75,7 @@ class PackedPatterns:
 
     @classmethod
     def from_readers(cls, readers: Sequence[PatternReader]) -> "PackedPatterns":
-        """Concatenate :class:`apc.patterns.PatternReader` files (e.g. one per layer).
+        """Concatenate :class:`apc.extraction.patterns.PatternReader` files (e.g. one per layer).
 
         All readers must have the same width; a disagreeing one is named in
         the ``ValueError``.
@@ -220,6 +220,22 @@ class PackedPatterns:
             return self
         idx = np.sort(np.random.RandomState(seed).choice(self.n, size=max_n, replace=False))
         return PackedPatterns([self.packed_rows(idx, "cpu").numpy()], self._width, sources=[f"subsample of {self!r}"])
+
+    def slice(self, start: int, stop: int) -> "PackedPatterns":
+        """Rows ``[start, stop)`` as a set over views of the same arrays (nothing is copied)."""
+        start, stop = int(start), int(stop)
+        if not 0 <= start <= stop <= self.n:
+            raise IndexError(f"row range [{start}, {stop}) outside {self.n} patterns")
+        arrays, sources = [], []
+        for i, (arr, src) in enumerate(zip(self._arrays, self._sources)):
+            lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
+            a, b = max(start, lo) - lo, min(stop, hi) - lo
+            if b > a:
+                arrays.append(arr[a:b])
+                sources.append(src)
+        if not arrays:
+            arrays, sources = [self._arrays[0][:0]], [self._sources[0]]
+        return PackedPatterns(arrays, self._width, sources=sources)
 
     def to(self, device: str | torch.device) -> "PackedPatterns":
         """All rows as one packed tensor on ``device`` (opt-in cache: ``n * ceil(width/8)`` bytes)."""

@@ -24,6 +24,8 @@ __all__ = [
     "hamming_distance",
     "pairwise_distance",
     "nearest",
+    "nearest_from_overlap",
+    "distance_from_overlap",
 ]
 
 #: Names accepted by :func:`pairwise_distance` and :func:`nearest`.
@@ -77,14 +79,39 @@ def nearest(
     row); for Hamming it is the argmax of ``2 x.c - |c|``.  ``c_sum`` (the
     centroid sizes, float32) may be passed to save a reduction per call.
     """
-    ov = overlap(x, c)
-    xs = _rowsum(x)
+    return nearest_from_overlap(overlap(x, c), _rowsum(x), kind, c_sum if c_sum is not None or kind != "hamming"
+                                else _rowsum(c))
+
+
+def nearest_from_overlap(
+    ov: torch.Tensor, xs: torch.Tensor, kind: str = "activation", c_sum: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid from the overlaps ``ov: (m, K)`` (float32 or int32; may be overwritten).
+
+    ``xs: (m,)`` float32 pattern sizes; ``c_sum: (K,)`` centroid sizes (Hamming
+    only).  Returns ``(index int64 (m,), distance float32 (m,))``, ties to the
+    lowest index.
+    """
     if kind == "activation":
         best, idx = ov.max(dim=1)
-        return idx, xs - best
+        return idx, xs - best.to(torch.float32)
     if kind == "hamming":
         if c_sum is None:
-            c_sum = _rowsum(c)
-        best, idx = ov.mul_(2.0).sub_(c_sum[None, :]).max(dim=1)
-        return idx, xs - best
+            raise ValueError("c_sum (the centroid sizes) is needed for the Hamming distance")
+        best, idx = ov.mul_(2).sub_(c_sum.to(ov.dtype)[None, :]).max(dim=1)
+        return idx, xs - best.to(torch.float32)
+    raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")
+
+
+def distance_from_overlap(
+    ov: torch.Tensor, xs: torch.Tensor, kind: str = "activation", c_sum: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Full ``(m, K)`` float32 distance matrix from the overlaps (see :func:`nearest_from_overlap`)."""
+    ov = ov.to(torch.float32)
+    if kind == "activation":
+        return xs[:, None] - ov
+    if kind == "hamming":
+        if c_sum is None:
+            raise ValueError("c_sum (the centroid sizes) is needed for the Hamming distance")
+        return (xs[:, None] + c_sum.to(torch.float32)[None, :]).sub_(ov, alpha=2.0)
     raise ValueError(f"unknown distance {kind!r}; known: {', '.join(DISTANCES)}")

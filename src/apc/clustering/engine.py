@@ -1,12 +1,15 @@
 """The streaming Lloyd loop shared by APC and binary k-means.
 
 One pass streams the packed patterns chunk by chunk to the device, unpacks
-each block there, computes all distances with one matrix product, assigns
-each pattern (argmin, or capacity-limited greedy), and accumulates the
-per-cluster sums of member patterns (``index_add_`` on CPU, a sort and
-segment sum on CUDA).  Memory is bounded
-by the chunk (``chunk_size x width``) plus ``K x width`` accumulators and
-per-pattern state (assignment and distance, ``n`` each).
+each block there into the operand of one exact product (fp8, int8, bf16 or
+float32; see :mod:`apc.clustering.lowp`), computes the block's overlaps with
+all centroids, assigns each pattern (argmin, or capacity-limited greedy), and
+accumulates the per-cluster sums of member patterns (``index_add_`` on CPU,
+sums straight from the packed bits on CUDA).  Memory is bounded by the block
+(``block_rows x K`` overlaps, ``block_rows x width`` operand) plus ``K x
+width`` accumulators and per-pattern state (assignment and distance, ``n``
+each).  With ``group`` set, each rank of a ``torch.distributed`` group streams
+its share of whole chunks and the pass totals are summed over the ranks.
 """
 
 from __future__ import annotations
@@ -19,9 +22,11 @@ import torch
 
 from ..extraction.patterns import unpack_torch
 from ..common.progress import get_logger
+from . import distributed as dist_util
 from .data import PackedPatterns
-from .device import exact_matmul
-from .distance import nearest, overlap, pairwise_distance
+from .distance import distance_from_overlap, nearest_from_overlap, overlap
+from .kernels import segment_bit_sums, triton_available
+from .lowp import ExactProduct, resolve_matmul
 
 __all__ = [
     "ACCUMULATE",
@@ -45,7 +50,7 @@ class PassResult:
     """Totals of one assignment pass (device tensors until :meth:`stats`)."""
 
     def __init__(self, sums, counts, objective, changed, active):
-        self.sums = sums  # (K, d) float64: per-cluster sum of member patterns
+        self.sums = sums  # (K, d) float64 or int32: per-cluster sum of member patterns (exact counts)
         self.counts = counts  # (K,) int64: members per cluster
         self.objective = objective  # () float64: total distance to the assigned centroid
         self.changed = changed  # () int64: patterns whose assignment changed
@@ -61,13 +66,16 @@ class PassResult:
 
 
 #: Ways to sum member patterns per cluster (all exact; they differ only in speed).
-ACCUMULATE = ("index_add", "onehot", "sorted")
+ACCUMULATE = ("index_add", "onehot", "sorted", "packed")
 
 
 def resolve_accumulate(method: str, device: torch.device) -> str:
-    """``"auto"`` -> the fastest measured way on ``device``: ``index_add`` on CPU, ``sorted`` on CUDA."""
+    """``"auto"`` -> the fastest measured way on ``device``: ``index_add`` on CPU, ``packed`` on CUDA
+    (``sorted`` where Triton is missing)."""
     if method == "auto":
-        return "sorted" if device.type == "cuda" else "index_add"
+        if device.type == "cuda":
+            return "packed" if triton_available() else "sorted"
+        return "index_add"
     if method not in ACCUMULATE:
         raise ValueError(f"unknown accumulate method {method!r}; known: auto, {', '.join(ACCUMULATE)}")
     return method
@@ -135,50 +143,68 @@ def assign_pass(
     kind: str,
     chunk_size: int,
     block_rows: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype = torch.float32,
     assignment: str = "argmin",
     slack: float = 1.0,
     accumulate: bool = True,
     accumulate_method: str = "auto",
+    matmul: str = "auto",
 ) -> PassResult:
     """Assign every pattern to a centroid and accumulate per-cluster sums.
 
     ``assign`` (``(n,)`` int64) holds the previous assignment on entry and the
     new one on exit; ``dist_out`` (``(n,)`` float32) receives each pattern's
-    distance to its assigned centroid.
+    distance to its assigned centroid.  ``matmul`` names the exact product
+    (:data:`apc.clustering.lowp.MATMULS`; ``dtype`` decides between bf16 and
+    fp32 where ``"auto"`` finds no one-byte product).  The result does not
+    depend on ``matmul``, ``block_rows`` or ``accumulate_method``.
     """
     device = centroids.device
     accumulate_method = resolve_accumulate(accumulate_method, device)
+    prod = ExactProduct(resolve_matmul(matmul, device, dtype), device, patterns.width)
     k, width = centroids.shape
-    c = centroids.to(dtype)
-    c_sum = centroids.sum(dim=1, dtype=torch.float32)
-    sums = torch.zeros((k, width), dtype=torch.float64, device=device)
-    chunk_sums = torch.zeros((k, width), dtype=torch.float32, device=device)
+    c = prod.prepare_centroids(centroids)
+    c_sum = centroids.sum(dim=1, dtype=torch.int32 if prod.name == "int8" else torch.float32)
+    packed_sums = accumulate_method == "packed"
+    if packed_sums:
+        sums = torch.zeros((k, width), dtype=torch.int32, device=device)
+    else:
+        sums = torch.zeros((k, width), dtype=torch.float64, device=device)
+        chunk_sums = torch.zeros((k, width), dtype=torch.float32, device=device)
     counts = torch.zeros(k, dtype=torch.int64, device=device)
     objective = torch.zeros((), dtype=torch.float64, device=device)
     active = torch.zeros((), dtype=torch.float64, device=device)
     changed = torch.zeros((), dtype=torch.int64, device=device)
+
+    def block_floats(block: torch.Tensor) -> torch.Tensor:
+        return unpack_torch(block, width, torch.float32)
+
     start = 0
-    with exact_matmul(device):
+    with prod.context():
         for packed in patterns.packed_chunks(chunk_size, device):
             m = packed.shape[0]
-            if accumulate:
+            if accumulate and not packed_sums:
                 chunk_sums.zero_()
             if assignment == "argmin":
                 for b0 in range(0, m, block_rows):
-                    x = unpack_torch(packed[b0 : b0 + block_rows], width, dtype)
-                    idx, dist = nearest(x, c, kind, c_sum)
-                    lo, hi = start + b0, start + b0 + x.shape[0]
+                    block = packed[b0 : b0 + block_rows]
+                    mb = block.shape[0]
+                    x, xs = prod.unpack(block)
+                    idx, dist = nearest_from_overlap(prod.overlap(x, c, mb, k), xs, kind, c_sum)
+                    lo, hi = start + b0, start + b0 + mb
                     changed += (assign[lo:hi] != idx).sum()
                     assign[lo:hi] = idx
                     dist_out[lo:hi] = dist
-                    if accumulate:
-                        accumulate_sums(chunk_sums, idx, x, accumulate_method)
+                    if accumulate and not packed_sums:
+                        xf = x if x.dtype == torch.float32 and x.shape[1] == width else block_floats(block)
+                        accumulate_sums(chunk_sums, idx, xf, accumulate_method)
             elif assignment == "balanced":
                 dmat = torch.empty((m, k), dtype=torch.float32, device=device)
                 for b0 in range(0, m, block_rows):
-                    x = unpack_torch(packed[b0 : b0 + block_rows], width, dtype)
-                    dmat[b0 : b0 + x.shape[0]] = pairwise_distance(x, c, kind)
+                    block = packed[b0 : b0 + block_rows]
+                    mb = block.shape[0]
+                    x, xs = prod.unpack(block)
+                    dmat[b0 : b0 + mb] = distance_from_overlap(prod.overlap(x, c, mb, k), xs, kind, c_sum)
                 cap = math.ceil(math.ceil(m / k) * slack)
                 idx_all = balanced_assign(dmat, cap)
                 dist_all = dmat.gather(1, idx_all[:, None])[:, 0]
@@ -187,20 +213,24 @@ def assign_pass(
                 changed += (assign[lo:hi] != idx_all).sum()
                 assign[lo:hi] = idx_all
                 dist_out[lo:hi] = dist_all
-                if accumulate:
+                if accumulate and not packed_sums:
                     for b0 in range(0, m, block_rows):
-                        x = unpack_torch(packed[b0 : b0 + block_rows], width, torch.float32)
-                        accumulate_sums(chunk_sums, idx_all[b0 : b0 + x.shape[0]], x, accumulate_method)
+                        block = packed[b0 : b0 + block_rows]
+                        accumulate_sums(chunk_sums, idx_all[b0 : b0 + block.shape[0]], block_floats(block),
+                                        accumulate_method)
             else:
                 raise ValueError(f"unknown assignment {assignment!r}; known: {', '.join(ASSIGNMENTS)}")
             seg = assign[start : start + m]
-            counts += torch.bincount(seg, minlength=k)
+            counts.scatter_add_(0, seg, torch.ones_like(seg))  # bincount would wait for the device
             objective += dist_out[start : start + m].sum(dtype=torch.float64)
             if accumulate:
-                sums += chunk_sums
+                if packed_sums:
+                    segment_bit_sums(packed, seg, sums)
+                else:
+                    sums += chunk_sums
             start += m
     if accumulate:
-        active = sums.sum()
+        active = sums.sum(dtype=torch.float64)
     return PassResult(sums, counts, objective, changed, active)
 
 
@@ -221,10 +251,13 @@ def lloyd(
     max_iter: int,
     chunk_size: int,
     block_rows: int,
-    dtype: torch.dtype,
+    dtype: torch.dtype = torch.float32,
     assignment: str = "argmin",
     slack: float = 1.0,
     accumulate_method: str = "auto",
+    matmul: str = "auto",
+    distributed: bool = False,
+    group=None,
     name: str = "clustering",
 ) -> tuple[torch.Tensor, torch.Tensor, list[dict], bool]:
     """Alternate assignment and update until no assignment changes or ``max_iter`` passes.
@@ -232,6 +265,9 @@ def lloyd(
     ``update(sums, counts, prev) -> (K, d) bool`` builds new centroids from the
     per-cluster sums; ``reseed(points, freq) -> (E, d) bool`` turns the
     worst-covered points into centroids for the clusters that came out empty.
+    With ``distributed``, every rank of ``group`` (default: the default
+    process group) calls this with the same arguments; each streams its share
+    of whole chunks and all ranks return the same, single-process result.
     Returns ``(centroids (K, d) bool, assignments (n,) int64, history, converged)``.
     """
     if assignment not in ASSIGNMENTS:
@@ -241,17 +277,24 @@ def lloyd(
         raise ValueError(f"slack must be >= 1 for balanced assignment (else points stay unassigned), got {slack}")
     device = centroids.device
     n = patterns.n
+    local = patterns
+    if distributed:
+        rank, size = dist_util.world(group)
+        lo, hi = dist_util.shard_bounds(n, chunk_size, rank, size)
+        local = patterns.slice(lo, hi)
     centroids = centroids.bool()
-    assign = torch.full((n,), -1, dtype=torch.int64, device=device)
-    dist = torch.zeros(n, dtype=torch.float32, device=device)
+    assign = torch.full((local.n,), -1, dtype=torch.int64, device=device)
+    dist = torch.zeros(local.n, dtype=torch.float32, device=device)
     history: list[dict] = []
     converged = False
     for it in range(max_iter):
         t0 = time.perf_counter()
         res = assign_pass(
-            patterns, centroids, assign, dist, kind=kind, chunk_size=chunk_size, block_rows=block_rows,
-            dtype=dtype, assignment=assignment, slack=slack, accumulate_method=accumulate_method,
+            local, centroids, assign, dist, kind=kind, chunk_size=chunk_size, block_rows=block_rows,
+            dtype=dtype, assignment=assignment, slack=slack, accumulate_method=accumulate_method, matmul=matmul,
         )
+        if distributed:
+            dist_util.all_reduce_pass(res, group)
         stats = res.stats()
         if stats["changed"] == 0:
             converged = True
@@ -261,9 +304,10 @@ def lloyd(
             if empty.numel():
                 log.warning("%s iteration %d: %d empty cluster(s) re-seeded from the worst-covered points",
                             name, it, int(empty.numel()))
-                worst = worst_covered(dist, int(empty.numel()))
+                every = dist_util.all_gather_shards(dist, n, chunk_size, group) if distributed else dist
+                worst = worst_covered(every, int(empty.numel()))
                 points = patterns.rows(worst, device, torch.float32)
-                freq = res.sums.sum(dim=0) / max(1, n)
+                freq = res.sums.sum(dim=0, dtype=torch.float64) / max(1, n)
                 new[empty] = reseed(points, freq).to(device)
             centroids = new
         if device.type == "cuda":
@@ -274,4 +318,6 @@ def lloyd(
                  name, it, stats["objective"], stats["changed"], stats["empty"], stats["seconds"])
         if converged:
             break
+    if distributed:
+        assign = dist_util.all_gather_shards(assign, n, chunk_size, group)
     return centroids.cpu(), assign.cpu(), history, converged
