@@ -75,7 +75,7 @@ def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pro
     unknown = [m for m in modes if m not in CELL_MODES]
     if unknown:
         raise ValueError(f"unknown perplexity mode(s) {unknown}; known: {', '.join(CELL_MODES)}")
-    density = {q: float(c.float().mean()) for q, c in centroids.items()}
+    density = {q: float(c.double().mean()) for q, c in centroids.items()}
     source = "mean over centroids"
     results: dict[str, dict] = {}
     for mode in sorted(modes, key=CELL_MODES.index):

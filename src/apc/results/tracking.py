@@ -313,13 +313,15 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
     return sorted(records, key=lambda r: r.cell_key), dense
 
 
-def study_record(config: dict, tmpdir: Path, dense: dict | None) -> _Record:
-    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots."""
+def study_record(config: dict, tmpdir: Path, cells: list[_Record]) -> _Record:
+    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots;
+    its time span covers every job of its ``cells`` and references."""
     from apc.common.layout import Layout
     from apc.results.summary import reference_columns
 
     lay = Layout(config["outdir"])
-    model = Path(str(config["model"]["name_or_path"])).name or config["model"]["name_or_path"]
+    manifest = Path(lay.manifest())
+    model = read_json(manifest)["name"] if manifest.exists() else str(config["model"]["name_or_path"])
     data = config["data"]
     corpus = "/".join(filter(None, [data.get("hf_path"), data.get("hf_name")])) if data["source"] == "huggingface" \
         else data["source"]
@@ -335,6 +337,10 @@ def study_record(config: dict, tmpdir: Path, dense: dict | None) -> _Record:
         r.metric(k, v)
     for p in refs:
         r.artifacts.append((Path(p), "perplexity"))
+        d = read_json(p)
+        r.times(d.get("started_at"), d.get("finished_at"))
+    for c in cells:
+        r.times(c.start_ms / 1000 if c.start_ms else None, c.end_ms / 1000 if c.end_ms else None)
     thr = Path(lay.thresholds())
     if thr.exists():
         for proj, rows in (read_json(thr).get("projections") or {}).items():
@@ -453,7 +459,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
     lock_file = _lock_path(tracking_uri, out)
     t0 = time.time()
     with _http_env(), tempfile.TemporaryDirectory(prefix="apc-mlflow-") as tmp:
-        study = study_record(config, Path(tmp), dense)
+        study = study_record(config, Path(tmp), records)
         client = None
         if db is None:  # probe remote stores before taking a lock in outdir
             client = _client(tracking_uri, experiment)
@@ -529,6 +535,8 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
         if studies[0].data.tags.get("apc.content_hash") != shash:
             _log_record(client, parent_id, study, {})
             client.set_tag(parent_id, "apc.content_hash", shash)
+        if study.end_ms and studies[0].info.end_time != study.end_ms:
+            client.set_terminated(parent_id, "FINISHED", end_time=study.end_ms)
     else:
         parent_id = _new_run(client, exp_id, study, {**study_tags, "apc.content_hash": shash})
         for old in studies:
