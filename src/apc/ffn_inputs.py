@@ -103,12 +103,12 @@ class FfnInputReader:
 
     def rows(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """``(m, width) float16`` rows (all rows if ``rows`` is None), read into memory."""
-        return np.asarray(self._arr if rows is None else self._arr[rows])
+        return np.array(self._arr if rows is None else self._arr[rows])
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         """Yield ``(<= chunk_tokens, width) float16`` chunks in token order."""
         for start in range(0, self.n_tokens, chunk_tokens):
-            yield np.asarray(self._arr[start : start + chunk_tokens])
+            yield np.array(self._arr[start : start + chunk_tokens])
 
 
 def extract_ffn_inputs(

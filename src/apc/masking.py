@@ -338,13 +338,15 @@ def _check_predictors(predictors, projections, layers, mode, cents, width, top_m
             if getattr(pred, "d_model", d_model) != d_model:
                 raise ValueError(f"predictors[{p!r}][{l}] takes inputs of width {pred.d_model}, the model's "
                                  f"MLP input has width {d_model}")
+            dev = mods["gate"].weight.device
+            if isinstance(pred, nn.Module):
+                pred.to(dev).eval()
             n_out = cents[p][l].shape[0] if mode == "predicted" else width[p]
-            got = getattr(pred, "k" if mode == "predicted" else "d_ff", n_out)
+            with torch.no_grad():
+                got = pred(torch.zeros(1, d_model, device=dev)).shape[-1]
             if got != n_out:
                 what = "centroids in the set" if mode == "predicted" else f"neurons of {p}"
                 raise ValueError(f"predictors[{p!r}][{l}] scores {got} outputs, but there are {n_out} {what}")
-            if isinstance(pred, nn.Module):
-                pred.to(mods["gate"].weight.device).eval()
         if mode == "predicted" and not 1 <= int(top_m) <= min(c.shape[0] for c in cents[p]):
             raise ValueError(f"top_m must lie in [1, K], got {top_m}")
         out[p] = per_layer
