@@ -5,7 +5,7 @@ import torch
 from apc.clustering import PackedPatterns, save_centroids, top_n_mask
 from apc.extract import calibrate_thresholds, extract_patterns
 from apc.ffn_inputs import extract_ffn_inputs
-from apc.prediction import (ClusterPredictor, NeuronPredictor, build_predictor, cell_centroids,
+from apc.prediction import (ClusterPredictor, NeuronPredictor, build_predictor, cell_centroids, fold_standardization,
                             evaluate_cluster_predictor, evaluate_neuron_predictor, ffn_flops,
                             fit_cluster_predictor, fit_neuron_predictor, load_predictors, matched_rank,
                             neuron_ranks, save_predictors, train_cluster_cell, train_neuron_cell)
@@ -195,3 +195,16 @@ def test_cell_drivers_fit_every_layer_and_save(tiny_llama, tmp_path):
                                   device="cpu", fit={"epochs": 3}, max_train_tokens=100)
     assert [p.rank for p in nps] == [5, 5, 5] and nrep["layers"][0]["n_train"] == 100
     assert nrep["layers"][0]["test"]["masks"][0]["compute_share"] == pytest.approx(22 / 44)
+
+
+@pytest.mark.parametrize("make", [lambda: ClusterPredictor(D, K, "linear"), lambda: ClusterPredictor(D, K, "mlp", 8),
+                                  lambda: NeuronPredictor(D, 13, 3)])
+def test_folded_standardization_is_equivalent(make):
+    pred = make().eval()
+    pred.norm.fit(3.0 + 2.0 * torch.randn(100, D, generator=torch.Generator().manual_seed(0)))
+    x = 3.0 + 2.0 * torch.randn(20, D)
+    folded = fold_standardization(pred)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), pred(x), rtol=1e-4, atol=1e-4)
+    assert isinstance(folded.norm, torch.nn.Identity) and not isinstance(pred.norm, torch.nn.Identity)
+    assert folded.flops_per_token() == pred.flops_per_token()

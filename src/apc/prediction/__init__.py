@@ -9,12 +9,13 @@ from .evaluate import centroid_union, evaluate_cluster_predictor, evaluate_neuro
 from .fit import FIT_DEFAULTS, fit_cluster_predictor, fit_neuron_predictor
 from .io import load_predictors, predictor_paths, save_predictors
 from .models import (CLUSTER_KINDS, KINDS, ClusterPredictor, NeuronPredictor, build_predictor, ffn_flops,
+                     fold_standardization,
                      matched_rank, neuron_ranks)
 
 __all__ = [
     "CLUSTER_KINDS", "KINDS", "FIT_DEFAULTS", "ClusterPredictor", "NeuronPredictor", "build_predictor",
     "cell_centroids", "centroid_union", "evaluate_cluster_predictor", "evaluate_neuron_predictor", "ffn_flops",
-    "fit_cluster_predictor", "fit_neuron_predictor", "layer_data", "load_predictors", "mask_sums",
+    "fit_cluster_predictor", "fit_neuron_predictor", "fold_standardization", "layer_data", "load_predictors", "mask_sums",
     "matched_rank", "neuron_ranks", "predictor_cost", "predictor_paths", "save_predictors", "stored_layers",
     "train_cluster_cell", "train_neuron_cell",
 ]

@@ -16,7 +16,7 @@ from ..clustering.device import resolve_device
 from .models import ClusterPredictor, NeuronPredictor
 
 #: Training defaults (override per call): epochs, batch size, Adam learning rate and weight decay.
-FIT_DEFAULTS = {"epochs": 12, "batch_size": 256, "lr": 2e-3, "weight_decay": 1e-4}
+FIT_DEFAULTS = {"epochs": 8, "batch_size": 512, "lr": 3e-3, "weight_decay": 1e-4}
 
 
 def _as_float(x, name: str, device: torch.device) -> torch.Tensor:

@@ -12,6 +12,7 @@ multiply-add (the standardisation folds into the first layer's weights).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -135,3 +136,24 @@ def neuron_ranks(flops: int, d_model: int, d_ff: int, larger: int = 4) -> list[i
         raise ValueError(f"larger must be an integer > 1, got {larger}")
     r = matched_rank(flops, d_model, d_ff)
     return [r, int(larger) * r]
+
+
+@torch.no_grad()
+def fold_standardization(predictor: nn.Module) -> nn.Module:
+    """An equivalent copy for deployment: the input standardisation folded into the first product.
+
+    ``W (x - mean) * inv_std + b = (W * inv_std) x + (b - (W * inv_std) mean)``; for the
+    neuron predictor the constant moves through the bias-free bottleneck into ``up``'s bias.
+    Saves two element-wise passes over the input per call.
+    """
+    folded = copy.deepcopy(predictor)
+    mean, inv_std = folded.norm.mean, folded.norm.inv_std
+    first = folded.net[0] if isinstance(folded, ClusterPredictor) else folded.down
+    first.weight.mul_(inv_std[None, :])
+    shift = first.weight @ mean
+    if isinstance(folded, ClusterPredictor):
+        first.bias.sub_(shift)
+    else:
+        folded.up.bias.sub_(folded.up.weight @ shift)
+    folded.norm = nn.Identity()
+    return folded
