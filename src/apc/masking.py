@@ -193,9 +193,11 @@ def install_interventions(
                 dev = module.weight.device
                 if mode == "random" and dev not in generators:
                     generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
-                choose = _chooser(mode, cents.get(proj, [None] * n_layers)[l], k_rand.get(proj), generators.get(dev),
-                                  keep_thr.get(proj, [None] * n_layers)[l], preds.get(proj, [None] * n_layers)[l],
-                                  top_m, k_neuron.get(proj), mlp_in, l)
+                choose = _chooser(mode, l, mlp_in, cents=cents.get(proj, [None] * n_layers)[l],
+                                  k=k_rand.get(proj), gen=generators.get(dev),
+                                  keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
+                                  predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
+                                  k_neuron=k_neuron.get(proj))
                 fn = _make_apply(handle, proj, thr[proj][l], choose, skip_first_position)
                 if proj == "down_in":
                     h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
@@ -208,7 +210,7 @@ def install_interventions(
     return handle
 
 
-def _chooser(mode, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, mlp_in, layer):
+def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron):
     """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection)."""
 
     def scores(n_rows: int) -> torch.Tensor:
