@@ -117,7 +117,7 @@ def train_neuron_cell(
     for l in layers:
         x, pats = layer_data(ffn_root, pattern_root, "train", projection, l, max_train_tokens, seed + l)
         t0 = time.perf_counter()
-        pred, loss = fit_neuron_predictor(x, pats.bits(), rank, seed=seed + l, device=device, **(fit or {}))
+        pred, loss = fit_neuron_predictor(x, pats, rank, seed=seed + l, device=device, **(fit or {}))
         secs = time.perf_counter() - t0
         tx, tp = layer_data(ffn_root, pattern_root, "test", projection, l)
         test = evaluate_neuron_predictor(pred, tx, tp, densities, chunk_size=chunk_size, device=device)

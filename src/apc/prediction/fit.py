@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..clustering.data import PackedPatterns
 from ..clustering.device import resolve_device
+from ..patterns import pack_torch, unpack_torch
 from .models import ClusterPredictor, NeuronPredictor
 
 #: Training defaults (override per call): epochs, batch size, Adam learning rate and weight decay.
@@ -28,7 +30,10 @@ def _as_float(x, name: str, device: torch.device) -> torch.Tensor:
 
 def _train(model: nn.Module, x: torch.Tensor, target: torch.Tensor, loss_fn, *, seed: int, epochs: int,
            batch_size: int, lr: float, weight_decay: float) -> list[float]:
-    """Adam over shuffled minibatches; returns the mean training loss per epoch."""
+    """Adam over shuffled minibatches; returns the mean training loss per epoch.
+
+    ``loss_fn(scores, target[batch])``: the target rows of a batch are passed as stored.
+    """
     model.norm.fit(x)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(int(seed) + 1)
@@ -85,16 +90,28 @@ def fit_cluster_predictor(
 def fit_neuron_predictor(
     x, patterns, rank: int, *, seed: int = 0, device: str = "auto", **options
 ) -> tuple[NeuronPredictor, list[float]]:
-    """Fit a rank-``rank`` :class:`NeuronPredictor` on ``x: (n, d_model)`` -> ``patterns: (n, d_ff)`` bool (BCE).
+    """Fit a rank-``rank`` :class:`NeuronPredictor` on ``x: (n, d_model)`` -> ``patterns: (n, d_ff)`` (BCE).
+
+    ``patterns``: a bool array or a :class:`PackedPatterns` (kept packed, unpacked per batch).
 
     Returns ``(predictor on the CPU in eval mode, loss per epoch)``.
     """
     dev = resolve_device(device)
     opts = _checked_options(options)
     x = _as_float(x, "inputs", dev)
-    y = _as_float(patterns, "patterns", dev)
+    if isinstance(patterns, PackedPatterns):  # stays packed on the device; unpacked per batch
+        width, y = patterns.width, patterns.packed_rows(np.arange(patterns.n), dev)
+    else:
+        y = torch.as_tensor(np.asarray(patterns) if not isinstance(patterns, torch.Tensor) else patterns)
+        if y.dim() != 2:
+            raise ValueError(f"patterns must be 2-D (n_tokens, width), got shape {tuple(y.shape)}")
+        width, y = y.shape[1], pack_torch(y.to(dev).bool())
     if y.shape[0] != x.shape[0]:
         raise ValueError(f"inputs have {x.shape[0]} tokens but patterns have {y.shape[0]}")
-    model = _init(seed, lambda: NeuronPredictor(x.shape[1], y.shape[1], rank)).to(dev)
-    history = _train(model, x, y, F.binary_cross_entropy_with_logits, seed=seed, **opts)
+
+    def loss(scores, packed):
+        return F.binary_cross_entropy_with_logits(scores, unpack_torch(packed, width, torch.float32))
+
+    model = _init(seed, lambda: NeuronPredictor(x.shape[1], width, rank)).to(dev)
+    history = _train(model, x, y, loss, seed=seed, **opts)
     return model.cpu().eval(), history
