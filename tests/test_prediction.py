@@ -161,6 +161,11 @@ def test_bad_inputs_raise_clear_errors(tmp_path):
     save_centroids(tmp_path / "c.npy", np.ones((2, 3, 9), dtype=bool), {"layers": [0, 2]})
     with pytest.raises(ValueError, match=r"no centroid set for layers \[1\]"):
         cell_centroids(tmp_path / "c.npy", [0, 1, 2])
+    save_centroids(tmp_path / "one.npy", np.ones((1, 3, 9), dtype=bool), {"scope": "per_layer", "layers": [2]})
+    with pytest.raises(ValueError, match=r"no centroid set for layers \[0\]"):
+        cell_centroids(tmp_path / "one.npy", [0, 2])
+    save_centroids(tmp_path / "pooled.npy", np.ones((1, 3, 9), dtype=bool), {"scope": "pooled"})
+    assert set(cell_centroids(tmp_path / "pooled.npy", [0, 4])[0]) == {0, 4}
     (tmp_path / "bad.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="not a predictor sidecar"):
         load_predictors(tmp_path / "bad")

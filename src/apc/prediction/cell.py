@@ -51,19 +51,20 @@ def layer_data(ffn_root, pattern_root, split: str, projection: str, layer: int,
 def cell_centroids(path, layers: Sequence[int]) -> tuple[dict[int, torch.Tensor], dict]:
     """``({layer: (K, W) bool centroids}, sidecar)`` from a centroid file of a cell.
 
-    One set serves every layer (pooled); otherwise set i belongs to ``meta["layers"][i]``
-    (all layers when absent).  A layer without a set is an error.
+    One set serves every layer (pooled scope); otherwise set i belongs to
+    ``meta["layers"][i]`` (layer i when absent).  A layer without a set is an error.
     """
     array, sidecar = centroid_paths(path)
     if not array.exists() or not sidecar.exists():
         raise FileNotFoundError(f"the predictor's cell has no centroids: missing {array if not array.exists() else sidecar}")
     bits, meta = load_centroids(path)
-    owners = [0] if bits.shape[0] == 1 else list(meta.get("layers", range(bits.shape[0])))
-    missing = [l for l in layers if bits.shape[0] != 1 and l not in owners]
+    if bits.shape[0] == 1 and meta.get("scope") != "per_layer":
+        return {l: torch.from_numpy(bits[0]) for l in layers}, meta
+    owners = list(meta.get("layers", range(bits.shape[0])))
+    missing = [l for l in layers if l not in owners]
     if missing:
         raise ValueError(f"{array}: no centroid set for layers {missing} (sets cover layers {owners})")
-    sets = {l: torch.from_numpy(bits[0 if bits.shape[0] == 1 else owners.index(l)]) for l in layers}
-    return sets, meta
+    return {l: torch.from_numpy(bits[owners.index(l)]) for l in layers}, meta
 
 
 def train_cluster_cell(
