@@ -30,3 +30,23 @@ def test_bfloat16_and_table():
 def test_empty_histogram_errors():
     with pytest.raises(ValueError, match="no values"):
         AbsQuantileHistogram().quantile(0.5)
+
+
+def test_kept_share_tables_from_one_histogram():
+    from apc.extraction.thresholds import kept_share_tables
+
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(500, 200, generator=g)
+    h = AbsQuantileHistogram(bits=10)
+    h.update(x)
+    tables = kept_share_tables({("down_in", 0): h, ("down_in", 1): h}, [0.4, 0.6, 0.8])
+    assert [t["kept_share"] for t in tables] == [0.4, 0.6, 0.8]
+    for t in tables:
+        rows = t["projections"]["down_in"]
+        assert [r["layer"] for r in rows] == [0, 1]
+        kept = float((x.abs() >= rows[0]["threshold"]).double().mean())
+        assert kept == pytest.approx(1 - rows[0]["achieved_sparsity"], abs=1e-12)
+        assert abs(kept - t["kept_share"]) < 0.01
+        assert rows[0] == threshold_table({("down_in", 0): h}, 1 - t["kept_share"])["down_in"][0]
+    with pytest.raises(ValueError, match="kept_shares"):
+        kept_share_tables({("down_in", 0): h}, [0.0])

@@ -15,7 +15,7 @@ from torch import nn
 from apc.extraction.capture import ProjectionCapture
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
-from apc.extraction.thresholds import AbsQuantileHistogram, threshold_table
+from apc.extraction.thresholds import AbsQuantileHistogram, kept_share_tables, threshold_table
 
 log = get_logger("apc.extraction.extract")
 
@@ -27,6 +27,30 @@ def forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: 
         for w in progress(windows, desc=desc, unit="window"):
             model(w.unsqueeze(0).to(device))
     return time.perf_counter() - t0
+
+
+def collect_histograms(
+    model: nn.Module, windows: torch.Tensor, projections: list[str], *, bits: int, skip_first: bool, device: str
+) -> tuple[dict[tuple[str, int], AbsQuantileHistogram], int, float]:
+    """One pass over ``windows``: ``({(projection, layer): histogram of |x|}, n_tokens, seconds)``."""
+    hists: dict[tuple[str, int], AbsQuantileHistogram] = {}
+    n_tokens = [0]
+
+    def collect(proj: str, layer: int, x: torch.Tensor) -> None:
+        h = hists.get((proj, layer))
+        if h is None:
+            h = hists[(proj, layer)] = AbsQuantileHistogram(bits)
+        h.update(x)
+        if proj == projections[0] and layer == 0:
+            n_tokens[0] += x.shape[0]
+
+    with ProjectionCapture(model, projections, collect, skip_first=skip_first):
+        wall = forward_windows(model, windows, device, "calibrating thresholds")
+    return hists, n_tokens[0], wall
+
+
+def _method(bits: int) -> str:
+    return f"exact float32-bit histogram of |x|, {bits} mantissa bits (edges {2.0**-bits:.2%} apart)"
 
 
 def calibrate_thresholds(
@@ -44,30 +68,35 @@ def calibrate_thresholds(
     ``windows: (n_windows, seq_len) int64``.  Returns ``{"sparsity", "method",
     "projections": {proj: [{layer, threshold, achieved_sparsity}]}, "n_tokens", "wall_time_s"}``.
     """
-    hists: dict[tuple[str, int], AbsQuantileHistogram] = {}
-    n_tokens = [0]
-
-    def collect(proj: str, layer: int, x: torch.Tensor) -> None:
-        h = hists.get((proj, layer))
-        if h is None:
-            h = hists[(proj, layer)] = AbsQuantileHistogram(bits)
-        h.update(x)
-        if proj == projections[0] and layer == 0:
-            n_tokens[0] += x.shape[0]
-
-    with ProjectionCapture(model, projections, collect, skip_first=skip_first):
-        wall = forward_windows(model, windows, device, "calibrating thresholds")
+    hists, n_tokens, wall = collect_histograms(model, windows, projections, bits=bits, skip_first=skip_first,
+                                               device=device)
     table = threshold_table(hists, sparsity)
     worst = max(abs(r["achieved_sparsity"] - sparsity) for rows in table.values() for r in rows)
     log.info("thresholds for %d (layer, projection) pairs from %d tokens; worst |achieved - target| = %.2e",
-             len(hists), n_tokens[0], worst)
-    return {
-        "sparsity": sparsity,
-        "method": f"exact float32-bit histogram of |x|, {bits} mantissa bits (edges {2.0**-bits:.2%} apart)",
-        "n_tokens": n_tokens[0],
-        "wall_time_s": wall,
-        "projections": table,
-    }
+             len(hists), n_tokens, worst)
+    return {"sparsity": sparsity, "method": _method(bits), "n_tokens": n_tokens, "wall_time_s": wall,
+            "projections": table}
+
+
+def calibrate_kept_shares(
+    model: nn.Module,
+    windows: torch.Tensor,
+    projections: list[str],
+    kept_shares: list[float],
+    *,
+    bits: int = 10,
+    skip_first: bool,
+    device: str = "cpu",
+) -> dict:
+    """Thresholds ``T_rho`` with ``P(|x| >= T_rho) ≈ rho`` for every kept share rho, from one pass.
+
+    Returns ``{"method", "n_tokens", "wall_time_s", "shares": [{"kept_share": rho,
+    "projections": {proj: [{layer, threshold, achieved_sparsity}]}}]}`` (kept = 1 - achieved_sparsity).
+    """
+    hists, n_tokens, wall = collect_histograms(model, windows, projections, bits=bits, skip_first=skip_first,
+                                               device=device)
+    return {"method": _method(bits), "n_tokens": n_tokens, "wall_time_s": wall,
+            "shares": kept_share_tables(hists, list(kept_shares))}
 
 
 def extract_patterns(

@@ -61,3 +61,15 @@ def threshold_table(hists: dict[tuple[str, int], AbsQuantileHistogram], sparsity
             raise ValueError(f"non-finite threshold for {proj} layer {layer}: activations contain inf/nan")
         out.setdefault(proj, []).append({"layer": layer, "threshold": t, "achieved_sparsity": achieved})
     return out
+
+
+def kept_share_tables(hists: dict[tuple[str, int], AbsQuantileHistogram], kept_shares: list[float]) -> list[dict]:
+    """One threshold table per kept share rho from the same histograms.
+
+    Returns ``[{"kept_share": rho, "projections": threshold_table(hists, 1 - rho)}, ...]``:
+    ``|x| >= T`` keeps the share ``1 - achieved_sparsity`` (closest to rho) of the values.
+    """
+    bad = [r for r in kept_shares if not 0.0 < float(r) <= 1.0]
+    if bad or not kept_shares:
+        raise ValueError(f"kept_shares must be a non-empty list of shares in (0, 1], got {list(kept_shares)}")
+    return [{"kept_share": float(r), "projections": threshold_table(hists, 1.0 - float(r))} for r in kept_shares]

@@ -17,7 +17,21 @@ mode              keep
 ``random``        ``p & r``  -- ``r`` has exactly ``round(d * width)`` ones per
                   token, chosen uniformly (top-k of uniform noise drawn from a
                   ``torch.Generator`` seeded with ``seed``, one per device)
+``threshold``     ``|x| >= T_rho[proj][l]`` -- magnitude thresholds calibrated for
+                  a kept share rho (``keep_thresholds``); TEAL-style reference
+``predicted``     ``C[a_1] | ... | C[a_m]`` -- the ``top_m`` centroids scored
+                  highest by ``predictors[proj][l]`` from the MLP input; no
+                  oracle, no threshold (like ``centroid_only``)
+``neuron_predicted`` the ``density_to_count(d, width)`` neurons scored highest by
+                  ``predictors[proj][l]`` from the MLP input (``neuron_density``)
 ================  =============================================================
+
+The predictor modes read the MLP input (the input of ``gate_proj``) through a
+forward pre-hook on ``gate_proj``, which runs before every hooked projection of
+its layer.  A predictor is any callable ``(n, d_model) float32 -> (n, S)``
+scores (``S = K`` centroids or ``S = width`` neurons); ``nn.Module`` predictors
+are moved to their layer's device.  The pattern ``p`` (``thresholds``) is still
+computed in every mode for the ``active_fraction`` statistic.
 
 ``C`` for layer ``l`` is ``centroids[proj][l]`` when the set has ``L == n_layers``
 rows (per-layer scope) and ``centroids[proj][0]`` when ``L == 1`` (pooled).
@@ -31,18 +45,20 @@ the statistics.  This assumes full-sequence forwards (no KV-cache decoding).
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projection_module
+from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
 
-MODES = ("dense", "sparse", "centroid", "centroid_only", "random")
-_CENTROID_MODES = ("centroid", "centroid_only")
+MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "threshold", "predicted", "neuron_predicted")
+_CENTROID_MODES = ("centroid", "centroid_only", "predicted")
+_PREDICTOR_MODES = ("predicted", "neuron_predicted")
 
 
 def nearest_centroid(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -72,12 +88,14 @@ class Interventions:
         self._active = {p: 0 for p in self.projections}
         self._total = {p: 0 for p in self.projections}  # intervened positions * width
         self._handles: list = []
+        self._mlp_inputs: dict = {}
 
     def remove(self) -> None:
         """Detach all hooks; idempotent."""
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        self._mlp_inputs.clear()
 
     def __enter__(self) -> "Interventions":
         return self
@@ -118,13 +136,21 @@ def install_interventions(
     centroids: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     random_density: Mapping[str, float] | None = None,
     seed: int = 0,
+    keep_thresholds: Mapping[str, Sequence[float]] | None = None,
+    predictors: Mapping[str, Sequence[Callable]] | None = None,
+    top_m: int = 1,
+    neuron_density: Mapping[str, float] | None = None,
     skip_first_position: bool,
 ) -> Interventions:
     """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
 
-    thresholds:     ``{proj: [T_layer0, ..., T_layer{n-1}]}`` (all modes but dense).
-    centroids:      ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes).
-    random_density: ``{proj: d in [0, 1]}`` (random mode).
+    thresholds:      ``{proj: [T_layer0, ..., T_layer{n-1}]}`` (all modes but dense).
+    centroids:       ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes, predicted).
+    random_density:  ``{proj: d in [0, 1]}`` (random mode).
+    keep_thresholds: ``{proj: [T_rho per layer]}`` (threshold mode).
+    predictors:      ``{proj: [one callable per layer]}`` (predicted: K scores; neuron_predicted: width scores).
+    top_m:           centroids united per token (predicted mode).
+    neuron_density:  ``{proj: d in (0, 1]}`` (neuron_predicted mode).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -144,29 +170,76 @@ def install_interventions(
 
     thr = _check_thresholds(thresholds, projections, n_layers, mode)
     cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
-    k_rand = _check_density(random_density, projections, width) if mode == "random" else {}
+    k_rand = _check_density(random_density, projections, width, "random_density") if mode == "random" else {}
+    keep_thr = _check_thresholds(keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
+        if mode == "threshold" else {}
+    k_neuron = _check_density(neuron_density, projections, width, "neuron_density") \
+        if mode == "neuron_predicted" else {}
+    preds = _check_predictors(predictors, projections, layers, mode, cents, width, top_m) \
+        if mode in _PREDICTOR_MODES else {}
     generators: dict[torch.device, torch.Generator] = {}
+    mlp_in: dict[int, torch.Tensor] = {}
+    handle._mlp_inputs = mlp_in
 
-    for proj in projections:
-        for l, mods in enumerate(layers):
-            module = projection_module(mods, proj)
-            dev = module.weight.device
-            gen = None
-            if mode == "random":
-                if dev not in generators:
+    try:
+        if mode in _PREDICTOR_MODES:
+            for l, mods in enumerate(layers):
+                handle._handles.append(mods["gate"].register_forward_pre_hook(
+                    lambda m, args, l=l: mlp_in.__setitem__(l, args[0])))
+        for proj in projections:
+            for l, mods in enumerate(layers):
+                module = projection_module(mods, proj)
+                dev = module.weight.device
+                if mode == "random" and dev not in generators:
                     generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
-                gen = generators[dev]
-            fn = _make_apply(handle, mode, proj, thr[proj][l], cents.get(proj, [None] * n_layers)[l],
-                             k_rand.get(proj), gen, skip_first_position)
-            if TABLE[proj].side == "input":
-                h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
-            else:
-                h = module.register_forward_hook(lambda m, args, out, fn=fn: fn(out))
-            handle._handles.append(h)
+                choose = _chooser(mode, l, mlp_in, cents=cents.get(proj, [None] * n_layers)[l],
+                                  k=k_rand.get(proj), gen=generators.get(dev),
+                                  keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
+                                  predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
+                                  k_neuron=k_neuron.get(proj))
+                fn = _make_apply(handle, proj, thr[proj][l], choose, skip_first_position)
+                if TABLE[proj].side == "input":
+                    h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
+                else:
+                    h = module.register_forward_hook(lambda m, args, out, fn=fn: fn(out))
+                handle._handles.append(h)
+    except BaseException:
+        handle.remove()
+        raise
     return handle
 
 
-def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first):
+def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron):
+    """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection)."""
+
+    def scores(n_rows: int) -> torch.Tensor:
+        h = mlp_in[layer]
+        h = h.reshape(-1, h.shape[-1])
+        if h.shape[0] != n_rows:
+            raise RuntimeError(f"layer {layer}: MLP input has {h.shape[0]} positions, the hooked tensor {n_rows}")
+        return predictor(h.float())
+
+    def choose(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        if mode == "sparse":
+            return p
+        if mode in ("centroid", "centroid_only"):
+            m = cents.index_select(0, nearest_centroid(p.float(), cents)) > 0.5
+            return m if mode == "centroid_only" else p & m
+        if mode == "random":
+            noise = torch.rand(flat.shape, generator=gen, device=flat.device)
+            return torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True) & p
+        if mode == "threshold":
+            return flat.abs().float() >= keep_threshold
+        s = scores(flat.shape[0])
+        if mode == "predicted":
+            ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
+            return (cents[ids] > 0.5).any(dim=1)
+        return top_n_mask(s, k_neuron)  # neuron_predicted
+
+    return choose
+
+
+def _make_apply(handle, proj, threshold, choose, skip_first):
     """Build ``x -> masked x`` for one (layer, projection)."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -174,17 +247,7 @@ def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first):
         w = x.shape[-1]
         flat = x.reshape(-1, w)
         p = flat.abs().float() >= threshold
-        if mode == "sparse":
-            keep = p
-        elif mode in _CENTROID_MODES:
-            a = nearest_centroid(p.float(), cents)
-            m = cents.index_select(0, a) > 0.5
-            keep = m if mode == "centroid_only" else p & m
-        else:  # random
-            noise = torch.rand(flat.shape, generator=gen, device=flat.device)
-            r = torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True)
-            keep = p & r
-        keep = keep.view(x.shape)
+        keep = choose(flat, p).view(x.shape)
         p = p.view(x.shape)
         if skip_first and x.dim() >= 2:
             keep_s, p_s = keep[..., 1:, :], p[..., 1:, :]
@@ -204,16 +267,16 @@ def _width(mods: dict, proj: str) -> int:
     return TABLE[proj].width(projection_module(mods, proj))
 
 
-def _check_thresholds(thresholds, projections, n_layers, mode) -> dict[str, list[float]]:
+def _check_thresholds(thresholds, projections, n_layers, mode, name="thresholds") -> dict[str, list[float]]:
     out = {}
     for p in projections:
         if thresholds is None or p not in thresholds:
-            raise ValueError(f"mode {mode!r} needs thresholds for projection {p!r} (one float per layer)")
+            raise ValueError(f"mode {mode!r} needs {name} for projection {p!r} (one float per layer)")
         t = [float(v) for v in thresholds[p]]
         if len(t) != n_layers:
-            raise ValueError(f"thresholds[{p!r}] has {len(t)} values, expected one per layer ({n_layers})")
+            raise ValueError(f"{name}[{p!r}] has {len(t)} values, expected one per layer ({n_layers})")
         if not all(np.isfinite(v) and v >= 0 for v in t):
-            raise ValueError(f"thresholds[{p!r}] must be finite and >= 0, got {t}")
+            raise ValueError(f"{name}[{p!r}] must be finite and >= 0, got {t}")
         out[p] = t
     return out
 
@@ -249,14 +312,43 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
     return out
 
 
-def _check_density(density, projections, width) -> dict[str, int]:
+def _check_density(density, projections, width, name) -> dict[str, int]:
     """Per projection, the exact number of ones per token: round(d * width)."""
     out = {}
     for p in projections:
         if density is None or p not in density:
-            raise ValueError(f"mode 'random' needs random_density for projection {p!r}")
+            raise ValueError(f"this mode needs {name} for projection {p!r}")
         d = float(density[p])
         if not 0.0 <= d <= 1.0:
-            raise ValueError(f"random_density[{p!r}] must be in [0, 1], got {d}")
-        out[p] = int(round(d * width[p]))
+            raise ValueError(f"{name}[{p!r}] must be in [0, 1], got {d}")
+        out[p] = int(round(d * width[p])) if name == "random_density" else density_to_count(d, width[p])
+    return out
+
+
+def _check_predictors(predictors, projections, layers, mode, cents, width, top_m) -> dict[str, list]:
+    """Per projection, one predictor per layer, sizes checked against the model and the centroids."""
+    out = {}
+    for p in projections:
+        if predictors is None or p not in predictors:
+            raise ValueError(f"mode {mode!r} needs predictors for projection {p!r} (one per layer)")
+        per_layer = list(predictors[p])
+        if len(per_layer) != len(layers):
+            raise ValueError(f"predictors[{p!r}] has {len(per_layer)} entries, expected one per layer ({len(layers)})")
+        for l, (pred, mods) in enumerate(zip(per_layer, layers)):
+            d_model = mods["gate"].in_features
+            if getattr(pred, "d_model", d_model) != d_model:
+                raise ValueError(f"predictors[{p!r}][{l}] takes inputs of width {pred.d_model}, the model's "
+                                 f"MLP input has width {d_model}")
+            dev = mods["gate"].weight.device
+            if isinstance(pred, nn.Module):
+                pred.to(dev).eval()
+            n_out = cents[p][l].shape[0] if mode == "predicted" else width[p]
+            with torch.no_grad():
+                got = pred(torch.zeros(1, d_model, device=dev)).shape[-1]
+            if got != n_out:
+                what = "centroids in the set" if mode == "predicted" else f"neurons of {p}"
+                raise ValueError(f"predictors[{p!r}][{l}] scores {got} outputs, but there are {n_out} {what}")
+        if mode == "predicted" and not 1 <= int(top_m) <= min(c.shape[0] for c in cents[p]):
+            raise ValueError(f"top_m must lie in [1, K], got {top_m}")
+        out[p] = per_layer
     return out

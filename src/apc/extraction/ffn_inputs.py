@@ -1,0 +1,160 @@
+"""FFN-input store: per layer, the tensor entering the MLP (the input of ``gate_proj``).
+
+On disk, one (split, layer) is two files under ``root``:
+
+* ``{split}/L{layer:02d}.npy`` -- ``float16`` array ``(n_tokens, d_model)``.  Row ``t``
+  is token ``t`` of the split in window order, BOS positions excluded: the same
+  token as row ``t`` of the pattern store (:mod:`apc.patterns`).
+* ``{split}/L{layer:02d}.json`` -- sidecar: model, split, layer, width (d_model),
+  n_tokens, dtype, max_abs.
+
+Files are filled window by window through a memory map on a temporary file
+renamed into place when complete.  Only torch and numpy are used.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from apc.common.projections import mlp_projections
+from apc.common.atomic import read_json, read_npy, write_json
+from apc.extraction.extract import forward_windows
+from apc.common.progress import get_logger
+
+log = get_logger("apc.extraction.ffn_inputs")
+
+_F16_MAX = float(np.finfo(np.float16).max)
+
+
+def ffn_input_path(root: str | os.PathLike, split: str, layer: int) -> Path:
+    """Path of the float16 array of one (split, layer) under ``root``."""
+    return Path(root) / split / f"L{layer:02d}.npy"
+
+
+class FfnInputWriter:
+    """Write one (split, layer) FFN-input file in token chunks; it appears only after :meth:`close`."""
+
+    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
+        self.n_tokens, self.width, self.meta = int(n_tokens), int(width), dict(meta)
+        self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(self.n_tokens, self.width))
+        self._row = 0
+        self._max_abs = 0.0
+
+    def append(self, x: torch.Tensor) -> None:
+        """Append ``x: (m, width)`` rows (any float dtype; stored as float16)."""
+        if x.shape[-1] != self.width:
+            raise ValueError(f"{self.path}: got rows of width {x.shape[-1]}, expected {self.width}")
+        m = x.shape[0]
+        if self._row + m > self.n_tokens:
+            raise ValueError(f"{self.path}: more than the declared {self.n_tokens} tokens")
+        peak = float(x.detach().abs().max()) if m else 0.0
+        if not peak <= _F16_MAX:
+            raise ValueError(f"{self.path}: FFN input with |x| = {peak} does not fit float16 (max {_F16_MAX})")
+        self._max_abs = max(self._max_abs, peak)
+        self._mm[self._row : self._row + m] = x.detach().to(torch.float16).cpu().numpy()
+        self._row += m
+
+    def close(self) -> dict:
+        """Flush, rename into place and write the sidecar; return the sidecar dict."""
+        if self._row != self.n_tokens:
+            self.abort()
+            raise ValueError(f"{self.path}: wrote {self._row} of {self.n_tokens} declared tokens")
+        self._mm.flush()
+        del self._mm
+        os.replace(self.tmp, self.path)
+        meta = {**self.meta, "width": self.width, "n_tokens": self.n_tokens, "dtype": "float16",
+                "max_abs": self._max_abs}
+        write_json(self.path.with_suffix(".json"), meta)
+        return meta
+
+    def abort(self) -> None:
+        """Drop the partial file."""
+        if hasattr(self, "_mm"):
+            del self._mm
+        if self.tmp.exists():
+            self.tmp.unlink()
+
+
+class FfnInputReader:
+    """Read one FFN-input file (memory-mapped) and its sidecar."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.meta = read_json(self.path.with_suffix(".json"))
+        self._arr = read_npy(self.path, mmap=True)
+        self.width = int(self.meta["width"])
+        self.n_tokens = int(self.meta["n_tokens"])
+        if self._arr.dtype != np.float16 or self._arr.shape != (self.n_tokens, self.width):
+            raise ValueError(f"{self.path}: expected float16 {(self.n_tokens, self.width)} as its sidecar says, "
+                             f"got {self._arr.dtype} {self._arr.shape}")
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def rows(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
+        """``(m, width) float16`` rows (all rows if ``rows`` is None), read into memory."""
+        return np.array(self._arr if rows is None else self._arr[rows])
+
+    def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
+        """Yield ``(<= chunk_tokens, width) float16`` chunks in token order."""
+        for start in range(0, self.n_tokens, chunk_tokens):
+            yield np.array(self._arr[start : start + chunk_tokens])
+
+
+def extract_ffn_inputs(
+    model: nn.Module,
+    windows: torch.Tensor,
+    root: str | os.PathLike,
+    split: str,
+    meta: dict,
+    *,
+    skip_first: bool,
+    device: str = "cpu",
+) -> dict:
+    """Write every layer's MLP input for ``windows: (n_windows, seq_len) int64`` under ``root/split``.
+
+    ``skip_first`` drops position 0 (BOS) of every window, as the pattern
+    extraction does, so row ``t`` matches row ``t`` of the pattern store.
+    Returns a summary dict (tokens, layers, width, store bytes, wall time).
+    """
+    layers = mlp_projections(model)
+    n_windows, seq_len = windows.shape
+    n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
+    width = layers[0]["gate"].in_features
+    writers = [FfnInputWriter(ffn_input_path(root, split, l), n_tokens, width,
+                              {**meta, "split": split, "layer": l}) for l in range(len(layers))]
+
+    def hook(layer: int):
+        def pre(module, args):
+            x = args[0][:, 1:] if skip_first else args[0]
+            writers[layer].append(x.reshape(-1, x.shape[-1]))
+        return pre
+
+    handles = [mods["gate"].register_forward_pre_hook(hook(l)) for l, mods in enumerate(layers)]
+    t0 = time.perf_counter()
+    try:
+        wall = forward_windows(model, windows, device, f"extracting {split} FFN inputs")
+        sidecars = [w.close() for w in writers]
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    finally:
+        for h in handles:
+            h.remove()
+    store = sum(ffn_input_path(root, split, l).stat().st_size for l in range(len(layers)))
+    log.info("%s: %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
+             split, n_tokens, len(layers), width, time.perf_counter() - t0, store / 1e6)
+    return {"split": split, "n_tokens": n_tokens, "n_windows": int(n_windows), "seq_len": int(seq_len),
+            "n_layers": len(layers), "width": width, "wall_time_s": wall, "store_bytes": int(store),
+            "max_abs": [s["max_abs"] for s in sidecars]}
