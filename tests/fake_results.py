@@ -96,8 +96,8 @@ def build_fake_results(
                         for mode in MODES:
                             modes[mode] = {**_ppl_result(rng, float(rng.uniform(2.7, 6.0))),
                                            "kept": {p: round(float(rng.uniform(0.3, 0.7)), 4) for p in projs}}
-                        write_json(out / "ppl" / pset / scope / f"{method}-k{k}-s{seed}.json", {
-                            "pset": pset, "projections": list(projs), "method": method, "k": k,
+                        write_json(out / "ppl" / pset / scope / f"{method}-k{k}-d0.6-s{seed}.json", {
+                            "pset": pset, "projections": list(projs), "method": method, "k": k, "density": 0.6,
                             "scope": scope, "seed": seed, "model": MODEL, "dataset": DATASET,
                             "modes": modes})
 
@@ -122,11 +122,10 @@ def _ppl_result(rng, nll: float, windows: int = 4, tokens: int = 511) -> dict:
             "finished_at": 1.7e9 + 5, "wall_time_s": round(float(rng.uniform(1, 4)), 3)}
 
 
-def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_iters):
-    name = f"{method}-k{k}-s{seed}"
+def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_iters, density=0.6):
+    name = f"{method}-k{k}-d{density:g}-s{seed}"
     cdir = out / "clusters" / proj / scope / name
     n_sets = len(layers) if scope == "per_layer" else 1
-    density = 0.6
     write_npy(cdir / "centroids.npy", (rng.random((n_sets, k, width)) < density).astype(np.uint8))
     history = []
     for s in range(n_sets):
@@ -142,7 +141,7 @@ def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_i
         "target_density": density, "started_at": 1.7e9, "finished_at": 1.7e9 + 2,
         "width": width, "model": MODEL, "dataset": DATASET, "history": history})
 
-    cols = ["split", "layer", "projection", "scope", "method", "k", "seed", "n_tokens", "recall",
+    cols = ["split", "layer", "projection", "scope", "method", "k", "density", "seed", "n_tokens", "recall",
             "paper_precision", "precision", "f1", "centroid_density", "data_density",
             "compute_share", "random_recall"]
     rows = []
@@ -156,7 +155,7 @@ def _write_cell(out, rng, proj, scope, method, k, seed, layers, width, history_i
                                           float(np.mean([p for _, _, p in per_layer])))] + per_layer:
             f1 = 2 * recall * precision / (recall + precision)
             rows.append({"split": split, "layer": layer, "projection": proj, "scope": scope,
-                         "method": method, "k": k, "seed": seed, "n_tokens": n_tok,
+                         "method": method, "k": k, "density": density, "seed": seed, "n_tokens": n_tok,
                          "recall": recall, "paper_precision": recall, "precision": precision, "f1": f1,
                          "centroid_density": density, "data_density": 0.5, "compute_share": density,
                          "random_recall": density})

@@ -54,7 +54,7 @@ def test_summary_one_row_per_cell_and_split_equal_to_files(tree):
     sparse = {p: read_json(out / f"ppl/sparse-{p}.json")["ppl"] for p in desc["psets"]}
     for row in df.itertuples(index=False):
         r = row._asdict()
-        name = f"{r['method']}-k{r['k']}-s{r['seed']}"
+        name = f"{r['method']}-k{r['k']}-d{r['density']:g}-s{r['seed']}"
         want = _all_row(out / "eval" / r["projection"] / r["scope"] / f"{name}.csv", r["split"])
         for m in METRICS:
             assert r[m] == pytest.approx(float(want[m])), (name, m)
@@ -93,7 +93,7 @@ def test_summary_reads_exactly_its_inputs(tmp_path):
     # a cell that left the sweep, and a hidden temporary, stay on disk but are never read
     out = tmp_path / "res"
     desc = build_fake_results(out, projections=("gate",), psets={"paper": ["gate"]})
-    (out / "eval" / "gate" / "pooled" / ".apc-k4-s0.csv.XYZ.csv").write_text("garbage,\n1")
+    (out / "eval" / "gate" / "pooled" / ".apc-k4-d0.6-s0.csv.XYZ.csv").write_text("garbage,\n1")
     small = {**desc["config"], "cluster": {**desc["config"]["cluster"], "k": [2]}}
     f = sweep_files(small)
     df = build_summary(f.evals, f.centroid_metas, f.refs, f.ppl)

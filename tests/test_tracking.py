@@ -155,27 +155,27 @@ def test_one_run_per_cell_with_precision_and_perplexity_together(tmp_path, store
     assert [a.path for a in client.list_artifacts(study.info.run_id, "plots")] == ["plots/fake.png"]
 
     cells = _cells(runs)
-    assert set(cells) == {"/".join([p, s, f"{m}-k{k}-s{sd}"]) for p, s, m, k, sd in desc["cells"]}
+    assert set(cells) == {"/".join([p, s, f"{m}-k{k}-d0.6-s{sd}"]) for p, s, m, k, sd in desc["cells"]}
     for key, r in cells.items():
         assert r.info.run_name == key
         assert r.data.tags["mlflow.parentRunId"] == study.info.run_id and r.data.tags["apc.in_sweep"] == "true"
         assert r.data.tags["apc.git_commit"] == GIT["commit"] and r.info.status == "FINISHED"
 
     # one cell: clustering, evaluation and perplexity in the same run, K/seed/density numeric
-    key = "gate/per_layer/apc-k4-s0"
+    key = "gate/per_layer/apc-k4-d0.6-s0"
     r = cells[key]
-    side = read_json(out / "clusters/gate/per_layer/apc-k4-s0/centroids.json")
+    side = read_json(out / "clusters/gate/per_layer/apc-k4-d0.6-s0/centroids.json")
     assert r.data.params["method"] == "apc" and r.data.params["scope"] == "per_layer"
     assert r.data.metrics["k"] == 4.0 and r.data.metrics["seed"] == 0.0
     assert r.data.metrics["centroid_density"] == side["density"] and r.data.metrics["iterations"] == side["iterations"]
     hist = client.get_metric_history(r.info.run_id, "objective_L01")
     want = [(h["iteration"], h["objective"]) for h in side["history"] if h["set"] == 1]
     assert sorted((m.step, m.value) for m in hist) == [(s, pytest.approx(v)) for s, v in want]
-    row = _eval_all(out / "eval/gate/per_layer/apc-k4-s0.csv", "test")
+    row = _eval_all(out / "eval/gate/per_layer/apc-k4-d0.6-s0.csv", "test")
     for m in ("recall", "paper_precision", "precision", "f1", "centroid_density", "data_density"):
         assert r.data.metrics[f"test_{m}"] == pytest.approx(float(row[m]))
     assert len(client.get_metric_history(r.info.run_id, "test_recall_by_layer")) == desc["n_layers"]
-    cell = read_json(out / "ppl/paper/per_layer/apc-k4-s0.json")
+    cell = read_json(out / "ppl/paper/per_layer/apc-k4-d0.6-s0.json")
     for mode in ("centroid", "centroid_only", "random"):
         md = cell["modes"][mode]
         assert r.data.metrics[f"ppl_paper_{mode}"] == pytest.approx(md["ppl"])
@@ -230,7 +230,7 @@ def test_changed_cell_replaces_its_run(tmp_path, store):
     _sync(cfg, store)
     before = _cells(_runs(store))
     # --forcerun of one clustering cell: fewer iterations, a new density
-    side_path = out / "clusters/gate/pooled/apc-k4-s0/centroids.json"
+    side_path = out / "clusters/gate/pooled/apc-k4-d0.6-s0/centroids.json"
     side = read_json(side_path)
     side["history"] = [h for h in side["history"] if h["iteration"] == 1]
     side["history"][0]["objective"] = 7.5
@@ -239,7 +239,7 @@ def test_changed_cell_replaces_its_run(tmp_path, store):
     res = _sync(cfg, store)
     assert (res["created"], res["updated"], res["unchanged"]) == (0, 1, len(desc["cells"]) - 1)
     after = _cells(_runs(store))
-    key = "gate/pooled/apc-k4-s0"
+    key = "gate/pooled/apc-k4-d0.6-s0"
     assert after[key].info.run_id != before[key].info.run_id
     assert after[key].data.metrics["centroid_density"] == 0.55
     hist = MlflowClient(tracking_uri=store).get_metric_history(after[key].info.run_id, "objective")

@@ -178,12 +178,12 @@ def test_mlflow_one_run_per_cell_summary_plots_and_report(smoke, tmp_path):
     assert len(studies) == 1 and studies[0].info.run_id == info["parent"]
     assert studies[0].info.run_name == "smoke · embedded:smollm2 · embedded-wikipedia"
     assert set(runs) == {c.key for c in cells} and info["cells"] == len(cells)
-    run = runs["gate/pooled/apc-k8-s0"]
-    table = pd.read_csv(Layout(smoke).eval_table(Cell("gate", "pooled", "apc", 8, 0)), dtype={"layer": str})
+    run = runs["gate/pooled/apc-k8-d0.6-s0"]
+    table = pd.read_csv(Layout(smoke).eval_table(Cell("gate", "pooled", "apc", 8, 0.6, 0)), dtype={"layer": str})
     want = table[(table["layer"] == "all") & (table["split"] == "test")].iloc[0]
     assert run.data.metrics["test_recall"] == pytest.approx(want["recall"])
     assert run.data.metrics["k"] == 8.0
-    ppl = json.loads(Path(Layout(smoke).ppl_cell("gate", Cell("", "pooled", "apc", 8, 0))).read_text())
+    ppl = json.loads(Path(Layout(smoke).ppl_cell("gate", Cell("", "pooled", "apc", 8, 0.6, 0))).read_text())
     assert run.data.metrics["ppl_gate_centroid_only"] == pytest.approx(ppl["modes"]["centroid_only"]["ppl"])
     assert "ratio_gate_centroid_only_lo" in run.data.metrics  # recall and perplexity side by side
 

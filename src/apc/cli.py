@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_OUTDIR = "results/default"
-_SHOW = ["projection", "scope", "method", "k", "seed", "lift", "recall", "precision", "f1",
+_SHOW = ["projection", "scope", "method", "k", "density", "seed", "lift", "recall", "precision", "f1",
          "centroid_density", "data_density", "compute_share", "random_recall"]
 
 
@@ -76,7 +76,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
         ppl_cols = [c for c in df.columns if c.startswith("ppl_")]
         cols = [c for c in _SHOW if c in df.columns] + ppl_cols
         if args.split == "all":
-            cols.insert(5, "split")
+            cols.insert(6, "split")
     with pd.option_context("display.width", 250, "display.max_columns", None):
         print(df[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     return 0

@@ -40,6 +40,7 @@ wildcard_constraints:
     scope="per_layer|pooled",
     method="[A-Za-z0-9_]+",
     k=r"\d+",
+    density=r"[0-9.]+",
     seed=r"\d+",
     pset="[A-Za-z0-9_]+",
 
@@ -47,7 +48,7 @@ wildcard_constraints:
 def cluster_settings(method):
     """The settings one clustering cell depends on (not the sweep lists), so extending a sweep reruns nothing."""
     c = C["cluster"]
-    keys = ("layers", "density", "max_iter", "max_patterns_per_layer", "chunk_size")
+    keys = ("layers", "max_iter", "max_patterns_per_layer", "chunk_size")
     return {**{k: c[k] for k in keys}, "options": c["options"].get(method, {})}
 
 

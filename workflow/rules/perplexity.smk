@@ -3,7 +3,7 @@
 
 
 def ppl_centroid_inputs(wc):
-    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
+    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
 
 
 rule perplexity_dense:
@@ -61,6 +61,6 @@ rule perplexity_cell:
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
     threads: 1
     log:
-        L.log("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{seed}")),
+        L.log("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}")),
     script:
         "../scripts/perplexity.py"

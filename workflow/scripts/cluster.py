@@ -5,5 +5,5 @@ from apc.common.rulekit import start
 log = start(snakemake, "cluster")
 wc, cfg = snakemake.wildcards, snakemake.params.cluster
 centroids, meta = fit_cell(snakemake.input[0], wc.proj, wc.scope, wc.method, int(wc.k), int(wc.seed),
-                           device=snakemake.params.device, **cfg)
+                           density=float(wc.density), device=snakemake.params.device, **cfg)
 save_centroids(snakemake.output.centroids, centroids, meta)

@@ -35,7 +35,7 @@ else:
         centroids[q] = torch.from_numpy(bits)
     modes = score_cell(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
                        centroids=centroids, seed=int(wc.seed))
-    result.update(pset=wc.pset, projections=projections, method=wc.method, k=int(wc.k), scope=wc.scope,
+    result.update(pset=wc.pset, projections=projections, method=wc.method, k=int(wc.k), density=float(wc.density), scope=wc.scope,
                   seed=int(wc.seed), centroid_density={q: float(c.double().mean()) for q, c in centroids.items()},
                   modes=modes)
 write_json(snakemake.output[0], result)

@@ -5,9 +5,9 @@ here, so a layout change is made once.  Fields may be Snakemake wildcard
 strings (``"{proj}"``) as well as values, so rules build their patterns with
 the same functions.
 
-A clustering *cell* is ``(proj, scope, method, k, seed)``; a perplexity cell
-is a projection set ``pset`` masked with the centroids of one
-``(scope, method, k, seed)`` for each of its projections.
+A clustering *cell* is ``(proj, scope, method, k, density, seed)``; a perplexity
+cell is a projection set ``pset`` masked with the centroids of one
+``(scope, method, k, density, seed)`` for each of its projections.
 """
 
 from __future__ import annotations
@@ -16,9 +16,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Cell", "Layout"]
+__all__ = ["Cell", "Layout", "WILDCARDS", "density_label"]
 
-_KEY_RE = re.compile(r"(?P<proj>[^/]+)/(?P<scope>[^/]+)/(?P<method>.+)-k(?P<k>\d+)-s(?P<seed>\d+)")
+_KEY_RE = re.compile(r"(?P<proj>[^/]+)/(?P<scope>[^/]+)/(?P<method>.+)-k(?P<k>\d+)-d(?P<density>[0-9.]+)-s(?P<seed>\d+)")
+
+
+def density_label(density: float | str) -> str:
+    """``0.6`` -> ``"0.6"`` (shortest form; wildcard strings pass through)."""
+    return density if isinstance(density, str) else f"{float(density):g}"
 
 
 @dataclass(frozen=True, order=True)
@@ -29,42 +34,45 @@ class Cell:
     scope: str
     method: str
     k: int | str
+    density: float | str
     seed: int | str
 
     @property
     def name(self) -> str:
-        """``apc-k32-s0``: method, K and seed."""
-        return f"{self.method}-k{self.k}-s{self.seed}"
+        """``apc-k32-d0.6-s0``: method, K, centroid density and seed."""
+        return f"{self.method}-k{self.k}-d{density_label(self.density)}-s{self.seed}"
 
     @property
     def key(self) -> str:
-        """``gate/per_layer/apc-k32-s0``: the cell's identity in file names and MLflow."""
+        """``gate/per_layer/apc-k32-d0.6-s0``: the cell's identity in file names and MLflow."""
         return f"{self.proj}/{self.scope}/{self.name}"
 
     @property
     def group(self) -> tuple:
-        """``(scope, method, k, seed)``: what a perplexity cell shares with its projections' cells."""
-        return (self.scope, self.method, self.k, self.seed)
+        """``(scope, method, k, density, seed)``: what a perplexity cell shares with its projections' cells."""
+        return (self.scope, self.method, self.k, self.density, self.seed)
 
     @classmethod
     def parse(cls, key: str) -> "Cell":
         """Inverse of :attr:`key`; ``ValueError`` for anything else."""
         m = _KEY_RE.fullmatch(key)
         if not m:
-            raise ValueError(f"not a cell key (proj/scope/method-kK-sSEED): {key!r}")
-        return cls(m["proj"], m["scope"], m["method"], int(m["k"]), int(m["seed"]))
+            raise ValueError(f"not a cell key (proj/scope/method-kK-dDENSITY-sSEED): {key!r}")
+        return cls(m["proj"], m["scope"], m["method"], int(m["k"]), float(m["density"]), int(m["seed"]))
 
     @classmethod
     def of(cls, d: dict) -> "Cell":
-        """From a mapping with ``proj`` (or ``projection``), ``scope``, ``method``, ``k`` and ``seed``."""
-        return cls(d.get("proj", d.get("projection")), d["scope"], d["method"], int(d["k"]), int(d["seed"]))
+        """From a mapping with ``proj`` (or ``projection``), ``scope``, ``method``, ``k``, ``density``, ``seed``."""
+        return cls(d.get("proj", d.get("projection")), d["scope"], d["method"], int(d["k"]), float(d["density"]),
+                   int(d["seed"]))
 
     def as_dict(self) -> dict:
-        return {"proj": self.proj, "scope": self.scope, "method": self.method, "k": self.k, "seed": self.seed}
+        return {"proj": self.proj, "scope": self.scope, "method": self.method, "k": self.k,
+                "density": self.density, "seed": self.seed}
 
 
 #: A cell whose fields are the Snakemake wildcards of the rules.
-WILDCARDS = Cell("{proj}", "{scope}", "{method}", "{k}", "{seed}")
+WILDCARDS = Cell("{proj}", "{scope}", "{method}", "{k}", "{density}", "{seed}")
 
 
 class Layout:

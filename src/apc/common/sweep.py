@@ -6,8 +6,14 @@ from apc.common.config import ConfigError
 from apc.common.layout import Cell
 
 
+def densities(config: dict) -> list[float]:
+    """``cluster.density`` as a list (a number is a sweep of one)."""
+    d = config["cluster"]["density"]
+    return [float(x) for x in (d if isinstance(d, list) else [d])]
+
+
 def cluster_cells(config: dict) -> list[Cell]:
-    """Every clustering cell of ``cluster.{projections, scopes, methods, k, seeds}``.
+    """Every clustering cell of ``cluster.{projections, scopes, methods, k, density, seeds}``.
 
     A method with a fixed K (the static mask: 1) runs once with it, whatever ``cluster.k`` says.
     """
@@ -20,8 +26,9 @@ def cluster_cells(config: dict) -> list[Cell]:
             for method in c["methods"]:
                 fixed = fixed_k(method)
                 for k in [fixed] if fixed is not None else c["k"]:
-                    for seed in c["seeds"]:
-                        cells.append(Cell(proj, scope, method, int(k), int(seed)))
+                    for density in densities(config):
+                        for seed in c["seeds"]:
+                            cells.append(Cell(proj, scope, method, int(k), density, int(seed)))
     return cells
 
 
@@ -29,7 +36,9 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
     """``(pset, cell)`` pairs from ``perplexity.cells`` (``all`` = every sweep group).
 
     The cell's ``proj`` is empty: a projection set is masked with the cells of the same
-    ``(scope, method, k, seed)`` for each of its projections.  Per-layer centroids mask a model
+    ``(scope, method, k, density, seed)`` for each of its projections.  An entry of
+    ``perplexity.cells`` without ``density`` or ``seed`` means every configured density
+    and the first seed.  Per-layer centroids mask a model
     only when they cover every layer, so with ``cluster.layers`` a subset, ``all`` leaves
     per-layer cells out and an explicit per-layer cell is an error.
     """
@@ -40,15 +49,16 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
         groups = {g for g in known if all_layers or g[0] != "per_layer"}
     else:
         seeds = config["cluster"]["seeds"]
-        groups = {(c["scope"], c["method"], int(c["k"]), int(c.get("seed", seeds[0]))) for c in p["cells"]}
+        groups = {(c["scope"], c["method"], int(c["k"]), d, int(c.get("seed", seeds[0])))
+                  for c in p["cells"] for d in ([float(c["density"])] if "density" in c else densities(config))}
         if not all_layers and any(g[0] == "per_layer" for g in groups):
             raise ConfigError("config key 'perplexity.cells': per_layer cells need cluster.layers: all "
                               "(per-layer centroids must cover every layer to mask the model)")
         missing = sorted(groups - known)
         if missing:
-            scope, method, k, seed = missing[0]
+            scope, method, k, density, seed = missing[0]
             raise ConfigError(
-                f"config key 'perplexity.cells': ({method}, k={k}, {scope}, seed={seed}) is not a cell of the "
-                "clustering sweep (cluster.methods/k/scopes/seeds)"
+                f"config key 'perplexity.cells': ({method}, k={k}, {scope}, density={density}, seed={seed}) is not "
+                "a cell of the clustering sweep (cluster.methods/k/scopes/density/seeds)"
             )
     return [(pset, Cell("", *g)) for pset in p["psets"] for g in sorted(groups)]

@@ -17,13 +17,13 @@ log = get_logger("apc.evaluation.evaluate")
 
 def evaluate_cell(cell: Cell, centroids: np.ndarray, layers: list[int], pattern_dirs: dict[str, str | Path], *,
                   device: str = "auto", chunk_size: int = 16384) -> list[dict]:
-    """Rows ``{split, layer, projection, scope, method, k, seed, **metrics}`` for every split.
+    """Rows ``{split, layer, projection, scope, method, k, density, seed, **metrics}`` for every split.
 
     ``centroids: (n_sets, K, width) bool`` (n_sets = len(layers), or 1 shared by all layers);
     ``pattern_dirs: {split: pattern store folder}``.  Every stored token is scored, streamed in chunks.
     """
     keys = {"projection": cell.proj, "scope": cell.scope, "method": cell.method, "k": int(cell.k),
-            "seed": int(cell.seed)}
+            "density": float(cell.density), "seed": int(cell.seed)}
     if len(centroids) not in (1, len(layers)):
         raise ValueError(f"{len(centroids)} centroid sets for {len(layers)} layers (expected 1 or one per layer)")
     rows = []

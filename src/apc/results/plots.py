@@ -163,6 +163,12 @@ def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def _label_densities(df: pd.DataFrame) -> None:
+    """With several centroid densities in the sweep, each (method, density) gets its own line."""
+    if "density" in df and df["density"].nunique() > 1:
+        df["method"] = df["method"] + " d=" + df["density"].map(lambda d: f"{float(d):g}")
+
+
 def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> list[Path]:
     """Write every plot of exactly the given result files into ``plot_dir``; return their paths.
 
@@ -176,6 +182,7 @@ def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> 
     if ev.empty:
         log.info("plots: no eval results; skipping recall/precision and heat-map plots")
     else:
+        _label_densities(ev)
         written.append(_metric_vs_k(ev, "recall", "random_recall", pdir / "recall_vs_k.png"))
         written.append(_metric_vs_k(ev, "precision", "data_density", pdir / "precision_vs_k.png"))
         for scope in sorted(ev["scope"].unique()):
@@ -194,11 +201,12 @@ def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> 
         for mode, md in (d.get("modes") or {}).items():
             if md.get("ppl") is not None and np.isfinite(float(md["ppl"])):
                 by_pset.setdefault(d["pset"], []).append({
-                    "scope": d["scope"], "method": d["method"], "k": int(d["k"]), "seed": d["seed"], "mode": mode,
+                    "scope": d["scope"], "method": d["method"], "k": int(d["k"]), "density": d["density"], "seed": d["seed"], "mode": mode,
                     "ppl": float(md["ppl"]), "lo": float(md.get("ppl_lo", md["ppl"])),
                     "hi": float(md.get("ppl_hi", md["ppl"]))})
     if not by_pset:
         log.info("plots: no perplexity cells; skipping perplexity plots")
     for pset, cells in sorted(by_pset.items()):
+        _label_densities(cells := pd.DataFrame(cells))
         written.append(_ppl_plot(pset, cells, dense_ppl, sparse_ppl.get(pset), pdir / f"ppl_{pset}.png"))
     return written

@@ -35,8 +35,9 @@ from apc.perplexity.intervals import bootstrap_ratio
 
 log = get_logger("apc.results.summary")
 
-ID_COLS = ["projection", "scope", "method", "k", "seed", "split"]
-CELL_COLS = ["projection", "scope", "method", "k", "seed"]
+ID_COLS = ["projection", "scope", "method", "k", "density", "seed", "split"]
+CELL_COLS = ["projection", "scope", "method", "k", "density", "seed"]
+GROUP_COLS = ["scope", "method", "k", "density", "seed"]
 
 
 def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -50,6 +51,7 @@ def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     df = pd.concat(frames, ignore_index=True)
     df["k"] = df["k"].astype(int)
     df["seed"] = df["seed"].astype(int)
+    df["density"] = df["density"].astype(float)
     return df
 
 
@@ -80,23 +82,23 @@ def reference_columns(ref_paths: Iterable[str | os.PathLike]) -> tuple[dict, dic
 
 
 def _ppl_columns(paths: Iterable[str | os.PathLike], dense: dict | None) -> tuple[pd.DataFrame, dict]:
-    """Perplexity cells as one wide frame keyed by (scope, method, k, seed); the projections of each pset."""
+    """Perplexity cells as one wide frame keyed by (scope, method, k, density, seed); each pset's projections."""
     rows: dict[tuple, dict] = {}
     psets: dict[str, list] = {}
     for path in paths:
         d = read_json(path)
         psets[d["pset"]] = list(d["projections"])
-        row = rows.setdefault((d["scope"], d["method"], int(d["k"]), int(d["seed"])), {})
+        row = rows.setdefault((d["scope"], d["method"], int(d["k"]), float(d["density"]), int(d["seed"])), {})
         for mode, md in (d.get("modes") or {}).items():
             row.update(_interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
             for proj, kept in (md.get("kept") or {}).items():
                 row[f"kept_{d['pset']}_{mode}_{proj}"] = kept
     if not rows:
-        return pd.DataFrame(columns=["scope", "method", "k", "seed"]), psets
-    frame = pd.DataFrame([{"scope": s, "method": m, "k": k, "seed": sd, **v} for (s, m, k, sd), v in rows.items()])
+        return pd.DataFrame(columns=GROUP_COLS), psets
+    frame = pd.DataFrame([{**dict(zip(GROUP_COLS, key)), **v} for key, v in rows.items()])
     cols = sorted(c for c in frame.columns if c.startswith(("ppl_", "ratio_")))
     kept_cols = sorted(c for c in frame.columns if c.startswith("kept_"))
-    return frame[["scope", "method", "k", "seed", *cols, *kept_cols]], psets
+    return frame[[*GROUP_COLS, *cols, *kept_cols]], psets
 
 
 def _cluster_columns(meta_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -104,7 +106,7 @@ def _cluster_columns(meta_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     for path in meta_paths:
         d = read_json(path)
         rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": int(d["k"]),
-                     "seed": int(d["seed"]), "iterations": d.get("iterations"), "converged": d.get("converged"),
+                     "density": float(d["target_density"]), "seed": int(d["seed"]), "iterations": d.get("iterations"), "converged": d.get("converged"),
                      "cluster_wall_time_s": d.get("wall_time_s")})
     return pd.DataFrame(rows, columns=[*CELL_COLS, "iterations", "converged", "cluster_wall_time_s"])
 
@@ -126,7 +128,7 @@ def build_summary(evals, cluster_metas=(), refs=(), ppl_cells=()) -> pd.DataFram
     ref, dense = reference_columns(refs)
     ppl, psets = _ppl_columns(ppl_cells, dense)
     if len(ppl):
-        df = df.merge(ppl, on=["scope", "method", "k", "seed"], how="left")
+        df = df.merge(ppl, on=GROUP_COLS, how="left")
         for pset, projs in psets.items():
             cols = [c for c in df.columns if c.startswith((f"ppl_{pset}_", f"ratio_{pset}_", f"kept_{pset}_"))]
             df.loc[~df["projection"].isin(projs), cols] = float("nan")

@@ -263,16 +263,16 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
     records = []
     for cell in files.cells:
         r = _Record(cell.key, cell.key)
-        r.param(projection=cell.proj, scope=cell.scope, method=cell.method, k=cell.k, seed=cell.seed)
+        r.param(projection=cell.proj, scope=cell.scope, method=cell.method, k=cell.k, density=cell.density,
+                seed=cell.seed)
         r.metric("k", cell.k)
+        r.metric("density", cell.density)
         r.metric("seed", cell.seed)
         meta_path, npy = Path(lay.centroids_meta(cell)), Path(lay.centroids(cell))
         if meta_path.exists():
             d = read_json(meta_path)
-            r.param(model=d.get("model"), dataset=d.get("dataset"), target_density=d.get("target_density"),
-                    layers=d.get("layers"), options=d.get("options") or {},
+            r.param(model=d.get("model"), dataset=d.get("dataset"), layers=d.get("layers"), options=d.get("options") or {},
                     max_patterns_per_layer=d.get("max_patterns_per_layer"))
-            r.metric("target_density", d.get("target_density"))
             r.metric("centroid_density", d.get("density"))
             for k in ("iterations", "converged", "n_train_patterns"):
                 r.metric(k, d.get(k))
