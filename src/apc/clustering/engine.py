@@ -1,11 +1,11 @@
 """The streaming Lloyd loop shared by APC and binary k-means.
 
 One pass streams the packed patterns chunk by chunk to the device, unpacks
-each block there, computes all distances with one matrix product, assigns
-each pattern (argmin, or capacity-limited greedy), and accumulates the
-per-cluster sums of member patterns (``index_add_`` on CPU, a sort and
-segment sum on CUDA).  Memory is bounded
-by the chunk (``chunk_size x width``) plus ``K x width`` accumulators and
+each block there (:class:`WeightedPatterns` decode their weights instead),
+computes all distances with one matrix product, assigns each pattern
+(argmin, or capacity-limited greedy), and accumulates the per-cluster sums
+of member patterns (``index_add_`` on CPU, a sort and segment sum on CUDA).
+Memory is bounded by the chunk (``chunk_size x width``) plus ``K x width`` accumulators and
 per-pattern state (assignment and distance, ``n`` each).
 """
 
@@ -17,7 +17,6 @@ from typing import Callable
 
 import torch
 
-from ..patterns import unpack_torch
 from ..progress import get_logger
 from .data import PackedPatterns
 from .device import exact_matmul
@@ -166,7 +165,7 @@ def assign_pass(
                 chunk_sums.zero_()
             if assignment == "argmin":
                 for b0 in range(0, m, block_rows):
-                    x = unpack_torch(packed[b0 : b0 + block_rows], width, dtype)
+                    x = patterns.values(packed[b0 : b0 + block_rows], start + b0, dtype)
                     idx, dist = nearest(x, c, kind, c_sum)
                     lo, hi = start + b0, start + b0 + x.shape[0]
                     changed += (assign[lo:hi] != idx).sum()
@@ -177,7 +176,7 @@ def assign_pass(
             elif assignment == "balanced":
                 dmat = torch.empty((m, k), dtype=torch.float32, device=device)
                 for b0 in range(0, m, block_rows):
-                    x = unpack_torch(packed[b0 : b0 + block_rows], width, dtype)
+                    x = patterns.values(packed[b0 : b0 + block_rows], start + b0, dtype)
                     dmat[b0 : b0 + x.shape[0]] = pairwise_distance(x, c, kind)
                 cap = math.ceil(math.ceil(m / k) * slack)
                 idx_all = balanced_assign(dmat, cap)
@@ -189,7 +188,7 @@ def assign_pass(
                 dist_out[lo:hi] = dist_all
                 if accumulate:
                     for b0 in range(0, m, block_rows):
-                        x = unpack_torch(packed[b0 : b0 + block_rows], width, torch.float32)
+                        x = patterns.values(packed[b0 : b0 + block_rows], start + b0, torch.float32)
                         accumulate_sums(chunk_sums, idx_all[b0 : b0 + x.shape[0]], x, accumulate_method)
             else:
                 raise ValueError(f"unknown assignment {assignment!r}; known: {', '.join(ASSIGNMENTS)}")
@@ -206,9 +205,7 @@ def assign_pass(
 
 def worst_covered(dist: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the ``count`` patterns farthest from their centroid (ties -> lowest index)."""
-    n = dist.shape[0]
-    key = dist.to(torch.int64) * n + (n - 1 - torch.arange(n, device=dist.device))
-    return torch.topk(key, count, largest=True, sorted=True).indices
+    return torch.argsort(dist, descending=True, stable=True)[:count]
 
 
 def lloyd(

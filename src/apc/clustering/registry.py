@@ -18,7 +18,7 @@ __all__ = ["register", "get_method", "available_methods", "cluster"]
 
 F = TypeVar("F", bound=Callable)
 _METHODS: dict[str, Callable] = {}
-_BUILTINS = ("apc", "kmeans", "baselines")
+_BUILTINS = ("apc", "kmeans", "baselines", "product")
 
 
 def register(name: str) -> Callable[[F], F]:
