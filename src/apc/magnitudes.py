@@ -179,7 +179,7 @@ class MagnitudeReader:
 
     def values(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Decoded magnitudes ``(m, width) float32`` (all rows if ``rows`` is None)."""
-        codes = np.asarray(self.codes if rows is None else self.codes[rows])
+        codes = np.array(self.codes if rows is None else self.codes[rows])  # a writable copy
         return self.codec.decode(torch.from_numpy(codes)).numpy()
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:

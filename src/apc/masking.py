@@ -21,6 +21,11 @@ mode              keep
 
 ``C`` for layer ``l`` is ``centroids[proj][l]`` when the set has ``L == n_layers``
 rows (per-layer scope) and ``centroids[proj][0]`` when ``L == 1`` (pooled).
+A product cell (``groups[proj]`` = G > 1, :mod:`apc.clustering.product`) stores
+``G*K`` rows laid out by group; ``C[a]`` is then the union of the nearest
+centroid of each group.  With ``assign_weights[proj]`` the oracle picks the
+centroid that misses the least weight ``|x| * scale[l]`` (``apc_weighted``'s
+distance) instead of the one nearest to ``p``.
 The random masks depend on the hook call order and tensor shapes, so a run is
 reproducible for the same seed, windows and batch size.
 
@@ -39,6 +44,7 @@ from torch import nn
 
 from .arch import PROJECTIONS, mlp_projections
 from .clustering.device import exact_matmul
+from .clustering.product import product_masks
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random")
 _CENTROID_MODES = ("centroid", "centroid_only")
@@ -120,12 +126,18 @@ def install_interventions(
     random_density: Mapping[str, float] | None = None,
     seed: int = 0,
     skip_first_position: bool,
+    groups: Mapping[str, int] | None = None,
+    assign_weights: Mapping[str, np.ndarray | torch.Tensor | None] | None = None,
 ) -> Interventions:
     """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
 
     thresholds:     ``{proj: [T_layer0, ..., T_layer{n-1}]}`` (all modes but dense).
-    centroids:      ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes).
+    centroids:      ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes);
+                    ``(L, G*K, width)`` for a product cell.
     random_density: ``{proj: d in [0, 1]}`` (random mode).
+    groups:         ``{proj: G}`` for product cells (default 1).
+    assign_weights: ``{proj: None | (n_layers, width) column scale}``: assign by least missed
+                    weight ``|x|`` (None) or ``|x| * scale[l]`` (``output`` weighting).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -145,6 +157,11 @@ def install_interventions(
 
     thr = _check_thresholds(thresholds, projections, n_layers, mode)
     cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
+    n_groups = {p: int((groups or {}).get(p, 1)) for p in projections}
+    for p in projections:
+        if n_groups[p] < 1 or (p in cents and cents[p][0].shape[0] % n_groups[p]):
+            raise ValueError(f"groups[{p!r}] = {n_groups[p]} must be >= 1 and divide the centroid rows")
+    scales = _check_scales(assign_weights, projections, width, n_layers, layers)
     k_rand = _check_density(random_density, projections, width) if mode == "random" else {}
     generators: dict[torch.device, torch.Generator] = {}
 
@@ -158,7 +175,7 @@ def install_interventions(
                     generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
                 gen = generators[dev]
             fn = _make_apply(handle, mode, proj, thr[proj][l], cents.get(proj, [None] * n_layers)[l],
-                             k_rand.get(proj), gen, skip_first_position)
+                             k_rand.get(proj), gen, skip_first_position, n_groups[proj], scales[proj][l])
             if proj == "down_in":
                 h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
             else:
@@ -167,7 +184,7 @@ def install_interventions(
     return handle
 
 
-def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first):
+def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first, n_groups=1, scale=False):
     """Build ``x -> masked x`` for one (layer, projection)."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -178,8 +195,11 @@ def _make_apply(handle, mode, proj, threshold, cents, k, gen, skip_first):
         if mode == "sparse":
             keep = p
         elif mode in _CENTROID_MODES:
-            a = nearest_centroid(p.float(), cents)
-            m = cents.index_select(0, a) > 0.5
+            if scale is False:
+                score = p.float()
+            else:
+                score = flat.abs().float() if scale is None else flat.abs().float() * scale
+            m = product_masks(score, cents, n_groups)
             keep = m if mode == "centroid_only" else p & m
         else:  # random
             noise = torch.rand(flat.shape, generator=gen, device=flat.device)
@@ -247,6 +267,23 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
                 cache[(src, dev)] = c[src].to(device=dev, dtype=torch.float32).contiguous()
             per_layer.append(cache[(src, dev)])
         out[p] = per_layer
+    return out
+
+
+def _check_scales(assign_weights, projections, width, n_layers, layers) -> dict[str, list]:
+    """Per projection and layer: False (assign by pattern), None (by |x|) or a (width,) float32 scale."""
+    out = {}
+    for p in projections:
+        if assign_weights is None or p not in assign_weights:
+            out[p] = [False] * n_layers
+        elif assign_weights[p] is None:
+            out[p] = [None] * n_layers
+        else:
+            s = torch.as_tensor(np.asarray(assign_weights[p]), dtype=torch.float32)
+            if tuple(s.shape) != (n_layers, width[p]):
+                raise ValueError(f"assign_weights[{p!r}] must have shape ({n_layers}, {width[p]}), got {tuple(s.shape)}")
+            dev = lambda l: layers[l]["down" if p == "down_in" else p].weight.device
+            out[p] = [s[l].to(dev(l)) for l in range(n_layers)]
     return out
 
 

@@ -297,6 +297,16 @@ class WeightedPatterns(PackedPatterns):
         w = np.asarray(weights, dtype=np.float32)
         return cls([pack(bits)], int(bits.shape[1]), [w], weighting=weighting, sources=["in-memory bits"])
 
+    @classmethod
+    def concat(cls, parts: Sequence["WeightedPatterns"]) -> "WeightedPatterns":
+        """One set of several (e.g. one per layer, the pooled scope); all parts share width and weighting."""
+        parts = list(parts)
+        if not parts or len({(p.width, p.weighting) for p in parts}) != 1:
+            raise ValueError("concat needs at least one WeightedPatterns, all of one width and weighting")
+        return cls([a for p in parts for a in p._arrays], parts[0].width, [w for p in parts for w in p._weights],
+                   tables=[t for p in parts for t in p._tables], column_scale=[c for p in parts for c in p._scales],
+                   weighting=parts[0].weighting, sources=[s for p in parts for s in p._sources])
+
     def _weight_piece(self, i: int, a, device: torch.device) -> torch.Tensor:
         w = _to_device(self._weights[i][a], device)
         if self._tables[i] is not None:

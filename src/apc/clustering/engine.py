@@ -51,8 +51,9 @@ class PassResult:
         self.active = active  # () float64: total active bits
 
     def stats(self) -> dict:
+        objective = float(self.objective)  # a count for bits, a weight sum for WeightedPatterns
         return {
-            "objective": int(round(float(self.objective))),
+            "objective": int(objective) if objective.is_integer() else round(objective, 6),
             "changed": int(self.changed),
             "empty": int((self.counts == 0).sum()),
             "active": int(round(float(self.active))),

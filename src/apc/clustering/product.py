@@ -16,8 +16,9 @@ ones: the groups share that count as evenly as possible.
 
 Groupings (``grouping``): ``contiguous`` (neurons ``[g*W/G, (g+1)*W/G)``) and
 ``coactivation`` (balanced k-means of the neurons on their standardised
-activity over a sample of train tokens, started from the contiguous split;
-deterministic).
+activity over a sample of train tokens, farthest-first seeds from neuron 0,
+each pass assigning the closest (neuron, group) pairs first under equal
+group sizes; deterministic).
 """
 
 from __future__ import annotations
@@ -89,14 +90,22 @@ def neuron_groups(patterns: PackedPatterns, groups: int, grouping: str = "contig
     x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
     feats = x.t().contiguous()  # (width, s): a neuron's standardised activity over the sampled tokens
     f_sq = (feats * feats).sum(1, keepdim=True)
+
+    def sq_dist(centres: torch.Tensor) -> torch.Tensor:
+        return f_sq - 2 * feats @ centres.t() + (centres * centres).sum(1)[None, :]
+
+    seeds = [0]  # farthest-first seeds from neuron 0
+    while len(seeds) < groups:
+        seeds.append(int(sq_dist(feats[seeds]).min(dim=1).values.argmax()))
+    centres = feats[seeds]
+    labels = None
     for _ in range(max_iter):
-        onehot = torch.nn.functional.one_hot(labels.to(feats.device), groups).float()
-        centres = (onehot.t() @ feats) / onehot.sum(0)[:, None]
-        dist = f_sq - 2 * feats @ centres.t() + (centres * centres).sum(1)[None, :]
-        new = _balanced_greedy(dist.cpu(), width // groups)
-        if torch.equal(new, labels):
+        new = _balanced_greedy(sq_dist(centres).cpu(), width // groups)
+        if labels is not None and torch.equal(new, labels):
             break
         labels = new
+        onehot = torch.nn.functional.one_hot(labels.to(feats.device), groups).float()
+        centres = (onehot.t() @ feats) / onehot.sum(0)[:, None]
     return labels
 
 
