@@ -13,6 +13,13 @@
   (``init="kmeans++"``); the seeds are capped to the density;
 * empty clusters are re-seeded from the worst-covered patterns;
 * stop when no assignment changes, or after ``max_iter`` assignment passes.
+
+Weighted APC (``apc_weighted``) runs the same loop on the weights ``w`` of
+:class:`WeightedPatterns` instead of the bits: the distance is the weight the
+centroid misses, ``d_w(x, c) = sum_j w_j [c_j = 0] = rowsum(w) - w.c``, and
+the update keeps the top positions of the members' mean weight.  With
+``w`` equal to the bits (1 on active neurons, 0 elsewhere) it is binary APC,
+step for step.
 """
 
 from __future__ import annotations
@@ -22,13 +29,17 @@ import time
 import torch
 
 from .common import ClusterResult, cap_points, check_inputs, compute_dtype, default_block_rows, top_n_mask
-from .data import PackedPatterns
+from .data import PackedPatterns, WeightedPatterns
 from .engine import ASSIGNMENTS, lloyd, resolve_accumulate
 from .lowp import resolve_matmul
 from .init import INITS, activity_frequency, init_kmeanspp, init_random_points
 from .registry import register
 
-__all__ = ["apc", "apc_balanced", "capped_update", "initial_points"]
+__all__ = ["WEIGHTINGS", "apc", "apc_balanced", "apc_weighted", "capped_update", "initial_points"]
+
+#: Names accepted by the ``weighting`` option of ``apc_weighted``: ``magnitude`` (w = |x|) and
+#: ``output`` (w = |x_j| * ||W_down[:, j]||, for ``down_in``).
+WEIGHTINGS = ("magnitude", "output")
 
 
 def capped_update(sums: torch.Tensor, counts: torch.Tensor, prev: torch.Tensor, n_keep: int, blend: float = 0.0) -> torch.Tensor:
@@ -138,7 +149,7 @@ def apc(
     centroids, assignments, history, converged = lloyd(
         patterns, start, kind="activation",
         update=lambda sums, counts, prev: capped_update(sums, counts, prev, n_keep, float(blend)),
-        reseed=lambda points, f: cap_points(points, n_keep, f),
+        reseed=lambda points, f: cap_points(points, n_keep, f / f.max().clamp_min(1.0)),  # f: mean weight
         max_iter=max_iter, chunk_size=chunk_size, block_rows=block, dtype=cdtype,
         assignment=assignment, slack=float(slack), accumulate_method=accumulate, matmul=matmul,
         distributed=bool(distributed), name="apc",
@@ -160,4 +171,29 @@ def apc_balanced(patterns: PackedPatterns, k: int, **kwargs) -> ClusterResult:
     kwargs.setdefault("assignment", "balanced")
     result = apc(patterns, k, **kwargs)
     result.method = "apc_balanced"
+    return result
+
+
+@register("apc_weighted")
+def apc_weighted(patterns: PackedPatterns, k: int, *, weighting: str = "magnitude", **kwargs) -> ClusterResult:
+    """APC on the weights of ``patterns`` (a :class:`WeightedPatterns`): centroids miss the least weight.
+
+    ``weighting`` (see :data:`WEIGHTINGS`) must match the weights the patterns
+    carry.  Assignment is argmin and products run in float32.  Other options
+    are those of :func:`apc`.
+    """
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+    if not isinstance(patterns, WeightedPatterns):
+        raise ValueError(f"apc_weighted needs weights: patterns is a {type(patterns).__name__} without magnitudes "
+                         "(store magnitudes for this projection at extraction and load them with the patterns)")
+    if patterns.weighting != weighting:
+        raise ValueError(f"weighting={weighting!r}, but the patterns carry {patterns.weighting!r} weights")
+    if kwargs.get("assignment", "argmin") != "argmin":
+        raise ValueError(f"apc_weighted supports assignment='argmin' only, got {kwargs['assignment']!r}")
+    if kwargs.get("dtype", "float32") not in ("float32", "fp32", torch.float32):
+        raise ValueError(f"apc_weighted computes in float32, got dtype={kwargs['dtype']!r}")
+    result = apc(patterns, k, **kwargs)
+    result.method = "apc_weighted"
+    result.options["weighting"] = weighting
     return result

@@ -49,6 +49,7 @@ class ClusterResult:
     seed: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    group_labels: torch.Tensor | None = None  # product clustering: (width,) int64 group of every neuron
 
     @property
     def k(self) -> int:

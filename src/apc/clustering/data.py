@@ -18,10 +18,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..extraction.patterns import PatternReader, pack, packed_width, unpack_torch
+from ..extraction.patterns import PatternReader, pack, pack_torch, packed_width, unpack_torch
 
-__all__ = ["PackedPatterns"]
-
+__all__ = ["PackedPatterns", "WeightedPatterns"]
 
 
 class PackedPatterns:
@@ -131,26 +130,28 @@ class PackedPatterns:
         return f"PackedPatterns(n={self.n}, width={self.width}, arrays={len(self._arrays)})"
 
     # ------------------------------------------------------------------ access
-    def _slice(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
-        """Packed rows ``[start, stop)`` as a uint8 tensor on ``device``."""
-        pieces = []
+    def _pieces(self, start: int, stop: int) -> Iterator[tuple[int, int, int]]:
+        """``(array index, local start, local stop)`` of the arrays covering global rows ``[start, stop)``."""
         first = int(np.searchsorted(self._offsets, start, side="right")) - 1
         for i in range(first, len(self._arrays)):
             lo, hi = int(self._offsets[i]), int(self._offsets[i + 1])
             if lo >= stop:
                 break
             a, b = max(start, lo) - lo, min(stop, hi) - lo
-            if b <= a:
-                continue
-            piece = self._arrays[i][a:b]
-            if isinstance(piece, np.ndarray):
-                # memory maps are read-only: copy (this is the disk read); in-memory arrays are shared
-                piece = np.ascontiguousarray(piece) if piece.flags.writeable else np.array(piece)
-                piece = torch.from_numpy(piece)
-            pieces.append(piece.to(device))
+            if b > a:
+                yield i, a, b
+
+    def _slice(self, start: int, stop: int, device: torch.device) -> torch.Tensor:
+        """Packed rows ``[start, stop)`` as a uint8 tensor on ``device``."""
+        pieces = [_to_device(self._arrays[i][a:b], device) for i, a, b in self._pieces(start, stop)]
         if len(pieces) == 1:
             return pieces[0]
         return torch.cat(pieces, dim=0)
+
+    def values(self, packed: torch.Tensor, start: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The rows the clustering engine works on, for the packed block ``packed`` that begins
+        at global row ``start``: here the unpacked bits ``(m, width)`` of ``dtype``."""
+        return unpack_torch(packed, self._width, dtype)
 
     def packed_chunks(self, chunk_size: int, device: str | torch.device = "cpu") -> Iterator[torch.Tensor]:
         """Yield packed chunks ``(<= chunk_size, ceil(width/8)) uint8`` on ``device``, in order.
@@ -245,3 +246,106 @@ class PackedPatterns:
     def bits(self) -> np.ndarray:
         """All rows unpacked as a ``(n, width)`` bool numpy array (small data / tests only)."""
         return unpack_torch(self._slice(0, self.n, torch.device("cpu")), self._width, torch.bool).numpy()
+
+    def select_columns(self, columns: np.ndarray | Sequence[int], chunk_size: int = 65536) -> "PackedPatterns":
+        """The patterns restricted to ``columns`` (in that order), packed in memory
+        (``n * ceil(len(columns)/8)`` bytes), streamed chunk by chunk."""
+        cols = torch.as_tensor(np.asarray(columns, dtype=np.int64))
+        if cols.numel() == 0 or int(cols.min()) < 0 or int(cols.max()) >= self._width:
+            raise ValueError(f"columns must be non-empty indices in [0, {self._width})")
+        parts = [pack_torch(unpack_torch(p, self._width, torch.bool).index_select(1, cols)).numpy()
+                 for p in self.packed_chunks(chunk_size, "cpu")]
+        return PackedPatterns([np.concatenate(parts)], int(cols.numel()), sources=[f"columns of {self!r}"])
+
+
+def _to_device(piece, device: torch.device) -> torch.Tensor:
+    """A numpy or torch slice as a tensor on ``device`` (memory maps are copied: the disk read)."""
+    if isinstance(piece, np.ndarray):
+        piece = np.ascontiguousarray(piece) if piece.flags.writeable else np.array(piece)
+        piece = torch.from_numpy(piece)
+    return piece.to(device)
+
+
+class WeightedPatterns(PackedPatterns):
+    """Packed patterns with a non-negative weight per (token, neuron), streamed beside the bits.
+
+    ``weights`` holds one array per packed array, ``(n_i, width)``: ``uint8``
+    magnitude codes decoded through ``tables[i]`` (``(256,)`` float32, see
+    :class:`apc.magnitudes.MagnitudeCodec`), or a float array used as is
+    (``tables[i] = None``).  ``column_scale[i]`` (``(width,)``, optional)
+    multiplies every row of array ``i`` (e.g. ``||W_down[:, j]||`` of its
+    layer).  Weights travel as stored (1 byte per code) and are decoded on
+    the device, block by block, so they are never all in host memory.
+    ``weighting`` names what the weights mean (``magnitude``, ``output``).
+    For the clustering engine, :meth:`values` are the weights, not the bits.
+    """
+
+    def __init__(self, arrays: Sequence, width: int, weights: Sequence, *, tables: Sequence | None = None,
+                 column_scale: Sequence | None = None, weighting: str = "magnitude",
+                 sources: Sequence[str] | None = None):
+        super().__init__(arrays, width, sources)
+        if isinstance(weights, (np.ndarray, torch.Tensor)):
+            weights = [weights]
+        weights = list(weights)
+        n_arr = len(self._arrays)
+        tables = [None] * n_arr if tables is None else list(tables)
+        scales = [None] * n_arr if column_scale is None else list(column_scale)
+        if not len(weights) == len(tables) == len(scales) == n_arr:
+            raise ValueError(f"weights: {len(weights)} weight arrays, {len(tables)} tables and {len(scales)} "
+                             f"column scales for {n_arr} pattern arrays")
+        for w, t, src, lo, hi in zip(weights, tables, self._sources, self._offsets[:-1], self._offsets[1:]):
+            if tuple(w.shape) != (hi - lo, self._width):
+                raise ValueError(f"weights for {src}: shape {tuple(w.shape)}, expected ({hi - lo}, {self._width})")
+            if (t is None) == (w.dtype in (np.uint8, torch.uint8)):
+                raise ValueError(f"weights for {src}: uint8 codes need a decode table, float weights none")
+        self._weights = weights
+        self._tables = [None if t is None else torch.as_tensor(t, dtype=torch.float32) for t in tables]
+        self._scales = [None if c is None else torch.as_tensor(np.asarray(c), dtype=torch.float32).reshape(-1)
+                        for c in scales]
+        bad = [i for i, c in enumerate(self._scales) if c is not None and c.numel() != self._width]
+        if bad:
+            raise ValueError(f"column_scale {bad[0]} has {self._scales[bad[0]].numel()} values, expected {self._width}")
+        self.weighting = str(weighting)
+
+    @classmethod
+    def from_bits(cls, bits, weights, weighting: str = "magnitude") -> "WeightedPatterns":
+        """In-memory ``bits: (n, width) bool`` with float ``weights: (n, width)`` (tests, small data)."""
+        w = np.asarray(weights, dtype=np.float32)
+        return cls([pack(bits)], int(bits.shape[1]), [w], weighting=weighting, sources=["in-memory bits"])
+
+    @classmethod
+    def concat(cls, parts: Sequence["WeightedPatterns"]) -> "WeightedPatterns":
+        """One set of several (e.g. one per layer, the pooled scope); all parts share width and weighting."""
+        parts = list(parts)
+        if not parts or len({(p.width, p.weighting) for p in parts}) != 1:
+            raise ValueError("concat needs at least one WeightedPatterns, all of one width and weighting")
+        return cls([a for p in parts for a in p._arrays], parts[0].width, [w for p in parts for w in p._weights],
+                   tables=[t for p in parts for t in p._tables], column_scale=[c for p in parts for c in p._scales],
+                   weighting=parts[0].weighting, sources=[s for p in parts for s in p._sources])
+
+    def _weight_piece(self, i: int, a, device: torch.device) -> torch.Tensor:
+        w = _to_device(self._weights[i][a], device)
+        if self._tables[i] is not None:
+            w = self._tables[i].to(device)[w.long()]
+        else:
+            w = w.float()
+        if self._scales[i] is not None:
+            w = w * self._scales[i].to(device)
+        return w
+
+    def weight_range(self, start: int, stop: int, device: str | torch.device = "cpu") -> torch.Tensor:
+        """Weights of global rows ``[start, stop)``, ``(m, width) float32`` on ``device``."""
+        device = torch.device(device)
+        pieces = [self._weight_piece(i, slice(a, b), device) for i, a, b in self._pieces(start, stop)]
+        if not pieces:
+            return torch.zeros((0, self._width), dtype=torch.float32, device=device)
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+    def weight_chunks(self, chunk_size: int, device: str | torch.device = "cpu") -> Iterator[torch.Tensor]:
+        """Yield weight chunks ``(<= chunk_size, width) float32``, aligned with :meth:`packed_chunks`."""
+        for start in range(0, self.n, int(chunk_size)):
+            yield self.weight_range(start, min(start + int(chunk_size), self.n), device)
+
+    def values(self, packed: torch.Tensor, start: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The weights ``(m, width) float32`` of the rows of ``packed`` (beginning at global row ``start``)."""
+        return self.weight_range(start, start + packed.shape[0], packed.device)

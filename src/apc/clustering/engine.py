@@ -10,6 +10,8 @@ sums straight from the packed bits on CUDA).  Memory is bounded by the block
 width`` accumulators and per-pattern state (assignment and distance, ``n``
 each).  With ``group`` set, each rank of a ``torch.distributed`` group streams
 its share of whole chunks and the pass totals are summed over the ranks.
+Weighted patterns (:class:`WeightedPatterns`) decode their weights instead and take the
+float32 product.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch
 from ..extraction.patterns import unpack_torch
 from ..common.progress import get_logger
 from . import distributed as dist_util
-from .data import PackedPatterns
+from .data import PackedPatterns, WeightedPatterns
 from .distance import distance_from_overlap, nearest_from_overlap, overlap
 from .kernels import segment_bit_sums, triton_available
 from .lowp import ExactProduct, resolve_matmul
@@ -57,8 +59,9 @@ class PassResult:
         self.active = active  # () float64: total active bits
 
     def stats(self) -> dict:
+        objective = float(self.objective)  # a count for bits, a weight sum for WeightedPatterns
         return {
-            "objective": int(round(float(self.objective))),
+            "objective": int(objective) if objective.is_integer() else round(objective, 6),
             "changed": int(self.changed),
             "empty": int((self.counts == 0).sum()),
             "active": int(round(float(self.active))),
@@ -160,8 +163,11 @@ def assign_pass(
     depend on ``matmul``, ``block_rows`` or ``accumulate_method``.
     """
     device = centroids.device
+    weighted = isinstance(patterns, WeightedPatterns)
     accumulate_method = resolve_accumulate(accumulate_method, device)
-    prod = ExactProduct(resolve_matmul(matmul, device, dtype), device, patterns.width)
+    if weighted and accumulate_method == "packed":
+        accumulate_method = "index_add"  # weights are not bits: sum the decoded values
+    prod = ExactProduct("fp32" if weighted else resolve_matmul(matmul, device, dtype), device, patterns.width)
     k, width = centroids.shape
     c = prod.prepare_centroids(centroids)
     c_sum = centroids.sum(dim=1, dtype=torch.int32 if prod.name == "int8" else torch.float32)
@@ -176,8 +182,18 @@ def assign_pass(
     active = torch.zeros((), dtype=torch.float64, device=device)
     changed = torch.zeros((), dtype=torch.int64, device=device)
 
-    def block_floats(block: torch.Tensor) -> torch.Tensor:
+    def block_floats(block: torch.Tensor, row0: int) -> torch.Tensor:
+        """Float32 values of a block: bits, or the decoded weights of weighted patterns."""
+        if weighted:
+            return patterns.values(block, row0, torch.float32)
         return unpack_torch(block, width, torch.float32)
+
+    def operand(block: torch.Tensor, row0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The product's operand of a block and its row sums."""
+        if weighted:
+            x = block_floats(block, row0)
+            return x, x.sum(dim=1, dtype=torch.float32)
+        return prod.unpack(block)
 
     start = 0
     with prod.context():
@@ -189,21 +205,21 @@ def assign_pass(
                 for b0 in range(0, m, block_rows):
                     block = packed[b0 : b0 + block_rows]
                     mb = block.shape[0]
-                    x, xs = prod.unpack(block)
+                    x, xs = operand(block, start + b0)
                     idx, dist = nearest_from_overlap(prod.overlap(x, c, mb, k), xs, kind, c_sum)
                     lo, hi = start + b0, start + b0 + mb
                     changed += (assign[lo:hi] != idx).sum()
                     assign[lo:hi] = idx
                     dist_out[lo:hi] = dist
                     if accumulate and not packed_sums:
-                        xf = x if x.dtype == torch.float32 and x.shape[1] == width else block_floats(block)
+                        xf = x if x.dtype == torch.float32 and x.shape[1] == width else block_floats(block, start + b0)
                         accumulate_sums(chunk_sums, idx, xf, accumulate_method)
             elif assignment == "balanced":
                 dmat = torch.empty((m, k), dtype=torch.float32, device=device)
                 for b0 in range(0, m, block_rows):
                     block = packed[b0 : b0 + block_rows]
                     mb = block.shape[0]
-                    x, xs = prod.unpack(block)
+                    x, xs = operand(block, start + b0)
                     dmat[b0 : b0 + mb] = distance_from_overlap(prod.overlap(x, c, mb, k), xs, kind, c_sum)
                 cap = math.ceil(math.ceil(m / k) * slack)
                 idx_all = balanced_assign(dmat, cap)
@@ -216,8 +232,8 @@ def assign_pass(
                 if accumulate and not packed_sums:
                     for b0 in range(0, m, block_rows):
                         block = packed[b0 : b0 + block_rows]
-                        accumulate_sums(chunk_sums, idx_all[b0 : b0 + block.shape[0]], block_floats(block),
-                                        accumulate_method)
+                        accumulate_sums(chunk_sums, idx_all[b0 : b0 + block.shape[0]],
+                                        block_floats(block, start + b0), accumulate_method)
             else:
                 raise ValueError(f"unknown assignment {assignment!r}; known: {', '.join(ASSIGNMENTS)}")
             seg = assign[start : start + m]
@@ -236,9 +252,7 @@ def assign_pass(
 
 def worst_covered(dist: torch.Tensor, count: int) -> torch.Tensor:
     """Indices of the ``count`` patterns farthest from their centroid (ties -> lowest index)."""
-    n = dist.shape[0]
-    key = dist.to(torch.int64) * n + (n - 1 - torch.arange(n, device=dist.device))
-    return torch.topk(key, count, largest=True, sorted=True).indices
+    return torch.argsort(dist, descending=True, stable=True)[:count]
 
 
 def lloyd(

@@ -19,7 +19,7 @@ __all__ = ["register", "get_method", "available_methods", "fixed_k", "cluster"]
 F = TypeVar("F", bound=Callable)
 _METHODS: dict[str, Callable] = {}
 _FIXED_K: dict[str, int] = {}
-_BUILTINS = ("apc", "kmeans", "baselines")
+_BUILTINS = ("apc", "kmeans", "baselines", "product")
 
 
 def register(name: str, *, fixed_k: int | None = None) -> Callable[[F], F]:

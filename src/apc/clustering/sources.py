@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import PackedPatterns
+from .data import PackedPatterns, WeightedPatterns
+from ..extraction.magnitudes import MagnitudeReader
 from ..extraction.patterns import PatternReader, pattern_path
 
 
@@ -28,10 +29,51 @@ def layer_files(root: str | Path, split: str, projection: str, layers: list[int]
 def sample_layer(path: str | Path, max_n: int | None, seed: int) -> PackedPatterns:
     """Patterns of one layer file; a seeded uniform sample of ``max_n`` rows (kept in order) if given."""
     reader = PatternReader(path)
-    if max_n is None or max_n >= reader.n_tokens:
+    idx = _sample_index(reader.n_tokens, max_n, seed)
+    if idx is None:
         return PackedPatterns.from_readers([reader])
-    idx = np.sort(np.random.default_rng(seed).choice(reader.n_tokens, size=max_n, replace=False))
     return PackedPatterns([reader.packed(idx)], reader.width, sources=[f"{path} (sample of {max_n})"])
+
+
+def _sample_index(n: int, max_n: int | None, seed: int) -> np.ndarray | None:
+    """Sorted seeded sample of ``max_n`` of ``n`` rows, or None for all rows."""
+    if max_n is None or max_n >= n:
+        return None
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_n, replace=False))
+
+
+def weighted_layer(path: str | Path, max_n: int | None, seed: int, *, weighting: str = "magnitude",
+                   column_norms: np.ndarray | None = None) -> WeightedPatterns:
+    """Patterns of one layer file with their magnitudes (same rows and sample as :func:`sample_layer`).
+
+    ``weighting="magnitude"``: w = |x|; ``"output"``: w = |x_j| * ``column_norms[layer, j]``
+    (``column_norms``: ``(n_layers, width)`` from :func:`apc.magnitudes.down_column_norms`, ``down_in`` only).
+    Only the sampled codes are read into memory; without a sample they stay memory-mapped.
+    """
+    path = Path(path)
+    reader = PatternReader(path)
+    projection, layer = reader.meta.get("projection", path.parent.name), int(reader.meta.get("layer", -1))
+    mag_path = path.parent / "magnitudes" / path.name
+    if not mag_path.exists():
+        raise FileNotFoundError(f"no magnitudes stored for projection {projection!r} (missing {mag_path}); "
+                                "add the projection to the extraction's magnitude projections")
+    mags = MagnitudeReader(mag_path)
+    if mags.n_tokens != reader.n_tokens or mags.width != reader.width:
+        raise ValueError(f"{mag_path}: {mags.n_tokens} x {mags.width} magnitudes for "
+                         f"{reader.n_tokens} x {reader.width} patterns in {path}")
+    scale = None
+    if weighting == "output":
+        if projection != "down_in" or column_norms is None:
+            raise ValueError(f"weighting 'output' needs projection 'down_in' and column_norms; got "
+                             f"projection {projection!r}, column_norms {'given' if column_norms is not None else 'None'}")
+        scale = [np.asarray(column_norms)[layer]]
+    elif weighting != "magnitude":
+        raise ValueError(f"weighting must be 'magnitude' or 'output', got {weighting!r}")
+    idx = _sample_index(reader.n_tokens, max_n, seed)
+    bits = reader.packed(idx) if idx is not None else reader.packed()
+    codes = mags.codes[idx] if idx is not None else mags.codes
+    return WeightedPatterns([bits], reader.width, [codes], tables=[mags.codec.table()], column_scale=scale,
+                            weighting=weighting, sources=[str(path)])
 
 
 def pooled(paths: list[Path], max_per_layer: int | None, seed: int) -> PackedPatterns:
@@ -48,3 +90,12 @@ def pooled(paths: list[Path], max_per_layer: int | None, seed: int) -> PackedPat
         raise ValueError(f"pattern files disagree on width: {sorted(widths)}")
     arrays = [p.packed_rows(np.arange(p.n)).numpy() for p in parts]
     return PackedPatterns(arrays, parts[0].width, sources=[str(p) for p in paths])
+
+
+def weighted_pooled(paths: list[Path], max_per_layer: int | None, seed: int, *, weighting: str = "magnitude",
+                    column_norms: np.ndarray | None = None) -> WeightedPatterns:
+    """All layers' patterns and magnitudes in one set, sampled like :func:`pooled`."""
+    return WeightedPatterns.concat([
+        weighted_layer(p, max_per_layer, seed * 1_000_003 + i, weighting=weighting, column_norms=column_norms)
+        for i, p in enumerate(paths)
+    ])

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from apc.extraction.capture import ProjectionCapture
+from apc.extraction.magnitudes import MagnitudeWriter, magnitude_path
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
 from apc.extraction.thresholds import AbsQuantileHistogram, kept_share_tables, threshold_table
@@ -110,19 +111,27 @@ def extract_patterns(
     *,
     skip_first: bool,
     device: str = "cpu",
+    magnitudes: list[str] = (),
 ) -> dict:
     """Write bit-packed patterns ``|x| >= T`` for every (layer, projection) of ``split`` under ``root``.
 
     ``windows: (n_windows, seq_len) int64``; ``thresholds`` is the dict from
-    :func:`calibrate_thresholds`.  Files are filled window by window and renamed
-    into place only when complete.  Returns a summary dict (tokens, densities,
-    store size, wall time).
+    :func:`calibrate_thresholds`.  For the projections in ``magnitudes`` (a
+    subset of ``projections``), ``|x|`` is also stored as 8-bit codes
+    (:mod:`apc.magnitudes`, same rows as the patterns).  Files are filled
+    window by window and renamed into place only when complete.  Returns a
+    summary dict (tokens, densities, store sizes, wall time).
     """
+    magnitudes = list(magnitudes)
+    extra = [p for p in magnitudes if p not in projections]
+    if extra:
+        raise ValueError(f"magnitudes: projections {extra} are not extracted (projections: {list(projections)})")
     table = {p: {r["layer"]: r["threshold"] for r in thresholds["projections"][p]} for p in projections}
     n_layers = len(table[projections[0]])
     n_windows, seq_len = windows.shape
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
     writers: dict[tuple[str, int], PatternWriter] = {}
+    mag_writers: dict[tuple[str, int], MagnitudeWriter] = {}
     t_dev = {k: {l: torch.tensor(t, device=device) for l, t in v.items()} for k, v in table.items()}
 
     def write(proj: str, layer: int, x: torch.Tensor) -> None:
@@ -133,18 +142,32 @@ def extract_patterns(
                 {**meta, "split": split, "layer": layer, "projection": proj, "threshold": table[proj][layer]},
             )
         w.append(x.abs() >= t_dev[proj][layer])
+        if proj in magnitudes:
+            mw = mag_writers.get((proj, layer))
+            if mw is None:
+                mw = mag_writers[(proj, layer)] = MagnitudeWriter(
+                    magnitude_path(root, split, proj, layer), n_tokens, x.shape[-1],
+                    {**meta, "split": split, "layer": layer, "projection": proj},
+                    reference=table[proj][layer] if table[proj][layer] > 0 else 1.0,
+                )
+            mw.append(x)
 
     try:
         with ProjectionCapture(model, projections, write, skip_first=skip_first):
             wall = forward_windows(model, windows, device, f"extracting {split} patterns")
         sidecars = {k: w.close() for k, w in writers.items()}
+        mag_sidecars = {k: w.close() for k, w in mag_writers.items()}
     except BaseException:
-        for w in writers.values():
+        for w in [*writers.values(), *mag_writers.values()]:
             w.abort()
         raise
     density = {p: [sidecars[(p, l)]["density"] for l in range(n_layers)] for p in projections}
     store = sum(pattern_path(root, split, p, l).stat().st_size for p, l in sidecars)
     ideal = sum(n_tokens * s["width"] / 8 for s in sidecars.values())
+    mag_store = sum(magnitude_path(root, split, p, l).stat().st_size for p, l in mag_sidecars)
+    clipped = sum(s["clipped"] for s in mag_sidecars.values())
+    if clipped:
+        log.warning("%s: %d magnitudes above the 8-bit code range were clipped", split, clipped)
     log.info("%s: %d tokens x %d layers x %d projections in %.1f s; store %.1f MB (%.3fx the n*d/8 ideal)",
              split, n_tokens, n_layers, len(projections), wall, store / 1e6, store / ideal)
     return {
@@ -158,4 +181,7 @@ def extract_patterns(
         "store_bytes": int(store),
         "ideal_bytes": int(ideal),
         "density": density,
+        "magnitude_projections": magnitudes,
+        "magnitude_bytes": int(mag_store),
+        "magnitude_clipped": int(clipped),
     }

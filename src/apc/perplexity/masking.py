@@ -55,6 +55,7 @@ from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projecti
 from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
+from apc.clustering.product import product_masks
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "threshold", "predicted", "neuron_predicted")
 _CENTROID_MODES = ("centroid", "centroid_only", "predicted")
@@ -141,6 +142,8 @@ def install_interventions(
     top_m: int = 1,
     neuron_density: Mapping[str, float] | None = None,
     skip_first_position: bool,
+    groups: Mapping[str, int] | None = None,
+    assign_weights: Mapping[str, np.ndarray | torch.Tensor | None] | None = None,
 ) -> Interventions:
     """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
 
@@ -151,6 +154,9 @@ def install_interventions(
     predictors:      ``{proj: [one callable per layer]}`` (predicted: K scores; neuron_predicted: width scores).
     top_m:           centroids united per token (predicted mode).
     neuron_density:  ``{proj: d in (0, 1]}`` (neuron_predicted mode).
+    groups:          ``{proj: G}`` for product cells, centroids ``(L, G*K, width)`` (default 1).
+    assign_weights:  ``{proj: None | (n_layers, width) column scale}``: oracle assignment by least
+                     missed weight ``|x|`` (None) or ``|x| * scale[l]`` (``output`` weighting).
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -177,6 +183,11 @@ def install_interventions(
         if mode == "neuron_predicted" else {}
     preds = _check_predictors(predictors, projections, layers, mode, cents, width, top_m) \
         if mode in _PREDICTOR_MODES else {}
+    n_groups = {p: int((groups or {}).get(p, 1)) for p in projections}
+    for p in projections:
+        if n_groups[p] < 1 or (p in cents and cents[p][0].shape[0] % n_groups[p]):
+            raise ValueError(f"groups[{p!r}] = {n_groups[p]} must be >= 1 and divide the centroid rows")
+    scales = _check_scales(assign_weights, projections, width, n_layers, layers)
     generators: dict[torch.device, torch.Generator] = {}
     mlp_in: dict[int, torch.Tensor] = {}
     handle._mlp_inputs = mlp_in
@@ -196,7 +207,7 @@ def install_interventions(
                                   k=k_rand.get(proj), gen=generators.get(dev),
                                   keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
-                                  k_neuron=k_neuron.get(proj))
+                                  k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l])
                 fn = _make_apply(handle, proj, thr[proj][l], choose, skip_first_position)
                 if TABLE[proj].side == "input":
                     h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
@@ -209,7 +220,8 @@ def install_interventions(
     return handle
 
 
-def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron):
+def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
+             scale=False):
     """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection)."""
 
     def scores(n_rows: int) -> torch.Tensor:
@@ -223,7 +235,12 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
         if mode == "sparse":
             return p
         if mode in ("centroid", "centroid_only"):
-            m = cents.index_select(0, nearest_centroid(p.float(), cents)) > 0.5
+            if scale is False:  # oracle by the pattern: nearest centroid (per group for product cells)
+                m = product_masks(p.float(), cents, n_groups) if n_groups > 1 else \
+                    cents.index_select(0, nearest_centroid(p.float(), cents)) > 0.5
+            else:  # oracle by least missed weight |x| (or |x| * column scale)
+                w = flat.abs().float() if scale is None else flat.abs().float() * scale
+                m = product_masks(w, cents, n_groups)
             return m if mode == "centroid_only" else p & m
         if mode == "random":
             noise = torch.rand(flat.shape, generator=gen, device=flat.device)
@@ -309,6 +326,23 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
                 cache[(src, dev)] = c[src].to(device=dev, dtype=torch.float32).contiguous()
             per_layer.append(cache[(src, dev)])
         out[p] = per_layer
+    return out
+
+
+def _check_scales(assign_weights, projections, width, n_layers, layers) -> dict[str, list]:
+    """Per projection and layer: False (assign by pattern), None (by |x|) or a (width,) float32 scale."""
+    out = {}
+    for p in projections:
+        if assign_weights is None or p not in assign_weights:
+            out[p] = [False] * n_layers
+        elif assign_weights[p] is None:
+            out[p] = [None] * n_layers
+        else:
+            s = torch.as_tensor(np.asarray(assign_weights[p]), dtype=torch.float32)
+            if tuple(s.shape) != (n_layers, width[p]):
+                raise ValueError(f"assign_weights[{p!r}] must have shape ({n_layers}, {width[p]}), got {tuple(s.shape)}")
+            dev = lambda l: projection_module(layers[l], p).weight.device
+            out[p] = [s[l].to(dev(l)) for l in range(n_layers)]
     return out
 
 
