@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from apc.common.projections import mlp_projections
+from apc.common.rowstore import RowStoreWriter
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.extraction.extract import forward_windows
 from apc.common.progress import get_logger
@@ -38,51 +39,25 @@ def ffn_input_path(root: str | os.PathLike, split: str, layer: int) -> Path:
     return Path(root) / split / f"L{layer:02d}.npy"
 
 
-class FfnInputWriter:
+class FfnInputWriter(RowStoreWriter):
     """Write one (split, layer) FFN-input file in token chunks; it appears only after :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
-        self.n_tokens, self.width, self.meta = int(n_tokens), int(width), dict(meta)
-        self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float16, shape=(self.n_tokens, self.width))
-        self._row = 0
+        super().__init__(path, n_tokens, width, meta, dtype=np.float16)
         self._max_abs = 0.0
 
     def append(self, x: torch.Tensor) -> None:
         """Append ``x: (m, width)`` rows (any float dtype; stored as float16)."""
-        if x.shape[-1] != self.width:
-            raise ValueError(f"{self.path}: got rows of width {x.shape[-1]}, expected {self.width}")
         m = x.shape[0]
-        if self._row + m > self.n_tokens:
-            raise ValueError(f"{self.path}: more than the declared {self.n_tokens} tokens")
+        self._check(x.shape[-1], m)
         peak = float(x.detach().abs().max()) if m else 0.0
         if not peak <= _F16_MAX:
             raise ValueError(f"{self.path}: FFN input with |x| = {peak} does not fit float16 (max {_F16_MAX})")
         self._max_abs = max(self._max_abs, peak)
-        self._mm[self._row : self._row + m] = x.detach().to(torch.float16).cpu().numpy()
-        self._row += m
+        self._write(x.detach().to(torch.float16).cpu().numpy())
 
-    def close(self) -> dict:
-        """Flush, rename into place and write the sidecar; return the sidecar dict."""
-        if self._row != self.n_tokens:
-            self.abort()
-            raise ValueError(f"{self.path}: wrote {self._row} of {self.n_tokens} declared tokens")
-        self._mm.flush()
-        del self._mm
-        os.replace(self.tmp, self.path)
-        meta = {**self.meta, "width": self.width, "n_tokens": self.n_tokens, "dtype": "float16",
-                "max_abs": self._max_abs}
-        write_json(self.path.with_suffix(".json"), meta)
-        return meta
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        if hasattr(self, "_mm"):
-            del self._mm
-        if self.tmp.exists():
-            self.tmp.unlink()
+    def _extra_meta(self) -> dict:
+        return {"dtype": "float16", "max_abs": self._max_abs}
 
 
 class FfnInputReader:

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from apc.common.projections import mlp_projections
+from apc.common.rowstore import RowStoreWriter
 from apc.common.atomic import read_json, read_npy, write_json
 
 __all__ = [
@@ -107,52 +108,26 @@ def magnitude_path(root: str | os.PathLike, split: str, projection: str, layer: 
     return Path(root) / split / projection / "magnitudes" / f"L{layer:02d}.npy"
 
 
-class MagnitudeWriter:
+class MagnitudeWriter(RowStoreWriter):
     """Write one magnitude file in token chunks; it appears at its path only after :meth:`close`."""
 
     def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict, reference: float):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
+        super().__init__(path, n_tokens, width, meta, dtype=np.uint8)
         self.codec = MagnitudeCodec(reference)
-        self.width, self.n_tokens, self.meta = int(width), int(n_tokens), dict(meta)
-        self._mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.uint8, shape=(self.n_tokens, self.width))
-        self._row = 0
         self._clipped = 0
         self._max = 0.0
 
     def append(self, x: torch.Tensor) -> None:
         """Append activations ``x: (m, width)`` (signed; only ``|x|`` is kept)."""
-        if x.shape[-1] != self.width:
-            raise ValueError(f"{self.path}: got rows of width {x.shape[-1]}, expected {self.width}")
         m = x.shape[0]
-        if self._row + m > self.n_tokens:
-            raise ValueError(f"{self.path}: more than the declared {self.n_tokens} tokens")
+        self._check(x.shape[-1], m)
         a = x.detach().float().abs()
         self._clipped += int((a > self.codec.hi).sum())
         self._max = max(self._max, float(a.max())) if m else self._max
-        self._mm[self._row : self._row + m] = self.codec.encode(a).cpu().numpy()
-        self._row += m
+        self._write(self.codec.encode(a).cpu().numpy())
 
-    def close(self) -> dict:
-        """Flush, rename into place, write the sidecar; return it."""
-        if self._row != self.n_tokens:
-            self.abort()
-            raise ValueError(f"{self.path}: wrote {self._row} of {self.n_tokens} declared tokens")
-        self._mm.flush()
-        del self._mm
-        os.replace(self.tmp, self.path)
-        meta = {**self.meta, "width": self.width, "n_tokens": self.n_tokens, **self.codec.meta(),
-                "clipped": self._clipped, "max_abs": self._max}
-        write_json(self.path.with_suffix(".json"), meta)
-        return meta
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        if hasattr(self, "_mm"):
-            del self._mm
-        if self.tmp.exists():
-            self.tmp.unlink()
+    def _extra_meta(self) -> dict:
+        return {**self.codec.meta(), "clipped": self._clipped, "max_abs": self._max}
 
 
 class MagnitudeReader:

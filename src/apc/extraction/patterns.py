@@ -22,6 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from apc.common.rowstore import RowStoreWriter
 from apc.common.atomic import read_json, read_npy, write_json
 
 
@@ -89,7 +90,7 @@ def pattern_path(root: str | os.PathLike, split: str, projection: str, layer: in
     return Path(root) / split / projection / f"L{layer:02d}.npy"
 
 
-class PatternWriter:
+class PatternWriter(RowStoreWriter):
     """Write one (split, layer, projection) pattern file in token chunks.
 
     ``n_tokens`` must be known up front; rows are appended with :meth:`append`
@@ -97,54 +98,21 @@ class PatternWriter:
     """
 
     def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.path.with_name(f".{self.path.name}.partial.npy")
-        self.width = int(width)
-        self.n_tokens = int(n_tokens)
-        self.meta = dict(meta)
-        self._mm = np.lib.format.open_memmap(
-            self.tmp, mode="w+", dtype=np.uint8, shape=(self.n_tokens, packed_width(width))
-        )
-        self._row = 0
+        super().__init__(path, n_tokens, width, meta, dtype=np.uint8, row_width=packed_width(width))
         self._ones = 0
 
     def append(self, bits: np.ndarray | torch.Tensor) -> None:
         """Append ``bits: (m, width) bool`` rows."""
-        if bits.shape[-1] != self.width:
-            raise ValueError(f"{self.path}: got rows of width {bits.shape[-1]}, expected {self.width}")
-        m = bits.shape[0]
-        if self._row + m > self.n_tokens:
-            raise ValueError(f"{self.path}: more than the declared {self.n_tokens} tokens")
+        self._check(bits.shape[-1], bits.shape[0])
         if isinstance(bits, torch.Tensor):
             self._ones += int(bits.sum())
-            packed = pack_torch(bits.bool()).cpu().numpy()
+            self._write(pack_torch(bits.bool()).cpu().numpy())
         else:
             self._ones += int(np.count_nonzero(bits))
-            packed = pack(bits)
-        self._mm[self._row : self._row + m] = packed
-        self._row += m
+            self._write(pack(bits))
 
-    def close(self) -> dict:
-        """Flush, rename into place and write the sidecar; return the sidecar dict."""
-        if self._row != self.n_tokens:
-            self.abort()
-            raise ValueError(f"{self.path}: wrote {self._row} of {self.n_tokens} declared tokens")
-        self._mm.flush()
-        del self._mm
-        os.replace(self.tmp, self.path)
-        meta = dict(self.meta)
-        meta.update(width=self.width, n_tokens=self.n_tokens,
-                    density=self._ones / max(1, self.n_tokens * self.width))
-        write_json(self.path.with_suffix(".json"), meta)
-        return meta
-
-    def abort(self) -> None:
-        """Drop the partial file."""
-        if hasattr(self, "_mm"):
-            del self._mm
-        if self.tmp.exists():
-            self.tmp.unlink()
+    def _extra_meta(self) -> dict:
+        return {"density": self._ones / max(1, self.n_tokens * self.width)}
 
 
 class PatternReader:
