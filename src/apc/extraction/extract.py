@@ -82,7 +82,7 @@ def extract_patterns(
     skip_first: bool,
     device: str = "cpu",
 ) -> dict:
-    """Write bit-packed patterns ``|x| >= T`` for every (layer, projection) of ``split`` under ``root``.
+    """Write bit-packed patterns ``|x| >= T`` (compared in float32) for every (layer, projection) of ``split`` under ``root``.
 
     ``windows: (n_windows, seq_len) int64``; ``thresholds`` is the dict from
     :func:`calibrate_thresholds`.  Files are filled window by window and renamed
@@ -94,7 +94,9 @@ def extract_patterns(
     n_windows, seq_len = windows.shape
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
     writers: dict[tuple[str, int], PatternWriter] = {}
-    t_dev = {k: {l: torch.tensor(t, device=device) for l, t in v.items()} for k, v in table.items()}
+    # float32 on both sides, as in calibration and the perplexity hooks: a bf16 comparison would round T.
+    t_dev = {k: {l: torch.tensor(t, dtype=torch.float32, device=device) for l, t in v.items()}
+             for k, v in table.items()}
 
     def write(proj: str, layer: int, x: torch.Tensor) -> None:
         w = writers.get((proj, layer))
@@ -103,7 +105,7 @@ def extract_patterns(
                 pattern_path(root, split, proj, layer), n_tokens, x.shape[-1],
                 {**meta, "split": split, "layer": layer, "projection": proj, "threshold": table[proj][layer]},
             )
-        w.append(x.abs() >= t_dev[proj][layer])
+        w.append(x.float().abs() >= t_dev[proj][layer])
 
     try:
         with ProjectionCapture(model, projections, write, skip_first=skip_first):
