@@ -138,24 +138,24 @@ def model_job(tokens, passes=1):
     return gpu_job(2 * WEIGHTS_MB + 4096, 10 + seconds / 60)
 
 
-def pattern_job(n_patterns, k, chunk_size, iterations=1):
-    """A job that compares ``n_patterns`` patterns (packed in RAM) with ``k`` centroids,
-    ``iterations`` times, in chunks of ``chunk_size`` unpacked float32 rows."""
+def pattern_job(n_patterns, k, chunk_size, iterations=1, resident=0):
+    """A job that compares ``n_patterns`` patterns with ``k`` centroids, ``iterations`` times, in chunks
+    of ``chunk_size`` unpacked float32 rows, holding ``resident`` of the patterns packed in RAM."""
     width = FFN_WIDTH
-    mem = 1024 + n_patterns * width / 8 / MB + (3 * chunk_size + 2 * k) * width * 4 / MB
+    mem = 1024 + resident * width / 8 / MB + (3 * chunk_size + 2 * k) * width * 4 / MB
     flop_rate = 2e13 if GPU else 2e10
     return gpu_job(mem, 10 + 2 * 2 * n_patterns * k * width * iterations / flop_rate / 60)
 
 
 def cluster_resources(wc):
     c = C["cluster"]
-    per_layer = c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"])
-    return pattern_job(N_LAYERS * per_layer, int(wc.k), c["chunk_size"], c["max_iter"])
+    n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"]))
+    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n)
 
 
 def evaluate_resources(wc):
     tokens = sum(_tokens(C["data"][f"{s}_tokens"]) for s in C["eval"]["splits"])
-    return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"])
+    return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"])  # streamed from disk
 
 
 def per_cell(resources):
