@@ -15,6 +15,17 @@ include: "workflow/rules/perplexity.smk"
 include: "workflow/rules/results.smk"
 
 
+# Jobs that reach the hub (prepare_model downloads, prepare_data may) or the tracking server, and the
+# second-long aggregations, run on the submitting machine under a cluster executor.
+localrules:
+    prepare_model,
+    prepare_data,
+    resolved_config,
+    summary,
+    plots,
+    track,
+
+
 rule all:
     input:
         all_outputs(),

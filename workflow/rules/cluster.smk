@@ -13,5 +13,9 @@ rule cluster:
     threads: 1
     log:
         L.log("cluster", W),
+    resources:
+        **per_cell(cluster_resources),
+    benchmark:
+        L.benchmark("cluster", W)
     script:
         "../scripts/cluster.py"

@@ -1,4 +1,5 @@
 # Shared helpers: resolve and validate the config, name outputs (apc.common.layout), expand the sweep.
+import json
 import os
 import sys
 from pathlib import Path
@@ -10,8 +11,7 @@ from snakemake.utils import validate
 # process imports it from here, and its jobs (separate processes) inherit PYTHONPATH.
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
-os.environ["PYTHONPATH"] = os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])])
-os.environ["APC_SRC"] = SRC
+os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
 from apc.common.config import ConfigError, load_schema, resolve
 from apc.common.layout import WILDCARDS as W, Cell, Layout
@@ -84,3 +84,91 @@ onstart:
             check_tracking_uri(tracking_uri(), C["mlflow"]["experiment"])
         except TrackingError as err:
             raise WorkflowError(str(err)) from None
+
+
+# -- Job resources ---------------------------------------------------------------------------------
+# Every rule declares mem_mb (host RAM) and runtime (minutes); every job that loads the model or may
+# run on CUDA also declares gpu (1 when the jobs use CUDA, else 0).  `--resources gpu=1` (the default
+# profile) then runs one GPU job at a time beside parallel CPU jobs; the slurm profile turns gpu into
+# a GPU request.  A new step takes its defaults in one line of its `resources` directive, e.g.
+# `**model_job(tokens)`, `**gpu_job(mem_mb, minutes)` or `**cpu_job()`.  The sizes come from the
+# model's manifest once prepare_model has run, else from `model.params_b` and a 7B-class shape.
+
+
+def _model_shape():
+    manifest = Path(L.manifest())
+    m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    params = m.get("n_params") or (C["model"].get("params_b") or 7.0) * 1e9
+    return params, m.get("n_layers", 32), max(m.get("widths", {}).values(), default=16384)
+
+
+def _uses_cuda():
+    if C["device"] != "auto":
+        return C["device"] == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
+
+
+GPU = int(_uses_cuda())
+N_PARAMS, N_LAYERS, FFN_WIDTH = _model_shape()
+WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
+WHOLE_SPLIT_TOKENS = 4_000_000  # assumed for a `null` (whole split) token budget
+MB = 2**20
+
+
+def _tokens(n):
+    return n if n is not None else WHOLE_SPLIT_TOKENS
+
+
+def cpu_job(mem_mb=2048, runtime=10):
+    """Resources of a job that never touches the GPU."""
+    return {"mem_mb": int(mem_mb), "runtime": int(max(5, runtime))}
+
+
+def gpu_job(mem_mb, runtime):
+    """Resources of a job that runs on CUDA when the workflow does (``gpu`` = 1, else 0)."""
+    return {**cpu_job(mem_mb, runtime), "gpu": GPU}
+
+
+def model_job(tokens, passes=1):
+    """A job that loads the model and runs ``passes`` forward passes over ``tokens`` tokens: host RAM
+    for the weights twice (load and move) plus headroom; time at a conservative FLOP rate."""
+    flop_rate = 5e13 if GPU else 2e10 * C["threads"]
+    seconds = 3 * 2 * N_PARAMS * _tokens(tokens) * passes / flop_rate + WEIGHTS_MB / 200
+    return gpu_job(2 * WEIGHTS_MB + 4096, 10 + seconds / 60)
+
+
+def pattern_job(n_patterns, k, chunk_size, iterations=1, resident=0):
+    """A job that compares ``n_patterns`` patterns with ``k`` centroids, ``iterations`` times, in chunks
+    of ``chunk_size`` unpacked float32 rows, holding ``resident`` of the patterns packed in RAM."""
+    width = FFN_WIDTH
+    mem = 1024 + resident * width / 8 / MB + (3 * chunk_size + 2 * k) * width * 4 / MB
+    flop_rate = 2e13 if GPU else 2e10
+    return gpu_job(mem, 10 + 2 * 2 * n_patterns * k * width * iterations / flop_rate / 60)
+
+
+def cluster_resources(wc):
+    c = C["cluster"]
+    n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"]))
+    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n)
+
+
+def evaluate_resources(wc):
+    tokens = sum(_tokens(C["data"][f"{s}_tokens"]) for s in C["eval"]["splits"])
+    return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"])  # streamed from disk
+
+
+def per_cell(resources):
+    """``resources(wildcards) -> dict`` as Snakemake's per-key callables, for cell-dependent sizes."""
+    keys = ("mem_mb", "runtime", "gpu")
+    return {key: (lambda wildcards, key=key: resources(wildcards)[key]) for key in keys}
+
+
+def ppl_tokens():
+    return C["perplexity"]["test_tokens"] or C["data"]["test_tokens"]
+
+
+def ppl_centroid_inputs(wc):
+    """The centroid files a perplexity cell masks with: one per projection of its set."""
+    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}

@@ -14,5 +14,9 @@ rule evaluate:
     threads: 1
     log:
         L.log("evaluate", W),
+    resources:
+        **per_cell(evaluate_resources),
+    benchmark:
+        L.benchmark("evaluate", W)
     script:
         "../scripts/evaluate.py"

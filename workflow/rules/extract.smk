@@ -8,6 +8,10 @@ rule prepare_model:
         model=C["model"],
     log:
         L.log("prepare_model"),
+    resources:
+        **cpu_job(mem_mb=2 * WEIGHTS_MB + 2048, runtime=60),
+    benchmark:
+        L.benchmark("prepare_model")
     script:
         "../scripts/prepare_model.py"
 
@@ -25,6 +29,10 @@ rule prepare_data:
         data=lambda wc: split_settings(C["data"], wc.split),
     log:
         L.log("prepare_data", split="{split}"),
+    resources:
+        **cpu_job(mem_mb=4096, runtime=30),
+    benchmark:
+        L.benchmark("prepare_data", split="{split}")
     script:
         "../scripts/prepare_data.py"
 
@@ -41,6 +49,10 @@ rule calibrate_thresholds:
     threads: C["threads"]
     log:
         L.log("calibrate_thresholds"),
+    resources:
+        **model_job(C["data"]["train_tokens"]),
+    benchmark:
+        L.benchmark("calibrate_thresholds")
     script:
         "../scripts/calibrate_thresholds.py"
 
@@ -59,5 +71,9 @@ rule extract_patterns:
     threads: C["threads"]
     log:
         L.log("extract_patterns", split="{split}"),
+    resources:
+        **model_job(max(_tokens(C["data"][f"{s}_tokens"]) for s in SPLITS)),
+    benchmark:
+        L.benchmark("extract_patterns", split="{split}")
     script:
         "../scripts/extract_patterns.py"

@@ -2,10 +2,6 @@
 # (apc.perplexity.protocol).
 
 
-def ppl_centroid_inputs(wc):
-    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
-
-
 rule perplexity_dense:
     input:
         model=L.manifest(),
@@ -21,6 +17,10 @@ rule perplexity_dense:
     threads: C["threads"]
     log:
         L.log("perplexity_dense"),
+    resources:
+        **model_job(ppl_tokens()),
+    benchmark:
+        L.benchmark("perplexity_dense")
     script:
         "../scripts/perplexity.py"
 
@@ -41,6 +41,10 @@ rule perplexity_sparse:
     threads: C["threads"]
     log:
         L.log("perplexity_sparse", pset="{pset}"),
+    resources:
+        **model_job(ppl_tokens()),
+    benchmark:
+        L.benchmark("perplexity_sparse", pset="{pset}")
     script:
         "../scripts/perplexity.py"
 
@@ -62,5 +66,9 @@ rule perplexity_cell:
     threads: 1
     log:
         L.log("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}")),
+    resources:
+        **model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"])),
+    benchmark:
+        L.benchmark("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}"))
     script:
         "../scripts/perplexity.py"

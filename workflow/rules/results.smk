@@ -9,6 +9,10 @@ rule resolved_config:
         config=C,
     log:
         L.log("resolved_config"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("resolved_config")
     script:
         "../scripts/resolved_config.py"
 
@@ -23,6 +27,10 @@ rule summary:
         report(L.summary(), caption="../report/summary.rst", category="Summary"),
     log:
         L.log("summary"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("summary")
     script:
         "../scripts/summary.py"
 
@@ -41,6 +49,10 @@ rule plots:
         ),
     log:
         L.log("plots"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("plots")
     script:
         "../scripts/plots.py"
 
@@ -65,5 +77,9 @@ rule track:
         repo=workflow.basedir,
     log:
         L.log("track"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("track")
     script:
         "../scripts/track.py"

@@ -3,7 +3,7 @@ import torch
 from apc.common.atomic import read_npy, write_json
 from apc.extraction.extract import calibrate_thresholds
 from apc.clustering.device import resolve_device
-from apc.extraction.model import load_model
+from apc.extraction.model import cuda_peak_memory, load_model
 from apc.common.rulekit import start
 
 start(snakemake, "calibrate_thresholds")
@@ -15,4 +15,4 @@ result = calibrate_thresholds(
     model, windows, ex["projections"], ex["sparsity"], bits=ex["histogram_bits"],
     skip_first=tok.bos_token_id is not None, device=device,
 )
-write_json(snakemake.output[0], result)
+write_json(snakemake.output[0], {**result, **cuda_peak_memory(device)})

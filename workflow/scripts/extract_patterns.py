@@ -3,7 +3,7 @@ import torch
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.extraction.extract import extract_patterns
 from apc.clustering.device import resolve_device
-from apc.extraction.model import load_model
+from apc.extraction.model import cuda_peak_memory, load_model
 from apc.common.rulekit import start
 
 start(snakemake, "extract_patterns")
@@ -18,4 +18,5 @@ summary = extract_patterns(
     snakemake.output[0].rsplit("/", 1)[0], split, meta,
     skip_first=tok.bos_token_id is not None, device=device,
 )
-write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", **meta, **summary})
+write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", **meta, **summary,
+                                                      **cuda_peak_memory(device)})

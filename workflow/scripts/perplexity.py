@@ -4,13 +4,14 @@ from apc.clustering import load_centroids
 from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.rulekit import start
-from apc.extraction.model import load_model
+from apc.extraction.model import cuda_peak_memory, load_model
 from apc.perplexity.protocol import score, score_cell, select_windows
 
 log = start(snakemake, "perplexity")
 p = snakemake.params
 manifest = read_json(snakemake.input.model)
-model, tok = load_model(manifest, device=resolve_device(p.device))
+device = resolve_device(p.device)
+model, tok = load_model(manifest, device=device)
 bos = tok.bos_token_id is not None
 windows = select_windows(torch.from_numpy(read_npy(snakemake.input.tokens)), p.ppl["test_tokens"])
 projections = list(p.projections)
@@ -38,4 +39,5 @@ else:
     result.update(pset=wc.pset, projections=projections, method=wc.method, k=int(wc.k), density=float(wc.density), scope=wc.scope,
                   seed=int(wc.seed), centroid_density={q: float(c.double().mean()) for q, c in centroids.items()},
                   modes=modes)
+result.update(cuda_peak_memory(device))
 write_json(snakemake.output[0], result)

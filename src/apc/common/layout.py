@@ -145,7 +145,15 @@ class Layout:
 
     def log(self, rule: str, c: Cell | None = None, **wildcards) -> str:
         """``logs/{rule}[/{cell key}|-{wildcards}].log``."""
+        return self._p("logs", self._job_name(rule, c, wildcards) + ".log")
+
+    def benchmark(self, rule: str, c: Cell | None = None, **wildcards) -> str:
+        """``benchmarks/{rule}[/{cell key}|-{wildcards}].tsv``: Snakemake's wall time and peak RSS of the job."""
+        return self._p("benchmarks", self._job_name(rule, c, wildcards) + ".tsv")
+
+    @staticmethod
+    def _job_name(rule: str, c: Cell | None, wildcards: dict) -> str:
         if c is not None:
-            return self._p("logs", rule, f"{c.key.replace('/', '-')}.log")
+            return f"{rule}/{c.key.replace('/', '-')}"
         tail = "-".join(str(v) for v in wildcards.values())
-        return self._p("logs", f"{rule}{'-' + tail if tail else ''}.log")
+        return f"{rule}{'-' + tail if tail else ''}"

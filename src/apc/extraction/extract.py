@@ -113,7 +113,7 @@ def extract_patterns(
     device: str = "cpu",
     magnitudes: list[str] = (),
 ) -> dict:
-    """Write bit-packed patterns ``|x| >= T`` for every (layer, projection) of ``split`` under ``root``.
+    """Write bit-packed patterns ``|x| >= T`` (compared in float32) for every (layer, projection) of ``split`` under ``root``.
 
     ``windows: (n_windows, seq_len) int64``; ``thresholds`` is the dict from
     :func:`calibrate_thresholds`.  For the projections in ``magnitudes`` (a
@@ -132,7 +132,9 @@ def extract_patterns(
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
     writers: dict[tuple[str, int], PatternWriter] = {}
     mag_writers: dict[tuple[str, int], MagnitudeWriter] = {}
-    t_dev = {k: {l: torch.tensor(t, device=device) for l, t in v.items()} for k, v in table.items()}
+    # float32 on both sides, as in calibration and the perplexity hooks: a bf16 comparison would round T.
+    t_dev = {k: {l: torch.tensor(t, dtype=torch.float32, device=device) for l, t in v.items()}
+             for k, v in table.items()}
 
     def write(proj: str, layer: int, x: torch.Tensor) -> None:
         w = writers.get((proj, layer))
@@ -141,7 +143,7 @@ def extract_patterns(
                 pattern_path(root, split, proj, layer), n_tokens, x.shape[-1],
                 {**meta, "split": split, "layer": layer, "projection": proj, "threshold": table[proj][layer]},
             )
-        w.append(x.abs() >= t_dev[proj][layer])
+        w.append(x.float().abs() >= t_dev[proj][layer])
         if proj in magnitudes:
             mw = mag_writers.get((proj, layer))
             if mw is None:

