@@ -12,6 +12,18 @@ rule prepare_model:
         "../scripts/prepare_model.py"
 
 
+rule down_norms:
+    # Column norms of every layer's down_proj, saved once for the `output` weighting of apc_weighted.
+    input:
+        model=L.manifest(),
+    output:
+        L.down_norms(),
+    log:
+        L.log("down_norms"),
+    script:
+        "../scripts/down_norms.py"
+
+
 rule prepare_data:
     # One job per split: each gets only the settings its own windows depend on,
     # so changing one split's budget reruns only that split's work.

@@ -3,7 +3,8 @@
 
 
 def ppl_centroid_inputs(wc):
-    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
+    cells = {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
+    return {**cells, **norms_input(wc.method)}
 
 
 rule perplexity_dense:
