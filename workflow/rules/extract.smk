@@ -48,7 +48,7 @@ rule calibrate_thresholds:
     output:
         L.thresholds(),
     params:
-        extract=C["extract"],
+        extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],
     threads: C["threads"]
     log:

@@ -80,7 +80,7 @@ class TrackingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- helpers
 #: Keys of ``cluster`` that list the sweep rather than settle how each cell is computed.
-SWEEP_KEYS = ("methods", "k", "scopes", "projections", "seeds")
+SWEEP_KEYS = ("methods", "k", "scopes", "projections", "seeds", "cells")
 
 
 def shared_settings(config: dict) -> dict:
