@@ -295,6 +295,7 @@ def test_weighted_and_product_cells_end_to_end(smoke):
         s = pd.read_csv(smoke / "summary.csv")
         row = s[(s["method"] == "apc_product") & (s["split"] == "test")].iloc[0]
         assert row["groups"] == 2 and row["k"] == 4 and row["id_bits"] == pytest.approx(4.0)
+        assert row["iterations"] >= 1  # the sidecar (G * K rows) joins on K per group
         assert np.isfinite(row["ppl_down_in_centroid_only"]) and np.isfinite(row["ratio_down_in_centroid_only"])
         info, studies, runs = _mlflow(smoke)
         assert studies[0].data.metrics["magnitude_bytes"] > 0

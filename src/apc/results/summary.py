@@ -109,7 +109,8 @@ def _cluster_columns(meta_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for path in meta_paths:
         d = read_json(path)
-        rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": int(d["k"]),
+        k = int(d.get("k_per_group", d["k"]))  # a product cell's array holds G * K rows
+        rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": k,
                      "density": float(d["target_density"]), "seed": int(d["seed"]), "iterations": d.get("iterations"), "converged": d.get("converged"),
                      "cluster_wall_time_s": d.get("wall_time_s")})
     return pd.DataFrame(rows, columns=[*CELL_COLS, "iterations", "converged", "cluster_wall_time_s"])
