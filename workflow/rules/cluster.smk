@@ -3,7 +3,8 @@
 
 rule cluster:
     input:
-        L.patterns("train"),
+        unpack(lambda wc: norms_input(wc.method)),
+        patterns=L.patterns("train"),
     output:
         centroids=L.centroids(W),
         meta=L.centroids_meta(W),

@@ -52,6 +52,14 @@ def cluster_settings(method):
     return {**{k: c[k] for k in keys}, "options": c["options"].get(method, {})}
 
 
+def norms_input(method):
+    """``{"norms": down_norms.npy}`` for a method fitted or scored with ``output`` weighting, else ``{}``."""
+    from apc.clustering import method_spec
+
+    base, opts = method_spec(method, C["cluster"]["options"])
+    return {"norms": L.down_norms()} if base == "apc_weighted" and opts.get("weighting") == "output" else {}
+
+
 def ppl_settings(with_modes):
     p = C["perplexity"]
     return {"test_tokens": p["test_tokens"], **({"modes": p["modes"]} if with_modes else {})}
@@ -171,4 +179,5 @@ def ppl_tokens():
 
 def ppl_centroid_inputs(wc):
     """The centroid files a perplexity cell masks with: one per projection of its set."""
-    return {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
+    cells = {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
+    return {**cells, **norms_input(wc.method)}

@@ -3,6 +3,7 @@
 
 rule evaluate:
     input:
+        unpack(lambda wc: norms_input(wc.method)),
         centroids=L.centroids(W),
         patterns=[L.patterns(s) for s in C["eval"]["splits"]],
     output:

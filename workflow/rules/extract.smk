@@ -16,6 +16,18 @@ rule prepare_model:
         "../scripts/prepare_model.py"
 
 
+rule down_norms:
+    # Column norms of every layer's down_proj, saved once for the `output` weighting of apc_weighted.
+    input:
+        model=L.manifest(),
+    output:
+        L.down_norms(),
+    log:
+        L.log("down_norms"),
+    script:
+        "../scripts/down_norms.py"
+
+
 rule prepare_data:
     # One job per split: each gets only the settings its own windows depend on,
     # so changing one split's budget reruns only that split's work.
@@ -44,7 +56,7 @@ rule calibrate_thresholds:
     output:
         L.thresholds(),
     params:
-        extract=C["extract"],
+        extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],
     threads: C["threads"]
     log:

@@ -17,6 +17,7 @@ summary = extract_patterns(
     model, windows, read_json(snakemake.input.thresholds), snakemake.params.extract["projections"],
     snakemake.output[0].rsplit("/", 1)[0], split, meta,
     skip_first=tok.bos_token_id is not None, device=device,
+    magnitudes=snakemake.params.extract.get("magnitudes", []),
 )
 write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", **meta, **summary,
                                                       **cuda_peak_memory(device)})

@@ -28,16 +28,22 @@ if p.mode in ("dense", "sparse"):
         result.update(pset=snakemake.wildcards.pset, projections=projections)
 else:
     wc = snakemake.wildcards
-    centroids = {}
+    centroids, groups, assign_weights = {}, {}, {}
+    norms_path = getattr(snakemake.input, "norms", None)
     for q in projections:
         bits, meta = load_centroids(snakemake.input[q])
         if meta.get("model") not in (None, manifest["name"]):
             raise ValueError(f"{snakemake.input[q]}: centroids of model {meta.get('model')!r}, not {manifest['name']!r}")
         centroids[q] = torch.from_numpy(bits)
+        groups[q] = int(meta.get("product_groups", 1))
+        if meta.get("base_method") == "apc_weighted":  # oracle by least missed weight, as the cell was fitted
+            output = meta["options"].get("weighting", "magnitude") == "output"
+            assign_weights[q] = read_npy(norms_path) if output else None
     modes = score_cell(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
-                       centroids=centroids, seed=int(wc.seed))
+                       centroids=centroids, seed=int(wc.seed), groups=groups, assign_weights=assign_weights)
     result.update(pset=wc.pset, projections=projections, method=wc.method, k=int(wc.k), density=float(wc.density), scope=wc.scope,
-                  seed=int(wc.seed), centroid_density={q: float(c.double().mean()) for q, c in centroids.items()},
+                  seed=int(wc.seed), groups=groups,
+                  centroid_density={q: float(c.double().mean()) * groups[q] for q, c in centroids.items()},
                   modes=modes)
 result.update(cuda_peak_memory(device))
 write_json(snakemake.output[0], result)

@@ -9,7 +9,7 @@ from .common import ClusterResult, density_to_count, top_n_mask
 from .data import PackedPatterns, WeightedPatterns
 from .device import resolve_device
 from .distance import activation_aware_distance, hamming_distance, nearest, pairwise_distance
-from .registry import available_methods, cluster, fixed_k, get_method, register
+from .registry import available_methods, cluster, fixed_k, get_method, method_spec, register
 from . import apc as _apc, baselines as _baselines, kmeans as _kmeans  # noqa: F401  (register the built-ins)
 from .product import nearest_in_groups, product_masks, product_meta
 from .io import load_centroids, save_centroids
@@ -26,6 +26,7 @@ __all__ = [
     "get_method",
     "hamming_distance",
     "load_centroids",
+    "method_spec",
     "nearest",
     "nearest_in_groups",
     "pairwise_distance",

@@ -14,7 +14,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-__all__ = ["register", "get_method", "available_methods", "fixed_k", "cluster"]
+__all__ = ["register", "get_method", "available_methods", "fixed_k", "cluster", "method_spec"]
 
 F = TypeVar("F", bound=Callable)
 _METHODS: dict[str, Callable] = {}
@@ -57,6 +57,26 @@ def fixed_k(name: str) -> int | None:
     """The K that method ``name`` is fixed to, or None when it takes any K."""
     get_method(name)
     return _FIXED_K.get(name)
+
+
+def method_spec(name: str, options: dict | None = None) -> tuple[str, dict]:
+    """``(registered method, its options)`` of the config method ``name``.
+
+    ``options`` is the config's ``cluster.options`` table.  An entry there with a
+    ``method`` field is a *variant*: a name of its own for a registered method
+    with fixed options (``apc_wout: {method: apc_weighted, weighting: output}``),
+    so two settings of one method sit side by side as two plain cell names.
+    Any other entry holds the options of the registered method of that name.
+    ``ValueError`` naming the key when neither resolves to a registered method.
+    """
+    entry = dict((options or {}).get(name) or {})
+    base = entry.pop("method", name)
+    _load_builtins()
+    if base not in _METHODS:
+        where = f"cluster.options.{name}.method" if base != name else "cluster.methods"
+        raise ValueError(f"config key '{where}': unknown method {base!r} "
+                         f"(registered: {', '.join(sorted(_METHODS))}; a variant names one in its 'method' field)")
+    return base, entry
 
 
 def get_method(name: str) -> Callable:

@@ -207,18 +207,52 @@ def _check_paths(config: dict, root: Path) -> None:
     ppl = config["perplexity"]["test_tokens"]
     if ppl is not None and ppl < data["seq_len"]:
         raise ConfigError(f"config key 'perplexity.test_tokens': budget {ppl} is below one window of seq_len={data['seq_len']} tokens")
+    from apc.common.sweep import cell_projections
+
+    have = cell_projections(config)
     for pset, projs in config["perplexity"]["psets"].items():
-        missing = [p for p in projs if p not in config["cluster"]["projections"]]
+        missing = [p for p in projs if p not in have]
         if missing:
-            raise ConfigError(f"config key 'perplexity.psets.{pset}': projections {missing} are not in cluster.projections")
-    from apc.clustering.registry import available_methods
-
-    import apc.clustering  # noqa: F401  (registers the built-in methods)
-
-    unknown = [m for m in config["cluster"]["methods"] if m not in available_methods()]
-    if unknown:
-        raise ConfigError(f"config key 'cluster.methods': unknown method {unknown[0]!r} "
-                          f"(registered: {', '.join(available_methods())})")
-    missing = [p for p in config["cluster"]["projections"] if p not in config["extract"]["projections"]]
+            raise ConfigError(f"config key 'perplexity.psets.{pset}': projections {missing} are not in cluster.projections "
+                              "(nor in cluster.cells)")
+    missing = [p for p in have if p not in config["extract"]["projections"]]
     if missing:
         raise ConfigError(f"config key 'cluster.projections': {missing} are not extracted (extract.projections)")
+    missing = [p for p in config["extract"].get("magnitudes", []) if p not in config["extract"]["projections"]]
+    if missing:
+        raise ConfigError(f"config key 'extract.magnitudes': {missing} are not extracted (extract.projections)")
+    _check_methods(config)
+
+
+def _check_methods(config: dict) -> None:
+    """Every method of the sweep and of ``cluster.cells`` resolves, and gets the data it needs."""
+    from apc.clustering.registry import method_spec
+    from apc.common.sweep import cluster_cells
+
+    c = config["cluster"]
+    for key, names in (("cluster.methods", c["methods"]), ("cluster.cells", [e["method"] for e in c.get("cells") or []])):
+        for name in names:
+            try:
+                method_spec(name, c["options"])
+            except ValueError as err:
+                raise ConfigError(str(err).replace("'cluster.methods'", f"'{key}'")) from None
+    for name, entry in c["options"].items():
+        if "method" in entry:  # a variant outside the sweep must still name a method
+            try:
+                method_spec(name, c["options"])
+            except ValueError as err:
+                raise ConfigError(str(err)) from None
+    magnitudes = config["extract"].get("magnitudes", [])
+    for cell in cluster_cells(config):
+        base, opts = method_spec(cell.method, c["options"])
+        if base == "apc_weighted":
+            if cell.proj not in magnitudes:
+                raise ConfigError(f"config key 'extract.magnitudes': method {cell.method!r} (apc_weighted) clusters "
+                                  f"projection {cell.proj!r}, whose magnitudes are not stored; add it to extract.magnitudes")
+            if opts.get("weighting", "magnitude") == "output" and cell.proj != "down_in":
+                raise ConfigError(f"config key 'cluster.options.{cell.method}.weighting': 'output' weighting is for "
+                                  f"projection down_in only, not {cell.proj!r}")
+        if base == "apc_product":
+            g = opts.get("groups", 2)
+            if isinstance(g, bool) or not isinstance(g, int) or g < 1:
+                raise ConfigError(f"config key 'cluster.options.{cell.method}.groups': must be a positive integer, got {g!r}")

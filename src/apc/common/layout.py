@@ -88,6 +88,10 @@ class Layout:
     def manifest(self) -> str:
         return self._p("model", "manifest.json")
 
+    def down_norms(self) -> str:
+        """``(n_layers, d_ff) float32``: the down-projection column norms (``output`` weighting)."""
+        return self._p("model", "down_norms.npy")
+
     def tokens(self, split: str) -> str:
         return self._p("tokens", f"{split}.npy")
 

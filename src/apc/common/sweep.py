@@ -12,24 +12,43 @@ def densities(config: dict) -> list[float]:
     return [float(x) for x in (d if isinstance(d, list) else [d])]
 
 
+def _fixed_k(config: dict, method: str) -> int | None:
+    from apc.clustering import fixed_k, method_spec
+
+    return fixed_k(method_spec(method, config["cluster"]["options"])[0])
+
+
 def cluster_cells(config: dict) -> list[Cell]:
-    """Every clustering cell of ``cluster.{projections, scopes, methods, k, density, seeds}``.
+    """Every clustering cell of ``cluster.{projections, scopes, methods, k, density, seeds}``, then the
+    extra cells listed in ``cluster.cells`` (each its own ``(projection, scope, method, k)``, so a method
+    can run on one projection without multiplying the whole sweep).
 
     A method with a fixed K (the static mask: 1) runs once with it, whatever ``cluster.k`` says.
+    A ``cluster.cells`` entry without ``density`` or ``seed`` means every configured density and the
+    first seed.  Methods may be variants (:func:`apc.clustering.method_spec`).
     """
-    from apc.clustering import fixed_k
-
     c = config["cluster"]
     cells = []
     for proj in c["projections"]:
         for scope in c["scopes"]:
             for method in c["methods"]:
-                fixed = fixed_k(method)
+                fixed = _fixed_k(config, method)
                 for k in [fixed] if fixed is not None else c["k"]:
                     for density in densities(config):
                         for seed in c["seeds"]:
                             cells.append(Cell(proj, scope, method, int(k), density, int(seed)))
-    return cells
+    for e in c.get("cells") or []:
+        fixed = _fixed_k(config, e["method"])
+        for density in [float(e["density"])] if "density" in e else densities(config):
+            cells.append(Cell(e["projection"], e["scope"], e["method"], int(fixed or e["k"]), density,
+                              int(e.get("seed", c["seeds"][0]))))
+    return list(dict.fromkeys(cells))
+
+
+def cell_projections(config: dict) -> list[str]:
+    """Projections that have clustering cells: ``cluster.projections`` and those of ``cluster.cells``."""
+    extra = [e["projection"] for e in config["cluster"].get("cells") or []]
+    return list(dict.fromkeys([*config["cluster"]["projections"], *extra]))
 
 
 def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
@@ -38,13 +57,16 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
     The cell's ``proj`` is empty: a projection set is masked with the cells of the same
     ``(scope, method, k, density, seed)`` for each of its projections.  An entry of
     ``perplexity.cells`` without ``density`` or ``seed`` means every configured density
-    and the first seed.  Per-layer centroids mask a model
+    and the first seed.  A set is paired with a group only when the group has a cell for every
+    projection of the set (extra ``cluster.cells`` may cover one projection only).  Per-layer centroids mask a model
     only when they cover every layer, so with ``cluster.layers`` a subset, ``all`` leaves
     per-layer cells out and an explicit per-layer cell is an error.
     """
     p = config["perplexity"]
     all_layers = config["cluster"]["layers"] == "all"
-    known = {c.group for c in cluster_cells(config)}
+    cells = cluster_cells(config)
+    known = {c.group for c in cells}
+    have = {(c.group, c.proj) for c in cells}
     if p["cells"] == "all":
         groups = {g for g in known if all_layers or g[0] != "per_layer"}
     else:
@@ -59,6 +81,8 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
             scope, method, k, density, seed = missing[0]
             raise ConfigError(
                 f"config key 'perplexity.cells': ({method}, k={k}, {scope}, density={density}, seed={seed}) is not "
-                "a cell of the clustering sweep (cluster.methods/k/scopes/density/seeds)"
+                "a cell of the clustering sweep (cluster.methods/k/scopes/density/seeds, cluster.cells)"
             )
-    return [(pset, Cell("", *g)) for pset in p["psets"] for g in sorted(groups)]
+    # a set is masked with a group only where the group has a cell for each of the set's projections
+    return [(pset, Cell("", *g)) for pset, projs in p["psets"].items() for g in sorted(groups)
+            if all((g, q) in have for q in projs)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apc.clustering.sources import layer_files, sample_layer
+from apc.clustering.sources import layer_files, sample_layer, weighted_layer
 from apc.common.layout import Cell
 from apc.common.progress import get_logger
 from apc.evaluation.metrics import coverage_sums, metrics_from_sums
@@ -16,25 +16,42 @@ log = get_logger("apc.evaluation.evaluate")
 
 
 def evaluate_cell(cell: Cell, centroids: np.ndarray, layers: list[int], pattern_dirs: dict[str, str | Path], *,
+                  groups: int = 1, weighting: str | None = None, column_norms: np.ndarray | None = None,
                   device: str = "auto", chunk_size: int = 16384) -> list[dict]:
-    """Rows ``{split, layer, projection, scope, method, k, density, seed, **metrics}`` for every split.
+    """Rows ``{split, layer, projection, scope, method, k, groups, density, seed, **metrics}`` for every split.
 
-    ``centroids: (n_sets, K, width) bool`` (n_sets = len(layers), or 1 shared by all layers);
+    ``centroids: (n_sets, G*K, width) bool`` (n_sets = len(layers), or 1 shared by all layers;
+    ``groups`` = G > 1 for a product cell, rows laid out by group, K = ``cell.k`` per group);
     ``pattern_dirs: {split: pattern store folder}``.  Every stored token is scored, streamed in chunks.
+    Where the store holds the projection's magnitudes, rows gain ``mass_recall`` (weights |x|).
+    ``weighting`` (``magnitude`` | ``output``, as the cell was fitted; needs the magnitudes) assigns each
+    token the centroid that misses the least weight |x| (times ``column_norms[layer]``, ``(n_layers,
+    width)``, for ``output``); None assigns by the pattern.
     """
     keys = {"projection": cell.proj, "scope": cell.scope, "method": cell.method, "k": int(cell.k),
-            "density": float(cell.density), "seed": int(cell.seed)}
+            "groups": int(groups), "density": float(cell.density), "seed": int(cell.seed)}
+    if weighting not in (None, "magnitude", "output"):
+        raise ValueError(f"weighting must be None, 'magnitude' or 'output', got {weighting!r}")
+    if weighting == "output" and column_norms is None:
+        raise ValueError("weighting 'output' needs column_norms (the down-projection column norms)")
     if len(centroids) not in (1, len(layers)):
         raise ValueError(f"{len(centroids)} centroid sets for {len(layers)} layers (expected 1 or one per layer)")
     rows = []
     for split, folder in pattern_dirs.items():
         folder = Path(folder)
         total = 0
+        has_mags = (folder / cell.proj / "magnitudes").is_dir()
+        if weighting is not None and not has_mags:
+            raise ValueError(f"config key 'extract.magnitudes': weighted assignment needs the magnitudes of "
+                             f"projection {cell.proj!r}, not stored in {folder}")
         for i, (layer, path) in enumerate(zip(layers, layer_files(folder.parent, folder.name, cell.proj, layers))):
-            data = sample_layer(path, None, 0)
+            data = weighted_layer(path, None, 0) if has_mags else sample_layer(path, None, 0)
             if data.width != centroids.shape[-1]:
                 raise ValueError(f"{path}: width {data.width} differs from the centroids' width {centroids.shape[-1]}")
-            sums = coverage_sums(data, centroids[i if len(centroids) > 1 else 0], device=device, chunk_size=chunk_size)
+            scale = np.asarray(column_norms)[layer] if weighting == "output" else None
+            sums = coverage_sums(data, centroids[i if len(centroids) > 1 else 0], groups=groups,
+                                 assign_by="pattern" if weighting is None else "weights", assign_scale=scale,
+                                 device=device, chunk_size=chunk_size)
             total = total + sums
             rows.append({"split": split, "layer": layer, **keys, **metrics_from_sums(sums)})
         rows.append({"split": split, "layer": "all", **keys, **metrics_from_sums(total)})

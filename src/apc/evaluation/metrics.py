@@ -94,6 +94,7 @@ def coverage_sums(
     *,
     groups: int = 1,
     assign_by: str = "pattern",
+    assign_scale=None,
     device: str | torch.device = "auto",
     chunk_size: int = 65536,
     return_assignments: bool = False,
@@ -103,8 +104,10 @@ def coverage_sums(
     ``centroids``: ``(K, width)`` bool, or ``(G*K, width)`` laid out by group
     for a product cell with ``groups`` = G.  ``assign_by``: ``"pattern"``
     (largest overlap with the bits) or ``"weights"`` (least missed weight;
-    needs :class:`WeightedPatterns`).  With weights, the mass sums are filled
-    too.  Returns :class:`CoverageSums`, and with ``return_assignments`` also
+    needs :class:`WeightedPatterns`); ``assign_scale`` (``(width,)``, optional)
+    multiplies the weights for the assignment only (the ``output`` weighting
+    ``|x| * ||W_down[:, j]||`` while the mass stays ``|x|``).  With weights, the
+    mass sums are filled too.  Returns :class:`CoverageSums`, and with ``return_assignments`` also
     the CPU assignment, ``(n,)`` int64 (``(n, G)`` rows for a product cell).
     """
     if not isinstance(patterns, PackedPatterns):
@@ -120,6 +123,14 @@ def coverage_sums(
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or c_bool.shape[0] % groups:
         raise ValueError(f"groups must be a positive integer dividing the {c_bool.shape[0]} centroid rows, got {groups!r}")
     c = c_bool.float()
+    c_assign = c
+    if assign_scale is not None:
+        if assign_by != "weights":
+            raise ValueError("assign_scale scales the weights of the assignment: it needs assign_by='weights'")
+        scale = torch.as_tensor(np.asarray(assign_scale), dtype=torch.float32, device=dev).reshape(-1)
+        if scale.numel() != width:
+            raise ValueError(f"assign_scale has {scale.numel()} values, expected the width {width}")
+        c_assign = c * scale[None, :]  # w . (c * s) = (w * s) . c: one product, the centroids scaled once
     c_sum = c_bool.sum(dim=1, dtype=torch.int64)
     block = default_block_rows(width, dev, chunk_size)
     active = torch.zeros((), dtype=torch.int64, device=dev)
@@ -138,7 +149,10 @@ def coverage_sums(
                 if weighted:
                     w = patterns.values(packed[b0 : b0 + block], start)
                     w_ov = overlap(w, c)
-                _, rows = nearest_in_groups(w_ov if assign_by == "weights" else ov, groups)
+                if assign_by == "weights":
+                    _, rows = nearest_in_groups(w_ov if assign_scale is None else overlap(w, c_assign), groups)
+                else:
+                    _, rows = nearest_in_groups(ov, groups)
                 active += x.sum(dim=1, dtype=torch.float32).to(torch.int64).sum()
                 hits += ov.gather(1, rows).to(torch.int64).sum()
                 ones += c_sum[rows].sum()

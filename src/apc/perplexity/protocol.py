@@ -67,15 +67,20 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
 
 
 def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
-               centroids: dict[str, torch.Tensor], seed: int) -> dict[str, dict]:
+               centroids: dict[str, torch.Tensor], seed: int, groups: dict[str, int] | None = None,
+               assign_weights: dict | None = None) -> dict[str, dict]:
     """Every requested cell mode, ``{mode: result of :func:`score`}``, in the order of ``modes``.
 
-    ``centroids: {proj: (n_sets, K, width) bool}`` (n_sets 1 for pooled, n_layers per layer).
+    ``centroids: {proj: (n_sets, G*K, width) bool}`` (n_sets 1 for pooled, n_layers per layer;
+    G = ``groups[proj]`` for a product cell, else 1).  ``assign_weights: {proj: None | (n_layers,
+    width) scale}`` assigns a weighted cell's tokens by least missed weight in the centroid modes
+    (see :func:`install_interventions`).
     """
     unknown = [m for m in modes if m not in CELL_MODES]
     if unknown:
         raise ValueError(f"unknown perplexity mode(s) {unknown}; known: {', '.join(CELL_MODES)}")
-    density = {q: float(c.double().mean()) for q, c in centroids.items()}
+    groups = dict(groups or {})
+    density = {q: float(c.double().mean()) * groups.get(q, 1) for q, c in centroids.items()}  # one mask's density
     source = "mean over centroids"
     results: dict[str, dict] = {}
     for mode in sorted(modes, key=CELL_MODES.index):
@@ -85,7 +90,7 @@ def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pro
             results[mode].update(density=dict(density), density_source=source)
         else:
             results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
-                                  seed=seed, centroids=centroids)
+                                  seed=seed, centroids=centroids, groups=groups, assign_weights=assign_weights)
         if mode == "centroid_only":
             density, source = dict(results[mode]["kept"]), "assigned centroids (centroid_only kept share)"
     return {m: results[m] for m in modes}

@@ -16,6 +16,9 @@ rows of ``eval/{proj}/{scope}/{method}-k{k}-s{seed}.csv``.  Columns:
   are blank on the others);
 * references: ``ppl_dense`` and ``ppl_sparse_{pset}`` (with intervals, the sparse ratio to
   dense, and ``kept_sparse_{pset}_{proj}``);
+* ``groups`` (G: 1, or the neuron groups of a product cell, whose ``k`` is K per group) and
+  ``id_bits`` = G * log2(K), the cluster-id budget of a token;
+* ``mass_recall`` (from the CSV, where magnitudes are stored): the share of |x| the mask keeps;
 * ``lift`` = ``recall - random_recall``: coverage gained over a random mask of the
   same density (0 for a mask that knows nothing; the table is ranked by it).
 """
@@ -26,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
 import pandas as pd
 
 from apc.common.atomic import atomic_path, read_json
@@ -105,7 +109,8 @@ def _cluster_columns(meta_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for path in meta_paths:
         d = read_json(path)
-        rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": int(d["k"]),
+        k = int(d.get("k_per_group", d["k"]))  # a product cell's array holds G * K rows
+        rows.append({"projection": d["projection"], "scope": d["scope"], "method": d["method"], "k": k,
                      "density": float(d["target_density"]), "seed": int(d["seed"]), "iterations": d.get("iterations"), "converged": d.get("converged"),
                      "cluster_wall_time_s": d.get("wall_time_s")})
     return pd.DataFrame(rows, columns=[*CELL_COLS, "iterations", "converged", "cluster_wall_time_s"])
@@ -125,6 +130,8 @@ def build_summary(evals, cluster_metas=(), refs=(), ppl_cells=()) -> pd.DataFram
     df = df[ID_COLS + metric_cols]
     df = df.merge(_cluster_columns(cluster_metas), on=CELL_COLS, how="left")
     df["lift"] = df["recall"] - df["random_recall"]
+    df["groups"] = df["groups"].fillna(1).astype(int) if "groups" in df else 1
+    df["id_bits"] = df["groups"] * np.log2(df["k"])
     ref, dense = reference_columns(refs)
     ppl, psets = _ppl_columns(ppl_cells, dense)
     if len(ppl):

@@ -65,7 +65,7 @@ from apc.common.progress import get_logger
 
 log = get_logger("apc.results.tracking")
 
-SCHEMA_VERSION = "2"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "3"  # bump when the mapping files -> params/metrics changes (forces replacement)
 LOCK_TIMEOUT_S = 900.0
 _HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _MAX_PARAMS_PER_BATCH = 100
@@ -80,7 +80,7 @@ class TrackingError(RuntimeError):
 
 # ----------------------------------------------------------------------------- helpers
 #: Keys of ``cluster`` that list the sweep rather than settle how each cell is computed.
-SWEEP_KEYS = ("methods", "k", "scopes", "projections", "seeds")
+SWEEP_KEYS = ("methods", "k", "scopes", "projections", "seeds", "cells")
 
 
 def shared_settings(config: dict) -> dict:
@@ -273,7 +273,8 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
             d = read_json(meta_path)
             r.param(model=d.get("model"), dataset=d.get("dataset"), layers=d.get("layers"), options=d.get("options") or {},
                     max_patterns_per_layer=d.get("max_patterns_per_layer"))
-            r.metric("centroid_density", d.get("density"))
+            r.metric("centroid_density", d.get("mask_density", d.get("density")))  # one token's mask
+            r.metric("groups", d.get("product_groups", 1))
             for k in ("iterations", "converged", "n_train_patterns"):
                 r.metric(k, d.get(k))
             r.metric("cluster_wall_time_s", d.get("wall_time_s"))
@@ -289,13 +290,13 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
         if ev.exists():
             for row in _read_csv(ev):
                 split = row["split"]
-                for c in ("recall", "paper_precision", "precision", "f1", "centroid_density", "data_density",
-                          "compute_share", "random_recall"):
-                    if c not in row:
+                for c in ("recall", "mass_recall", "paper_precision", "precision", "f1", "centroid_density",
+                          "data_density", "compute_share", "random_recall"):
+                    if not row.get(c):
                         continue
                     if row["layer"] == "all":
                         r.metric(f"{split}_{c}", row[c])
-                    elif c in ("recall", "precision", "centroid_density"):
+                    elif c in ("recall", "mass_recall", "precision", "centroid_density"):
                         r.metric(f"{split}_{c}_by_layer", row[c], step=int(row["layer"]))
             r.times(None, ev.stat().st_mtime)
             r.artifacts.append((ev, "evaluation"))
@@ -341,6 +342,12 @@ def study_record(config: dict, tmpdir: Path, cells: list[_Record]) -> _Record:
         r.times(d.get("started_at"), d.get("finished_at"))
     for c in cells:
         r.times(c.start_ms / 1000 if c.start_ms else None, c.end_ms / 1000 if c.end_ms else None)
+    stored = {s: read_json(p).get("magnitude_bytes") for s in ("train", "test")
+              if (p := Path(lay.extract_summary(s))).exists()}
+    for split, n in stored.items():
+        r.metric(f"magnitude_bytes_{split}", n)
+    if stored and None not in stored.values():
+        r.metric("magnitude_bytes", sum(stored.values()))  # the magnitude store of both splits
     thr = Path(lay.thresholds())
     if thr.exists():
         for proj, rows in (read_json(thr).get("projections") or {}).items():
