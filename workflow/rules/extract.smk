@@ -24,6 +24,10 @@ rule down_norms:
         L.down_norms(),
     log:
         L.log("down_norms"),
+    resources:
+        **cpu_job(2 * WEIGHTS_MB + 4096, 10 + WEIGHTS_MB / 200 / 60),
+    benchmark:
+        L.benchmark("down_norms")
     script:
         "../scripts/down_norms.py"
 
