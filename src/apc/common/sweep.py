@@ -13,6 +13,16 @@ def densities(config: dict) -> list[float]:
 
 
 def cluster_cells(config: dict) -> list[Cell]:
+    """Every clustering cell: the grid (:func:`grid_cells`), then the frontier's cells not in it
+    (:func:`apc.common.frontier.frontier_cells`)."""
+    from apc.common.frontier import frontier_cells
+
+    grid = grid_cells(config)
+    known = set(grid)
+    return grid + [c for c in frontier_cells(config) if c not in known]
+
+
+def grid_cells(config: dict) -> list[Cell]:
     """Every clustering cell of ``cluster.{projections, scopes, methods, k, density, seeds}``.
 
     A method with a fixed K (the static mask: 1) runs once with it, whatever ``cluster.k`` says.
@@ -44,7 +54,7 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
     """
     p = config["perplexity"]
     all_layers = config["cluster"]["layers"] == "all"
-    known = {c.group for c in cluster_cells(config)}
+    known = {c.group for c in grid_cells(config)}
     if p["cells"] == "all":
         groups = {g for g in known if all_layers or g[0] != "per_layer"}
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apc.common.frontier import Point, frontier_points, frontier_psets, neuron_matches, predictor_cells
 from apc.common.layout import Cell, Layout
 from apc.common.sweep import cluster_cells, perplexity_cells
 
@@ -23,6 +24,11 @@ class SweepFiles:
     evals: list[str]
     refs: list[str]
     ppl: list[str]
+    points: list[Point]
+    frontier: list[str]
+    frontier_refs: list[str]
+    predictor_reports: list[str]
+    frontier_table: list[str]
 
 
 def sweep_files(config: dict) -> SweepFiles:
@@ -30,6 +36,8 @@ def sweep_files(config: dict) -> SweepFiles:
     lay = Layout(config["outdir"])
     cells = cluster_cells(config)
     pcells = perplexity_cells(config)
+    points = frontier_points(config)
+    psets = frontier_psets(config)
     return SweepFiles(
         cells=cells,
         ppl_cells=pcells,
@@ -38,4 +46,12 @@ def sweep_files(config: dict) -> SweepFiles:
         evals=[lay.eval_table(c) for c in cells],
         refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in config["perplexity"]["psets"]],
         ppl=[lay.ppl_cell(p, c) for p, c in pcells] if config["perplexity"]["modes"] else [],
+        points=points,
+        frontier=[lay.frontier_point(p.pset, p.line, p.share) for p in points],
+        frontier_refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in psets] if points else [],
+        predictor_reports=[lay.cluster_predictor_report(c, kind) for c, kind in predictor_cells(config)]
+        + [lay.neuron_predictor_report(q, m, config["predict"]["seed"]) for q in sorted({q for ps in psets.values()
+                                                                                         for q in ps})
+           for m in neuron_matches(config)] if points else [],
+        frontier_table=[lay.frontier_table()] if points else [],
     )
