@@ -34,7 +34,7 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
 
 
 #: Mappings of user-named entries: an override replaces them whole instead of merging.
-REPLACED_WHOLE = frozenset({"psets"})
+REPLACED_WHOLE = frozenset({"psets", "pset"})
 
 
 def deep_merge(base: dict, over: dict) -> dict:
