@@ -15,7 +15,8 @@ from apc.common.sweep import cluster_cells, perplexity_cells
 
 @dataclass
 class SweepFiles:
-    """Result paths of one resolved config, by kind (lists of ``str``)."""
+    """Result paths of one resolved config, by kind (lists of ``str``; ``points`` the frontier's
+    :class:`~apc.common.frontier.Point` objects, ``frontier`` their files in the same order)."""
 
     cells: list[Cell]
     ppl_cells: list[tuple[str, Cell]]
@@ -29,6 +30,14 @@ class SweepFiles:
     frontier_refs: list[str]
     predictor_reports: list[str]
     frontier_table: list[str]
+
+
+def _predictor_reports(config: dict, lay: Layout) -> list[str]:
+    """Reports of every cluster predictor, then of every neuron predictor, of the frontier."""
+    seed = config["predict"]["seed"]
+    projs = sorted({q for ps in frontier_psets(config).values() for q in ps})
+    return ([lay.cluster_predictor_report(c, kind) for c, kind in predictor_cells(config)]
+            + [lay.neuron_predictor_report(q, m, seed) for q in projs for m in neuron_matches(config)])
 
 
 def sweep_files(config: dict) -> SweepFiles:
@@ -49,9 +58,6 @@ def sweep_files(config: dict) -> SweepFiles:
         points=points,
         frontier=[lay.frontier_point(p.pset, p.line, p.share) for p in points],
         frontier_refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in psets] if points else [],
-        predictor_reports=[lay.cluster_predictor_report(c, kind) for c, kind in predictor_cells(config)]
-        + [lay.neuron_predictor_report(q, m, config["predict"]["seed"]) for q in sorted({q for ps in psets.values()
-                                                                                         for q in ps})
-           for m in neuron_matches(config)] if points else [],
+        predictor_reports=_predictor_reports(config, lay) if points else [],
         frontier_table=[lay.frontier_table()] if points else [],
     )
