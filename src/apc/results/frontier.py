@@ -88,7 +88,7 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     ax.set_ylabel("perplexity (test, 95 % CI)")
     ax.set_title(f"compute-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=7, loc="best")
     return _save(fig, path)
 
 
