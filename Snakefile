@@ -12,6 +12,8 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/cluster.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/perplexity.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/frontier.smk"
 include: "workflow/rules/results.smk"
 
 

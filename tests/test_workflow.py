@@ -255,6 +255,94 @@ def test_real_model_masks_dense_equivalence_and_random_half(smoke):
     assert np.isfinite(rnd["ppl"]) and rnd["ppl"] > 1.5 * dense["ppl"]
 
 
+def _frontier(out):
+    from apc.results.inputs import sweep_files
+
+    c, _, _ = smoke_cells(out)
+    return c, sweep_files(c)
+
+
+def test_predictor_reports_have_sane_metrics(smoke):
+    c, files = _frontier(smoke)
+    lay = Layout(smoke)
+    cell = Cell("down_in", "per_layer", "apc", 8, 0.6, 0)
+    rep = json.loads(Path(lay.cluster_predictor_report(cell, "linear")).read_text())
+    tot = rep["total"]
+    assert rep["cell"] == cell.key and rep["layers_fitted"] == list(range(30)) and tot["n_layers"] == 30
+    m1 = tot["masks"][0]
+    assert m1["top_m"] == 1 and 1 / 8 < m1["accuracy"] <= 1  # better than chance among K = 8 ids
+    assert 0 < m1["recall"] <= tot["oracle"]["recall"] + 0.02  # the oracle id covers best
+    assert m1["recall"] > m1["random_recall"]  # the predicted centroid beats a random mask of its density
+    assert m1["compute_share"] == pytest.approx(0.6, abs=1e-3) and 0 < m1["precision"] <= 1
+    assert tot["flops_per_token"] == 2 * 576 * 8 and tot["flops_share"] == pytest.approx(2 * 576 * 8 / (6 * 576 * 1536))
+    n1 = json.loads(Path(lay.neuron_predictor_report("down_in", "linear-k8-x1", 0)).read_text())
+    n4 = json.loads(Path(lay.neuron_predictor_report("down_in", "linear-k8-x4", 0)).read_text())
+    assert n4["rank"] == 4 * n1["rank"] and n1["matched"]["flops_per_token"] == tot["flops_per_token"]
+    assert abs(n1["total"]["flops_share"] - tot["flops_share"]) <= 2 * (576 + 1536) / (6 * 576 * 1536)
+    assert [m["density"] for m in n1["total"]["masks"]] == [0.6]
+    assert n1["total"]["masks"][0]["compute_share"] == pytest.approx(0.6, abs=1e-3)
+
+
+def test_frontier_points_table_and_plot(smoke):
+    c, files = _frontier(smoke)
+    dense = json.loads((smoke / "ppl" / "dense.json").read_text())
+    assert len(files.points) == 7  # threshold, random, oracle, static, predicted, two neuron ranks
+    table = pd.read_csv(smoke / "frontier.csv")
+    assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
+    assert np.allclose(table["compute_share"], table["kept_share"] + table["predictor_flops_share"])
+    assert (table["tokens"] == dense["tokens"]).all() and (table["ppl_lo"] <= table["ppl"]).all()
+    row = table.set_index("line")
+    assert abs(row.loc["threshold", "kept_share"] - 0.6) < 0.02  # calibrated on train, measured on test
+    assert row.loc["random", "kept_share"] == pytest.approx(round(0.6 * 1536) / 1536)  # pure random, no threshold
+    for line in ("oracle.per_layer.apc-k8-s0", "predicted-linear-m1.per_layer.apc-k8-s0"):
+        assert row.loc[line, "kept_share"] == pytest.approx(0.6, abs=1e-3)
+        assert row.loc[line, "cells"] == "down_in=down_in/per_layer/apc-k8-d0.6-s0"
+    assert row.loc["oracle.per_layer.apc-k8-s0", "predictor_flops_share"] == 0
+    assert row.loc["predicted-linear-m1.per_layer.apc-k8-s0", "predictor_flops_share"] > 0
+    # the predicted mask in the predicted mode is the mode the frontier claims
+    for p, path in zip(files.points, files.frontier):
+        d = json.loads(Path(path).read_text())
+        assert d["line"] == p.line and d["mode"] in ("threshold", "random_only", "centroid_only", "predicted",
+                                                        "neuron_predicted")
+        assert len(d["window_nll_sum"]) == d["windows"] == 2
+    assert row.loc["threshold", "ppl"] < row.loc["random", "ppl"]  # magnitude beats chance at equal share
+    png = smoke / "plots" / "frontier_down_in.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_mlflow_one_run_per_frontier_point(smoke):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    c, files = _frontier(smoke)
+    info = json.loads((smoke / "mlflow_runs.json").read_text())
+    assert info["frontier"] == len(files.points)
+    runs = MlflowClient(info["tracking_uri"]).search_runs(
+        [info["experiment_id"]], f"tags.`apc.study` = '{info['study']}' and tags.`apc.kind` = 'frontier'",
+        run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
+    by_key = {r.data.tags["apc.cell_key"]: r for r in runs}
+    assert len(by_key) == len(runs) == len(files.points) and set(by_key) == {p.key for p in files.points}
+    table = pd.read_csv(smoke / "frontier.csv").set_index("line")
+    for p in files.points:
+        r = by_key[p.key]
+        assert r.info.run_name == p.key and r.data.tags["mlflow.parentRunId"] == info["parent"]
+        assert r.data.metrics["ppl"] == pytest.approx(table.loc[p.line, "ppl"])
+        assert r.data.metrics["compute_share"] == pytest.approx(table.loc[p.line, "compute_share"])
+    assert by_key[f"frontier/down_in/oracle.per_layer.apc-k8-s0/0.6"].data.tags["apc.frontier_cells"] == \
+        "down_in=down_in/per_layer/apc-k8-d0.6-s0"
+
+
+def test_frontier_bad_configs_stop_with_one_clear_message(tmp_path):
+    for override, message in [
+        ("predict={kinds: [linear, forest]}", "config key 'predict.kinds.1'"),
+        ("predict={top_m: [9]}", "config key 'predict.top_m': [9] exceed K=8"),
+        ("frontier={cells: [{method: nosuch, k: 8, scope: per_layer}]}", "config key 'frontier.cells': unknown method"),
+        ("frontier={pset: {gate: [up]}}", "config key 'frontier.pset.gate'"),
+    ]:
+        res = snakemake("-n", "--config", "preset=smoke", f"outdir={tmp_path}", override, check=False)
+        assert res.returncode != 0 and message in res.stdout + res.stderr, (override, res.stderr[-2000:])
+
+
 MAGNITUDE_CELLS = [
     "cluster={cells: [{projection: down_in, scope: per_layer, method: apc_wout, k: 8},"
     " {projection: down_in, scope: per_layer, method: apc_product, k: 4}]}",

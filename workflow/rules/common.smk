@@ -14,6 +14,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
 from apc.common.config import ConfigError, load_schema, resolve
+from apc.common.frontier import frontier_psets, line_cell, parse_line
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
 from apc.common.rulekit import dataset_name
@@ -43,6 +44,10 @@ wildcard_constraints:
     density=r"[0-9.]+",
     seed=r"\d+",
     pset="[A-Za-z0-9_]+",
+    kind="linear|mlp",
+    factor=r"\d+",
+    line=r"[A-Za-z0-9_.\-]+",
+    share=r"[0-9.]+",
 
 
 def cluster_settings(method):
@@ -60,6 +65,17 @@ def norms_input(method):
     return {"norms": L.down_norms()} if base == "apc_weighted" and opts.get("weighting") == "output" else {}
 
 
+def predict_settings():
+    """The fitting settings of every predictor (not the frontier's lists)."""
+    p = C["predict"]
+    return {k: p[k] for k in ("hidden", "top_m", "seed", "fit", "max_train_tokens", "chunk_size", "neuron_larger")}
+
+
+def pset_projections(pset):
+    """Projections of a perplexity or frontier projection set (the config check keeps shared names equal)."""
+    return {**frontier_psets(C), **C["perplexity"]["psets"]}[pset]
+
+
 def ppl_settings(with_modes):
     p = C["perplexity"]
     return {"test_tokens": p["test_tokens"], **({"modes": p["modes"]} if with_modes else {})}
@@ -73,6 +89,9 @@ def all_outputs():
         + FILES.evals
         + FILES.refs
         + FILES.ppl
+        + FILES.predictor_reports
+        + FILES.frontier
+        + FILES.frontier_table
         + [L.summary(), L.plots(), L.mlflow_runs()]
     )
 

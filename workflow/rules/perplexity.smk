@@ -37,7 +37,7 @@ rule perplexity_sparse:
         device=C["device"],
         dataset=dataset_name(C["data"]),
         mode="sparse",
-        projections=lambda wc: C["perplexity"]["psets"][wc.pset],
+        projections=lambda wc: pset_projections(wc.pset),
     threads: C["threads"]
     log:
         L.log("perplexity_sparse", pset="{pset}"),

@@ -40,6 +40,8 @@ rule plots:
         evals=FILES.evals,
         refs=FILES.refs,
         ppl=FILES.ppl,
+        frontier=FILES.frontier_table,
+        frontier_refs=FILES.frontier_refs,
     output:
         report(
             directory(L.plots()),
@@ -67,6 +69,9 @@ rule track:
         evals=FILES.evals,
         refs=FILES.refs,
         ppl=FILES.ppl,
+        frontier=FILES.frontier,
+        frontier_table=FILES.frontier_table,
+        predictor_reports=FILES.predictor_reports,
         summary=L.summary(),
         plots=L.plots(),
     output:

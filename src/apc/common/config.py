@@ -34,7 +34,7 @@ def load_schema(path: str | Path = SCHEMA_PATH) -> dict:
 
 
 #: Mappings of user-named entries: an override replaces them whole instead of merging.
-REPLACED_WHOLE = frozenset({"psets"})
+REPLACED_WHOLE = frozenset({"psets", "pset"})
 
 
 def deep_merge(base: dict, over: dict) -> dict:
@@ -222,6 +222,9 @@ def _check_paths(config: dict, root: Path) -> None:
     if missing:
         raise ConfigError(f"config key 'extract.magnitudes': {missing} are not extracted (extract.projections)")
     _check_methods(config)
+    from apc.clustering.registry import available_methods
+
+    _check_frontier(config, available_methods())
 
 
 def _check_methods(config: dict) -> None:
@@ -256,3 +259,40 @@ def _check_methods(config: dict) -> None:
             g = opts.get("groups", 2)
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
                 raise ConfigError(f"config key 'cluster.options.{cell.method}.groups': must be a positive integer, got {g!r}")
+
+
+def _check_frontier(config: dict, methods) -> None:
+    """Frontier keys the schema cannot check: projections extracted, shared pset names equal,
+    cells of registered methods covering every layer, top_m within K."""
+    from apc.clustering.registry import fixed_k
+
+    f, seq_len = config["frontier"], config["data"]["seq_len"]
+    if not f["pset"]:
+        return
+    for pset, projs in f["pset"].items():
+        missing = [p for p in projs if p not in config["extract"]["projections"]]
+        if missing:
+            raise ConfigError(f"config key 'frontier.pset.{pset}': projections {missing} are not extracted "
+                              "(extract.projections)")
+        other = config["perplexity"]["psets"].get(pset)
+        if other is not None and list(other) != list(projs):
+            raise ConfigError(f"config key 'frontier.pset.{pset}': the name is a perplexity.psets entry with "
+                              f"other projections {other}")
+    if f["test_tokens"] is not None and f["test_tokens"] < seq_len:
+        raise ConfigError(f"config key 'frontier.test_tokens': budget {f['test_tokens']} is below one window "
+                          f"of seq_len={seq_len} tokens")
+    if not f["cells"]:
+        raise ConfigError("config key 'frontier.cells': needs at least one {method, k, scope} cell")
+    for c in f["cells"]:
+        if c["method"] not in methods:
+            raise ConfigError(f"config key 'frontier.cells': unknown method {c['method']!r} "
+                              f"(registered: {', '.join(methods)})")
+        if fixed_k(c["method"]) is not None:
+            raise ConfigError(f"config key 'frontier.cells': method {c['method']!r} has a fixed K; the static line "
+                              "is added for every scope")
+        if c["scope"] == "per_layer" and config["cluster"]["layers"] != "all":
+            raise ConfigError("config key 'frontier.cells': per_layer cells need cluster.layers: all "
+                              "(per-layer centroids must cover every layer to mask the model)")
+        bad = [m for m in config["predict"]["top_m"] if m > int(c["k"])]
+        if bad:
+            raise ConfigError(f"config key 'predict.top_m': {bad} exceed K={c['k']} of frontier cell {c}")

@@ -108,6 +108,18 @@ class Layout:
     def extract_summary(self, split: str) -> str:
         return self._p("patterns", split, "extract.json")
 
+    def ffn_inputs(self, split: str) -> str:
+        """Folder holding the split's FFN-input store (``{split}/L{layer:02d}.npy`` under :meth:`ffn_root`)."""
+        return self._p("ffn_inputs", split)
+
+    def ffn_root(self) -> str:
+        """Root of the FFN-input store (:func:`apc.extraction.ffn_inputs.ffn_input_path` takes it)."""
+        return self._p("ffn_inputs")
+
+    def thresholds_kept(self) -> str:
+        """Magnitude thresholds per kept share (``threshold`` perplexity mode)."""
+        return self._p("thresholds_kept.json")
+
     # -- stage 2: clustering
     def cell_dir(self, c: Cell) -> str:
         return self._p("clusters", c.proj, c.scope, c.name)
@@ -117,6 +129,20 @@ class Layout:
 
     def centroids_meta(self, c: Cell) -> str:
         return self.cell_dir(c) + "/centroids.json"
+
+    def cluster_predictor(self, c: Cell, kind: str) -> str:
+        """Cluster-id predictors of a cell (``.safetensors`` + ``.json`` sidecar, :mod:`apc.prediction.io`)."""
+        return self.cell_dir(c) + f"/predictor-{kind}.safetensors"
+
+    def cluster_predictor_report(self, c: Cell, kind: str) -> str:
+        return self.cell_dir(c) + f"/predictor-{kind}-report.json"
+
+    def neuron_predictor(self, proj: str, match: str, seed) -> str:
+        """Neuron predictor of ``proj`` whose rank is matched by ``match`` (``linear-k128-x1``)."""
+        return self._p("predictors", proj, f"neuron-{match}-s{seed}.safetensors")
+
+    def neuron_predictor_report(self, proj: str, match: str, seed) -> str:
+        return self._p("predictors", proj, f"neuron-{match}-s{seed}-report.json")
 
     # -- stage 3: evaluation
     def eval_table(self, c: Cell) -> str:
@@ -133,6 +159,10 @@ class Layout:
         """Perplexity of ``pset`` masked with the centroids of ``c``'s group (``c.proj`` is not used)."""
         return self._p("ppl", pset, c.scope, f"{c.name}.json")
 
+    def frontier_point(self, pset: str, line: str, share) -> str:
+        """One point of the compute-quality frontier (:mod:`apc.common.frontier`)."""
+        return self._p("frontier", pset, line, f"{density_label(share)}.json")
+
     # -- stage 5: results
     def config(self) -> str:
         """The resolved config of the run, as JSON (read by ``apc sync``)."""
@@ -143,6 +173,13 @@ class Layout:
 
     def plots(self) -> str:
         return self._p("plots")
+
+    def frontier_table(self) -> str:
+        return self._p("frontier.csv")
+
+    def frontier_plot(self, pset: str) -> str:
+        """Written by the ``plots`` rule (inside :meth:`plots`)."""
+        return self._p("plots", f"frontier_{pset}.png")
 
     def mlflow_runs(self) -> str:
         return self._p("mlflow_runs.json")

@@ -19,6 +19,16 @@ def _fixed_k(config: dict, method: str) -> int | None:
 
 
 def cluster_cells(config: dict) -> list[Cell]:
+    """Every clustering cell: the grid (:func:`grid_cells`), then the frontier's cells not in it
+    (:func:`apc.common.frontier.frontier_cells`)."""
+    from apc.common.frontier import frontier_cells
+
+    grid = grid_cells(config)
+    known = set(grid)
+    return grid + [c for c in frontier_cells(config) if c not in known]
+
+
+def grid_cells(config: dict) -> list[Cell]:
     """Every clustering cell of ``cluster.{projections, scopes, methods, k, density, seeds}``, then the
     extra cells listed in ``cluster.cells`` (each its own ``(projection, scope, method, k)``, so a method
     can run on one projection without multiplying the whole sweep).
@@ -64,7 +74,7 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
     """
     p = config["perplexity"]
     all_layers = config["cluster"]["layers"] == "all"
-    cells = cluster_cells(config)
+    cells = grid_cells(config)
     known = {c.group for c in cells}
     have = {(c.group, c.proj) for c in cells}
     if p["cells"] == "all":

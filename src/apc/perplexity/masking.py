@@ -17,6 +17,8 @@ mode              keep
 ``random``        ``p & r``  -- ``r`` has exactly ``round(d * width)`` ones per
                   token, chosen uniformly (top-k of uniform noise drawn from a
                   ``torch.Generator`` seeded with ``seed``, one per device)
+``random_only``   ``r`` alone: a pure random mask of share ``d``, no threshold
+                  (``random_density``; the frontier's random line)
 ``threshold``     ``|x| >= T_rho[proj][l]`` -- magnitude thresholds calibrated for
                   a kept share rho (``keep_thresholds``); TEAL-style reference
 ``predicted``     ``C[a_1] | ... | C[a_m]`` -- the ``top_m`` centroids scored
@@ -57,7 +59,9 @@ from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
 from apc.clustering.product import product_masks
 
-MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "threshold", "predicted", "neuron_predicted")
+MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "random_only", "threshold", "predicted",
+         "neuron_predicted")
+_RANDOM_MODES = ("random", "random_only")
 _CENTROID_MODES = ("centroid", "centroid_only", "predicted")
 _PREDICTOR_MODES = ("predicted", "neuron_predicted")
 
@@ -149,7 +153,7 @@ def install_interventions(
 
     thresholds:      ``{proj: [T_layer0, ..., T_layer{n-1}]}`` (all modes but dense).
     centroids:       ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes, predicted).
-    random_density:  ``{proj: d in [0, 1]}`` (random mode).
+    random_density:  ``{proj: d in [0, 1]}`` (random and random_only modes).
     keep_thresholds: ``{proj: [T_rho per layer]}`` (threshold mode).
     predictors:      ``{proj: [one callable per layer]}`` (predicted: K scores; neuron_predicted: width scores).
     top_m:           centroids united per token (predicted mode).
@@ -176,7 +180,7 @@ def install_interventions(
 
     thr = _check_thresholds(thresholds, projections, n_layers, mode)
     cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
-    k_rand = _check_density(random_density, projections, width, "random_density") if mode == "random" else {}
+    k_rand = _check_density(random_density, projections, width, "random_density") if mode in _RANDOM_MODES else {}
     keep_thr = _check_thresholds(keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
         if mode == "threshold" else {}
     k_neuron = _check_density(neuron_density, projections, width, "neuron_density") \
@@ -201,7 +205,7 @@ def install_interventions(
             for l, mods in enumerate(layers):
                 module = projection_module(mods, proj)
                 dev = module.weight.device
-                if mode == "random" and dev not in generators:
+                if mode in _RANDOM_MODES and dev not in generators:
                     generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
                 choose = _chooser(mode, l, mlp_in, cents=cents.get(proj, [None] * n_layers)[l],
                                   k=k_rand.get(proj), gen=generators.get(dev),
@@ -242,9 +246,10 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
                 w = flat.abs().float() if scale is None else flat.abs().float() * scale
                 m = product_masks(w, cents, n_groups)
             return m if mode == "centroid_only" else p & m
-        if mode == "random":
+        if mode in _RANDOM_MODES:
             noise = torch.rand(flat.shape, generator=gen, device=flat.device)
-            return torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True) & p
+            r = torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True)
+            return r & p if mode == "random" else r
         if mode == "threshold":
             return flat.abs().float() >= keep_threshold
         s = scores(flat.shape[0])

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from apc.common.frontier import Point, frontier_points, frontier_psets, neuron_matches, predictor_cells
 from apc.common.layout import Cell, Layout
 from apc.common.sweep import cluster_cells, perplexity_cells
 
 
 @dataclass
 class SweepFiles:
-    """Result paths of one resolved config, by kind (lists of ``str``)."""
+    """Result paths of one resolved config, by kind (lists of ``str``; ``points`` the frontier's
+    :class:`~apc.common.frontier.Point` objects, ``frontier`` their files in the same order)."""
 
     cells: list[Cell]
     ppl_cells: list[tuple[str, Cell]]
@@ -23,6 +25,19 @@ class SweepFiles:
     evals: list[str]
     refs: list[str]
     ppl: list[str]
+    points: list[Point]
+    frontier: list[str]
+    frontier_refs: list[str]
+    predictor_reports: list[str]
+    frontier_table: list[str]
+
+
+def _predictor_reports(config: dict, lay: Layout) -> list[str]:
+    """Reports of every cluster predictor, then of every neuron predictor, of the frontier."""
+    seed = config["predict"]["seed"]
+    projs = sorted({q for ps in frontier_psets(config).values() for q in ps})
+    return ([lay.cluster_predictor_report(c, kind) for c, kind in predictor_cells(config)]
+            + [lay.neuron_predictor_report(q, m, seed) for q in projs for m in neuron_matches(config)])
 
 
 def sweep_files(config: dict) -> SweepFiles:
@@ -30,6 +45,8 @@ def sweep_files(config: dict) -> SweepFiles:
     lay = Layout(config["outdir"])
     cells = cluster_cells(config)
     pcells = perplexity_cells(config)
+    points = frontier_points(config)
+    psets = frontier_psets(config)
     return SweepFiles(
         cells=cells,
         ppl_cells=pcells,
@@ -38,4 +55,9 @@ def sweep_files(config: dict) -> SweepFiles:
         evals=[lay.eval_table(c) for c in cells],
         refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in config["perplexity"]["psets"]],
         ppl=[lay.ppl_cell(p, c) for p, c in pcells] if config["perplexity"]["modes"] else [],
+        points=points,
+        frontier=[lay.frontier_point(p.pset, p.line, p.share) for p in points],
+        frontier_refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in psets] if points else [],
+        predictor_reports=_predictor_reports(config, lay) if points else [],
+        frontier_table=[lay.frontier_table()] if points else [],
     )

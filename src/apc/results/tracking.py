@@ -17,6 +17,12 @@ Layout of the MLflow side
   perplexity mode's perplexity, interval, paired ratio to dense and kept share.  K, seed and
   density are metrics too, so charts plot them on numeric axes.  Start and end times are
   those of the cell's jobs.
+* One *frontier* run per point of the compute-quality frontier (:mod:`apc.common.frontier`),
+  child of the study, tag ``apc.kind = "frontier"``, named and keyed by the point
+  (``frontier/down_in/predicted-linear-m1.per_layer.apc-k128-s0/0.6``); tag
+  ``apc.frontier_cells`` links it to the clustering cell(s) whose centroids it uses.  It holds
+  the perplexity with interval and paired ratio to dense, tokens, kept share, predictor FLOPs
+  share and compute share.  Frontier runs follow the same sync rules as cell runs.
 
 Sync ("replace on change")
 --------------------------
@@ -31,7 +37,7 @@ once FINISHED, which is set last.  Under a file lock, for each current cell:
 * otherwise a new run is logged, then the cell's other active runs are deleted
   ("created" or "updated").
 
-Active runs of cells no longer in the sweep are tagged ``apc.in_sweep = false`` and
+Active runs of cells (and frontier points) no longer in the sweep are tagged ``apc.in_sweep = false`` and
 soft-deleted ("retired"), so the default view shows exactly the current sweep; ``mlflow
 gc`` purges them, a later sync restores them if they return unchanged.  Replacement rather
 than logging into the old run is deliberate: MLflow forbids changing a logged param and
@@ -193,6 +199,8 @@ class _Record:
 
     cell_key: str
     name: str
+    kind: str = "cell"  # tag apc.kind: "cell" or "frontier"
+    tags: dict[str, str] = field(default_factory=dict)  # extra tags (a frontier point's clustering cells)
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
     artifacts: list[tuple[Path, str | None]] = field(default_factory=list)  # (file, artifact dir)
@@ -220,7 +228,7 @@ class _Record:
 
     def content_hash(self) -> str:
         h = hashlib.sha256(SCHEMA_VERSION.encode())
-        h.update(json.dumps([self.cell_key, self.name, sorted(self.params.items()),
+        h.update(json.dumps([self.cell_key, self.name, self.kind, sorted(self.tags.items()), sorted(self.params.items()),
                              [(k, repr(v), s) for k, v, s in self.metrics]]).encode())
         for path, adir in self.artifacts:
             h.update(f"\0{adir}/{path.name}\0".encode())
@@ -314,6 +322,36 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
     return sorted(records, key=lambda r: r.cell_key), dense
 
 
+def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
+    """One record per frontier point of the current config (sorted by key; missing points skipped).
+
+    Named and keyed ``frontier/{pset}/{line}/{share}`` (:class:`apc.common.frontier.Point`), tag
+    ``apc.frontier_cells`` = the clustering cell keys the point uses (``proj=key``, ``;``-joined; empty
+    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense,
+    tokens, kept share, predictor FLOPs share, compute share; artifacts: the point and the
+    predictor reports it used.
+    """
+    from apc.results.inputs import sweep_files
+
+    files = sweep_files(config)
+    out = []
+    for point, path in zip(files.points, map(Path, files.frontier)):
+        if not path.exists():
+            continue
+        d = read_json(path)
+        r = _Record(point.key, point.key, kind="frontier",
+                    tags={"apc.frontier_cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items()))})
+        r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
+                model=d.get("model"), dataset=d.get("dataset"))
+        _ppl_metrics(r, "ppl", d, dense)
+        for k in ("share", "tokens", "windows", "kept_share", "predictor_flops_share", "compute_share"):
+            r.metric(k, d.get(k))
+        r.times(d.get("started_at"), d.get("finished_at"))
+        r.artifacts.append((path, "frontier"))
+        out.append(r)
+    return sorted(out, key=lambda r: r.cell_key)
+
+
 def study_record(config: dict, tmpdir: Path, cells: list[_Record]) -> _Record:
     """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots;
     its time span covers every job of its ``cells`` and references."""
@@ -355,9 +393,9 @@ def study_record(config: dict, tmpdir: Path, cells: list[_Record]) -> _Record:
                 r.metric(f"threshold_{proj}", row.get("threshold"), step=int(row.get("layer", 0)))
                 r.metric(f"achieved_sparsity_{proj}", row.get("achieved_sparsity"), step=int(row.get("layer", 0)))
         r.artifacts.append((thr, None))
-    summary = Path(lay.summary())
-    if summary.exists():
-        r.artifacts.append((summary, None))
+    for table in (Path(lay.summary()), Path(lay.frontier_table())):
+        if table.exists():
+            r.artifacts.append((table, None))
     plots = Path(lay.plots())
     if plots.is_dir():
         for png in sorted(plots.glob("[!.]*.png")):
@@ -441,7 +479,7 @@ def check_tracking_uri(uri: str, experiment: str) -> None:
 def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: dict | None = None) -> dict:
     """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
 
-    Returns ``{"parent", "experiment_id", "study", "cells", "created", "updated", "unchanged",
+    Returns ``{"parent", "experiment_id", "study", "cells", "frontier", "created", "updated", "unchanged",
     "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
     is unreachable or rejects a write; result files are only read, never written.
     """
@@ -460,6 +498,8 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
         except OSError as err:
             raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
     records, dense = cell_records(config)
+    n_cells = len(records)
+    records += frontier_records(config, dense)
 
     from filelock import FileLock, Timeout
 
@@ -477,6 +517,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
                 try:
                     result = _sync_locked(client, experiment, db, study_key(config), study, records, base_tags,
                                           str(out))
+                    result.update(cells=n_cells, frontier=len(records) - n_cells)
                 except TrackingError:
                     raise
                 except Exception as err:  # noqa: BLE001 - MLflow raises many types
@@ -549,14 +590,14 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
         for old in studies:
             client.delete_run(old.info.run_id)
 
-    by_key: dict[str, list] = {}
+    by_key: dict[tuple[str, str], list] = {}
     for run in runs:
-        if run.data.tags.get("apc.kind") == "cell":
-            by_key.setdefault(run.data.tags.get("apc.cell_key", ""), []).append(run)
+        if run.data.tags.get("apc.kind") in ("cell", "frontier"):
+            by_key.setdefault((run.data.tags["apc.kind"], run.data.tags.get("apc.cell_key", "")), []).append(run)
     counts = dict(created=0, updated=0, unchanged=0, restored=0, retired=0)
     for rec in records:
         h = rec.content_hash()
-        have = by_key.pop(rec.cell_key, [])
+        have = by_key.pop((rec.kind, rec.cell_key), [])
         active = [r for r in have if r.info.lifecycle_stage == "active"]
         same = [r for r in have if _complete(r) and r.data.tags.get("apc.content_hash") == h]
         keep = next((r for r in same if r.info.lifecycle_stage == "active"), None) or (same[0] if same else None)
@@ -571,7 +612,7 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
             if keep.data.tags.get("mlflow.parentRunId") != parent_id:
                 client.set_tag(keep.info.run_id, "mlflow.parentRunId", parent_id)
         else:
-            _new_run(client, exp_id, rec, {**base_tags, "apc.kind": "cell", "apc.study": skey,
+            _new_run(client, exp_id, rec, {**base_tags, **rec.tags, "apc.kind": rec.kind, "apc.study": skey,
                                            "apc.cell_key": rec.cell_key, "apc.content_hash": h,
                                            "apc.in_sweep": "true", "mlflow.parentRunId": parent_id})
             counts["updated" if active else "created"] += 1

@@ -1,0 +1,142 @@
+"""The compute-quality frontier of a config: its clustering cells, predictors and points.
+
+A *point* is one perplexity of a projection set ``pset`` at a kept share ``rho`` under one
+*line* (a method of choosing the mask).  The line is a file-name-safe string:
+
+=====================================  ===================================================
+line                                   mask (perplexity mode)
+=====================================  ===================================================
+``threshold``                          ``|x| >= T_rho`` calibrated on train (``threshold``)
+``random``                             ``round(rho * width)`` uniform neurons (``random_only``)
+``oracle.{scope}.{method}-k{K}-s{S}``  the cell's centroid at density rho, oracle id
+                                       (``centroid_only``); ``static`` cells are the static line
+``predicted-{kind}-m{m}.{scope}.…``    union of the m centroids the cluster predictor
+                                       scores highest (``predicted``)
+``neuron-{kind}-k{K}-x{f}``            top ``rho * width`` neurons of the low-rank neuron
+                                       predictor whose FLOPs match the ``kind`` cluster
+                                       predictor of K centroids, times ``f`` (``neuron_predicted``)
+=====================================  ===================================================
+
+Each cluster line at rho uses the clustering cell of density rho; those cells join the
+sweep (:func:`frontier_cells`), so they are clustered, evaluated, summarised and tracked
+like any cell.  The study's dense and true-sparse perplexities are the reference lines.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from apc.common.layout import Cell, density_label
+
+__all__ = ["Point", "frontier_cells", "frontier_points", "frontier_psets", "neuron_matches", "parse_line",
+           "predictor_cells"]
+
+_CELL_RE = r"(?P<scope>per_layer|pooled)\.(?P<method>[A-Za-z0-9_]+)-k(?P<k>\d+)-s(?P<seed>\d+)"
+_LINE_RES = {
+    "threshold": re.compile(r"threshold"),
+    "random": re.compile(r"random"),
+    "oracle": re.compile(r"oracle\." + _CELL_RE),
+    "predicted": re.compile(r"predicted-(?P<kind>[a-z]+)-m(?P<top_m>\d+)\." + _CELL_RE),
+    "neuron": re.compile(r"neuron-(?P<kind>[a-z]+)-k(?P<k>\d+)-x(?P<factor>\d+)"),
+}
+#: perplexity mode of each line family
+MODE = {"threshold": "threshold", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
+        "neuron": "neuron_predicted"}
+
+
+def parse_line(line: str) -> dict:
+    """``{"family", "mode", ...}`` of a line string; ``ValueError`` for an unknown one.
+
+    Cluster lines add ``scope, method, k, seed``; ``predicted`` adds ``kind, top_m``;
+    ``neuron`` adds ``kind, k, factor``.
+    """
+    for family, rx in _LINE_RES.items():
+        m = rx.fullmatch(line)
+        if m:
+            d = {k: (int(v) if k in ("k", "seed", "top_m", "factor") else v) for k, v in m.groupdict().items()}
+            return {"family": family, "mode": MODE[family], **d}
+    raise ValueError(f"not a frontier line: {line!r}")
+
+
+def line_cell(line: str, proj: str, share: float) -> Cell | None:
+    """The clustering cell a cluster line uses for ``proj`` at kept share ``share`` (None otherwise)."""
+    d = parse_line(line)
+    if "scope" not in d:
+        return None
+    return Cell(proj, d["scope"], d["method"], d["k"], float(share), d["seed"])
+
+
+def neuron_matches(config: dict) -> list[str]:
+    """``{kind}-k{K}-x{factor}`` names of the neuron predictors (one per kind, K and rank factor)."""
+    f, p = config["frontier"], config["predict"]
+    ks = sorted({int(c["k"]) for c in f["cells"] if c["method"] != "static"})
+    return [f"{kind}-k{k}-x{x}" for kind in p["kinds"] for k in ks for x in (1, int(p["neuron_larger"]))]
+
+
+def frontier_psets(config: dict) -> dict[str, list[str]]:
+    """``frontier.pset``: ``{name: [projections]}`` (``{}`` turns the frontier off)."""
+    return dict((config.get("frontier") or {}).get("pset") or {})
+
+
+def _seed(config: dict) -> int:
+    return int(config["predict"]["seed"])
+
+
+def _cell_specs(config: dict) -> list[tuple[str, str, int]]:
+    """``(scope, method, k)`` of every frontier cell line, with the static cell of each scope."""
+    specs = []
+    for c in config["frontier"]["cells"]:
+        specs.append((c["scope"], c["method"], int(c["k"])))
+    for scope in sorted({s for s, _, _ in specs}):
+        specs.append((scope, "static", 1))
+    return list(dict.fromkeys(specs))
+
+
+def frontier_cells(config: dict) -> list[Cell]:
+    """Clustering cells the frontier needs: each line cell at every kept share, per projection."""
+    out = []
+    for projs in frontier_psets(config).values():
+        for proj in projs:
+            for scope, method, k in _cell_specs(config):
+                for rho in config["frontier"]["kept_shares"]:
+                    out.append(Cell(proj, scope, method, k, float(rho), _seed(config)))
+    return list(dict.fromkeys(out))
+
+
+def predictor_cells(config: dict) -> list[tuple[Cell, str]]:
+    """``(cell, kind)`` of every cluster predictor to fit (no predictor for the static mask)."""
+    return [(c, kind) for c in frontier_cells(config) if c.method != "static" for kind in config["predict"]["kinds"]]
+
+
+@dataclass(frozen=True)
+class Point:
+    """One frontier point: ``pset`` masked by ``line`` at kept share ``share``."""
+
+    pset: str
+    line: str
+    share: float
+
+    @property
+    def key(self) -> str:
+        """``down_in/predicted-linear-m1.per_layer.apc-k128-s0/0.6``: the point's MLflow name."""
+        return f"frontier/{self.pset}/{self.line}/{density_label(self.share)}"
+
+
+def lines(config: dict) -> list[str]:
+    """Every line of the frontier, in plot order."""
+    seed, p = _seed(config), config["predict"]
+    out = ["threshold", "random"]
+    for scope, method, k in _cell_specs(config):
+        cell = f"{scope}.{method}-k{k}-s{seed}"
+        out.append(f"oracle.{cell}")
+        if method != "static":
+            out += [f"predicted-{kind}-m{m}.{cell}" for kind in p["kinds"] for m in p["top_m"]]
+    out += [f"neuron-{m}" for m in neuron_matches(config)]
+    return out
+
+
+def frontier_points(config: dict) -> list[Point]:
+    """Every point: each pset x line x kept share."""
+    return [Point(pset, line, float(rho)) for pset in frontier_psets(config) for line in lines(config)
+            for rho in config["frontier"]["kept_shares"]]

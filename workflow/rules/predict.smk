@@ -1,0 +1,73 @@
+# Predictors of the compute-quality frontier (apc.prediction): FFN inputs per split, magnitude
+# thresholds per kept share, a cluster-id predictor per (frontier cell, kind), neuron predictors.
+
+
+rule extract_ffn_inputs:
+    input:
+        model=L.manifest(),
+        tokens=L.tokens("{split}"),
+    output:
+        directory(L.ffn_inputs("{split}")),
+    params:
+        device=C["device"],
+        dataset=dataset_name(C["data"]),
+    threads: C["threads"]
+    log:
+        L.log("extract_ffn_inputs", split="{split}"),
+    script:
+        "../scripts/extract_ffn_inputs.py"
+
+
+rule calibrate_kept_shares:
+    input:
+        model=L.manifest(),
+        tokens=L.tokens("train"),
+    output:
+        L.thresholds_kept(),
+    params:
+        projections=sorted({q for ps in frontier_psets(C).values() for q in ps}),
+        kept_shares=C["frontier"]["kept_shares"],
+        histogram_bits=C["extract"]["histogram_bits"],
+        device=C["device"],
+    threads: C["threads"]
+    log:
+        L.log("calibrate_kept_shares"),
+    script:
+        "../scripts/calibrate_kept_shares.py"
+
+
+rule fit_cluster_predictor:
+    input:
+        centroids=L.centroids(W),
+        ffn=[L.ffn_inputs(s) for s in SPLITS],
+        patterns=[L.patterns(s) for s in SPLITS],
+    output:
+        predictor=L.cluster_predictor(W, "{kind}"),
+        report=L.cluster_predictor_report(W, "{kind}"),
+    params:
+        predict=predict_settings(),
+        cell_key=lambda wc: Cell(wc.proj, wc.scope, wc.method, int(wc.k), float(wc.density), int(wc.seed)).key,
+        device=C["device"],
+    threads: 1  # fitting many small layers: more threads were slower under load
+    log:
+        L.log("fit_cluster_predictor_{kind}", W),
+    script:
+        "../scripts/fit_cluster_predictor.py"
+
+
+rule fit_neuron_predictor:
+    input:
+        ffn=[L.ffn_inputs(s) for s in SPLITS],
+        patterns=[L.patterns(s) for s in SPLITS],
+    output:
+        predictor=L.neuron_predictor("{proj}", "{kind}-k{k}-x{factor}", "{seed}"),
+        report=L.neuron_predictor_report("{proj}", "{kind}-k{k}-x{factor}", "{seed}"),
+    params:
+        predict=predict_settings(),
+        densities=C["frontier"]["kept_shares"],
+        device=C["device"],
+    threads: 1
+    log:
+        L.log("fit_neuron_predictor", proj="{proj}", kind="{kind}", k="{k}", factor="{factor}", seed="{seed}"),
+    script:
+        "../scripts/fit_neuron_predictor.py"
