@@ -26,6 +26,7 @@ localrules:
     summary,
     plots,
     track,
+    frontier_table,
 
 
 rule all:

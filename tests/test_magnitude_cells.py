@@ -15,7 +15,7 @@ from apc.clustering.sources import weighted_layer
 from apc.common.atomic import write_json
 from apc.common.config import ConfigError, resolve
 from apc.common.layout import Cell
-from apc.common.sweep import cluster_cells, perplexity_cells
+from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
 from apc.evaluation.evaluate import evaluate_cell
 from apc.extraction.extract import calibrate_thresholds, extract_patterns
 from apc.extraction.magnitudes import down_column_norms
@@ -39,7 +39,7 @@ def res(preset="default", **over):
 
 def test_default_adds_down_in_weighted_and_product_cells_without_multiplying_the_sweep():
     c = res()
-    cells = cluster_cells(c)
+    cells = grid_cells(c)
     down_in = {x for x in cells if x.proj == "down_in"}
     assert {(x.method, x.k) for x in down_in} == {("apc", 128), ("apc_weighted", 128), ("apc_product", 64)}
     assert all(x.scope == "per_layer" for x in down_in)
@@ -54,7 +54,7 @@ def test_default_adds_down_in_weighted_and_product_cells_without_multiplying_the
 
 def test_magnitude_preset_compares_every_variant_at_equal_id_bits():
     c = res("magnitude")
-    cells = cluster_cells(c)
+    cells = grid_cells(c)
     methods = {x.method for x in cells}
     assert methods == {"apc", "apc_weighted", "apc_wout", "apc_product"}
     assert {x.density for x in cells if x.method == "apc_wout"} == {0.5, 0.6, 0.7, 0.8}

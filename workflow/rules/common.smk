@@ -175,6 +175,18 @@ def pattern_job(n_patterns, k, chunk_size, iterations=1, resident=0):
     return gpu_job(mem, 10 + 2 * 2 * n_patterns * k * width * iterations / flop_rate / 60)
 
 
+def predictor_job(tokens=None):
+    """A job that fits (or evaluates) one predictor per layer on the train split: one layer's FFN inputs
+    (float32) and packed patterns in RAM, epochs of small products."""
+    c = C["predict"]
+    n = _tokens(c["max_train_tokens"] or tokens or C["data"]["train_tokens"])
+    d_model = N_PARAMS / max(1, N_LAYERS) / (3 * FFN_WIDTH) if N_PARAMS else 4096  # from the MLP weights
+    mem = 2048 + n * (4 * d_model + FFN_WIDTH / 8) / MB * 2
+    flop_rate = 2e13 if GPU else 1e10
+    epochs = c["fit"].get("epochs", 8)
+    return gpu_job(mem, 10 + N_LAYERS * 6 * n * d_model * FFN_WIDTH / 8 * epochs / flop_rate / 60)
+
+
 def cluster_resources(wc):
     c = C["cluster"]
     n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"]))
@@ -200,3 +212,28 @@ def ppl_centroid_inputs(wc):
     """The centroid files a perplexity cell masks with: one per projection of its set."""
     cells = {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
     return {**cells, **norms_input(wc.method)}
+
+
+def frontier_point_inputs(wc):
+    d = parse_line(wc.line)
+    share = float(wc.share)
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
+    if d["family"] == "threshold":
+        ins["kept"] = L.thresholds_kept()
+    for q in frontier_psets(C)[wc.pset]:
+        cell = line_cell(wc.line, q, share)
+        if cell is not None:
+            ins[f"centroids_{q}"] = L.centroids(cell)
+        if d["family"] == "predicted":
+            ins[f"predictor_{q}"] = L.cluster_predictor(cell, d["kind"])
+            ins[f"report_{q}"] = L.cluster_predictor_report(cell, d["kind"])
+        elif d["family"] == "neuron":
+            match = wc.line[len("neuron-"):]
+            ins[f"predictor_{q}"] = L.neuron_predictor(q, match, C["predict"]["seed"])
+            ins[f"report_{q}"] = L.neuron_predictor_report(q, match, C["predict"]["seed"])
+    return ins
+
+
+def frontier_point_cells(wc):
+    cells = {q: line_cell(wc.line, q, float(wc.share)) for q in frontier_psets(C)[wc.pset]}
+    return {q: c.key for q, c in cells.items() if c is not None}

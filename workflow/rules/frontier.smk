@@ -2,31 +2,6 @@
 # frontier table; the frontier plot is drawn by the plots rule.
 
 
-def frontier_point_inputs(wc):
-    d = parse_line(wc.line)
-    share = float(wc.share)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
-    if d["family"] == "threshold":
-        ins["kept"] = L.thresholds_kept()
-    for q in frontier_psets(C)[wc.pset]:
-        cell = line_cell(wc.line, q, share)
-        if cell is not None:
-            ins[f"centroids_{q}"] = L.centroids(cell)
-        if d["family"] == "predicted":
-            ins[f"predictor_{q}"] = L.cluster_predictor(cell, d["kind"])
-            ins[f"report_{q}"] = L.cluster_predictor_report(cell, d["kind"])
-        elif d["family"] == "neuron":
-            match = wc.line[len("neuron-"):]
-            ins[f"predictor_{q}"] = L.neuron_predictor(q, match, C["predict"]["seed"])
-            ins[f"report_{q}"] = L.neuron_predictor_report(q, match, C["predict"]["seed"])
-    return ins
-
-
-def frontier_point_cells(wc):
-    cells = {q: line_cell(wc.line, q, float(wc.share)) for q in frontier_psets(C)[wc.pset]}
-    return {q: c.key for q, c in cells.items() if c is not None}
-
-
 rule frontier_point:
     input:
         unpack(frontier_point_inputs),
@@ -42,6 +17,10 @@ rule frontier_point:
     threads: 1
     log:
         L.log("frontier_point", pset="{pset}", line="{line}", share="{share}"),
+    resources:
+        **model_job(C["frontier"]["test_tokens"] or ppl_tokens()),
+    benchmark:
+        L.benchmark("frontier_point", pset="{pset}", line="{line}", share="{share}")
     script:
         "../scripts/frontier_point.py"
 
@@ -55,5 +34,9 @@ rule frontier_table:
         report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
     log:
         L.log("frontier_table"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("frontier_table")
     script:
         "../scripts/frontier_table.py"

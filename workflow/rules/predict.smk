@@ -14,6 +14,10 @@ rule extract_ffn_inputs:
     threads: C["threads"]
     log:
         L.log("extract_ffn_inputs", split="{split}"),
+    resources:
+        **model_job(C["data"]["train_tokens"]),
+    benchmark:
+        L.benchmark("extract_ffn_inputs", split="{split}")
     script:
         "../scripts/extract_ffn_inputs.py"
 
@@ -32,6 +36,10 @@ rule calibrate_kept_shares:
     threads: C["threads"]
     log:
         L.log("calibrate_kept_shares"),
+    resources:
+        **model_job(C["data"]["train_tokens"]),
+    benchmark:
+        L.benchmark("calibrate_kept_shares")
     script:
         "../scripts/calibrate_kept_shares.py"
 
@@ -51,6 +59,10 @@ rule fit_cluster_predictor:
     threads: 1  # fitting many small layers: more threads were slower under load
     log:
         L.log("fit_cluster_predictor_{kind}", W),
+    resources:
+        **predictor_job(),
+    benchmark:
+        L.benchmark("fit_cluster_predictor_{kind}", W)
     script:
         "../scripts/fit_cluster_predictor.py"
 
@@ -69,5 +81,9 @@ rule fit_neuron_predictor:
     threads: 1
     log:
         L.log("fit_neuron_predictor", proj="{proj}", kind="{kind}", k="{k}", factor="{factor}", seed="{seed}"),
+    resources:
+        **predictor_job(),
+    benchmark:
+        L.benchmark("fit_neuron_predictor", proj="{proj}", kind="{kind}", k="{k}", factor="{factor}", seed="{seed}")
     script:
         "../scripts/fit_neuron_predictor.py"
