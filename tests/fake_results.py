@@ -106,7 +106,7 @@ def build_fake_results(
         "projections": list(projections), "scopes": list(scopes), "methods": list(methods),
         "k": sorted({k for m, ks in methods.items() if m != "static" for k in ks}) or [1], "seeds": list(seeds)},
         "extract": {"projections": list(projections), "magnitudes": [p for p in ("down_in",) if p in projections]},
-        "perplexity": {"psets": {k: list(v) for k, v in psets.items()}},
+        "perplexity": {"psets": {k: list(v) for k, v in psets.items()}, "cells": "all"},
         "frontier": {"pset": {}}}, root=ROOT)
     write_json(out / "config.json", config)
     return {"config": config, "cells": cells, "ppl_cells": ppl_cells,
