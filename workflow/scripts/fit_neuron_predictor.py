@@ -11,7 +11,7 @@ ffn_root, pattern_root = snakemake.input.ffn[0].rsplit("/", 1)[0], snakemake.inp
 d_model = FfnInputReader(ffn_input_path(ffn_root, "train", 0)).width
 d_ff = PatternReader(pattern_path(pattern_root, "train", wc.proj, 0)).width
 matched = ClusterPredictor(d_model, int(wc.k), wc.kind, p["hidden"])
-ranks = neuron_ranks(matched.flops_per_token(), d_model, d_ff, larger=p["neuron_larger"])
+ranks = neuron_ranks(matched.flops_per_token(), d_model, d_ff, larger=p["neuron_larger"] or 2)
 rank = ranks[0] * int(wc.factor)
 log.info("neuron predictor rank %d: %d x the rank matching the %s cluster predictor of K=%d (%d FLOPs/token)",
          rank, int(wc.factor), wc.kind, int(wc.k), matched.flops_per_token())

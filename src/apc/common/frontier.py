@@ -71,7 +71,8 @@ def neuron_matches(config: dict) -> list[str]:
     """``{kind}-k{K}-x{factor}`` names of the neuron predictors (one per kind, K and rank factor)."""
     f, p = config["frontier"], config["predict"]
     ks = sorted({int(c["k"]) for c in f["cells"] if c["method"] != "static"})
-    return [f"{kind}-k{k}-x{x}" for kind in p["kinds"] for k in ks for x in (1, int(p["neuron_larger"]))]
+    factors = (1, int(p["neuron_larger"])) if p["neuron_larger"] else (1,)
+    return [f"{kind}-k{k}-x{x}" for kind in p["kinds"] for k in ks for x in factors]
 
 
 def frontier_psets(config: dict) -> dict[str, list[str]]:
