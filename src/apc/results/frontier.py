@@ -62,6 +62,16 @@ def _label(line: str) -> str:
     return d["family"]
 
 
+def _on_windows(ref: dict, n: int) -> float:
+    """A reference perplexity on its first ``n`` windows, the ones the frontier points score
+    (every result scores the first windows of the same test split); all of them when it has fewer."""
+    from apc.perplexity.intervals import ppl_of
+
+    if n and "window_nll_sum" in ref and n < len(ref["window_nll_sum"]):
+        return ppl_of(ref["window_nll_sum"][:n], ref["window_tokens"][:n])
+    return float(ref["ppl"])
+
+
 def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: dict | None, path: Path) -> Path:
     """Perplexity (log y, 95 % interval bars) against the FFN compute share spent, one line per line
     of ``pset``; dense at share 1 and true sparse at its kept share as reference lines."""
@@ -77,12 +87,14 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
         err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
         ax.errorbar(g["compute_share"], y, yerr=err, marker="o", ms=4, capsize=3,
                     ls=styles.get(g["family"].iloc[0], "-"), label=_label(line))
+    n = int(rows["windows"].max()) if len(rows) else 0
     if dense is not None:
-        ax.axhline(dense["ppl"], color="black", lw=1, label=f"dense ({dense['ppl']:.2f})")
+        d = _on_windows(dense, n)
+        ax.axhline(d, color="black", lw=1, label=f"dense ({d:.2f})")
     if sparse is not None:
         kept = np.mean(list((sparse.get("kept") or {1.0: 1.0}).values()))
-        ax.axhline(sparse["ppl"], color="grey", lw=1, ls="--",
-                   label=f"true sparse ({sparse['ppl']:.2f}, kept {kept:.2f}, needs the full FFN)")
+        sp = _on_windows(sparse, n)
+        ax.axhline(sp, color="grey", lw=1, ls="--", label=f"true sparse ({sp:.2f}, kept {kept:.2f}, needs the full FFN)")
     ax.set_yscale("log")
     ax.set_xlabel("FFN compute share spent (kept neurons + predictor FLOPs)")
     ax.set_ylabel("perplexity (test, 95 % CI)")

@@ -60,13 +60,19 @@ def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 
 
 def _interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
-    """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, and its paired ratio to dense."""
+    """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, and its paired ratio to dense.
+
+    Every result scores the first windows of the same test split, so a result on fewer windows
+    than dense is paired with dense's first windows; on more windows there is no pairing and no ratio.
+    """
     out = {prefix: result.get("ppl"), f"{prefix}_lo": result.get("ppl_lo"), f"{prefix}_hi": result.get("ppl_hi")}
     if dense is not None and "window_nll_sum" in result and "window_nll_sum" in dense:
-        r, lo, hi = bootstrap_ratio(result["window_nll_sum"], result["window_tokens"],
-                                    dense["window_nll_sum"], dense["window_tokens"])
-        name = "ratio" + prefix[len("ppl"):]
-        out.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
+        n = len(result["window_nll_sum"])
+        if n <= len(dense["window_nll_sum"]):
+            r, lo, hi = bootstrap_ratio(result["window_nll_sum"], result["window_tokens"],
+                                        dense["window_nll_sum"][:n], dense["window_tokens"][:n])
+            name = "ratio" + prefix[len("ppl"):]
+            out.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
     return out
 
 
