@@ -221,10 +221,10 @@ def _check_paths(config: dict, root: Path) -> None:
     missing = [p for p in config["extract"].get("magnitudes", []) if p not in config["extract"]["projections"]]
     if missing:
         raise ConfigError(f"config key 'extract.magnitudes': {missing} are not extracted (extract.projections)")
-    _check_methods(config)
     from apc.clustering.registry import available_methods
 
-    _check_frontier(config, available_methods())
+    _check_frontier(config, available_methods())  # first: frontier cells join the sweep checked below
+    _check_methods(config)
 
 
 def _check_methods(config: dict) -> None:
