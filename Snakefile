@@ -18,7 +18,8 @@ include: "workflow/rules/results.smk"
 
 
 # Jobs that reach the hub (prepare_model downloads, prepare_data may) or the tracking server, and the
-# second-long aggregations, run on the submitting machine under a cluster executor.
+# second-long aggregations (perplexity_cell splits a batch file), run on the submitting machine
+# under a cluster executor.
 localrules:
     prepare_model,
     prepare_data,
@@ -27,6 +28,7 @@ localrules:
     plots,
     track,
     frontier_table,
+    perplexity_cell,
 
 
 rule all:

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from apc.clustering import PackedPatterns, cluster, top_n_mask
+from apc.clustering.common import top_n_masks
 from apc.clustering.engine import ACCUMULATE, assign_pass
 from apc.clustering.kernels import FP8_ONE, INT8_ONE, segment_bit_sums, unpack_operand
 from apc.clustering.lowp import MATMULS, ExactProduct, resolve_matmul
@@ -104,6 +105,19 @@ def test_segment_bit_sums_equal_index_add():
     assert torch.equal(sums.long(), ref + 2)
     with pytest.raises(ValueError, match="idx has shape"):
         segment_bit_sums(torch.from_numpy(np.packbits(bits, axis=1)), idx[:5], sums)
+
+
+def test_top_n_masks_of_one_sort_equal_one_mask_per_count():
+    rng = np.random.RandomState(3)
+    score = torch.from_numpy(rng.randint(0, 5, size=(40, 37))).double()  # many ties
+    score[:5] = torch.from_numpy(rng.randn(5, 37))
+    counts = [1, 9, 18, 37]
+    masks = top_n_masks(score, counts)
+    for n_keep, mask in zip(counts, masks):
+        assert torch.equal(mask, top_n_mask(score, n_keep))
+        assert (mask.sum(1) == n_keep).all()
+    with pytest.raises(ValueError, match="n_keep"):
+        top_n_masks(score, [0])
 
 
 @pytest.mark.parametrize("n_keep", [1, 7, 20])

@@ -228,3 +228,20 @@ def test_ratios_to_sparse_pair_the_windows_of_each_cell(tmp_path):
         assert row["ppl"] == m["ppl"] and row["groups"] == 1
     best = best_per_method(table, max_share=1.0)
     assert list(best["ppl"]) == [table[table["method"] == m]["ppl"].min() for m in best["method"]]
+
+
+def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
+    from apc.common.sweep import perplexity_batch_of, perplexity_batches
+
+    raw = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for size, want in ((2, {"paper": [2, 2], "down_in": [2, 1]}), (None, {"paper": [4], "down_in": [3]}),
+                       (1, {"paper": [1] * 4, "down_in": [1] * 3})):
+        c = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": {"batch_cells": size}}, root=ROOT)
+        batches = perplexity_batches(c)
+        assert {p: [len(cells) for q, _, cells in batches if q == p] for p in want} == want
+        flat = [(p, cell.group) for p, _, cells in batches for cell in cells]
+        assert flat == [(p, cell.group) for p, cell in perplexity_cells(c)]  # every cell once, in order
+        for p, batch, cells in batches:
+            assert all(perplexity_batch_of(c, p, cell) == batch for cell in cells)
+    with pytest.raises(KeyError, match="not a perplexity cell"):
+        perplexity_batch_of(c, "paper", Cell("", "per_layer", "apc", 999, 0.6, 0))

@@ -126,3 +126,32 @@ def test_validation(model):
 def test_progress_bar_runs(model):
     res = score_windows(model, _windows(n=2), bos=True, progress=True)
     assert res["windows"] == 2
+
+
+def test_a_batch_of_cells_scores_each_cell_as_alone(model):
+    """Cells scored together with one model load give exactly the perplexities of one cell per job."""
+    from apc.perplexity.protocol import batch_entry, score_cell, score_cells
+
+    w = _windows(n=2, s=17)
+    g = torch.Generator().manual_seed(4)
+    thresholds = {q: [0.02, 0.02, 0.02] for q in ("gate", "up")}
+    cells = [{"centroids": {q: torch.rand(3, 4, 44, generator=g) < 0.6 for q in ("gate", "up")}, "seed": s}
+             for s in (0, 1)]
+    cells.append({"centroids": {q: torch.rand(1, 2, 44, generator=g) < 0.5 for q in ("gate", "up")}, "seed": 2})
+    kw = dict(bos=True, projections=["gate", "up"], thresholds=thresholds)
+    modes = ["centroid", "centroid_only", "random"]
+    dense_before = score_windows(model, w, bos=True, progress=False)["ppl"]
+    batch = score_cells(model, w, modes, cells=cells, **kw)
+    alone = [score_cell(model, w, modes, **kw, **cell) for cell in reversed(cells)][::-1]
+    for b, a in zip(batch, alone):
+        for m in modes:
+            assert b[m]["window_nll_sum"] == a[m]["window_nll_sum"] and b[m]["ppl"] == a[m]["ppl"], m
+    assert batch[0]["centroid_only"]["ppl"] != batch[1]["centroid_only"]["ppl"]  # the cells differ
+    assert score_windows(model, w, bos=True, progress=False)["ppl"] == dense_before  # no hook left behind
+    # one file per cell out of the batch file
+    stored = {"cuda_max_memory_allocated_bytes": 7, "cells": [
+        {"scope": "per_layer", "method": "apc", "k": 4, "density": 0.6, "seed": s, "modes": r} for s, r in enumerate(batch)]}
+    one = batch_entry(stored, scope="per_layer", method="apc", k=4, density=0.6, seed=1)
+    assert one["modes"] is batch[1] and one["batch_cells"] == 3 and one["cuda_max_memory_allocated_bytes"] == 7
+    with pytest.raises(KeyError, match="no cell"):
+        batch_entry(stored, scope="pooled", method="apc", k=4, density=0.6, seed=1)

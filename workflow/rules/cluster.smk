@@ -12,6 +12,7 @@ rule cluster:
         cluster=lambda wc: cluster_settings(wc.method),
         device=C["device"],
     threads: 1
+    priority: 30
     log:
         L.log("cluster", W),
     resources:

@@ -17,6 +17,7 @@ from apc.common.config import ConfigError, load_schema, resolve
 from apc.common.frontier import frontier_psets, line_cell, parse_line
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
+from apc.common.sweep import perplexity_batch_of, perplexity_batches
 from apc.common.rulekit import dataset_name
 from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
@@ -48,6 +49,7 @@ wildcard_constraints:
     factor=r"\d+",
     line=r"[A-Za-z0-9_.\-]+",
     share=r"[0-9.]+",
+    batch=r"b\d+",
 
 
 def cluster_settings(method):
@@ -120,6 +122,9 @@ onstart:
 # a GPU request.  A new step takes its defaults in one line of its `resources` directive, e.g.
 # `**model_job(tokens)`, `**gpu_job(mem_mb, minutes)` or `**cpu_job()`.  The sizes come from the
 # model's manifest once prepare_model has run, else from `model.params_b` and a 7B-class shape.
+# Rule priorities order the ready jobs: the model passes first (everything reads them), then the
+# long single-thread jobs (predictor fits, clustering, perplexity batches, frontier lines), so the
+# short evaluations fill the gaps instead of delaying the long ones to the end of the run.
 
 
 def _model_shape():
@@ -208,32 +213,65 @@ def ppl_tokens():
     return C["perplexity"]["test_tokens"] or C["data"]["test_tokens"]
 
 
-def ppl_centroid_inputs(wc):
-    """The centroid files a perplexity cell masks with: one per projection of its set."""
-    cells = {p: L.centroids(Cell(p, wc.scope, wc.method, wc.k, wc.density, wc.seed)) for p in C["perplexity"]["psets"][wc.pset]}
-    return {**cells, **norms_input(wc.method)}
+def _ppl_batch(wc):
+    for pset, batch, cells in perplexity_batches(C):
+        if pset == wc.pset and batch == wc.batch:
+            return cells
+    raise WorkflowError(f"perplexity batch {wc.pset}/{wc.batch} is not in this config (perplexity.cells, batch_cells)")
 
 
-def frontier_point_inputs(wc):
-    d = parse_line(wc.line)
-    share = float(wc.share)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
-    if d["family"] == "threshold":
-        ins["kept"] = L.thresholds_kept()
-    for q in frontier_psets(C)[wc.pset]:
-        cell = line_cell(wc.line, q, share)
-        if cell is not None:
-            ins[f"centroids_{q}"] = L.centroids(cell)
-        if d["family"] == "predicted":
-            ins[f"predictor_{q}"] = L.cluster_predictor(cell, d["kind"])
-            ins[f"report_{q}"] = L.cluster_predictor_report(cell, d["kind"])
-        elif d["family"] == "neuron":
-            match = wc.line[len("neuron-"):]
-            ins[f"predictor_{q}"] = L.neuron_predictor(q, match, C["predict"]["seed"])
-            ins[f"report_{q}"] = L.neuron_predictor_report(q, match, C["predict"]["seed"])
+def ppl_batch_inputs(wc):
+    """The centroid files a batch of perplexity cells masks with: ``c{i}_{proj}`` per cell and projection."""
+    ins = {}
+    for i, c in enumerate(_ppl_batch(wc)):
+        ins.update({f"c{i}_{q}": L.centroids(Cell(q, c.scope, c.method, c.k, c.density, c.seed))
+                    for q in C["perplexity"]["psets"][wc.pset]})
+        ins.update(norms_input(c.method))
     return ins
 
 
-def frontier_point_cells(wc):
-    cells = {q: line_cell(wc.line, q, float(wc.share)) for q in frontier_psets(C)[wc.pset]}
-    return {q: c.key for q, c in cells.items() if c is not None}
+def ppl_batch_cells(wc):
+    return [{"scope": c.scope, "method": c.method, "k": int(c.k), "density": float(c.density), "seed": int(c.seed)}
+            for c in _ppl_batch(wc)]
+
+
+def ppl_batch_resources(wc):
+    return model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"]) * len(_ppl_batch(wc)))
+
+
+def ppl_batch_of_cell(wc):
+    cell = Cell("", wc.scope, wc.method, int(wc.k), float(wc.density), int(wc.seed))
+    try:
+        return L.ppl_batch(wc.pset, perplexity_batch_of(C, wc.pset, cell))
+    except KeyError as err:
+        raise WorkflowError(str(err.args[0])) from None
+
+
+def frontier_line_inputs(wc):
+    """Inputs of one frontier line at every kept share: ``{name}_{proj}_{j}`` for share j."""
+    d = parse_line(wc.line)
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
+    if d["family"] == "threshold":
+        ins["kept"] = L.thresholds_kept()
+    for j, share in enumerate(C["frontier"]["kept_shares"]):
+        for q in frontier_psets(C)[wc.pset]:
+            cell = line_cell(wc.line, q, float(share))
+            if cell is not None:
+                ins[f"centroids_{q}_{j}"] = L.centroids(cell)
+            if d["family"] == "predicted":
+                ins[f"predictor_{q}_{j}"] = L.cluster_predictor(cell, d["kind"])
+                ins[f"report_{q}_{j}"] = L.cluster_predictor_report(cell, d["kind"])
+            elif d["family"] == "neuron":
+                match = wc.line[len("neuron-"):]
+                ins[f"predictor_{q}_{j}"] = L.neuron_predictor(q, match, C["predict"]["seed"])
+                ins[f"report_{q}_{j}"] = L.neuron_predictor_report(q, match, C["predict"]["seed"])
+    return ins
+
+
+def frontier_line_cells(wc):
+    """``[{proj: cell key}]`` per kept share: the clustering cells a cluster line links to."""
+    out = []
+    for share in C["frontier"]["kept_shares"]:
+        cells = {q: line_cell(wc.line, q, float(share)) for q in frontier_psets(C)[wc.pset]}
+        out.append({q: c.key for q, c in cells.items() if c is not None})
+    return out

@@ -22,6 +22,7 @@ rule down_norms:
         model=L.manifest(),
     output:
         L.down_norms(),
+    priority: 40
     log:
         L.log("down_norms"),
     resources:
@@ -63,6 +64,7 @@ rule calibrate_thresholds:
         extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],
     threads: C["threads"]
+    priority: 50
     log:
         L.log("calibrate_thresholds"),
     resources:
@@ -85,6 +87,7 @@ rule extract_patterns:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]
+    priority: 50
     log:
         L.log("extract_patterns", split="{split}"),
     resources:

@@ -1,28 +1,30 @@
-# The compute-quality frontier (apc.common.frontier): one perplexity job per point, the
-# frontier table; the frontier plot is drawn by the plots rule.
+# The compute-quality frontier (apc.common.frontier): one perplexity job per line (one model load,
+# one file per kept share), the frontier table; the frontier plot is drawn by the plots rule.
 
 
-rule frontier_point:
+rule frontier_line:
     input:
-        unpack(frontier_point_inputs),
+        unpack(frontier_line_inputs),
     output:
-        L.frontier_point("{pset}", "{line}", "{share}"),
+        [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
     params:
         test_tokens=C["frontier"]["test_tokens"],
         projections=lambda wc: frontier_psets(C)[wc.pset],
-        cells=frontier_point_cells,
+        shares=C["frontier"]["kept_shares"],
+        cells=frontier_line_cells,
         seed=C["predict"]["seed"],
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: 1
+    priority: 20
     log:
-        L.log("frontier_point", pset="{pset}", line="{line}", share="{share}"),
+        L.log("frontier_line", pset="{pset}", line="{line}"),
     resources:
-        **model_job(C["frontier"]["test_tokens"] or ppl_tokens()),
+        **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(C["frontier"]["kept_shares"])),
     benchmark:
-        L.benchmark("frontier_point", pset="{pset}", line="{line}", share="{share}")
+        L.benchmark("frontier_line", pset="{pset}", line="{line}")
     script:
-        "../scripts/frontier_point.py"
+        "../scripts/frontier_line.py"
 
 
 rule frontier_table:

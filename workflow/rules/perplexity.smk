@@ -1,5 +1,6 @@
 # Stage 4: perplexity on the held-out test split, dense, true sparse and under centroid masks
-# (apc.perplexity.protocol).
+# (apc.perplexity.protocol); cells are scored in batches (one model load each) and split into one
+# file per cell.
 
 
 rule perplexity_dense:
@@ -49,26 +50,44 @@ rule perplexity_sparse:
         "../scripts/perplexity.py"
 
 
-rule perplexity_cell:
+rule perplexity_batch:
     input:
-        unpack(ppl_centroid_inputs),
+        unpack(ppl_batch_inputs),
         model=L.manifest(),
         tokens=L.tokens("test"),
         thresholds=L.thresholds(),
     output:
-        L.ppl_cell("{pset}", W),
+        L.ppl_batch("{pset}", "{batch}"),
     params:
         ppl=ppl_settings(with_modes=True),
         device=C["device"],
         dataset=dataset_name(C["data"]),
-        mode="cell",
+        mode="batch",
         projections=lambda wc: C["perplexity"]["psets"][wc.pset],
+        cells=ppl_batch_cells,
     threads: 1
+    priority: 20
     log:
-        L.log("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}")),
+        L.log("perplexity_batch", pset="{pset}", batch="{batch}"),
     resources:
-        **model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"])),
+        **per_cell(ppl_batch_resources),
     benchmark:
-        L.benchmark("perplexity", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}"))
+        L.benchmark("perplexity_batch", pset="{pset}", batch="{batch}")
     script:
         "../scripts/perplexity.py"
+
+
+rule perplexity_cell:
+    # One file per cell, split out of its batch in the Snakemake process (no job start-up).
+    input:
+        ppl_batch_of_cell,
+    output:
+        L.ppl_cell("{pset}", W),
+    resources:
+        **cpu_job(1024, 5),
+    run:
+        from apc.common.atomic import read_json, write_json
+        from apc.perplexity.protocol import batch_entry
+
+        write_json(output[0], batch_entry(read_json(input[0]), scope=wildcards.scope, method=wildcards.method,
+                                          k=int(wildcards.k), density=float(wildcards.density), seed=int(wildcards.seed)))

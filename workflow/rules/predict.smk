@@ -12,6 +12,7 @@ rule extract_ffn_inputs:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]
+    priority: 50
     log:
         L.log("extract_ffn_inputs", split="{split}"),
     resources:
@@ -34,6 +35,7 @@ rule calibrate_kept_shares:
         histogram_bits=C["extract"]["histogram_bits"],
         device=C["device"],
     threads: C["threads"]
+    priority: 40
     log:
         L.log("calibrate_kept_shares"),
     resources:
@@ -57,6 +59,7 @@ rule fit_cluster_predictor:
         cell_key=lambda wc: Cell(wc.proj, wc.scope, wc.method, int(wc.k), float(wc.density), int(wc.seed)).key,
         device=C["device"],
     threads: 1  # fitting many small layers: more threads were slower under load
+    priority: 30
     log:
         L.log("fit_cluster_predictor_{kind}", W),
     resources:
@@ -79,6 +82,7 @@ rule fit_neuron_predictor:
         densities=C["frontier"]["kept_shares"],
         device=C["device"],
     threads: 1
+    priority: 40
     log:
         L.log("fit_neuron_predictor", proj="{proj}", kind="{kind}", k="{k}", factor="{factor}", seed="{seed}"),
     resources:

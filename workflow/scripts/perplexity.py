@@ -5,7 +5,7 @@ from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.rulekit import start
 from apc.extraction.model import cuda_peak_memory, load_model
-from apc.perplexity.protocol import score, score_cell, select_windows
+from apc.perplexity.protocol import score, score_cells, select_windows
 
 log = start(snakemake, "perplexity")
 p = snakemake.params
@@ -26,24 +26,30 @@ if p.mode in ("dense", "sparse"):
                                        thresholds=thresholds))
     if p.mode == "sparse":
         result.update(pset=snakemake.wildcards.pset, projections=projections)
-else:
-    wc = snakemake.wildcards
-    centroids, groups, assign_weights = {}, {}, {}
+else:  # a batch of cells, one model load; the perplexity_cell rule splits it into one file per cell
     norms_path = getattr(snakemake.input, "norms", None)
-    for q in projections:
-        bits, meta = load_centroids(snakemake.input[q])
-        if meta.get("model") not in (None, manifest["name"]):
-            raise ValueError(f"{snakemake.input[q]}: centroids of model {meta.get('model')!r}, not {manifest['name']!r}")
-        centroids[q] = torch.from_numpy(bits)
-        groups[q] = int(meta.get("product_groups", 1))
-        if meta.get("base_method") == "apc_weighted":  # oracle by least missed weight, as the cell was fitted
-            output = meta["options"].get("weighting", "magnitude") == "output"
-            assign_weights[q] = read_npy(norms_path) if output else None
-    modes = score_cell(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
-                       centroids=centroids, seed=int(wc.seed), groups=groups, assign_weights=assign_weights)
-    result.update(pset=wc.pset, projections=projections, method=wc.method, k=int(wc.k), density=float(wc.density), scope=wc.scope,
-                  seed=int(wc.seed), groups=groups,
-                  centroid_density={q: float(c.double().mean()) * groups[q] for q, c in centroids.items()},
-                  modes=modes)
+    cells, specs = [], []
+    for i, cell in enumerate(p.cells):
+        centroids, groups, assign_weights = {}, {}, {}
+        for q in projections:
+            path = snakemake.input[f"c{i}_{q}"]
+            bits, meta = load_centroids(path)
+            if meta.get("model") not in (None, manifest["name"]):
+                raise ValueError(f"{path}: centroids of model {meta.get('model')!r}, not {manifest['name']!r}")
+            centroids[q] = torch.from_numpy(bits)
+            groups[q] = int(meta.get("product_groups", 1))
+            if meta.get("base_method") == "apc_weighted":  # oracle by least missed weight, as the cell was fitted
+                output = meta["options"].get("weighting", "magnitude") == "output"
+                assign_weights[q] = read_npy(norms_path) if output else None
+        cells.append(cell)
+        specs.append({"centroids": centroids, "seed": int(cell["seed"]), "groups": groups, "assign_weights": assign_weights})
+    log.info("scoring %d cells of %s with one model load", len(cells), snakemake.wildcards.pset)
+    scored = score_cells(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
+                         cells=specs)
+    result.update(pset=snakemake.wildcards.pset, projections=projections, cells=[
+        {**result, "pset": snakemake.wildcards.pset, "projections": projections, **cell, "groups": spec["groups"],
+         "centroid_density": {q: float(c.double().mean()) * spec["groups"][q] for q, c in spec["centroids"].items()},
+         "modes": modes}
+        for cell, spec, modes in zip(cells, specs, scored)])
 result.update(cuda_peak_memory(device))
 write_json(snakemake.output[0], result)

@@ -17,6 +17,7 @@ __all__ = [
     "MAX_CHUNK",
     "density_to_count",
     "top_n_mask",
+    "top_n_masks",
     "cap_points",
     "check_inputs",
     "default_block_rows",
@@ -118,6 +119,21 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n_keep]
     mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     return mask.scatter_(1, order, True)
+
+
+def top_n_masks(score: torch.Tensor, counts) -> list[torch.Tensor]:
+    """:func:`top_n_mask` of float ``score: (n, width)`` for each of ``counts``, from one stable sort.
+
+    Returns one ``(n, width)`` bool mask per count, in the order given; the masks are nested
+    (a larger count keeps a superset), ties go to the lowest position.
+    """
+    width = score.shape[1]
+    for n_keep in counts:
+        if not 0 < n_keep <= width:
+            raise ValueError(f"n_keep must be in [1, {width}], got {n_keep}")
+    order = torch.argsort(score, dim=1, descending=True, stable=True)
+    rank = torch.empty_like(order).scatter_(1, order, torch.arange(width, device=score.device).expand_as(order))
+    return [rank < n_keep for n_keep in counts]
 
 
 def cap_points(points: torch.Tensor, n_keep: int, freq: torch.Tensor | None = None) -> torch.Tensor:

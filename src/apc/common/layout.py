@@ -159,6 +159,10 @@ class Layout:
         """Perplexity of ``pset`` masked with the centroids of ``c``'s group (``c.proj`` is not used)."""
         return self._p("ppl", pset, c.scope, f"{c.name}.json")
 
+    def ppl_batch(self, pset: str, batch: str) -> str:
+        """The perplexities of one batch of cells of ``pset``, scored with one model load."""
+        return self._p("ppl", pset, "batches", f"{batch}.json")
+
     def frontier_point(self, pset: str, line: str, share) -> str:
         """One point of the compute-quality frontier (:mod:`apc.common.frontier`)."""
         return self._p("frontier", pset, line, f"{density_label(share)}.json")

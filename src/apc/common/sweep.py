@@ -96,3 +96,29 @@ def perplexity_cells(config: dict) -> list[tuple[str, Cell]]:
     # a set is masked with a group only where the group has a cell for each of the set's projections
     return [(pset, Cell("", *g)) for pset, projs in p["psets"].items() for g in sorted(groups)
             if all((g, q) in have for q in projs)]
+
+
+def perplexity_batches(config: dict) -> list[tuple[str, str, list[Cell]]]:
+    """``(pset, batch id, cells)``: each set's perplexity cells in chunks of ``perplexity.batch_cells``.
+
+    A batch is scored in one job with one model load; ``batch_cells: null`` puts every cell of
+    a set in one batch, ``1`` gives one job per cell.  Ids are ``b0``, ``b1``, ... in the order
+    of :func:`perplexity_cells`.
+    """
+    size = config["perplexity"].get("batch_cells")
+    by_set: dict[str, list[Cell]] = {}
+    for pset, cell in perplexity_cells(config):
+        by_set.setdefault(pset, []).append(cell)
+    out = []
+    for pset, cells in by_set.items():
+        step = int(size) if size else len(cells)
+        out += [(pset, f"b{i // step}", cells[i : i + step]) for i in range(0, len(cells), step)]
+    return out
+
+
+def perplexity_batch_of(config: dict, pset: str, cell: Cell) -> str:
+    """The id of the batch that scores ``cell`` on ``pset``; ``KeyError`` for a cell outside the sweep."""
+    for p, batch, cells in perplexity_batches(config):
+        if p == pset and any(c.group == cell.group for c in cells):
+            return batch
+    raise KeyError(f"{pset}/{cell.scope}/{cell.name} is not a perplexity cell of this config (perplexity.cells)")

@@ -1,6 +1,7 @@
 """The perplexity protocol of the study: which windows, which masks, what each result holds.
 
 * Windows: the first ``test_tokens // seq_len`` windows of the test split (all when None).
+* Cells are scored in batches, several per model load (:func:`score_cells`).
 * References: ``dense`` (no hook) and ``sparse`` (true thresholded masks of a projection set).
 * A cell: the projection set masked with one clustering cell's centroids per projection, in the
   modes ``centroid_only`` (the centroid mask alone), ``centroid`` (true mask AND centroid mask)
@@ -13,11 +14,12 @@ Every result keeps the per-window NLL sums and token counts and a bootstrap inte
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from apc.common.progress import get_logger
+from apc.common.progress import get_logger, progress
 from apc.extraction.corpus import check_budget
 from apc.perplexity.intervals import bootstrap_ppl
 from apc.perplexity.masking import install_interventions
@@ -94,3 +96,26 @@ def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pro
         if mode == "centroid_only":
             density, source = dict(results[mode]["kept"]), "assigned centroids (centroid_only kept share)"
     return {m: results[m] for m in modes}
+
+
+def score_cells(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
+                cells: Sequence[dict]) -> list[dict[str, dict]]:
+    """:func:`score_cell` for each of ``cells`` with one model: a batch of cells per model load.
+
+    ``cells``: dicts of :func:`score_cell`'s per-cell arguments (``centroids``, ``seed`` and
+    optionally ``groups``, ``assign_weights``).  Every cell sees the model as loaded: its hooks
+    are removed before the next cell, so a cell's result does not depend on the batch it is in.
+    """
+    return [score_cell(model, windows, modes, bos=bos, projections=projections, thresholds=thresholds, **cell)
+            for cell in progress(cells, desc="perplexity cells", unit="cell", disable=len(cells) < 2)]
+
+
+def batch_entry(batch: dict, *, scope: str, method: str, k: int, density: float, seed: int) -> dict:
+    """One cell's result out of a batch file's dict (as :func:`score_cells` wrote it), with the
+    batch's job-level fields (e.g. ``cuda_max_memory_allocated_bytes``) and ``batch_cells``."""
+    want = (scope, method, int(k), float(density), int(seed))
+    for cell in batch.get("cells", []):
+        if (cell["scope"], cell["method"], int(cell["k"]), float(cell["density"]), int(cell["seed"])) == want:
+            job = {key: v for key, v in batch.items() if key.startswith("cuda_")}
+            return {**cell, **job, "batch_cells": len(batch["cells"])}
+    raise KeyError(f"no cell {want} in this perplexity batch")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..clustering.common import density_to_count, top_n_mask
+from ..clustering.common import density_to_count, top_n_mask, top_n_masks
 from ..clustering.data import PackedPatterns
 from ..clustering.device import resolve_device
 from ..clustering.distance import nearest
@@ -124,8 +124,8 @@ def evaluate_neuron_predictor(
     predictor = predictor.to(dev).eval()
     sums = {d: CoverageSums() for d in keep}
     for x, bits in _lockstep(inputs, patterns, chunk_size, dev):
-        scores = predictor(x)
-        for d, k in keep.items():
-            sums[d] = sums[d] + mask_sums(bits, top_n_mask(scores, k))
+        masks = top_n_masks(predictor(x), list(keep.values()))  # one sort for every density
+        for d, mask in zip(keep, masks):
+            sums[d] = sums[d] + mask_sums(bits, mask)
     extra = {d: {"density": d, "n_keep": k} for d, k in keep.items()}
     return {"n_tokens": patterns.n, "masks": _rows(sums, extra), **predictor_cost(predictor, patterns.width)}
