@@ -234,8 +234,8 @@ def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
     from apc.common.sweep import perplexity_batch_of, perplexity_batches
 
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for size, want in ((2, {"paper": [2, 2], "down_in": [2, 1]}), (None, {"paper": [4], "down_in": [3]}),
-                       (1, {"paper": [1] * 4, "down_in": [1] * 3})):
+    for size, want in ((2, {"paper": [2, 1], "down_in": [2, 1]}), (None, {"paper": [3], "down_in": [3]}),
+                       (1, {"paper": [1] * 3, "down_in": [1] * 3})):
         c = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": {"batch_cells": size}}, root=ROOT)
         batches = perplexity_batches(c)
         assert {p: [len(cells) for q, _, cells in batches if q == p] for p in want} == want

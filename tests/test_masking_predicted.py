@@ -154,3 +154,19 @@ def test_predictor_modes_validate_their_inputs(model, thresholds):
         install_interventions(model, "threshold", **base)
     mods = mlp_projections(model)
     assert all(not m[p]._forward_hooks and not m[p]._forward_pre_hooks for m in mods for p in m)
+
+
+def test_kept_shares_from_saved_histograms_equal_a_second_pass(model, tmp_path):
+    """The workflow takes T_rho from the calibration pass's saved histograms: same tables as a pass of its own."""
+    from apc.extraction.extract import calibrate_thresholds, kept_shares_from_histograms
+
+    w = _windows(6, s=40, seed=3)
+    path = tmp_path / "thresholds_hist.npz"
+    calibrate_thresholds(model, w, ["gate", "down_in"], 0.5, skip_first=True, histograms_path=path)
+    direct = calibrate_kept_shares(model, w, ["down_in"], [0.4, 0.6, 0.8], skip_first=True)
+    saved = kept_shares_from_histograms(path, ["down_in"], [0.4, 0.6, 0.8])
+    assert saved["shares"] == direct["shares"] and saved["n_tokens"] == direct["n_tokens"] == 6 * 39
+    assert saved["method"] == direct["method"]
+    with pytest.raises(KeyError, match="no histograms of projection.*'up'"):
+        kept_shares_from_histograms(path, ["up"], [0.5])
+    assert [p.name for p in tmp_path.iterdir()] == ["thresholds_hist.npz"]  # no temporary left behind

@@ -130,7 +130,8 @@ def test_progress_bar_runs(model):
 
 def test_a_batch_of_cells_scores_each_cell_as_alone(model):
     """Cells scored together with one model load give exactly the perplexities of one cell per job."""
-    from apc.perplexity.protocol import batch_entry, score_cell, score_cells
+    from apc.perplexity.batches import batch_entry
+    from apc.perplexity.protocol import score_cell, score_cells
 
     w = _windows(n=2, s=17)
     g = torch.Generator().manual_seed(4)

@@ -59,7 +59,8 @@ rule calibrate_thresholds:
         model=L.manifest(),
         tokens=L.tokens("train"),
     output:
-        L.thresholds(),
+        thresholds=L.thresholds(),
+        histograms=L.threshold_histograms(),
     params:
         extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],

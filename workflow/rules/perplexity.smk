@@ -16,6 +16,7 @@ rule perplexity_dense:
         mode="dense",
         projections=[],
     threads: C["threads"]
+    priority: 50
     log:
         L.log("perplexity_dense"),
     resources:
@@ -40,6 +41,7 @@ rule perplexity_sparse:
         mode="sparse",
         projections=lambda wc: pset_projections(wc.pset),
     threads: C["threads"]
+    priority: 50
     log:
         L.log("perplexity_sparse", pset="{pset}"),
     resources:
@@ -78,16 +80,16 @@ rule perplexity_batch:
 
 
 rule perplexity_cell:
-    # One file per cell, split out of its batch in the Snakemake process (no job start-up).
+    # One file per cell, split out of its batch (JSON only: no torch to start).
     input:
         ppl_batch_of_cell,
     output:
         L.ppl_cell("{pset}", W),
+    log:
+        L.log("perplexity_cell", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}")),
     resources:
         **cpu_job(1024, 5),
-    run:
-        from apc.common.atomic import read_json, write_json
-        from apc.perplexity.protocol import batch_entry
-
-        write_json(output[0], batch_entry(read_json(input[0]), scope=wildcards.scope, method=wildcards.method,
-                                          k=int(wildcards.k), density=float(wildcards.density), seed=int(wildcards.seed)))
+    benchmark:
+        L.benchmark("perplexity_cell", Cell("{pset}", "{scope}", "{method}", "{k}", "{density}", "{seed}"))
+    script:
+        "../scripts/split_ppl_batch.py"

@@ -24,22 +24,18 @@ rule extract_ffn_inputs:
 
 
 rule calibrate_kept_shares:
+    # T_rho of the threshold line: other quantiles of the calibration pass's histograms (no model pass).
     input:
-        model=L.manifest(),
-        tokens=L.tokens("train"),
+        histograms=L.threshold_histograms(),
     output:
         L.thresholds_kept(),
     params:
         projections=sorted({q for ps in frontier_psets(C).values() for q in ps}),
         kept_shares=C["frontier"]["kept_shares"],
-        histogram_bits=C["extract"]["histogram_bits"],
-        device=C["device"],
-    threads: C["threads"]
-    priority: 40
     log:
         L.log("calibrate_kept_shares"),
     resources:
-        **model_job(C["data"]["train_tokens"]),
+        **cpu_job(),
     benchmark:
         L.benchmark("calibrate_kept_shares")
     script:

@@ -13,6 +13,6 @@ model, tok = load_model(snakemake.input.model, device=device)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
 result = calibrate_thresholds(
     model, windows, ex["projections"], ex["sparsity"], bits=ex["histogram_bits"],
-    skip_first=tok.bos_token_id is not None, device=device,
+    skip_first=tok.bos_token_id is not None, device=device, histograms_path=snakemake.output.histograms,
 )
-write_json(snakemake.output[0], {**result, **cuda_peak_memory(device)})
+write_json(snakemake.output.thresholds, {**result, **cuda_peak_memory(device)})

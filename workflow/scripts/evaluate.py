@@ -15,6 +15,7 @@ rows = evaluate_cell(Cell(wc.proj, wc.scope, wc.method, int(wc.k), float(wc.dens
                      dict(zip(p.splits, snakemake.input.patterns)), groups=int(meta.get("product_groups", 1)),
                      weighting=meta["options"].get("weighting", "magnitude") if weighted else None,
                      column_norms=read_npy(norms_path) if norms_path else None,
-                     device=p.device, chunk_size=p.eval["chunk_size"])
+                     device=p.device, chunk_size=p.eval["chunk_size"],
+                     max_tokens={"train": p.eval.get("max_train_tokens")})
 with atomic_path(snakemake.output[0], ".csv") as tmp:
     pd.DataFrame(rows).to_csv(tmp, index=False)

@@ -101,6 +101,10 @@ class Layout:
     def thresholds(self) -> str:
         return self._p("thresholds.json")
 
+    def threshold_histograms(self) -> str:
+        """The calibration pass's |x| histograms (non-empty bins), for other quantiles without a pass."""
+        return self._p("thresholds_hist.npz")
+
     def patterns(self, split: str) -> str:
         """Folder of the split's pattern store (``{proj}/L{layer:02d}.npy`` + ``extract.json``)."""
         return self._p("patterns", split)

@@ -17,12 +17,15 @@ log = get_logger("apc.evaluation.evaluate")
 
 def evaluate_cell(cell: Cell, centroids: np.ndarray, layers: list[int], pattern_dirs: dict[str, str | Path], *,
                   groups: int = 1, weighting: str | None = None, column_norms: np.ndarray | None = None,
-                  device: str = "auto", chunk_size: int = 16384) -> list[dict]:
+                  device: str = "auto", chunk_size: int = 16384, max_tokens: dict[str, int | None] | None = None,
+                  sample_seed: int = 0) -> list[dict]:
     """Rows ``{split, layer, projection, scope, method, k, groups, density, seed, **metrics}`` for every split.
 
     ``centroids: (n_sets, G*K, width) bool`` (n_sets = len(layers), or 1 shared by all layers;
     ``groups`` = G > 1 for a product cell, rows laid out by group, K = ``cell.k`` per group);
-    ``pattern_dirs: {split: pattern store folder}``.  Every stored token is scored, streamed in chunks.
+    ``pattern_dirs: {split: pattern store folder}``.  Every stored token is scored, streamed in chunks,
+    unless ``max_tokens[split]`` caps it: then a seeded uniform sample of that many tokens per layer
+    (seed ``sample_seed + layer``).
     Where the store holds the projection's magnitudes, rows gain ``mass_recall`` (weights |x|).
     ``weighting`` (``magnitude`` | ``output``, as the cell was fitted; needs the magnitudes) assigns each
     token the centroid that misses the least weight |x| (times ``column_norms[layer]``, ``(n_layers,
@@ -45,7 +48,8 @@ def evaluate_cell(cell: Cell, centroids: np.ndarray, layers: list[int], pattern_
             raise ValueError(f"config key 'extract.magnitudes': weighted assignment needs the magnitudes of "
                              f"projection {cell.proj!r}, not stored in {folder}")
         for i, (layer, path) in enumerate(zip(layers, layer_files(folder.parent, folder.name, cell.proj, layers))):
-            data = weighted_layer(path, None, 0) if has_mags else sample_layer(path, None, 0)
+            cap = (max_tokens or {}).get(split)
+            data = (weighted_layer if has_mags else sample_layer)(path, cap, sample_seed + int(layer))
             if data.width != centroids.shape[-1]:
                 raise ValueError(f"{path}: width {data.width} differs from the centroids' width {centroids.shape[-1]}")
             scale = np.asarray(column_norms)[layer] if weighting == "output" else None

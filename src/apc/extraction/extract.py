@@ -16,7 +16,8 @@ from apc.extraction.capture import ProjectionCapture
 from apc.extraction.magnitudes import MagnitudeWriter, magnitude_path
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
-from apc.extraction.thresholds import AbsQuantileHistogram, kept_share_tables, threshold_table
+from apc.extraction.thresholds import (AbsQuantileHistogram, kept_share_tables, load_histograms, save_histograms,
+                                      threshold_table)
 
 log = get_logger("apc.extraction.extract")
 
@@ -63,11 +64,14 @@ def calibrate_thresholds(
     bits: int = 10,
     skip_first: bool,
     device: str = "cpu",
+    histograms_path: str | Path | None = None,
 ) -> dict:
     """Per-(layer, projection) thresholds T with ``P(|x| < T) ≈ sparsity`` over the windows.
 
     ``windows: (n_windows, seq_len) int64``.  Returns ``{"sparsity", "method",
     "projections": {proj: [{layer, threshold, achieved_sparsity}]}, "n_tokens", "wall_time_s"}``.
+    With ``histograms_path`` the histograms are also saved there (:func:`save_histograms`), so
+    other quantiles (the kept shares of :func:`kept_shares_from_histograms`) need no second pass.
     """
     hists, n_tokens, wall = collect_histograms(model, windows, projections, bits=bits, skip_first=skip_first,
                                                device=device)
@@ -75,8 +79,18 @@ def calibrate_thresholds(
     worst = max(abs(r["achieved_sparsity"] - sparsity) for rows in table.values() for r in rows)
     log.info("thresholds for %d (layer, projection) pairs from %d tokens; worst |achieved - target| = %.2e",
              len(hists), n_tokens, worst)
+    if histograms_path is not None:
+        save_histograms(histograms_path, hists, n_tokens)
     return {"sparsity": sparsity, "method": _method(bits), "n_tokens": n_tokens, "wall_time_s": wall,
             "projections": table}
+
+
+def kept_shares_from_histograms(path: str | Path, projections: list[str], kept_shares: list[float]) -> dict:
+    """:func:`calibrate_kept_shares` from the histograms :func:`calibrate_thresholds` saved: same result, no pass."""
+    hists, n_tokens = load_histograms(path, projections)
+    bits = 23 - next(iter(hists.values())).shift
+    return {"method": _method(bits), "n_tokens": n_tokens, "wall_time_s": 0.0,
+            "shares": kept_share_tables(hists, list(kept_shares))}
 
 
 def calibrate_kept_shares(

@@ -15,6 +15,7 @@ exactly for the bins below.  Memory is ``2**(8 + bits)`` counts per
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
@@ -73,3 +74,47 @@ def kept_share_tables(hists: dict[tuple[str, int], AbsQuantileHistogram], kept_s
     if bad or not kept_shares:
         raise ValueError(f"kept_shares must be a non-empty list of shares in (0, 1], got {list(kept_shares)}")
     return [{"kept_share": float(r), "projections": threshold_table(hists, 1.0 - float(r))} for r in kept_shares]
+
+
+def save_histograms(path: str | os.PathLike, hists: dict[tuple[str, int], AbsQuantileHistogram], n_tokens: int) -> None:
+    """Write the histograms to ``path`` (``.npz``): the non-empty bins of each (projection, layer).
+
+    Written to a temporary and renamed into place.  :func:`load_histograms` reads them back with
+    the same counts, so every quantile taken later equals the one of the calibration pass.
+    """
+    from apc.common.atomic import atomic_path
+
+    arrays: dict[str, np.ndarray] = {"n_tokens": np.int64(n_tokens)}
+    for (proj, layer), h in sorted(hists.items()):
+        counts = h.counts.cpu().numpy()
+        idx = np.flatnonzero(counts)
+        arrays[f"{proj}/{layer}/bins"] = idx.astype(np.int32)
+        arrays[f"{proj}/{layer}/counts"] = counts[idx].astype(np.int64)
+        arrays[f"{proj}/{layer}/shift"] = np.int64(h.shift)
+    with atomic_path(path, ".npz") as tmp:
+        np.savez_compressed(tmp, **arrays)
+
+
+def load_histograms(path: str | os.PathLike, projections=None) -> tuple[dict[tuple[str, int], AbsQuantileHistogram], int]:
+    """``({(projection, layer): histogram}, n_tokens)`` from :func:`save_histograms`'s file.
+
+    ``projections``: only these (all when None); a projection that is not stored is a ``KeyError``
+    naming the file.
+    """
+    with np.load(path) as z:
+        keys = {tuple(k.split("/")[:2]) for k in z.files if k.count("/") == 2}
+        stored = {p for p, _ in keys}
+        missing = sorted(set(projections or ()) - stored)
+        if missing:
+            raise KeyError(f"{path}: no histograms of projection(s) {missing}; stored: {sorted(stored)}")
+        out = {}
+        for proj, layer in keys:
+            if projections is not None and proj not in projections:
+                continue
+            shift = int(z[f"{proj}/{layer}/shift"])
+            h = AbsQuantileHistogram(23 - shift)
+            counts = torch.zeros(h.bins, dtype=torch.int64)
+            counts[torch.from_numpy(z[f"{proj}/{layer}/bins"].astype(np.int64))] = torch.from_numpy(z[f"{proj}/{layer}/counts"])
+            h.counts, h.n = counts, int(counts.sum())
+            out[(proj, int(layer))] = h
+        return out, int(z["n_tokens"])

@@ -109,13 +109,3 @@ def score_cells(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pr
     return [score_cell(model, windows, modes, bos=bos, projections=projections, thresholds=thresholds, **cell)
             for cell in progress(cells, desc="perplexity cells", unit="cell", disable=len(cells) < 2)]
 
-
-def batch_entry(batch: dict, *, scope: str, method: str, k: int, density: float, seed: int) -> dict:
-    """One cell's result out of a batch file's dict (as :func:`score_cells` wrote it), with the
-    batch's job-level fields (e.g. ``cuda_max_memory_allocated_bytes``) and ``batch_cells``."""
-    want = (scope, method, int(k), float(density), int(seed))
-    for cell in batch.get("cells", []):
-        if (cell["scope"], cell["method"], int(cell["k"]), float(cell["density"]), int(cell["seed"])) == want:
-            job = {key: v for key, v in batch.items() if key.startswith("cuda_")}
-            return {**cell, **job, "batch_cells": len(batch["cells"])}
-    raise KeyError(f"no cell {want} in this perplexity batch")
