@@ -245,3 +245,27 @@ def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
             assert all(perplexity_batch_of(c, p, cell) == batch for cell in cells)
     with pytest.raises(KeyError, match="not a perplexity cell"):
         perplexity_batch_of(c, "paper", Cell("", "per_layer", "apc", 999, 0.6, 0))
+
+
+def test_evaluation_samples_train_apart_from_the_fit_sample(store):
+    """eval.max_train_tokens: a seeded sample per layer of train only, drawn apart from the clustering's own sample."""
+    from apc.clustering.sources import layer_files, sample_layer
+    from apc.evaluation.evaluate import EVAL_SAMPLE_SEED
+    from apc.evaluation.metrics import coverage_sums, metrics_from_sums
+
+    root, _, _ = store
+    dirs = {"train": root / "train", "test": root / "test"}
+    gate, meta = fit_cell(root / "train", "gate", "per_layer", "apc", 4, 0, density=0.5, options={}, **FIT)
+    cell = Cell("gate", "per_layer", "apc", 4, 0.5, 0)
+    full = evaluate_cell(cell, gate.numpy(), meta["layers"], dirs, device="cpu")
+    capped = evaluate_cell(cell, gate.numpy(), meta["layers"], dirs, device="cpu", max_tokens={"train": 7})
+    per_layer = [r for r in capped if r["layer"] != "all"]
+    assert all(r["n_tokens"] == 7 for r in per_layer if r["split"] == "train")
+    assert [r for r in capped if r["split"] == "test"] == [r for r in full if r["split"] == "test"]  # test stays whole
+    files = layer_files(root, "train", "gate", meta["layers"])
+    for r, layer, f in zip([r for r in per_layer if r["split"] == "train"], meta["layers"], files):
+        want = metrics_from_sums(coverage_sums(sample_layer(f, 7, EVAL_SAMPLE_SEED + layer), gate[layer].numpy(),
+                                               device="cpu"))
+        assert r["recall"] == pytest.approx(want["recall"]) and r["n_tokens"] == want["n_tokens"]
+        fit_rows = sample_layer(f, 7, 0 * 1_000_003 + layer).bits()  # the fit sample's seed for cell seed 0
+        assert not np.array_equal(sample_layer(f, 7, EVAL_SAMPLE_SEED + layer).bits(), fit_rows)

@@ -65,7 +65,7 @@ rule calibrate_thresholds:
         extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],
     threads: C["threads"]
-    priority: 50
+    priority: 60  # everything waits for it
     log:
         L.log("calibrate_thresholds"),
     resources:

@@ -14,11 +14,15 @@ from apc.evaluation.metrics import coverage_sums, metrics_from_sums
 
 log = get_logger("apc.evaluation.evaluate")
 
+#: Base seed of the evaluation samples (``max_tokens``): apart from the clustering's fit samples
+#: (cell seed * 1_000_003 + layer), so a sample holds fitted rows only in their share of the split.
+EVAL_SAMPLE_SEED = 7_777_777
+
 
 def evaluate_cell(cell: Cell, centroids: np.ndarray, layers: list[int], pattern_dirs: dict[str, str | Path], *,
                   groups: int = 1, weighting: str | None = None, column_norms: np.ndarray | None = None,
                   device: str = "auto", chunk_size: int = 16384, max_tokens: dict[str, int | None] | None = None,
-                  sample_seed: int = 0) -> list[dict]:
+                  sample_seed: int = EVAL_SAMPLE_SEED) -> list[dict]:
     """Rows ``{split, layer, projection, scope, method, k, groups, density, seed, **metrics}`` for every split.
 
     ``centroids: (n_sets, G*K, width) bool`` (n_sets = len(layers), or 1 shared by all layers;
