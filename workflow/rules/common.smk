@@ -145,12 +145,19 @@ def _uses_cuda():
 GPU = int(_uses_cuda())
 N_PARAMS, N_LAYERS, FFN_WIDTH = _model_shape()
 WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
-WHOLE_SPLIT_TOKENS = 4_000_000  # assumed for a `null` (whole split) token budget
+WHOLE_SPLIT_TOKENS = 1_000_000  # assumed for a `null` (whole split) budget until prepare_data has counted it
 MB = 2**20
 
 
-def _tokens(n):
-    return n if n is not None else WHOLE_SPLIT_TOKENS
+def _tokens(n, split="test"):
+    """A token budget; a `null` one is the split's size, counted by prepare_data (else assumed)."""
+    if n is not None:
+        return n
+    meta = Path(L.tokens_meta(split))
+    if meta.exists():
+        m = json.loads(meta.read_text())
+        return int(m["n_windows"]) * int(m["seq_len"])
+    return WHOLE_SPLIT_TOKENS
 
 
 def cpu_job(mem_mb=2048, runtime=10):
@@ -184,7 +191,7 @@ def predictor_job(tokens=None):
     """A job that fits (or evaluates) one predictor per layer on the train split: one layer's FFN inputs
     (float32) and packed patterns in RAM, epochs of small products."""
     c = C["predict"]
-    n = _tokens(c["max_train_tokens"] or tokens or C["data"]["train_tokens"])
+    n = c["max_train_tokens"] or tokens or _tokens(C["data"]["train_tokens"], "train")
     d_model = N_PARAMS / max(1, N_LAYERS) / (3 * FFN_WIDTH) if N_PARAMS else 4096  # from the MLP weights
     mem = 2048 + n * (4 * d_model + FFN_WIDTH / 8) / MB * 2
     flop_rate = 2e13 if GPU else 1e10
@@ -194,12 +201,12 @@ def predictor_job(tokens=None):
 
 def cluster_resources(wc):
     c = C["cluster"]
-    n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"]))
+    n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"], "train"))
     return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n)
 
 
 def evaluate_resources(wc):
-    tokens = sum(_tokens(C["data"][f"{s}_tokens"]) for s in C["eval"]["splits"])
+    tokens = sum(_tokens(C["data"][f"{s}_tokens"], s) for s in C["eval"]["splits"])
     return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"])  # streamed from disk
 
 
@@ -210,7 +217,7 @@ def per_cell(resources):
 
 
 def ppl_tokens():
-    return C["perplexity"]["test_tokens"] or C["data"]["test_tokens"]
+    return C["perplexity"]["test_tokens"] or _tokens(C["data"]["test_tokens"], "test")
 
 
 def _ppl_batch(wc):

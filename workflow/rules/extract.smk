@@ -92,7 +92,7 @@ rule extract_patterns:
     log:
         L.log("extract_patterns", split="{split}"),
     resources:
-        **model_job(max(_tokens(C["data"][f"{s}_tokens"]) for s in SPLITS)),
+        **model_job(max(_tokens(C["data"][f"{s}_tokens"], s) for s in SPLITS)),
     benchmark:
         L.benchmark("extract_patterns", split="{split}")
     script:

@@ -1,3 +1,5 @@
+from apc.clustering.device import resolve_device
+from apc.extraction.model import cuda_peak_memory
 from apc.common.atomic import write_json
 from apc.common.rulekit import start
 from apc.prediction import save_predictors, train_cluster_cell
@@ -11,4 +13,5 @@ preds, report = train_cluster_cell(
     hidden=p["hidden"], top_m=p["top_m"], seed=p["seed"], device=snakemake.params.device,
     max_train_tokens=p["max_train_tokens"], fit=p["fit"], chunk_size=p["chunk_size"])
 save_predictors(snakemake.output.predictor, preds, {"cell": snakemake.params.cell_key, "kind": wc.kind})
-write_json(snakemake.output.report, {"cell": snakemake.params.cell_key, **report, "total": summarize_report(report)})
+write_json(snakemake.output.report, {"cell": snakemake.params.cell_key, **report, "total": summarize_report(report),
+                                     **cuda_peak_memory(resolve_device(snakemake.params.device))})

@@ -1,3 +1,5 @@
+from apc.clustering.device import resolve_device
+from apc.extraction.model import cuda_peak_memory
 from apc.common.atomic import write_json
 from apc.common.rulekit import start
 from apc.extraction.ffn_inputs import FfnInputReader, ffn_input_path
@@ -21,4 +23,5 @@ preds, report = train_neuron_cell(
 meta = {"matched": {"kind": wc.kind, "k": int(wc.k), "flops_per_token": matched.flops_per_token()},
         "factor": int(wc.factor), "rank": rank}
 save_predictors(snakemake.output.predictor, preds, meta)
-write_json(snakemake.output.report, {**meta, **report, "total": summarize_report(report)})
+write_json(snakemake.output.report, {**meta, **report, "total": summarize_report(report),
+                                     **cuda_peak_memory(resolve_device(snakemake.params.device))})

@@ -4,7 +4,7 @@ from apc.clustering import load_centroids
 from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.rulekit import start
-from apc.extraction.model import load_model
+from apc.extraction.model import cuda_peak_memory, load_model
 from apc.perplexity.frontier import score_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
@@ -12,7 +12,8 @@ from apc.prediction import load_predictors
 log = start(snakemake, "frontier_line")
 p, wc, i = snakemake.params, snakemake.wildcards, snakemake.input
 manifest = read_json(i.model)
-model, tok = load_model(manifest, device=resolve_device(p.device))
+device = resolve_device(p.device)
+model, tok = load_model(manifest, device=device)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
 table = read_json(i.thresholds)["projections"]
@@ -42,4 +43,4 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
     result = score_point(model, windows, wc.line, share, bos=tok.bos_token_id is not None, projections=projections,
                          thresholds=thresholds, seed=p.seed, **kw)
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,
-                     "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in links.items() if c}, **result})
+                     "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in links.items() if c}, **result, **cuda_peak_memory(device)})
