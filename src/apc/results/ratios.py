@@ -53,7 +53,7 @@ def best_per_method(table: pd.DataFrame, max_share: float = 0.6) -> pd.DataFrame
 
 def main(argv: list[str]) -> None:
     outdir, pset, mode = argv[0], argv[1], (argv[2] if len(argv) > 2 else "centroid_only")
-    config = read_json(Layout(outdir).config())
+    config = {**read_json(Layout(outdir).config()), "outdir": outdir}  # the folder given, wherever it was written
     sparse = read_json(Layout(outdir).ppl_sparse(pset))
     table = ratios_to_sparse(config, pset, mode)
     print(f"true sparse {pset}: PPL {sparse['ppl']:.3f} over {sparse['tokens']} tokens, kept {sparse['kept']}")
