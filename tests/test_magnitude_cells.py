@@ -245,6 +245,13 @@ def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
             assert all(perplexity_batch_of(c, p, cell) == batch for cell in cells)
     with pytest.raises(KeyError, match="not a perplexity cell"):
         perplexity_batch_of(c, "paper", Cell("", "per_layer", "apc", 999, 0.6, 0))
+    # one cell per batch: a new cell in the sweep leaves every other cell's batch (id and contents) as it was
+    ppl = {"batch_cells": 1, "cells": "all", "psets": {"gate": ["gate"]}}
+    grown = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": ppl}, root=ROOT)
+    more = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": ppl, "cluster": {"k": [8, 16, 128]}}, root=ROOT)
+    before = {b: [x.group for x in cells] for _, b, cells in perplexity_batches(grown)}
+    after = {b: [x.group for x in cells] for _, b, cells in perplexity_batches(more)}
+    assert len(after) > len(before) and all(after.get(b) == g for b, g in before.items())
 
 
 def test_evaluation_samples_train_apart_from_the_fit_sample(store):

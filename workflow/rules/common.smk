@@ -49,7 +49,7 @@ wildcard_constraints:
     factor=r"\d+",
     line=r"[A-Za-z0-9_.\-]+",
     share=r"[0-9.]+",
-    batch=r"b\d+",
+    batch=r"b[0-9a-f]+",
 
 
 def cluster_settings(method):

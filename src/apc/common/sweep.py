@@ -102,8 +102,9 @@ def perplexity_batches(config: dict) -> list[tuple[str, str, list[Cell]]]:
     """``(pset, batch id, cells)``: each set's perplexity cells in chunks of ``perplexity.batch_cells``.
 
     A batch is scored in one job with one model load; ``batch_cells: null`` puts every cell of
-    a set in one batch, ``1`` gives one job per cell.  Ids are ``b0``, ``b1``, ... in the order
-    of :func:`perplexity_cells`.
+    a set in one batch, ``1`` gives one job per cell.  Cells are chunked in the order of
+    :func:`perplexity_cells`; a batch's id is ``b`` + a hash of its set and cells, so a batch
+    whose cells stay the same keeps its id (and its result) when other cells join the sweep.
     """
     size = config["perplexity"].get("batch_cells")
     by_set: dict[str, list[Cell]] = {}
@@ -112,8 +113,15 @@ def perplexity_batches(config: dict) -> list[tuple[str, str, list[Cell]]]:
     out = []
     for pset, cells in by_set.items():
         step = int(size) if size else len(cells)
-        out += [(pset, f"b{i // step}", cells[i : i + step]) for i in range(0, len(cells), step)]
+        out += [(pset, _batch_id(pset, cells[i : i + step]), cells[i : i + step]) for i in range(0, len(cells), step)]
     return out
+
+
+def _batch_id(pset: str, cells: list[Cell]) -> str:
+    import hashlib
+
+    blob = "|".join([pset, *(f"{c.scope}/{c.name}" for c in cells)])
+    return "b" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
 def perplexity_batch_of(config: dict, pset: str, cell: Cell) -> str:
