@@ -242,9 +242,9 @@ def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
         flat = [(p, cell.group) for p, _, cells in batches for cell in cells]
         assert flat == [(p, cell.group) for p, cell in perplexity_cells(c)]  # every cell once, in order
         for p, batch, cells in batches:
-            assert all(perplexity_batch_of(c, p, cell) == batch for cell in cells)
+            assert all(perplexity_batch_of(batches, p, cell) == batch for cell in cells)
     with pytest.raises(KeyError, match="not a perplexity cell"):
-        perplexity_batch_of(c, "paper", Cell("", "per_layer", "apc", 999, 0.6, 0))
+        perplexity_batch_of(batches, "paper", Cell("", "per_layer", "apc", 999, 0.6, 0))
     # one cell per batch: a new cell in the sweep leaves every other cell's batch (id and contents) as it was
     ppl = {"batch_cells": 1, "cells": "all", "psets": {"gate": ["gate"]}}
     grown = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": ppl}, root=ROOT)

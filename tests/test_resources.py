@@ -29,7 +29,7 @@ def rules_and_scripts() -> dict[str, str]:
 def uses_cuda(script: str) -> bool:
     if "resolve_device" not in script and 'device="cpu"' in script:
         return False  # loads the model on the CPU on purpose (e.g. down_norms)
-    return "load_model(" in script or "resolve_device" in script or "device=" in script
+    return any(call in script for call in ("job_model(", "load_model(", "resolve_device", "device="))
 
 
 def dry_run(tmp_path, *args):

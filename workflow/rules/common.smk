@@ -220,8 +220,11 @@ def ppl_tokens():
     return C["perplexity"]["test_tokens"] or _tokens(C["data"]["test_tokens"], "test")
 
 
+PPL_BATCHES = perplexity_batches(C)  # (pset, batch id, cells), listed once
+
+
 def _ppl_batch(wc):
-    for pset, batch, cells in perplexity_batches(C):
+    for pset, batch, cells in PPL_BATCHES:
         if pset == wc.pset and batch == wc.batch:
             return cells
     raise WorkflowError(f"perplexity batch {wc.pset}/{wc.batch} is not in this config (perplexity.cells, batch_cells)")
@@ -249,7 +252,7 @@ def ppl_batch_resources(wc):
 def ppl_batch_of_cell(wc):
     cell = Cell("", wc.scope, wc.method, int(wc.k), float(wc.density), int(wc.seed))
     try:
-        return L.ppl_batch(wc.pset, perplexity_batch_of(C, wc.pset, cell))
+        return L.ppl_batch(wc.pset, perplexity_batch_of(PPL_BATCHES, wc.pset, cell))
     except KeyError as err:
         raise WorkflowError(str(err.args[0])) from None
 

@@ -2,14 +2,12 @@ import torch
 
 from apc.common.atomic import read_npy, write_json
 from apc.extraction.extract import calibrate_thresholds
-from apc.clustering.device import resolve_device
-from apc.extraction.model import cuda_peak_memory, load_model
-from apc.common.rulekit import start
+from apc.extraction.model import cuda_peak_memory
+from apc.common.rulekit import job_model, start
 
 start(snakemake, "calibrate_thresholds")
 ex = snakemake.params.extract
-device = resolve_device(snakemake.params.device)
-model, tok = load_model(snakemake.input.model, device=device)
+_, model, tok, device = job_model(snakemake)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
 result = calibrate_thresholds(
     model, windows, ex["projections"], ex["sparsity"], bits=ex["histogram_bits"],

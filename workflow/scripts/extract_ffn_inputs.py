@@ -1,16 +1,13 @@
 import torch
 
-from apc.clustering.device import resolve_device
-from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import start
+from apc.common.atomic import read_npy, write_json
+from apc.common.rulekit import job_model, start
 from apc.extraction.ffn_inputs import extract_ffn_inputs
-from apc.extraction.model import cuda_peak_memory, load_model
+from apc.extraction.model import cuda_peak_memory
 
 start(snakemake, "extract_ffn_inputs")
 split = snakemake.wildcards.split
-device = resolve_device(snakemake.params.device)
-manifest = read_json(snakemake.input.model)
-model, tok = load_model(manifest, device=device)
+manifest, model, tok, device = job_model(snakemake)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
 meta = {"model": manifest["name"], "dataset": snakemake.params.dataset}
 root = snakemake.output[0].rsplit("/", 1)[0]

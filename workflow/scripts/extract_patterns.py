@@ -2,15 +2,12 @@ import torch
 
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.extraction.extract import extract_patterns
-from apc.clustering.device import resolve_device
-from apc.extraction.model import cuda_peak_memory, load_model
-from apc.common.rulekit import start
+from apc.extraction.model import cuda_peak_memory
+from apc.common.rulekit import job_model, start
 
 start(snakemake, "extract_patterns")
 split = snakemake.wildcards.split
-device = resolve_device(snakemake.params.device)
-manifest = read_json(snakemake.input.model)
-model, tok = load_model(manifest, device=device)
+manifest, model, tok, device = job_model(snakemake)
 windows = torch.from_numpy(read_npy(snakemake.input.tokens))
 meta = {"model": manifest["name"], "dataset": snakemake.params.dataset}
 summary = extract_patterns(

@@ -1,19 +1,16 @@
 import torch
 
 from apc.clustering import load_centroids
-from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import start
-from apc.extraction.model import cuda_peak_memory, load_model
+from apc.common.rulekit import job_model, start
+from apc.extraction.model import cuda_peak_memory
 from apc.perplexity.frontier import score_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
 
 log = start(snakemake, "frontier_line")
 p, wc, i = snakemake.params, snakemake.wildcards, snakemake.input
-manifest = read_json(i.model)
-device = resolve_device(p.device)
-model, tok = load_model(manifest, device=device)
+manifest, model, tok, device = job_model(snakemake)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
 table = read_json(i.thresholds)["projections"]

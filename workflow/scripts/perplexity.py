@@ -1,17 +1,14 @@
 import torch
 
 from apc.clustering import load_centroids
-from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import start
-from apc.extraction.model import cuda_peak_memory, load_model
+from apc.common.rulekit import job_model, start
+from apc.extraction.model import cuda_peak_memory
 from apc.perplexity.protocol import score, score_cells, select_windows
 
 log = start(snakemake, "perplexity")
 p = snakemake.params
-manifest = read_json(snakemake.input.model)
-device = resolve_device(p.device)
-model, tok = load_model(manifest, device=device)
+manifest, model, tok, device = job_model(snakemake)
 bos = tok.bos_token_id is not None
 windows = select_windows(torch.from_numpy(read_npy(snakemake.input.tokens)), p.ppl["test_tokens"])
 projections = list(p.projections)

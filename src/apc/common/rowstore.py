@@ -1,6 +1,6 @@
 """Token-row stores on disk: an ``(n_tokens, row_width)`` ``.npy`` plus a JSON sidecar.
 
-The pattern, magnitude and FFN-input stores share this writer: rows are appended
+The pattern, magnitude and FFN-input stores share this writer and reader: rows are appended
 in token chunks through a memory map on a hidden temporary file, which is renamed
 into place with its sidecar only when every declared row is written, so a
 failed job never leaves a half-written store.
@@ -9,13 +9,14 @@ failed job never leaves a half-written store.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
-from apc.common.atomic import write_json
+from apc.common.atomic import read_json, read_npy, write_json
 
-__all__ = ["RowStoreWriter"]
+__all__ = ["RowStoreReader", "RowStoreWriter"]
 
 
 class RowStoreWriter:
@@ -66,3 +67,27 @@ class RowStoreWriter:
             del self._mm
         if self.tmp.exists():
             self.tmp.unlink()
+
+
+class RowStoreReader:
+    """Base reader: the memory-mapped array ``_arr`` and its sidecar ``meta``, checked against each
+    other (``dtype``, and ``(n_tokens, row_width(width))`` rows; ``row_width`` None = ``width``)."""
+
+    def __init__(self, path: str | os.PathLike, *, dtype, row_width=None):
+        self.path = Path(path)
+        self.meta = read_json(self.path.with_suffix(".json"))
+        self._arr = read_npy(self.path, mmap=True)
+        self.width = int(self.meta["width"])
+        self.n_tokens = int(self.meta["n_tokens"])
+        shape = (self.n_tokens, self.width if row_width is None else int(row_width(self.width)))
+        if self._arr.dtype != np.dtype(dtype) or self._arr.shape != shape:
+            raise ValueError(f"{self.path}: {self._arr.dtype} array of shape {self._arr.shape} disagrees with its "
+                             f"sidecar (n_tokens={self.n_tokens}, width={self.width} -> {np.dtype(dtype)} {shape})")
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def _spans(self, chunk_tokens: int) -> Iterator[slice]:
+        """Row slices of ``<= chunk_tokens`` rows, in token order."""
+        for start in range(0, self.n_tokens, chunk_tokens):
+            yield slice(start, start + chunk_tokens)

@@ -1,4 +1,4 @@
-"""Glue for the thin Snakemake rule scripts: logging to the rule's log file and thread setup."""
+"""Glue for the thin Snakemake rule scripts: logging to the rule's log file, thread setup, the job's model."""
 
 from __future__ import annotations
 
@@ -23,6 +23,18 @@ def start(snakemake, name: str) -> logging.Logger:
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
     return log
+
+
+def job_model(snakemake):
+    """``(manifest, model, tokenizer, device)`` of a model-pass job: ``input.model`` loaded on ``params.device``."""
+    from apc.clustering.device import resolve_device
+    from apc.common.atomic import read_json
+    from apc.extraction.model import load_model
+
+    device = resolve_device(snakemake.params.device)
+    manifest = read_json(snakemake.input.model)
+    model, tok = load_model(manifest, device=device)
+    return manifest, model, tok, device
 
 
 def dataset_name(data: dict) -> str:

@@ -124,9 +124,10 @@ def _batch_id(pset: str, cells: list[Cell]) -> str:
     return "b" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 
-def perplexity_batch_of(config: dict, pset: str, cell: Cell) -> str:
-    """The id of the batch that scores ``cell`` on ``pset``; ``KeyError`` for a cell outside the sweep."""
-    for p, batch, cells in perplexity_batches(config):
+def perplexity_batch_of(batches: list[tuple[str, str, list[Cell]]], pset: str, cell: Cell) -> str:
+    """The id of the batch that scores ``cell`` on ``pset``, out of :func:`perplexity_batches`'s list;
+    ``KeyError`` for a cell outside the sweep."""
+    for p, batch, cells in batches:
         if p == pset and any(c.group == cell.group for c in cells):
             return batch
     raise KeyError(f"{pset}/{cell.scope}/{cell.name} is not a perplexity cell of this config (perplexity.cells)")

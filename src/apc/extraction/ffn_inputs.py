@@ -24,8 +24,7 @@ import torch
 from torch import nn
 
 from apc.common.projections import mlp_projections
-from apc.common.rowstore import RowStoreWriter
-from apc.common.atomic import read_json, read_npy, write_json
+from apc.common.rowstore import RowStoreReader, RowStoreWriter
 from apc.extraction.extract import forward_windows
 from apc.common.progress import get_logger
 
@@ -60,21 +59,11 @@ class FfnInputWriter(RowStoreWriter):
         return {"dtype": "float16", "max_abs": self._max_abs}
 
 
-class FfnInputReader:
+class FfnInputReader(RowStoreReader):
     """Read one FFN-input file (memory-mapped) and its sidecar."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.meta = read_json(self.path.with_suffix(".json"))
-        self._arr = read_npy(self.path, mmap=True)
-        self.width = int(self.meta["width"])
-        self.n_tokens = int(self.meta["n_tokens"])
-        if self._arr.dtype != np.float16 or self._arr.shape != (self.n_tokens, self.width):
-            raise ValueError(f"{self.path}: expected float16 {(self.n_tokens, self.width)} as its sidecar says, "
-                             f"got {self._arr.dtype} {self._arr.shape}")
-
-    def __len__(self) -> int:
-        return self.n_tokens
+        super().__init__(path, dtype=np.float16)
 
     def rows(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """``(m, width) float16`` rows (all rows if ``rows`` is None), read into memory."""
@@ -82,8 +71,8 @@ class FfnInputReader:
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         """Yield ``(<= chunk_tokens, width) float16`` chunks in token order."""
-        for start in range(0, self.n_tokens, chunk_tokens):
-            yield np.array(self._arr[start : start + chunk_tokens])
+        for span in self._spans(chunk_tokens):
+            yield np.array(self._arr[span])
 
 
 def extract_ffn_inputs(

@@ -36,8 +36,7 @@ import torch
 from torch import nn
 
 from apc.common.projections import mlp_projections
-from apc.common.rowstore import RowStoreWriter
-from apc.common.atomic import read_json, read_npy, write_json
+from apc.common.rowstore import RowStoreReader, RowStoreWriter
 
 __all__ = [
     "MagnitudeCodec",
@@ -130,22 +129,13 @@ class MagnitudeWriter(RowStoreWriter):
         return {**self.codec.meta(), "clipped": self._clipped, "max_abs": self._max}
 
 
-class MagnitudeReader:
+class MagnitudeReader(RowStoreReader):
     """Read one magnitude file (memory-mapped) and its sidecar."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.meta = read_json(self.path.with_suffix(".json"))
-        self.codes = read_npy(self.path, mmap=True)
-        self.width = int(self.meta["width"])
-        self.n_tokens = int(self.meta["n_tokens"])
+        super().__init__(path, dtype=np.uint8)
+        self.codes = self._arr
         self.codec = MagnitudeCodec.from_meta(self.meta)
-        if self.codes.dtype != np.uint8 or self.codes.shape != (self.n_tokens, self.width):
-            raise ValueError(f"{self.path}: expected uint8 codes of shape ({self.n_tokens}, {self.width}) "
-                             f"from its sidecar, got {self.codes.dtype} {self.codes.shape}")
-
-    def __len__(self) -> int:
-        return self.n_tokens
 
     @property
     def nbytes(self) -> int:
@@ -159,8 +149,8 @@ class MagnitudeReader:
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         """Yield decoded chunks ``(<= chunk_tokens, width) float32`` in token order."""
-        for start in range(0, self.n_tokens, chunk_tokens):
-            yield self.values(slice(start, start + chunk_tokens))
+        for span in self._spans(chunk_tokens):
+            yield self.values(span)
 
 
 def down_column_norms(model: nn.Module) -> np.ndarray:

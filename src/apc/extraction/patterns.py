@@ -22,8 +22,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from apc.common.rowstore import RowStoreWriter
-from apc.common.atomic import read_json, read_npy, write_json
+from apc.common.rowstore import RowStoreReader, RowStoreWriter
 
 
 def packed_width(width: int) -> int:
@@ -115,25 +114,11 @@ class PatternWriter(RowStoreWriter):
         return {"density": self._ones / max(1, self.n_tokens * self.width)}
 
 
-class PatternReader:
+class PatternReader(RowStoreReader):
     """Read one pattern file and its sidecar; stream it back in token chunks."""
 
     def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.meta = read_json(self.path.with_suffix(".json"))
-        self._arr = read_npy(self.path, mmap=True)
-        self.width = int(self.meta["width"])
-        self.n_tokens = int(self.meta["n_tokens"])
-        if self._arr.dtype != np.uint8 or self._arr.ndim != 2:
-            raise ValueError(f"{self.path}: expected a 2-D uint8 array, got {self._arr.dtype} {self._arr.shape}")
-        if self._arr.shape != (self.n_tokens, packed_width(self.width)):
-            raise ValueError(
-                f"{self.path}: array shape {self._arr.shape} disagrees with its sidecar "
-                f"(n_tokens={self.n_tokens}, width={self.width} -> {packed_width(self.width)} bytes per row)"
-            )
-
-    def __len__(self) -> int:
-        return self.n_tokens
+        super().__init__(path, dtype=np.uint8, row_width=packed_width)
 
     def packed(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Packed rows ``(m, ceil(width/8)) uint8`` (all rows if ``rows`` is None)."""
@@ -141,8 +126,8 @@ class PatternReader:
 
     def chunks(self, chunk_tokens: int) -> Iterator[np.ndarray]:
         """Yield packed chunks ``(<= chunk_tokens, ceil(width/8)) uint8`` in order."""
-        for start in range(0, self.n_tokens, chunk_tokens):
-            yield np.asarray(self._arr[start : start + chunk_tokens])
+        for span in self._spans(chunk_tokens):
+            yield np.asarray(self._arr[span])
 
     def bits(self, rows: np.ndarray | slice | None = None) -> np.ndarray:
         """Unpacked rows ``(m, width) bool``."""
