@@ -6,7 +6,13 @@ A *point* is one perplexity of a projection set ``pset`` at a kept share ``rho``
 =====================================  ===================================================
 line                                   mask (perplexity mode)
 =====================================  ===================================================
-``threshold``                          ``|x| >= T_rho`` calibrated on train (``threshold``)
+``threshold-self``                     ``|x| >= T_rho`` on the masked tensor itself, calibrated on
+                                       train (``threshold``): needs the products before it
+``cats``                               ``|act(gate)| >= T`` (CATS, ``cats``); its kept shares put
+                                       its compute share (1 + 2 rho) / 3 on the frontier's shares
+``teal``, ``teal-greedy``              the MLP input and ``down_in`` thresholded (TEAL, ``teal``):
+                                       one share for both in every layer, or per-layer shares
+                                       allocated greedily on train at the same mean
 ``random``                             ``round(rho * width)`` uniform neurons (``random_only``)
 ``oracle.{scope}.{method}-k{K}-s{S}``  the cell's centroid at density rho, oracle id
                                        (``centroid_only``); ``static`` cells are the static line
@@ -19,7 +25,9 @@ line                                   mask (perplexity mode)
 
 Each cluster line at rho uses the clustering cell of density rho; those cells join the
 sweep (:func:`frontier_cells`), so they are clustered, evaluated, summarised and tracked
-like any cell.  The study's dense and true-sparse perplexities are the reference lines.
+like any cell.  A frontier cell with ``allocation: greedy`` clusters the variant
+``{method}_greedy`` (:func:`greedy_method`), whose per-layer densities are allocated greedily on
+train at mean density rho.  The study's dense and true-sparse perplexities are the reference lines.
 """
 
 from __future__ import annotations
@@ -29,19 +37,21 @@ from dataclasses import dataclass
 
 from apc.common.layout import Cell, density_label
 
-__all__ = ["Point", "frontier_cells", "frontier_points", "frontier_psets", "neuron_matches", "parse_line",
-           "predictor_cells"]
+__all__ = ["Point", "baseline_lines", "cats_share", "frontier_cells", "frontier_points", "frontier_psets",
+           "greedy_cells", "greedy_method", "line_shares", "neuron_matches", "parse_line", "predictor_cells"]
 
 _CELL_RE = r"(?P<scope>per_layer|pooled)\.(?P<method>[A-Za-z0-9_]+)-k(?P<k>\d+)-s(?P<seed>\d+)"
 _LINE_RES = {
-    "threshold": re.compile(r"threshold"),
+    "threshold": re.compile(r"threshold-self"),
+    "cats": re.compile(r"cats"),
+    "teal": re.compile(r"teal(?:-(?P<allocation>greedy))?"),
     "random": re.compile(r"random"),
     "oracle": re.compile(r"oracle\." + _CELL_RE),
     "predicted": re.compile(r"predicted-(?P<kind>[a-z]+)-m(?P<top_m>\d+)\." + _CELL_RE),
     "neuron": re.compile(r"neuron-(?P<kind>[a-z]+)-k(?P<k>\d+)-x(?P<factor>\d+)"),
 }
 #: perplexity mode of each line family
-MODE = {"threshold": "threshold", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
+MODE = {"threshold": "threshold", "cats": "cats", "teal": "teal", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
         "neuron": "neuron_predicted"}
 
 
@@ -55,6 +65,8 @@ def parse_line(line: str) -> dict:
         m = rx.fullmatch(line)
         if m:
             d = {k: (int(v) if k in ("k", "seed", "top_m", "factor") else v) for k, v in m.groupdict().items()}
+            if family == "teal":
+                d["allocation"] = d["allocation"] or "uniform"
             return {"family": family, "mode": MODE[family], **d}
     raise ValueError(f"not a frontier line: {line!r}")
 
@@ -84,11 +96,34 @@ def _seed(config: dict) -> int:
     return int(config["predict"]["seed"])
 
 
+GREEDY_SUFFIX = "_greedy"
+
+
+def greedy_method(method: str) -> str:
+    """The cluster-method variant of ``method`` whose per-layer densities are allocated greedily."""
+    return f"{method}{GREEDY_SUFFIX}"
+
+
+def cats_share(compute_share: float) -> float | None:
+    """CATS's kept share rho whose compute share (1 + 2 rho) / 3 is ``compute_share`` (None below 1/3)."""
+    rho = (3.0 * float(compute_share) - 1.0) / 2.0
+    return round(rho, 6) if rho > 1e-9 else None
+
+
+def line_shares(config: dict, line: str) -> list[float]:
+    """Kept shares of one line: the frontier's, except CATS, placed at the frontier's compute shares."""
+    shares = [float(s) for s in config["frontier"]["kept_shares"]]
+    if parse_line(line)["family"] == "cats":
+        return [r for r in map(cats_share, shares) if r is not None]
+    return shares
+
+
 def _cell_specs(config: dict) -> list[tuple[str, str, int]]:
     """``(scope, method, k)`` of every frontier cell line, with the static cell of each scope."""
     specs = []
     for c in config["frontier"]["cells"]:
-        specs.append((c["scope"], c["method"], int(c["k"])))
+        method = greedy_method(c["method"]) if c.get("allocation", "uniform") == "greedy" else c["method"]
+        specs.append((c["scope"], method, int(c["k"])))
     for scope in sorted({s for s, _, _ in specs}):
         specs.append((scope, "static", 1))
     return list(dict.fromkeys(specs))
@@ -124,10 +159,29 @@ class Point:
         return f"frontier/{self.pset}/{self.line}/{density_label(self.share)}"
 
 
+def greedy_cells(config: dict) -> list[Cell]:
+    """The frontier cells whose per-layer densities are allocated greedily."""
+    return [c for c in frontier_cells(config) if c.method.endswith(GREEDY_SUFFIX)]
+
+
+def baseline_lines(config: dict) -> list[str]:
+    """The training-free lines of ``frontier.baselines`` (TEAL once per ``frontier.teal_allocation``)."""
+    f = config["frontier"]
+    out = []
+    for b in f["baselines"]:
+        if b == "threshold":
+            out.append("threshold-self")
+        elif b == "teal":
+            out += ["teal" if a == "uniform" else f"teal-{a}" for a in f["teal_allocation"]]
+        else:
+            out.append(b)
+    return out
+
+
 def lines(config: dict) -> list[str]:
     """Every line of the frontier, in plot order."""
     seed, p = _seed(config), config["predict"]
-    out = ["threshold", "random"]
+    out = baseline_lines(config)
     for scope, method, k in _cell_specs(config):
         cell = f"{scope}.{method}-k{k}-s{seed}"
         out.append(f"oracle.{cell}")
@@ -140,4 +194,4 @@ def lines(config: dict) -> list[str]:
 def frontier_points(config: dict) -> list[Point]:
     """Every point: each pset x line x kept share."""
     return [Point(pset, line, float(rho)) for pset in frontier_psets(config) for line in lines(config)
-            for rho in config["frontier"]["kept_shares"]]
+            for rho in line_shares(config, line)]

@@ -20,13 +20,26 @@ mode              keep
 ``random_only``   ``r`` alone: a pure random mask of share ``d``, no threshold
                   (``random_density``; the frontier's random line)
 ``threshold``     ``|x| >= T_rho[proj][l]`` -- magnitude thresholds calibrated for
-                  a kept share rho (``keep_thresholds``); TEAL-style reference
+                  a kept share rho (``keep_thresholds``) on the masked tensor itself
+``cats``          ``|act(g)| >= T[l]`` on ``down_in``, ``g`` the ``gate_proj`` output of the
+                  same token (``gate_thresholds``; CATS)
+``teal``          ``|x| >= T_mid[l]`` on ``down_in`` (``keep_thresholds``), and the MLP input
+                  entering ``gate_proj``/``up_proj`` zeroed where ``|h| < T_in[l]``
+                  (``input_thresholds``; TEAL)
 ``predicted``     ``C[a_1] | ... | C[a_m]`` -- the ``top_m`` centroids scored
                   highest by ``predictors[proj][l]`` from the MLP input; no
                   oracle, no threshold (like ``centroid_only``)
 ``neuron_predicted`` the ``density_to_count(d, width)`` neurons scored highest by
                   ``predictors[proj][l]`` from the MLP input (``neuron_density``)
 ================  =============================================================
+
+``cats`` and ``teal`` mask ``down_in`` only.  Per layer, :meth:`Interventions.layer_stats` reports
+the kept share of every masked projection (and, in ``teal``, of the MLP input), which
+:mod:`apc.perplexity.accounting` turns into the multiply-adds each product really runs.
+With ``batch_sizes``, the hooks also measure the *batch view* on the scored positions, in
+token order within each window: for B consecutive tokens, the share of neurons that at least
+one of them keeps (the weight rows a batch must read), and for cluster modes the sum of the
+distinct assigned centroids' densities, capped at 1 (the rows read when each id group reads its own).
 
 The predictor modes read the MLP input (the input of ``gate_proj``) through a
 forward pre-hook on ``gate_proj``, which runs before every hooked projection of
@@ -60,7 +73,7 @@ from apc.clustering.distance import nearest
 from apc.clustering.product import product_masks
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "random_only", "threshold", "predicted",
-         "neuron_predicted")
+         "neuron_predicted", "cats", "teal")
 _RANDOM_MODES = ("random", "random_only")
 _CENTROID_MODES = ("centroid", "centroid_only", "predicted")
 _PREDICTOR_MODES = ("predicted", "neuron_predicted")
@@ -84,14 +97,25 @@ class Interventions:
     report what the masks kept over all intervened positions.
     """
 
-    def __init__(self, mode: str, projections: Sequence[str], width: Mapping[str, int]):
+    def __init__(self, mode: str, projections: Sequence[str], width: Mapping[str, int], n_layers: int = 0,
+                 batch_sizes: Sequence[int] = ()):
         self.mode = mode
         self.projections = tuple(projections)
         self.width = dict(width)
+        self.n_layers = int(n_layers)
+        self.batch_sizes = tuple(int(b) for b in batch_sizes)
         self.calls = {p: 0 for p in self.projections}
         self._kept = {p: 0 for p in self.projections}  # device tensors after the first call
         self._active = {p: 0 for p in self.projections}
         self._total = {p: 0 for p in self.projections}  # intervened positions * width
+        self._layer_kept = {p: [0] * self.n_layers for p in self.projections}
+        self._layer_total = {p: [0] * self.n_layers for p in self.projections}
+        self._input_kept = [0] * self.n_layers  # teal: kept MLP-input elements per layer
+        self._input_total = [0] * self.n_layers
+        # batch view, per projection, layer and B: [union sum, grouped-read sum, groups, grouped groups]
+        self._batch = {p: [{b: [0, 0, 0, 0] for b in self.batch_sizes} for _ in range(self.n_layers)]
+                       for p in self.projections}
+        self._id_counts = {p: [None] * self.n_layers for p in self.projections}  # top-1 cluster id histograms
         self._handles: list = []
         self._mlp_inputs: dict = {}
 
@@ -131,6 +155,41 @@ class Interventions:
         """``{projection: kept share of neurons over all intervened positions}``."""
         return {p: s["kept_fraction"] for p, s in self.stats().items()}
 
+    def layer_stats(self) -> dict:
+        """Per layer: ``{"kept": {proj: [share per layer]}, "input_kept": [share per layer] | None}``.
+
+        ``input_kept`` is the kept share of the MLP input (``teal`` only).  Dense: every share is 1.
+        NaN where a hook never ran."""
+        def share(num, den):
+            return 1.0 if self.mode == "dense" else (float(num) / den if den else float("nan"))
+
+        kept = {p: [share(k, t) for k, t in zip(self._layer_kept[p], self._layer_total[p])] for p in self.projections}
+        inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.mode == "teal" else None
+        return {"kept": kept, "input_kept": inp}
+
+    def batch_view(self) -> dict:
+        """Per projection and batch size B: ``union`` (mean share of a layer's neurons that at least one of
+        B consecutive scored tokens keeps), ``grouped`` (cluster modes: the distinct assigned centroids'
+        summed density, capped at 1; else None), each as ``{"mean": over layers, "layers": [...]}``;
+        ``groups`` counts the B-token groups per layer.  ``{}`` without ``batch_sizes``."""
+        out = {}
+        for p in self.projections:
+            out[p] = {}
+            for b in self.batch_sizes:
+                cells = [self._batch[p][l][b] for l in range(self.n_layers)]
+                union = [float(c[0]) / c[2] if c[2] else float("nan") for c in cells]
+                grouped = [float(c[1]) / c[3] if c[3] else None for c in cells]
+                g = None if any(v is None for v in grouped) else grouped
+                out[p][str(b)] = {"union": {"mean": float(np.nanmean(union)) if cells else float("nan"),
+                                            "layers": union},
+                                  "grouped": None if g is None else {"mean": float(np.mean(g)), "layers": g},
+                                  "groups": int(cells[0][2] // max(1, self.width[p])) if cells else 0}
+        return out
+
+    def id_counts(self) -> dict[str, list[list[int]]]:
+        """``{proj: [top-1 cluster-id counts (K,) per layer]}`` over the scored tokens (cluster modes)."""
+        return {p: [c.tolist() for c in v] for p, v in self._id_counts.items() if v and all(c is not None for c in v)}
+
 
 def install_interventions(
     model: nn.Module,
@@ -148,6 +207,9 @@ def install_interventions(
     skip_first_position: bool,
     groups: Mapping[str, int] | None = None,
     assign_weights: Mapping[str, np.ndarray | torch.Tensor | None] | None = None,
+    gate_thresholds: Mapping[str, Sequence[float]] | None = None,
+    input_thresholds: Sequence[float] | None = None,
+    batch_sizes: Sequence[int] = (),
 ) -> Interventions:
     """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
 
@@ -161,6 +223,9 @@ def install_interventions(
     groups:          ``{proj: G}`` for product cells, centroids ``(L, G*K, width)`` (default 1).
     assign_weights:  ``{proj: None | (n_layers, width) column scale}``: oracle assignment by least
                      missed weight ``|x|`` (None) or ``|x| * scale[l]`` (``output`` weighting).
+    gate_thresholds: ``{"down_in": [T per layer]}`` on ``|act(gate output)|`` (cats mode).
+    input_thresholds: ``[T_in per layer]`` on the MLP input entering gate_proj and up_proj (teal mode).
+    batch_sizes:     B values of the batch view (:meth:`Interventions.batch_view`); () = off.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -174,15 +239,23 @@ def install_interventions(
     layers = mlp_projections(model)
     n_layers = len(layers)
     width = {p: _width(layers[0], p) for p in projections}
-    handle = Interventions(mode, projections, width)
+    if any(int(b) < 1 for b in batch_sizes):
+        raise ValueError(f"batch_sizes must be >= 1, got {list(batch_sizes)}")
+    handle = Interventions(mode, projections, width, n_layers, batch_sizes)
     if mode == "dense":
         return handle
+    if mode in ("cats", "teal") and projections != ("down_in",):
+        raise ValueError(f"mode {mode!r} masks the down_proj input: projections must be ['down_in'], got {list(projections)}")
 
     thr = _check_thresholds(thresholds, projections, n_layers, mode)
     cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
     k_rand = _check_density(random_density, projections, width, "random_density") if mode in _RANDOM_MODES else {}
     keep_thr = _check_thresholds(keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
-        if mode == "threshold" else {}
+        if mode in ("threshold", "teal") else {}
+    gate_thr = _check_thresholds(gate_thresholds, projections, n_layers, mode, "gate_thresholds") \
+        if mode == "cats" else {}
+    in_thr = _check_thresholds({"input": input_thresholds} if input_thresholds is not None else None, ["input"],
+                               n_layers, mode, "input_thresholds")["input"] if mode == "teal" else None
     k_neuron = _check_density(neuron_density, projections, width, "neuron_density") \
         if mode == "neuron_predicted" else {}
     preds = _check_predictors(predictors, projections, layers, mode, cents, width, top_m) \
@@ -195,12 +268,23 @@ def install_interventions(
     generators: dict[torch.device, torch.Generator] = {}
     mlp_in: dict[int, torch.Tensor] = {}
     handle._mlp_inputs = mlp_in
+    acts = _activations(model, n_layers) if mode == "cats" else None
 
     try:
         if mode in _PREDICTOR_MODES:
             for l, mods in enumerate(layers):
                 handle._handles.append(mods["gate"].register_forward_pre_hook(
                     lambda m, args, l=l: mlp_in.__setitem__(l, args[0])))
+        if mode == "cats":  # the gate's activation of the token decides; kept per layer for down_in
+            for l, mods in enumerate(layers):
+                handle._handles.append(mods["gate"].register_forward_hook(
+                    lambda m, args, out, l=l: mlp_in.__setitem__(l, acts[l](out))))
+        if mode == "teal":  # the MLP input, thresholded before gate_proj and up_proj
+            for l, mods in enumerate(layers):
+                for name in ("gate", "up"):
+                    fn = _make_input_mask(handle, l, in_thr[l], skip_first_position, count=name == "gate")
+                    handle._handles.append(mods[name].register_forward_pre_hook(
+                        lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:])))
         for proj in projections:
             for l, mods in enumerate(layers):
                 module = projection_module(mods, proj)
@@ -211,8 +295,9 @@ def install_interventions(
                                   k=k_rand.get(proj), gen=generators.get(dev),
                                   keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
-                                  k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l])
-                fn = _make_apply(handle, proj, thr[proj][l], choose, skip_first_position)
+                                  k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
+                                  gate_threshold=gate_thr.get(proj, [None] * n_layers)[l])
+                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position)
                 if TABLE[proj].side == "input":
                     h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
                 else:
@@ -225,8 +310,12 @@ def install_interventions(
 
 
 def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
-             scale=False):
-    """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection)."""
+             scale=False, gate_threshold=None):
+    """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection).
+
+    Cluster modes also set ``choose.ids`` (``(N, m)`` int64 assigned centroid ids, or None) and
+    ``choose.density`` (``(K,)`` float32 centroid densities) for the batch view."""
+    density = cents.mean(dim=1) if cents is not None else None
 
     def scores(n_rows: int) -> torch.Tensor:
         h = mlp_in[layer]
@@ -236,12 +325,21 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
         return predictor(h.float())
 
     def choose(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+        choose.ids = None
         if mode == "sparse":
             return p
+        if mode == "cats":
+            g = mlp_in[layer].reshape(-1, flat.shape[-1])
+            if g.shape[0] != flat.shape[0]:
+                raise RuntimeError(f"layer {layer}: gate output has {g.shape[0]} positions, down_in {flat.shape[0]}")
+            return g.abs().float() >= gate_threshold
         if mode in ("centroid", "centroid_only"):
-            if scale is False:  # oracle by the pattern: nearest centroid (per group for product cells)
-                m = product_masks(p.float(), cents, n_groups) if n_groups > 1 else \
-                    cents.index_select(0, nearest_centroid(p.float(), cents)) > 0.5
+            if scale is False and n_groups == 1:  # oracle by the pattern: nearest centroid
+                ids = nearest_centroid(p.float(), cents)
+                choose.ids = ids[:, None]
+                m = cents.index_select(0, ids) > 0.5
+            elif scale is False:  # product cells: nearest centroid per group
+                m = product_masks(p.float(), cents, n_groups)
             else:  # oracle by least missed weight |x| (or |x| * column scale)
                 w = flat.abs().float() if scale is None else flat.abs().float() * scale
                 m = product_masks(w, cents, n_groups)
@@ -250,18 +348,20 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             noise = torch.rand(flat.shape, generator=gen, device=flat.device)
             r = torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True)
             return r & p if mode == "random" else r
-        if mode == "threshold":
+        if mode in ("threshold", "teal"):
             return flat.abs().float() >= keep_threshold
         s = scores(flat.shape[0])
         if mode == "predicted":
             ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
+            choose.ids = ids
             return (cents[ids] > 0.5).any(dim=1)
         return top_n_mask(s, k_neuron)  # neuron_predicted
 
+    choose.ids, choose.density = None, density
     return choose
 
 
-def _make_apply(handle, proj, threshold, choose, skip_first):
+def _make_apply(handle, proj, layer, threshold, choose, skip_first):
     """Build ``x -> masked x`` for one (layer, projection)."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
@@ -271,18 +371,88 @@ def _make_apply(handle, proj, threshold, choose, skip_first):
         p = flat.abs().float() >= threshold
         keep = choose(flat, p).view(x.shape)
         p = p.view(x.shape)
+        ids = getattr(choose, "ids", None)
+        if ids is not None:
+            ids = ids.view(*x.shape[:-1], ids.shape[-1])
         if skip_first and x.dim() >= 2:
             keep_s, p_s = keep[..., 1:, :], p[..., 1:, :]
+            ids_s = ids[..., 1:, :] if ids is not None else None
             keep = keep.clone()
             keep[..., 0, :] = True
         else:
-            keep_s, p_s = keep, p
-        handle._kept[proj] = handle._kept[proj] + keep_s.sum()
+            keep_s, p_s, ids_s = keep, p, ids
+        n_kept = keep_s.sum()
+        handle._kept[proj] = handle._kept[proj] + n_kept
         handle._active[proj] = handle._active[proj] + p_s.sum()
         handle._total[proj] += keep_s.numel()
+        handle._layer_kept[proj][layer] = handle._layer_kept[proj][layer] + n_kept
+        handle._layer_total[proj][layer] += keep_s.numel()
+        if ids_s is not None:
+            k = choose.density.shape[0]
+            counts = torch.bincount(ids_s[..., 0].reshape(-1), minlength=k)
+            prev = handle._id_counts[proj][layer]
+            handle._id_counts[proj][layer] = counts if prev is None else prev + counts
+        if handle.batch_sizes:
+            _batch_view(handle._batch[proj][layer], keep_s, ids_s, getattr(choose, "density", None))
         return x.masked_fill(~keep, 0)
 
     return apply
+
+
+def _batch_view(acc: dict, keep: torch.Tensor, ids: torch.Tensor | None, density: torch.Tensor | None) -> None:
+    """Add the batch view of ``keep: (..., seq, W) bool`` to ``acc[B] = [union kept, grouped read,
+    groups * W, groups]``: consecutive B positions of each sequence form a group (a trailing partial
+    group is left out).  ``ids: (..., seq, m)`` assigned centroid ids with ``density: (K,)``."""
+    w = keep.shape[-1]
+    keep = keep.reshape(-1, keep.shape[-2], w)
+    if ids is not None:
+        ids = ids.reshape(-1, ids.shape[-2], ids.shape[-1])
+    seq = keep.shape[1]
+    for b, cell in acc.items():
+        n = seq // b
+        if n == 0:
+            continue
+        groups = keep[:, : n * b].reshape(keep.shape[0], n, b, w).any(dim=2)
+        cell[0] = cell[0] + groups.sum()
+        cell[2] += groups.shape[0] * n * w
+        if ids is not None and density is not None:
+            g = ids[:, : n * b].reshape(ids.shape[0] * n, -1).sort(dim=1).values
+            first = torch.ones_like(g, dtype=torch.bool)
+            first[:, 1:] = g[:, 1:] != g[:, :-1]
+            read = (density[g] * first).sum(dim=1).clamp(max=1.0)
+            cell[1] = cell[1] + read.sum()
+            cell[3] += g.shape[0]
+
+
+def _make_input_mask(handle, layer, threshold, skip_first, count):
+    """Build ``h -> h masked where |h| < threshold`` for the MLP input of one layer (teal mode)."""
+
+    def mask(h: torch.Tensor) -> torch.Tensor:
+        keep = h.abs().float() >= threshold
+        if skip_first and h.dim() >= 2:
+            keep[..., 0, :] = True
+            kept = keep[..., 1:, :]
+        else:
+            kept = keep
+        if count:
+            handle._input_kept[layer] = handle._input_kept[layer] + kept.sum()
+            handle._input_total[layer] += kept.numel()
+        return h.masked_fill(~keep, 0)
+
+    return mask
+
+
+def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
+    """The activation function applied to each layer's gate output (``mlp.act_fn``)."""
+    from apc.common.projections import decoder_layers
+
+    out = []
+    for i, layer in enumerate(decoder_layers(model)):
+        act = getattr(getattr(layer, "mlp", None), "act_fn", None)
+        if act is None:
+            raise ValueError(f"mode 'cats' needs a gated MLP with an activation (mlp.act_fn); layer {i} has none")
+        out.append(act)
+    return out[:n_layers]
 
 
 def _width(mods: dict, proj: str) -> int:

@@ -45,11 +45,14 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
 
 
 def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
-          seed: int = 0, **masks) -> dict:
+          seed: int = 0, detail: bool = False, **masks) -> dict:
     """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
 
     Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
     started_at, finished_at, wall_time_s``; ``kept`` maps each masked projection to its kept share.
+    ``detail`` adds ``layer_kept`` (``{proj: [kept share per layer]}``), ``input_kept`` (teal: the
+    MLP input's, per layer), ``batch`` (the batch view, with ``batch_sizes`` among ``masks``) and
+    ``id_counts`` (cluster modes: top-1 id counts per layer).
     """
     started = time.time()
     t0 = time.perf_counter()
@@ -63,6 +66,10 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
            **{k: res[k] for k in ("nll", "tokens", "windows", "window_nll_sum", "window_tokens")},
            "kept": handle.kept_fraction() if masked else {},
            "started_at": started, "finished_at": time.time(), "wall_time_s": time.perf_counter() - t0}
+    if detail:
+        layers = handle.layer_stats()
+        out.update(layer_kept=layers["kept"], input_kept=layers["input_kept"], batch=handle.batch_view(),
+                   id_counts=handle.id_counts())
     log.info("%s: ppl %.3f [%.3f, %.3f] over %d tokens in %d windows; kept %s", mode, out["ppl"], lo, hi,
              out["tokens"], out["windows"], {k: round(v, 4) for k, v in out["kept"].items()})
     return out
