@@ -82,19 +82,46 @@ def ppl_tables(out: Path, s: pd.DataFrame) -> None:
         print(f"\n({dense['tokens']} tokens in {dense['windows']} windows per result)")
 
 
+def _cross(row, r: float) -> str:
+    v, lo, hi = row[f"share_{r:g}"], row[f"share_{r:g}_lo"], row[f"share_{r:g}_hi"]
+    if pd.isna(v):
+        return "not reached" + (f" (interval from {lo:.2f})" if not pd.isna(lo) else "")
+    return f"{v:.2f} [{lo:.2f}, " + ("not reached" if pd.isna(hi) else f"{hi:.2f}") + "]"
+
+
 def frontier_table(out: Path) -> None:
+    from apc.results.frontier import crossings
+
     path = out / "frontier.csv"
     if not path.exists():
         return
     fr = pd.read_csv(path)
-    print("\nFrontier: PPL [95 %] (compute share) per kept share\n")
-    shares = sorted(fr.share.unique())
-    print("| line | " + " | ".join(f"ρ = {x:g}" for x in shares) + " |")
-    print("| --- |" + " --- |" * len(shares))
+    print("\nFrontier on the real compute axis: PPL [95 %] @ compute share (kept share)\n")
+    n = max(len(g) for _, g in fr.groupby("line"))
+    print("| line | " + " | ".join(f"point {i + 1}" for i in range(n)) + " | 1.05× dense at | 1.25× dense at |")
+    print("| --- |" + " --- |" * (n + 2))
+    cross = crossings(fr).set_index("line")
     for line, g in fr.groupby("line", sort=False):
-        by = {r.share: f"{ppl(r.ppl)} [{ppl(r.ppl_lo)}, {ppl(r.ppl_hi)}] ({r.compute_share:.2f})" for r in g.itertuples()}
-        print(f"| {line} | " + " | ".join(by.get(x, "") for x in shares) + " |")
-    print(f"\n({int(fr.tokens.iloc[0])} tokens in {int(fr.windows.iloc[0])} windows per point)")
+        g = g.sort_values("compute_share")
+        cells = [f"{ppl(r.ppl)} [{ppl(r.ppl_lo)}, {ppl(r.ppl_hi)}] @ {r.compute_share:.2f} ({r.kept_share:.2f})"
+                 for r in g.itertuples()]
+        c = cross.loc[line]
+        print(f"| {line} | " + " | ".join(cells + [""] * (n - len(cells))) + f" | {_cross(c, 1.05)} | {_cross(c, 1.25)} |")
+    print(f"\n({int(fr.tokens.iloc[0])} tokens in {int(fr.windows.iloc[0])} windows per point; crossing shares "
+          "interpolated linearly between a line's points, [from the interval's lower, upper ratio bound])")
+    sizes = sorted(int(c[len("union_b"):]) for c in fr.columns if c.startswith("union_b"))
+    if sizes:
+        shares = sorted(fr.loc[fr.family != "cats", "share"].unique())
+        mid = shares[len(shares) // 2]
+        print(f"\nBatch view at kept share ≈ {mid:g}: share of down_in rows read by B consecutive tokens, "
+              "union of their masks / grouped by cluster id\n")
+        print("| line | kept | " + " | ".join(f"B = {b}" for b in sizes) + " |")
+        print("| --- | --- |" + " --- |" * len(sizes))
+        for line, g in fr.groupby("line", sort=False):
+            r = g.iloc[int(np.argmin(np.abs(g.share.to_numpy(float) - mid)))]
+            cells = [f"{r[f'union_b{b}']:.3f}" + ("" if pd.isna(r.get(f"grouped_b{b}")) else f" / {r[f'grouped_b{b}']:.3f}")
+                     for b in sizes]
+            print(f"| {line} | {r.kept_share:.2f} | " + " | ".join(cells) + " |")
 
 
 def job_seconds(out: Path) -> None:

@@ -286,13 +286,31 @@ def test_predictor_reports_have_sane_metrics(smoke):
 def test_frontier_points_table_and_plot(smoke):
     c, files = _frontier(smoke)
     dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-    assert len(files.points) == 7  # threshold, random, oracle, static, predicted, two neuron ranks
+    assert len(files.points) == 9  # threshold, random, cats, teal, oracle, static, predicted, two neuron ranks
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
-    assert np.allclose(table["compute_share"], table["kept_share"] + table["predictor_flops_share"])
+    assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
     assert (table["tokens"] == dense["tokens"]).all() and (table["ppl_lo"] <= table["ppl"]).all()
     row = table.set_index("line")
-    assert abs(row.loc["threshold", "kept_share"] - 0.6) < 0.02  # calibrated on train, measured on test
+    # FLOPs per product: what each method must run to decide its mask
+    before = table[table["family"].isin(["oracle", "predicted", "neuron", "random"])]
+    assert np.allclose(before["ffn_flops_share"], before["kept_share"], atol=1e-9)
+    thr, cats = row.loc["threshold-self"], row.loc["cats"]
+    assert thr["ffn_flops_share"] == pytest.approx((2 + thr["kept_share"]) / 3)
+    assert (thr["gate_share"], thr["up_share"]) == (1.0, 1.0)
+    assert cats["ffn_flops_share"] == pytest.approx((1 + 2 * cats["kept_share"]) / 3) and cats["gate_share"] == 1.0
+    assert cats["share"] == pytest.approx(0.4) and abs(cats["kept_share"] - 0.4) < 0.03  # placed at compute 0.6
+    teal = row.loc["teal"]
+    assert teal["gate_share"] == teal["up_share"] < 1 and teal["down_share"] == pytest.approx(teal["kept_share"])
+    assert abs(teal["ffn_flops_share"] - 0.6) < 0.03
+    # the batch view: B = 1 is the kept share; a union of more tokens reads more rows; ids group the reads
+    assert np.allclose(table["union_b1"], table["kept_share"], atol=1e-9)
+    assert (table["union_b16"] >= table["union_b4"] - 1e-12).all() and (table["union_b4"] >= table["union_b1"] - 1e-12).all()
+    oracle = row.loc["oracle.per_layer.apc-k8-s0"]
+    assert oracle["grouped_b1"] == pytest.approx(oracle["kept_share"], abs=1e-3)
+    assert oracle["union_b16"] <= oracle["grouped_b16"] + 1e-9 and np.isnan(row.loc["random", "grouped_b4"])
+    assert (smoke / "plots" / "batch_down_in.png").stat().st_size > 5000
+    assert abs(row.loc["threshold-self", "kept_share"] - 0.6) < 0.02  # calibrated on train, measured on test
     assert row.loc["random", "kept_share"] == pytest.approx(round(0.6 * 1536) / 1536)  # pure random, no threshold
     for line in ("oracle.per_layer.apc-k8-s0", "predicted-linear-m1.per_layer.apc-k8-s0"):
         assert row.loc[line, "kept_share"] == pytest.approx(0.6, abs=1e-3)
@@ -302,10 +320,10 @@ def test_frontier_points_table_and_plot(smoke):
     # the predicted mask in the predicted mode is the mode the frontier claims
     for p, path in zip(files.points, files.frontier):
         d = json.loads(Path(path).read_text())
-        assert d["line"] == p.line and d["mode"] in ("threshold", "random_only", "centroid_only", "predicted",
+        assert d["line"] == p.line and d["mode"] in ("threshold", "cats", "teal", "random_only", "centroid_only", "predicted",
                                                         "neuron_predicted")
         assert len(d["window_nll_sum"]) == d["windows"] == 2
-    assert row.loc["threshold", "ppl"] < row.loc["random", "ppl"]  # magnitude beats chance at equal share
+    assert row.loc["threshold-self", "ppl"] < row.loc["random", "ppl"]  # magnitude beats chance at equal share
     png = smoke / "plots" / "frontier_down_in.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
 

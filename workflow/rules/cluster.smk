@@ -4,6 +4,7 @@
 rule cluster:
     input:
         unpack(lambda wc: norms_input(wc.method)),
+        unpack(lambda wc: allocation_input(wc.method)),
         patterns=L.patterns("train"),
     output:
         centroids=L.centroids(W),

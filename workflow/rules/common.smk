@@ -14,7 +14,7 @@ sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
 from apc.common.config import ConfigError, load_schema, resolve
-from apc.common.frontier import frontier_psets, line_cell, parse_line
+from apc.common.frontier import frontier_psets, greedy_cells, line_cell, line_shares, parse_line
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
@@ -65,6 +65,12 @@ def norms_input(method):
 
     base, opts = method_spec(method, C["cluster"]["options"])
     return {"norms": L.down_norms()} if base == "apc_weighted" and opts.get("weighting") == "output" else {}
+
+
+def allocation_input(method):
+    """``{"allocation": frontier_calibration.json}`` for a cluster variant with greedy per-layer densities."""
+    opts = C["cluster"]["options"].get(method) or {}
+    return {"allocation": L.frontier_calibration()} if opts.get("allocation") == "greedy" else {}
 
 
 def predict_settings():
@@ -263,7 +269,11 @@ def frontier_line_inputs(wc):
     ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
     if d["family"] == "threshold":
         ins["kept"] = L.thresholds_kept()
-    for j, share in enumerate(C["frontier"]["kept_shares"]):
+    if d["family"] in ("cats", "teal"):
+        ins["calibration"] = L.frontier_calibration()
+    if d["family"] == "oracle":
+        ins.update(norms_input(d["method"]))
+    for j, share in enumerate(line_shares(C, wc.line)):
         for q in frontier_psets(C)[wc.pset]:
             cell = line_cell(wc.line, q, float(share))
             if cell is not None:
@@ -281,7 +291,7 @@ def frontier_line_inputs(wc):
 def frontier_line_cells(wc):
     """``[{proj: cell key}]`` per kept share: the clustering cells a cluster line links to."""
     out = []
-    for share in C["frontier"]["kept_shares"]:
+    for share in line_shares(C, wc.line):
         cells = {q: line_cell(wc.line, q, float(share)) for q in frontier_psets(C)[wc.pset]}
         out.append({q: c.key for q, c in cells.items() if c is not None})
     return out

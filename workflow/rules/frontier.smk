@@ -2,6 +2,9 @@
 # one file per kept share), the frontier table; the frontier plot is drawn by the plots rule.
 
 
+CATS_SHARES = line_shares(C, "cats")
+
+
 rule frontier_line:
     input:
         unpack(frontier_line_inputs),
@@ -10,11 +13,14 @@ rule frontier_line:
     params:
         test_tokens=C["frontier"]["test_tokens"],
         projections=lambda wc: frontier_psets(C)[wc.pset],
-        shares=C["frontier"]["kept_shares"],
+        shares=lambda wc: line_shares(C, wc.line),
         cells=frontier_line_cells,
         seed=C["predict"]["seed"],
+        batch_sizes=C["frontier"]["batch_sizes"],
         device=C["device"],
         dataset=dataset_name(C["data"]),
+    wildcard_constraints:
+        line=r"(?!cats\b)[A-Za-z0-9_.\-]+",
     threads: 1
     priority: 20
     log:
@@ -23,6 +29,35 @@ rule frontier_line:
         **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(C["frontier"]["kept_shares"])),
     benchmark:
         L.benchmark("frontier_line", pset="{pset}", line="{line}")
+    script:
+        "../scripts/frontier_line.py"
+
+
+# CATS is placed at the frontier's compute shares: its own kept shares (apc.common.frontier.cats_share).
+rule frontier_line_cats:
+    input:
+        unpack(frontier_line_inputs),
+    output:
+        [L.frontier_point("{pset}", "{line}", share) for share in CATS_SHARES],
+    params:
+        test_tokens=C["frontier"]["test_tokens"],
+        projections=lambda wc: frontier_psets(C)[wc.pset],
+        shares=lambda wc: line_shares(C, wc.line),
+        cells=frontier_line_cells,
+        seed=C["predict"]["seed"],
+        batch_sizes=C["frontier"]["batch_sizes"],
+        device=C["device"],
+        dataset=dataset_name(C["data"]),
+    wildcard_constraints:
+        line="cats",
+    threads: 1
+    priority: 20
+    log:
+        L.log("frontier_line_cats", pset="{pset}", line="{line}"),
+    resources:
+        **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(CATS_SHARES)),
+    benchmark:
+        L.benchmark("frontier_line_cats", pset="{pset}", line="{line}")
     script:
         "../scripts/frontier_line.py"
 

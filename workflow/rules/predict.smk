@@ -42,6 +42,35 @@ rule calibrate_kept_shares:
         "../scripts/calibrate_kept_shares.py"
 
 
+rule calibrate_frontier:
+    # CATS and TEAL thresholds and greedy per-layer allocations, from train FFN inputs through the MLP weights.
+    input:
+        model=L.manifest(),
+        ffn=L.ffn_inputs("train"),
+    output:
+        L.frontier_calibration(),
+    params:
+        kept_shares=C["frontier"]["kept_shares"],
+        cats_shares=lambda wc: line_shares(C, "cats") if "cats" in C["frontier"]["baselines"] else [],
+        teal_allocation=C["frontier"]["teal_allocation"] if "teal" in C["frontier"]["baselines"] else [],
+        greedy_cells=bool(greedy_cells(C)),
+        calibration_tokens=C["frontier"]["calibration_tokens"],
+        step=C["frontier"]["allocation_step"],
+        seed=C["predict"]["seed"],
+        device=C["device"],
+    threads: C["threads"]
+    priority: 45
+    log:
+        L.log("calibrate_frontier"),
+    resources:
+        **model_job(C["frontier"]["calibration_tokens"],
+                    passes=2 + 2 * round(1 / C["frontier"]["allocation_step"]) * len(C["frontier"]["teal_allocation"])),
+    benchmark:
+        L.benchmark("calibrate_frontier")
+    script:
+        "../scripts/calibrate_frontier.py"
+
+
 rule fit_cluster_predictor:
     input:
         centroids=L.centroids(W),

@@ -2,6 +2,8 @@ import torch
 
 from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
+from apc.common.frontier import parse_line
+from apc.common.layout import density_label
 from apc.common.rulekit import job_model, start
 from apc.extraction.model import cuda_peak_memory
 from apc.perplexity.frontier import score_point
@@ -16,7 +18,20 @@ projections = list(p.projections)
 table = read_json(i.thresholds)["projections"]
 thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None
+calibration = read_json(i.calibration) if "calibration" in i.keys() else None
+line = parse_line(wc.line)
 neurons = {}  # a neuron predictor serves every share: load it once
+
+
+def calibrated(section: str, share: float) -> dict | list:
+    """The calibration entry of this line at ``share`` (CATS thresholds, or a TEAL allocation)."""
+    table = calibration.get(section) or {}
+    if section == "teal":
+        table = table.get(line["allocation"]) or {}
+    if density_label(share) not in table:
+        raise ValueError(f"{i.calibration}: no {section} calibration at kept share {share}; rerun calibrate_frontier")
+    return table[density_label(share)]
+
 
 for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
     kw, links = {}, dict(p.cells[j])
@@ -25,9 +40,19 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
         if not rows:
             raise ValueError(f"{i.kept}: no thresholds for kept share {share}")
         kw["keep_thresholds"] = {q: [r["threshold"] for r in rows[0]["projections"][q]] for q in projections}
+    if line["family"] == "cats":
+        kw["gate_thresholds"] = {"down_in": calibrated("cats", share)}
+    elif line["family"] == "teal":
+        t = calibrated("teal", share)
+        kw.update(keep_thresholds={"down_in": t["mid"]}, input_thresholds=t["input"])
     cents = {q: i[f"centroids_{q}_{j}"] for q in projections if f"centroids_{q}_{j}" in i.keys()}
     if cents:
-        kw["centroids"] = {q: torch.from_numpy(load_centroids(path)[0]) for q, path in cents.items()}
+        loaded = {q: load_centroids(path) for q, path in cents.items()}
+        kw["centroids"] = {q: torch.from_numpy(bits) for q, (bits, _) in loaded.items()}
+        weighted = {q: meta for q, (_, meta) in loaded.items() if meta.get("base_method") == "apc_weighted"}
+        if weighted and line["family"] == "oracle":  # oracle by least missed weight, as the cell was fitted
+            kw["assign_weights"] = {q: read_npy(i.norms) if m["options"].get("weighting") == "output" else None
+                                    for q, m in weighted.items()}
     preds = {q: i[f"predictor_{q}_{j}"] for q in projections if f"predictor_{q}_{j}" in i.keys()}
     if preds:
         kw["predictors"], kw["predictor_share"] = {}, {}
@@ -38,6 +63,6 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
             kw["predictor_share"][q] = read_json(i[f"report_{q}_{j}"])["total"]["flops_share"]
     log.info("frontier %s/%s at kept share %g", wc.pset, wc.line, share)
     result = score_point(model, windows, wc.line, share, bos=tok.bos_token_id is not None, projections=projections,
-                         thresholds=thresholds, seed=p.seed, **kw)
+                         thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, **kw)
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,
                      "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in links.items() if c}, **result, **cuda_peak_memory(device)})

@@ -22,7 +22,7 @@ SCOPES = ("per_layer", "pooled")
 def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: int, seed: int, *,
              layers, density: float, max_iter: int, max_patterns_per_layer: int | None, chunk_size: int,
              device: str = "auto", options: dict | None = None,
-             column_norms=None) -> tuple[torch.Tensor, dict]:
+             column_norms=None, layer_density=None) -> tuple[torch.Tensor, dict]:
     """Cluster the train patterns in ``patterns_dir`` (a split's pattern store).
 
     ``method``: the cell's method name; ``options``: its ``cluster.options`` entry, whose
@@ -31,6 +31,8 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
     (same sampled rows as the binary methods) weighted by ``options["weighting"]``;
     ``output`` weighting needs ``column_norms``, ``(n_layers, width)`` down-projection
     column norms.  ``layers``: ``"all"`` or a list (per-layer scope; pooled always uses every layer).
+    ``layer_density``: one density per model layer (an ``allocation: greedy`` variant, per-layer
+    scope only; ``density`` is then their mean budget and only recorded).
     Returns ``(centroids (n_sets, rows, width) bool, meta)``: n_sets = len(layers) per layer,
     1 pooled; rows = K, or G*K for ``apc_product`` (``meta`` gains ``product_groups``,
     ``k_per_group``, ``grouping``, ``group_labels``); ``meta`` is the sidecar (parameters,
@@ -49,6 +51,12 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
     if bad:
         raise ValueError(f"config key 'cluster.layers': layers {bad} do not exist (the model has {len(all_layers)})")
     base, options = method_spec(method, {method: options or {}})
+    allocation = options.pop("allocation", "uniform")
+    if allocation == "greedy" and (layer_density is None or scope != "per_layer"):
+        raise ValueError(f"method {method!r} allocates densities per layer: it needs scope per_layer and the "
+                         "per-layer densities (frontier_calibration.json)")
+    if layer_density is not None and len(layer_density) != len(all_layers):
+        raise ValueError(f"layer_density has {len(layer_density)} values, the model has {len(all_layers)} layers")
     run = dict(method=base, density=density, seed=seed, max_iter=max_iter, device=device,
                chunk_size=chunk_size, **options)
     split = patterns_dir.name
@@ -63,6 +71,8 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
         groups = [(l, load_layer(f, max_patterns_per_layer, seed * 1_000_003 + l)) for l, f in zip(chosen, files)]
     sets, results, history, iterations, converged, n_train = [], [], [], 0, True, 0
     for set_id, data in groups:
+        if layer_density is not None:
+            run["density"] = float(layer_density[set_id])
         res = cluster(data, k, **run)
         sets.append(res.centroids)
         results.append(res)
@@ -81,7 +91,8 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
         "mask_density": float(centroids.float().mean()) * product.get("product_groups", 1),
         "iterations": iterations, "converged": converged, "n_train_patterns": n_train,
         "max_patterns_per_layer": max_patterns_per_layer, "model": extract["model"], "dataset": extract["dataset"],
-        "options": options, "history": history,
+        "options": options, "history": history, "allocation": allocation,
+        **({"layer_density": [float(d) for d in layer_density]} if layer_density is not None else {}),
         "started_at": started, "finished_at": time.time(), "wall_time_s": time.perf_counter() - t0,
         **product,
     }

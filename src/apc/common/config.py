@@ -67,6 +67,19 @@ def resolve(raw: dict, schema: dict | None = None, root: str | Path = ".") -> di
     return resolved
 
 
+def _add_greedy_variants(config: dict) -> None:
+    """A frontier cell with ``allocation: greedy`` clusters the variant ``{method}_greedy`` (same options,
+    plus ``allocation: greedy``), so its cells have names of their own."""
+    from apc.common.frontier import greedy_method
+
+    options = config["cluster"]["options"]
+    for c in (config.get("frontier") or {}).get("cells") or []:
+        if c.get("allocation", "uniform") == "greedy":
+            entry = dict(options.get(c["method"]) or {})
+            entry.setdefault("method", c["method"])
+            options.setdefault(greedy_method(c["method"]), {**entry, "allocation": "greedy"})
+
+
 def _preset(presets: dict, name: str, seen: tuple) -> dict:
     if name in seen:
         raise ConfigError(f"config key 'presets.{name}.inherits': inheritance loop {' -> '.join(seen + (name,))}")
@@ -224,6 +237,7 @@ def _check_paths(config: dict, root: Path) -> None:
     from apc.clustering.registry import available_methods
 
     _check_frontier(config, available_methods())  # first: frontier cells join the sweep checked below
+    _add_greedy_variants(config)
     _check_methods(config)
 
 
@@ -261,6 +275,26 @@ def _check_methods(config: dict) -> None:
                 raise ConfigError(f"config key 'cluster.options.{cell.method}.groups': must be a positive integer, got {g!r}")
 
 
+#: Hugging Face ``model_type`` values of FFNs without a gate (CATS thresholds the gate's activation).
+UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "falcon", "bloom", "gpt_bigcode", "phi"})
+
+
+def _check_gated(config: dict) -> None:
+    """``cats`` needs a gated FFN: a local model folder whose ``config.json`` names an ungated family stops here."""
+    if "cats" not in config["frontier"]["baselines"]:
+        return
+    path = Path(str(config["model"]["name_or_path"])) / "config.json"
+    if not path.is_file():
+        return  # the embedded model or a hub id: checked when the model is loaded
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (OSError, ValueError):
+        return
+    if model_type in UNGATED_MODEL_TYPES:
+        raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
+                          f"{config['model']['name_or_path']!r} ({model_type}) has no gate; drop cats")
+
+
 def _check_frontier(config: dict, methods) -> None:
     """Frontier keys the schema cannot check: projections extracted, shared pset names equal,
     cells of registered methods covering every layer, top_m within K."""
@@ -283,7 +317,21 @@ def _check_frontier(config: dict, methods) -> None:
                           f"of seq_len={seq_len} tokens")
     if not f["cells"]:
         raise ConfigError("config key 'frontier.cells': needs at least one {method, k, scope} cell")
+    if any(b in ("cats", "teal") for b in f["baselines"]):
+        bad = {name: projs for name, projs in f["pset"].items() if list(projs) != ["down_in"]}
+        if bad:
+            raise ConfigError(f"config key 'frontier.baselines': cats and teal mask the down_proj input; frontier.pset "
+                              f"{bad} is not [down_in] (drop cats/teal or set frontier.pset to {{down_in: [down_in]}})")
+        _check_gated(config)
     for c in f["cells"]:
+        if c.get("allocation", "uniform") == "greedy":
+            if c["scope"] != "per_layer":
+                raise ConfigError(f"config key 'frontier.cells': allocation 'greedy' allocates per layer; cell {c} "
+                                  "needs scope per_layer")
+            bad = {name: projs for name, projs in f["pset"].items() if list(projs) != ["down_in"]}
+            if bad:
+                raise ConfigError(f"config key 'frontier.cells': allocation 'greedy' is calibrated on down_in; "
+                                  f"frontier.pset {bad} is not [down_in]")
         if c["method"] not in methods:
             raise ConfigError(f"config key 'frontier.cells': unknown method {c['method']!r} "
                               f"(registered: {', '.join(methods)})")

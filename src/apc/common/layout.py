@@ -124,6 +124,10 @@ class Layout:
         """Magnitude thresholds per kept share (``threshold`` perplexity mode)."""
         return self._p("thresholds_kept.json")
 
+    def frontier_calibration(self) -> str:
+        """CATS and TEAL thresholds and greedy per-layer allocations (:mod:`apc.perplexity.calibrate`)."""
+        return self._p("frontier_calibration.json")
+
     # -- stage 2: clustering
     def cell_dir(self, c: Cell) -> str:
         return self._p("clusters", c.proj, c.scope, c.name)

@@ -21,12 +21,13 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str, share: float
                 thresholds: dict, keep_thresholds: dict | None = None, centroids: dict | None = None,
                 predictors: dict | None = None, predictor_share: dict | None = None, seed: int = 0,
                 gate_thresholds: dict | None = None, input_thresholds: list | None = None,
-                batch_sizes=()) -> dict:
+                batch_sizes=(), assign_weights: dict | None = None) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
     ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal: ``down_in``),
     ``gate_thresholds: {"down_in": [T per layer]}`` (cats), ``input_thresholds: [T_in per layer]``
-    (teal), ``centroids: {proj: (L, K, W) bool}`` (oracle, predicted), ``predictors: {proj: [per
+    (teal), ``centroids: {proj: (L, K, W) bool}`` (oracle, predicted; ``assign_weights`` as in
+    :func:`install_interventions` for a weighted cell's oracle), ``predictors: {proj: [per
     layer]}`` and ``predictor_share: {proj: FLOPs share}`` (predicted, neuron).  Returns
     :func:`score`'s dict (with ``detail``) plus ``line, family, mode, share, kept_share,
     product_shares`` (``{gate, up, down: [share per layer]}``), ``ffn_flops_share``,
@@ -44,7 +45,7 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str, share: float
     elif d["family"] == "random":
         kw["random_density"] = {q: share for q in projections}
     elif d["family"] == "oracle":
-        kw["centroids"] = centroids
+        kw.update(centroids=centroids, assign_weights=assign_weights)
     elif d["family"] == "predicted":
         kw.update(centroids=centroids, predictors=predictors, top_m=d["top_m"])
     else:

@@ -1,8 +1,14 @@
 """The frontier table (one row per point) and the frontier plot of each projection set.
 
 Rows come from exactly the point files given (never a folder scan): perplexity, its 95 %
-bootstrap interval, the paired ratio to dense, token count, kept share, predictor FLOPs
-share, compute share (kept + predictor) and the clustering cell of the point.
+bootstrap interval, the paired ratio to dense, token count, kept share, the share of each
+matrix product's multiply-adds run (mean over layers), the FFN FLOPs share, predictor FLOPs
+share, compute share (FFN + predictor), the batch view (``union_b{B}``: share of neurons at
+least one of B consecutive tokens keeps; ``grouped_b{B}``: cluster lines' distinct ids times
+their density, capped at 1) and the clustering cell of the point.
+
+:func:`crossings` reads the table as a decision: the compute share at which each line reaches
+a given ratio to dense perplexity.
 """
 
 from __future__ import annotations
@@ -21,7 +27,22 @@ from apc.common.progress import get_logger
 log = get_logger("apc.results.frontier")
 
 COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi", "ratio", "ratio_lo", "ratio_hi",
-           "tokens", "windows", "kept_share", "predictor_flops_share", "compute_share", "cells"]
+           "tokens", "windows", "kept_share", "gate_share", "up_share", "down_share", "ffn_flops_share",
+           "predictor_flops_share", "compute_share", "cells"]
+
+
+def point_columns(d: dict) -> dict[str, float]:
+    """The per-product FLOPs shares (mean over layers) and the batch view of one point file,
+    mean over the masked projections: ``{gate_share, up_share, down_share, union_b{B}, grouped_b{B}}``."""
+    out = {f"{prod}_share": float(np.mean(v)) for prod, v in (d.get("product_shares") or {}).items()}
+    batch = d.get("batch") or {}
+    sizes = sorted({int(b) for v in batch.values() for b in v})
+    for b in sizes:
+        union = [v[str(b)]["union"]["mean"] for v in batch.values() if str(b) in v]
+        grouped = [v[str(b)]["grouped"]["mean"] for v in batch.values() if str(b) in v and v[str(b)]["grouped"]]
+        out[f"union_b{b}"] = float(np.mean(union))
+        out[f"grouped_b{b}"] = float(np.mean(grouped)) if grouped else float("nan")
+    return out
 
 
 def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.PathLike]) -> pd.DataFrame:
@@ -35,10 +56,46 @@ def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.P
         iv = _interval_columns("ppl", d, dense)
         rows.append({"pset": d["pset"], "line": d["line"], "family": d["family"], "mode": d["mode"],
                      "share": d["share"], **iv, "tokens": d["tokens"], "windows": d["windows"],
-                     "kept_share": d["kept_share"], "predictor_flops_share": d["predictor_flops_share"],
-                     "compute_share": d["compute_share"],
-                     "cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items()))})
-    return pd.DataFrame(rows, columns=COLUMNS)
+                     "kept_share": d["kept_share"], "ffn_flops_share": d.get("ffn_flops_share"),
+                     "predictor_flops_share": d["predictor_flops_share"], "compute_share": d["compute_share"],
+                     "cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items())),
+                     **point_columns(d)})
+    extra = sorted({k for r in rows for k in r} - set(COLUMNS), key=lambda k: (k.split("_b")[0], int(k.split("_b")[-1]))
+                   if "_b" in k and k.split("_b")[-1].isdigit() else (k, 0))
+    return pd.DataFrame(rows, columns=COLUMNS + extra)
+
+
+def crossings(table: pd.DataFrame, ratios=(1.05, 1.25)) -> pd.DataFrame:
+    """Per line of ``table``: the compute share at which its perplexity ratio to dense falls to each of
+    ``ratios``, interpolated linearly between its points ordered by compute share (and the same for
+    the interval's bounds: ``share_{r}_lo`` uses the lower ratio bound, so it is the earliest share
+    the interval allows).  NaN where the line never reaches the ratio.  Columns ``pset, line, family,
+    share_{r}, share_{r}_lo, share_{r}_hi`` per ratio r."""
+    rows = []
+    for (pset, line), g in table.groupby(["pset", "line"], sort=False):
+        g = g.sort_values("compute_share")
+        x = g["compute_share"].to_numpy(float)
+        row = {"pset": pset, "line": line, "family": g["family"].iloc[0]}
+        for r in ratios:
+            for suffix, col in (("", "ratio"), ("_lo", "ratio_lo"), ("_hi", "ratio_hi")):
+                row[f"share_{r:g}{suffix}"] = _first_crossing(x, g[col].to_numpy(float), r)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    """The smallest x where the piecewise-linear y(x) is at or below ``level`` (NaN if never)."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    if len(x) == 0:
+        return float("nan")
+    if y[0] <= level:
+        return float(x[0])
+    for i in range(1, len(x)):
+        if y[i] <= level:
+            t = (y[i - 1] - level) / (y[i - 1] - y[i])
+            return float(x[i - 1] + t * (x[i] - x[i - 1]))
+    return float("nan")
 
 
 def write_frontier_table(path: str | os.PathLike, points, refs) -> pd.DataFrame:
@@ -50,8 +107,19 @@ def write_frontier_table(path: str | os.PathLike, points, refs) -> pd.DataFrame:
     return df
 
 
+#: (line style, marker) per line family: one marker per family on every plot
+STYLES = {"threshold": (":", "v"), "cats": ("-", "D"), "teal": ("-", "s"), "random": (":", "x"),
+          "oracle": ("-", "o"), "predicted": ("--", "^"), "neuron": ("-.", "P")}
+
+
 def _label(line: str) -> str:
     d = parse_line(line)
+    if d["family"] == "threshold":
+        return "threshold on down_in itself (gate, up in full)"
+    if d["family"] == "cats":
+        return "CATS (|act(gate)| threshold; gate in full)"
+    if d["family"] == "teal":
+        return f"TEAL ({d['allocation']}: input and down_in thresholds)"
     if d["family"] == "oracle":
         return f"static ({d['scope']})" if d["method"] == "static" else \
             f"oracle {d['method']} K={d['k']} ({d['scope']})"
@@ -80,13 +148,12 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     fig, axes = _figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[table["pset"] == pset]
-    styles = {"threshold": "-", "random": ":", "oracle": "-", "predicted": "--", "neuron": "-."}
     for line, g in rows.groupby("line", sort=False):
         g = g.sort_values("compute_share")
         y = g["ppl"].to_numpy(float)
         err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
-        ax.errorbar(g["compute_share"], y, yerr=err, marker="o", ms=4, capsize=3,
-                    ls=styles.get(g["family"].iloc[0], "-"), label=_label(line))
+        ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
+        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line))
     n = int(rows["windows"].max()) if len(rows) else 0
     if dense is not None:
         d = _on_windows(dense, n)
@@ -96,7 +163,7 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
         sp = _on_windows(sparse, n)
         ax.axhline(sp, color="grey", lw=1, ls="--", label=f"true sparse ({sp:.2f}, kept {kept:.2f}, needs the full FFN)")
     ax.set_yscale("log")
-    ax.set_xlabel("FFN compute share spent (kept neurons + predictor FLOPs)")
+    ax.set_xlabel("FFN compute share spent (multiply-adds each product really runs + predictor FLOPs)")
     ax.set_ylabel("perplexity (test, 95 % CI)")
     ax.set_title(f"compute-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
@@ -104,11 +171,47 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     return _save(fig, path)
 
 
-def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=()) -> list[Path]:
-    """``frontier_{pset}.png`` for every projection set of the frontier table at ``table_path``."""
+def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) -> Path:
+    """Share of weight rows read against the batch size B, one line per method at kept share ``share``
+    (the frontier share nearest to it per line): the union of B tokens' masks (solid) and, for cluster
+    lines, the rows read when each id group reads its own (dashed)."""
+    from apc.results.plots import _figure, _save
+
+    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    ax = axes[0, 0]
+    rows = table[table["pset"] == pset]
+    sizes = sorted(int(c[len("union_b"):]) for c in rows.columns if c.startswith("union_b"))
+    for line, g in rows.groupby("line", sort=False):
+        row = g.iloc[int(np.argmin(np.abs(g["share"].to_numpy(float) - share)))]
+        ls, marker = STYLES.get(row["family"], ("-", "o"))
+        union = [row[f"union_b{b}"] for b in sizes]
+        h = ax.plot(sizes, union, marker=marker, ls="-", label=f"{_label(line)} (kept {row['kept_share']:.2f})")
+        grouped = [row.get(f"grouped_b{b}", np.nan) for b in sizes]
+        if np.isfinite(np.asarray(grouped, float)).any():
+            ax.plot(sizes, grouped, marker=marker, ls="--", color=h[0].get_color(), label=f"{_label(line)}: grouped by id")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(b) for b in sizes])
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("B consecutive tokens sharing one weight read")
+    ax.set_ylabel("share of a layer's down_in neurons read (mean over layers)")
+    ax.set_title(f"batch view: {pset}, kept share ~ {share:g}")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=6, loc="lower right")
+    return _save(fig, path)
+
+
+def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_share: float | None = None) -> list[Path]:
+    """``frontier_{pset}.png`` for every projection set of the frontier table at ``table_path``, and
+    ``batch_{pset}.png`` (the batch view at ``batch_share``, by default the middle kept share)."""
     table = pd.read_csv(table_path)
     references = [read_json(p) for p in refs]
     dense = next((r for r in references if r.get("mode") == "dense"), None)
     sparse = {r["pset"]: r for r in references if r.get("mode") == "sparse"}
-    return [plot_frontier(table, pset, dense, sparse.get(pset), Path(plot_dir) / f"frontier_{pset}.png")
-            for pset in sorted(table["pset"].unique())]
+    out = [plot_frontier(table, pset, dense, sparse.get(pset), Path(plot_dir) / f"frontier_{pset}.png")
+           for pset in sorted(table["pset"].unique())]
+    if any(c.startswith("union_b") for c in table.columns):
+        shares = sorted(table.loc[table["family"] != "cats", "share"].unique())
+        share = batch_share if batch_share is not None else (shares[len(shares) // 2] if shares else 0.6)
+        out += [plot_batch_view(table, pset, share, Path(plot_dir) / f"batch_{pset}.png")
+                for pset in sorted(table["pset"].unique())]
+    return out

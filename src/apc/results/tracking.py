@@ -328,7 +328,8 @@ def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
     Named and keyed ``frontier/{pset}/{line}/{share}`` (:class:`apc.common.frontier.Point`), tag
     ``apc.frontier_cells`` = the clustering cell keys the point uses (``proj=key``, ``;``-joined; empty
     for threshold and random).  Metrics: perplexity with interval and paired ratio to dense,
-    tokens, kept share, predictor FLOPs share, compute share; artifacts: the point and the
+    tokens, kept share, FLOPs share of each product, predictor FLOPs share, compute share, the batch
+    view (``union_b{B}``, ``grouped_b{B}``); artifacts: the point and the
     predictor reports it used.
     """
     from apc.results.inputs import sweep_files
@@ -344,8 +345,13 @@ def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
         r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
                 model=d.get("model"), dataset=d.get("dataset"))
         _ppl_metrics(r, "ppl", d, dense)
-        for k in ("share", "tokens", "windows", "kept_share", "predictor_flops_share", "compute_share"):
+        for k in ("share", "tokens", "windows", "kept_share", "ffn_flops_share", "predictor_flops_share",
+                  "compute_share"):
             r.metric(k, d.get(k))
+        from apc.results.frontier import point_columns
+
+        for k, v in point_columns(d).items():  # FLOPs per product, batch view, time shares
+            r.metric(k, v)
         r.times(d.get("started_at"), d.get("finished_at"))
         r.artifacts.append((path, "frontier"))
         out.append(r)
