@@ -1,0 +1,392 @@
+"""Masked gated FFN ``y = W_down (act(W_gate x) * (W_up x) * mask)`` computing only the kept neurons.
+
+Shapes: ``x (T, d_model)``; ``w_gate, w_up (d_ff, d_model)``; ``w_down (d_model, d_ff)`` (the
+``nn.Linear`` layouts; ``w_down`` may have any strides, and :func:`column_major` gives the layout
+in which a kept neuron's column is contiguous, the fast one for the CUDA kernels); ``y (T, d_model)``
+in the dtype of ``x``.  ``act`` is ``"silu"``, ``"relu"`` or an activation module/callable.
+
+Kernels (each equals :func:`masked_dense_ffn` with the mask it implies):
+
+=============== ============================================================================
+``dense``       every neuron (the reference)
+``per_token``   per-token masks ``(T, d_ff)``; runs the rows of the union of the batch's masks
+``grouped``     cluster masks ``(K, d_ff)`` and per-token ids ``(T,)``: tokens sorted by id, one
+                grouped launch over the groups, each group's rows read by index
+``cats``        ``W_gate`` dense, ``W_up``/``W_down`` on the kept neurons, mask = ``|act(gate)| >= thr``
+=============== ============================================================================
+
+``backend`` is ``"auto"`` (Triton on CUDA, else torch), ``"triton"`` or ``"torch"``.  Where Triton or
+CUDA is unavailable, or the activation has no Triton form, the torch fallback runs and one log line
+says so.  The torch fallback gathers the kept rows with ``index_select`` and loops over the
+non-empty groups.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from apc.common.progress import get_logger
+
+KERNELS = ("dense", "per_token", "grouped", "cats")
+BACKENDS = ("auto", "triton", "torch")
+_log = get_logger("apc.deploy")
+_said: set[str] = set()
+_ACT_CODES = {"silu": 0, "relu": 1}
+
+try:  # Triton is optional: the torch fallback runs without it
+    import triton
+
+    from apc.deploy import triton_ffn as _tk
+except Exception as exc:  # pragma: no cover - depends on the install
+    _tk = None
+    _TRITON_ERROR = f"{type(exc).__name__}: {exc}"
+else:
+    _TRITON_ERROR = ""
+
+
+def _say_once(msg: str) -> None:
+    if msg not in _said:
+        _said.add(msg)
+        _log.info(msg)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class GroupIndex:
+    """Kept-neuron lists of ``K`` group masks: ``idx (K, d_ff) int32`` with each row's kept neuron ids
+    first (ascending), ``counts (K,) int32`` kept per group.  Build once per mask set (:func:`group_index`)."""
+
+    idx: torch.Tensor
+    counts: torch.Tensor
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.idx.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.idx.shape[1])
+
+
+def group_index(masks: torch.Tensor) -> GroupIndex:
+    """``masks (K, d_ff) bool`` -> :class:`GroupIndex` on the same device."""
+    if masks.dim() != 2 or masks.shape[0] < 1:
+        raise ValueError(f"group masks must have shape (K, d_ff) with K >= 1, got {tuple(masks.shape)}")
+    m = masks if masks.dtype == torch.bool else masks != 0
+    # a stable sort of "dropped" flags puts the kept ids first, in ascending order
+    idx = torch.argsort((~m).to(torch.int8), dim=1, stable=True).to(torch.int32)
+    return GroupIndex(idx.contiguous(), m.sum(dim=1, dtype=torch.int32))
+
+
+def column_major(w_down: torch.Tensor) -> torch.Tensor:
+    """``w_down (d_model, d_ff)`` with the same values, stored so that each column is contiguous
+    (one copy of the weight, made once per model; the fast layout for the CUDA kernels)."""
+    return w_down.t().contiguous().t()
+
+
+def _check_weights(x, w_gate, w_up, w_down) -> tuple[int, int]:
+    if x.dim() != 2:
+        raise ValueError(f"x must have shape (T, d_model), got {tuple(x.shape)}")
+    d_model = x.shape[1]
+    if w_gate.dim() != 2 or w_gate.shape[1] != d_model:
+        raise ValueError(f"w_gate must have shape (d_ff, {d_model}), got {tuple(w_gate.shape)}")
+    d_ff = w_gate.shape[0]
+    if tuple(w_up.shape) != (d_ff, d_model):
+        raise ValueError(f"w_up must have shape ({d_ff}, {d_model}) like w_gate, got {tuple(w_up.shape)}")
+    if tuple(w_down.shape) != (d_model, d_ff):
+        raise ValueError(f"w_down must have shape ({d_model}, {d_ff}), got {tuple(w_down.shape)}")
+    for name, w in (("w_gate", w_gate), ("w_up", w_up), ("w_down", w_down)):
+        if w.device != x.device or w.dtype != x.dtype:
+            raise ValueError(f"{name} is {w.dtype} on {w.device}, x is {x.dtype} on {x.device}: they must match")
+    return d_model, d_ff
+
+
+def _act_fn(act):
+    if isinstance(act, str):
+        if act not in _ACT_CODES:
+            raise ValueError(f"unknown activation {act!r}; expected one of {', '.join(_ACT_CODES)} or a callable")
+        return F.silu if act == "silu" else F.relu
+    if not callable(act):
+        raise ValueError(f"act must be 'silu', 'relu' or a callable, got {act!r}")
+    return act
+
+
+def _act_code(act) -> int | None:
+    """Triton code of ``act``, or None where the kernels have no form of it."""
+    if isinstance(act, str):
+        return _ACT_CODES[act]
+    if act is F.silu or isinstance(act, nn.SiLU) or type(act).__name__ in ("SiLU", "SiLUActivation"):
+        return 0
+    if act is F.relu or isinstance(act, nn.ReLU):
+        return 1
+    return None
+
+
+def _use_triton(x: torch.Tensor, act, backend: str, kernel: str) -> bool:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+    if backend == "torch":
+        return False
+    why = ""
+    if _tk is None:
+        why = f"Triton is not importable ({_TRITON_ERROR})"
+    elif not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        why = f"the tensors are on {x.device}, not CUDA"
+    elif _act_code(act) is None:
+        why = f"activation {type(act).__name__} has no Triton form"
+    elif x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
+        why = f"dtype {x.dtype} is not supported by the Triton kernels"
+    if why:
+        if backend == "triton":
+            _say_once(f"masked FFN kernel {kernel!r}: Triton asked for, but {why}; using the torch fallback")
+        elif x.is_cuda:
+            _say_once(f"masked FFN kernel {kernel!r}: {why}; using the torch fallback")
+        return False
+    return True
+
+
+# ----------------------------------------------------------------------------- references
+
+
+def dense_ffn(x, w_gate, w_up, w_down, act="silu") -> torch.Tensor:
+    """Dense gated FFN: ``x (T, d_model)`` -> ``(T, d_model)``."""
+    _check_weights(x, w_gate, w_up, w_down)
+    a = _act_fn(act)
+    return F.linear(a(F.linear(x, w_gate)) * F.linear(x, w_up), w_down)
+
+
+def masked_dense_ffn(x, w_gate, w_up, w_down, mask, act="silu") -> torch.Tensor:
+    """Dense products with the intermediate masked: ``mask (T, d_ff) bool`` -> ``(T, d_model)``."""
+    _, d_ff = _check_weights(x, w_gate, w_up, w_down)
+    _check_mask(mask, x.shape[0], d_ff, x.device)
+    a = _act_fn(act)
+    h = a(F.linear(x, w_gate)) * F.linear(x, w_up)
+    return F.linear(h.masked_fill(~mask, 0), w_down)
+
+
+def _check_mask(mask, n_tokens, d_ff, device):
+    if mask.dtype != torch.bool or tuple(mask.shape) != (n_tokens, d_ff):
+        raise ValueError(f"mask must be a bool tensor of shape ({n_tokens}, {d_ff}), got {mask.dtype} "
+                         f"{tuple(mask.shape)}")
+    if mask.device != device:
+        raise ValueError(f"mask is on {mask.device}, x on {device}")
+
+
+# ----------------------------------------------------------------------------- torch fallback
+
+
+def _fb_rows(x, w_gate, w_up, w_down, idx, act, token_mask=None):
+    """Fallback on the neurons ``idx (n,) int64`` for all rows of ``x``; ``token_mask (T, n) bool``."""
+    gk = w_gate.index_select(0, idx)
+    uk = w_up.index_select(0, idx)
+    dk = w_down.index_select(1, idx)
+    h = act(F.linear(x, gk)) * F.linear(x, uk)
+    if token_mask is not None:
+        h = h.masked_fill(~token_mask, 0)
+    return F.linear(h, dk)
+
+
+def _fb_grouped(x, w_gate, w_up, w_down, ids, gi: GroupIndex, act):
+    order = torch.argsort(ids, stable=True)
+    counts = torch.bincount(ids, minlength=gi.n_groups).tolist()
+    kept = gi.counts.tolist()
+    y = torch.zeros_like(x)
+    start = 0
+    for g in (g for g, c in enumerate(counts) if c):  # the non-empty groups only
+        rows = order[start:start + counts[g]]
+        start += counts[g]
+        if kept[g]:
+            idx = gi.idx[g, :kept[g]].long()
+            y.index_copy_(0, rows, _fb_rows(x.index_select(0, rows), w_gate, w_up, w_down, idx, act))
+    return y
+
+
+# ----------------------------------------------------------------------------- Triton launch
+
+
+def _configs(rows_per_group: float, dtype) -> dict:
+    """Tile sizes by the mean rows per group (the M of each group's product)."""
+    if rows_per_group <= 16:
+        c = dict(BM=16, BN1=32, BK1=128, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
+    elif rows_per_group <= 64:
+        c = dict(BM=64, BN1=64, BK1=64, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
+    else:
+        c = dict(BM=128, BN1=64, BK1=64, W1=8, S1=3, BN2=128, BK2=64, W2=8, S2=3)
+    if dtype == torch.float32:  # twice the bytes per element: halve the k tiles
+        c.update(BK1=min(c["BK1"], 32), BK2=32, S1=2, S2=2)
+    return c
+
+
+_SCHEDULES: dict = {}
+
+
+def _single_schedule(n_tokens: int, bm: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One group holding all tokens in their order: ``(order (T,), blocks (3, B))``, cached."""
+    key = (n_tokens, bm, str(device))
+    if key not in _SCHEDULES:
+        nb = -(-n_tokens // bm)
+        r0 = torch.arange(nb, device=device, dtype=torch.int32) * bm
+        blocks = torch.stack([torch.zeros_like(r0), r0, torch.clamp(r0 + bm, max=n_tokens)]).contiguous()
+        _SCHEDULES[key] = (torch.arange(n_tokens, device=device, dtype=torch.int32), blocks)
+    return _SCHEDULES[key]
+
+
+def group_schedule(ids: torch.Tensor, n_groups: int, bm: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tokens sorted by group and cut into blocks of ``bm`` rows, on the device, with no host sync.
+
+    ``ids (T,) int64`` in ``[0, n_groups)`` -> ``order (T,) int32`` (sorted row -> token) and
+    ``blocks (3, B) int32`` (group, first row, end row) with ``B = ceil(T/bm) + min(K, T)``, an
+    upper bound on the blocks; unused blocks have first == end.
+    """
+    n = ids.numel()
+    dev = ids.device
+    order = torch.argsort(ids, stable=True)
+    counts = torch.zeros(n_groups, dtype=torch.int64, device=dev).index_add_(
+        0, ids, torch.ones(n, dtype=torch.int64, device=dev))
+    starts = torch.cumsum(counts, 0) - counts
+    nblk = (counts + bm - 1) // bm
+    blk_end = torch.cumsum(nblk, 0)
+    n_blocks = -(-n // bm) + min(n_groups, n)
+    b = torch.arange(n_blocks, device=dev)
+    g = torch.searchsorted(blk_end, b, right=True)
+    valid = g < n_groups
+    g = torch.clamp(g, max=n_groups - 1)
+    r0 = starts[g] + (b - (blk_end[g] - nblk[g])) * bm
+    r1 = torch.minimum(r0 + bm, starts[g] + counts[g])
+    r0 = torch.where(valid, r0, 0)
+    r1 = torch.where(valid, r1, 0)
+    blocks = torch.stack([g, r0, r1]).to(torch.int32).contiguous()
+    return order.to(torch.int32), blocks
+
+
+def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, *, a=None, token_mask=None,
+            thr=0.0, n_rows=None, stages=("gate_up", "down"), split=None) -> torch.Tensor:
+    """Run the two kernels on a schedule; ``stages`` may leave one out (profiling)."""
+    d_model = x.shape[1]
+    d_ff = idx.shape[1]
+    n_blocks = blocks.shape[1]
+    ieee = x.dtype == torch.float32
+    bm = cfg["BM"]
+    h = torch.empty((order.numel() if n_rows is None else n_rows, d_ff), device=x.device, dtype=x.dtype)
+    mask_mode = 1 if token_mask is not None else (2 if a is not None and thr is not None else 0)
+    if "gate_up" in stages:
+        n_n = triton.cdiv(d_ff, cfg["BN1"])
+        _tk.gate_up_kernel[(n_blocks * n_n,)](
+            x, order, blocks, n_blocks, idx, counts, w_gate, w_up,
+            a if a is not None else x, token_mask if token_mask is not None else x, h, float(thr or 0.0),
+            d_model, n_n, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
+            a.stride(0) if a is not None else 0, token_mask.stride(0) if token_mask is not None else 0, h.stride(0),
+            ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee,
+            BM=bm, BN=cfg["BN1"], BK=cfg["BK1"], GROUP_M=8, num_warps=cfg["W1"], num_stages=cfg["S1"])
+    if "down" not in stages:
+        return h
+    n_n = triton.cdiv(d_model, cfg["BN2"])
+    # split the kept list over programs when the row blocks alone cannot fill the device
+    if split is None:
+        split = 1
+        if x.is_cuda and order.numel() <= 64:
+            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
+            split = max(1, min(16, -(-2 * sms // (n_blocks * n_n))))
+    if split > 1:
+        y = torch.zeros((x.shape[0], d_model), device=x.device, dtype=torch.float32)
+    else:
+        y = torch.empty((x.shape[0], d_model), device=x.device, dtype=x.dtype)
+    _tk.down_kernel[(n_blocks * n_n, split)](
+        h, order, blocks, n_blocks, idx, counts, w_down, y, d_model, n_n,
+        h.stride(0), idx.stride(0), w_down.stride(0), w_down.stride(1), y.stride(0),
+        SPLIT=split, IEEE=ieee, BM=bm, BN=cfg["BN2"], BK=cfg["BK2"], GROUP_M=8,
+        num_warps=cfg["W2"], num_stages=cfg["S2"])
+    return y.to(x.dtype) if split > 1 else y
+
+
+def _union_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mask (T, d_ff) bool`` -> union's ``idx (1, d_ff) int32`` (kept first) and ``counts (1,) int32``."""
+    union = mask.any(dim=0)
+    idx = torch.argsort((~union).to(torch.int8), stable=True).to(torch.int32).view(1, -1)
+    return idx, union.sum(dtype=torch.int32).view(1)
+
+
+# ----------------------------------------------------------------------------- public kernels
+
+
+def per_token_ffn(x, w_gate, w_up, w_down, mask, act="silu", backend="auto") -> torch.Tensor:
+    """Per-token masked FFN (decode): ``mask (T, d_ff) bool`` -> ``(T, d_model)``.
+
+    Runs the rows of the union of the ``T`` masks, then zeroes each token's own dropped neurons, so
+    the result equals :func:`masked_dense_ffn` token by token.
+    """
+    _, d_ff = _check_weights(x, w_gate, w_up, w_down)
+    _check_mask(mask, x.shape[0], d_ff, x.device)
+    if x.shape[0] == 0:
+        return torch.zeros_like(x)
+    if _use_triton(x, act, backend, "per_token"):
+        cfg = _configs(x.shape[0], x.dtype)
+        idx, counts = _union_index(mask)
+        order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
+        tm = mask.view(torch.uint8) if mask.is_contiguous() else mask.contiguous().view(torch.uint8)
+        return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, _act_code(act), cfg, token_mask=tm)
+    idx = mask.any(dim=0).nonzero().squeeze(1)
+    return _fb_rows(x, w_gate, w_up, w_down, idx, _act_fn(act), mask.index_select(1, idx))
+
+
+def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto") -> torch.Tensor:
+    """Cluster-grouped masked FFN (prefill): token ``t`` runs the neurons of group ``ids[t]``.
+
+    ``ids (T,) int64`` in ``[0, K)``; ``groups``: masks ``(K, d_ff) bool`` or a :class:`GroupIndex`
+    (build it once per mask set).  Equals :func:`masked_dense_ffn` with ``mask = masks[ids]``.
+    """
+    _, d_ff = _check_weights(x, w_gate, w_up, w_down)
+    gi = groups if isinstance(groups, GroupIndex) else group_index(groups)
+    if gi.width != d_ff:
+        raise ValueError(f"group masks have width {gi.width}, the FFN has d_ff = {d_ff}")
+    if gi.idx.device != x.device:
+        raise ValueError(f"group masks are on {gi.idx.device}, x on {x.device}")
+    if ids.dim() != 1 or ids.shape[0] != x.shape[0] or ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(f"ids must be an int64 tensor of shape ({x.shape[0]},), got {ids.dtype} {tuple(ids.shape)}")
+    ids = ids.to(device=x.device, dtype=torch.int64)
+    if x.shape[0] == 0:
+        return torch.zeros_like(x)
+    if _use_triton(x, act, backend, "grouped"):
+        torch._assert_async(((ids >= 0) & (ids < gi.n_groups)).all())
+        cfg = _configs(x.shape[0] / min(gi.n_groups, x.shape[0]), x.dtype)
+        order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
+        return _launch(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg)
+    if int(ids.min()) < 0 or int(ids.max()) >= gi.n_groups:
+        raise ValueError(f"ids must lie in [0, {gi.n_groups}), got [{int(ids.min())}, {int(ids.max())}]")
+    return _fb_grouped(x, w_gate, w_up, w_down, ids, gi, _act_fn(act))
+
+
+def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="auto") -> torch.Tensor:
+    """CATS FFN: ``W_gate`` dense, ``W_up``/``W_down`` on the neurons with ``|act(gate)| >= threshold``
+    (per token, the union over the batch is read).  ``x (T, d_model)`` -> ``(T, d_model)``."""
+    _, d_ff = _check_weights(x, w_gate, w_up, w_down)
+    threshold = float(threshold)
+    if not threshold >= 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    fn = _act_fn(act)
+    a = fn(F.linear(x, w_gate))
+    if x.shape[0] == 0:
+        return torch.zeros_like(x)
+    if _use_triton(x, act, backend, "cats"):
+        cfg = _configs(x.shape[0], x.dtype)
+        idx, counts = _union_index(a.abs() >= threshold)
+        order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
+        return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, _act_code(act), cfg,
+                       a=a, thr=threshold)
+    keep = a.abs() >= threshold
+    idx = keep.any(dim=0).nonzero().squeeze(1)
+    h = a.index_select(1, idx) * F.linear(x, w_up.index_select(0, idx))
+    h = h.masked_fill(~keep.index_select(1, idx), 0)
+    return F.linear(h, w_down.index_select(1, idx))
+
+
+def cats_mask(x, w_gate, threshold: float, act="silu") -> torch.Tensor:
+    """The CATS mask ``|act(x W_gate^T)| >= threshold``: ``(T, d_ff) bool``."""
+    return _act_fn(act)(F.linear(x, w_gate)).abs() >= float(threshold)

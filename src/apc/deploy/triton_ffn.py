@@ -1,0 +1,135 @@
+"""Triton kernels for the masked gated FFN (imported only where Triton is installed).
+
+Two kernels serve every masked variant.  Both walk a *block schedule*: the tokens sorted by
+group, cut into blocks of ``BM`` rows that never straddle two groups, and described by
+``blocks (3, B) int32`` = (group, first sorted row, end sorted row); a block with
+first == end is idle.  ``order (T,)`` maps sorted rows to token rows of ``x``/``y``.
+``idx (G, F) int32`` lists each group's kept neurons first (``counts (G,)`` of them).
+
+* ``gate_up_kernel``: ``h[r, j] = act(x[order[r]] . W_gate[idx[g, j]]) * (x[order[r]] . W_up[idx[g, j]])``
+  for ``j < counts[g]``, optionally times a per-token mask (``MASK_MODE`` 1: a bool ``(T, F)``
+  mask at ``[token, idx]``; 2: ``|act(gate)| >= thr``), and with ``HAS_A`` the activated gate is
+  read from ``a (T, F)`` instead of computed (CATS).  ``h (R, F)`` rows are sorted rows,
+  columns are positions in the group's kept list.
+* ``down_kernel``: ``y[order[r], d] = sum_{j < counts[g]} h[r, j] * W_down[d, idx[g, j]]``; with
+  ``SPLIT > 1`` the kept list is split over ``SPLIT`` programs that add into a float32 ``y``.
+
+Weights are read by index inside the kernels; no weight row is copied.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
+    # programs of GROUP_M consecutive row blocks share weight tiles while they run
+    width = GROUP_M * n_n
+    gid = pid // width
+    first_m = gid * GROUP_M
+    size_m = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % size_m
+    pid_n = (pid % width) // size_m
+    return pid_m, pid_n
+
+
+@triton.jit
+def gate_up_kernel(x_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wg_ptr, wu_ptr, a_ptr, tm_ptr,
+                   h_ptr, thr, D, n_tiles_n, stride_x, stride_idx, stride_wg, stride_wu, stride_a, stride_tm,
+                   stride_h,
+                   ACT: tl.constexpr, HAS_A: tl.constexpr, MASK_MODE: tl.constexpr, IEEE: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, n_tiles_n, GROUP_M)
+    g = tl.load(blocks_ptr + pid_m)
+    row0 = tl.load(blocks_ptr + n_blocks + pid_m)
+    row1 = tl.load(blocks_ptr + 2 * n_blocks + pid_m)
+    cnt = tl.load(counts_ptr + g)
+    n0 = pid_n * BN
+    if (row0 < row1) & (n0 < cnt):
+        rows = row0 + tl.arange(0, BM)
+        rmask = rows < row1
+        tok = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        cols = n0 + tl.arange(0, BN)
+        cmask = cols < cnt
+        neu = tl.load(idx_ptr + g.to(tl.int64) * stride_idx + cols, mask=cmask, other=0).to(tl.int64)
+        acc_u = tl.zeros((BM, BN), dtype=tl.float32)
+        acc_g = tl.zeros((BM, BN), dtype=tl.float32)
+        for k0 in range(0, D, BK):
+            ks = k0 + tl.arange(0, BK)
+            kmask = ks < D
+            xt = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=rmask[:, None] & kmask[None, :],
+                         other=0.0)
+            wu = tl.load(wu_ptr + neu[None, :] * stride_wu + ks[:, None], mask=cmask[None, :] & kmask[:, None],
+                         other=0.0)
+            if IEEE:
+                acc_u = tl.dot(xt, wu, acc_u, input_precision="ieee")
+            else:
+                acc_u = tl.dot(xt, wu, acc_u)
+            if not HAS_A:
+                wg = tl.load(wg_ptr + neu[None, :] * stride_wg + ks[:, None], mask=cmask[None, :] & kmask[:, None],
+                             other=0.0)
+                if IEEE:
+                    acc_g = tl.dot(xt, wg, acc_g, input_precision="ieee")
+                else:
+                    acc_g = tl.dot(xt, wg, acc_g)
+        both = rmask[:, None] & cmask[None, :]
+        if HAS_A:
+            a = tl.load(a_ptr + tok[:, None] * stride_a + neu[None, :], mask=both, other=0.0).to(tl.float32)
+        else:
+            # round the gate like a dense product in the input dtype would before the activation
+            acc_g = acc_g.to(h_ptr.dtype.element_ty).to(tl.float32)
+            if ACT == 0:  # silu
+                a = acc_g / (1.0 + tl.exp(-acc_g))
+            else:  # relu
+                a = tl.maximum(acc_g, 0.0)
+            a = a.to(h_ptr.dtype.element_ty).to(tl.float32)
+        u = acc_u.to(h_ptr.dtype.element_ty).to(tl.float32)
+        h = a * u
+        if MASK_MODE == 1:
+            m = tl.load(tm_ptr + tok[:, None] * stride_tm + neu[None, :], mask=both, other=0)
+            h = tl.where(m != 0, h, 0.0)
+        if MASK_MODE == 2:
+            h = tl.where(tl.abs(a) >= thr, h, 0.0)
+        tl.store(h_ptr + rows[:, None].to(tl.int64) * stride_h + cols[None, :], h.to(h_ptr.dtype.element_ty),
+                 mask=both)
+
+
+@triton.jit
+def down_kernel(h_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wd_ptr, y_ptr, D, n_tiles_n,
+                stride_h, stride_idx, stride_wd_d, stride_wd_f, stride_y,
+                SPLIT: tl.constexpr, IEEE: tl.constexpr,
+                BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, n_tiles_n, GROUP_M)
+    pid_s = tl.program_id(1)
+    g = tl.load(blocks_ptr + pid_m)
+    row0 = tl.load(blocks_ptr + n_blocks + pid_m)
+    row1 = tl.load(blocks_ptr + 2 * n_blocks + pid_m)
+    if row0 < row1:
+        cnt = tl.load(counts_ptr + g)
+        rows = row0 + tl.arange(0, BM)
+        rmask = rows < row1
+        tok = tl.load(order_ptr + rows, mask=rmask, other=0).to(tl.int64)
+        ds = pid_n * BN + tl.arange(0, BN)
+        dmask = ds < D
+        per = tl.cdiv(tl.cdiv(cnt, BK), SPLIT) * BK
+        j_lo = pid_s * per
+        j_hi = tl.minimum(cnt, j_lo + per)
+        acc = tl.zeros((BM, BN), dtype=tl.float32)
+        for j0 in range(j_lo, j_hi, BK):
+            js = j0 + tl.arange(0, BK)
+            jmask = js < j_hi
+            neu = tl.load(idx_ptr + g.to(tl.int64) * stride_idx + js, mask=jmask, other=0).to(tl.int64)
+            ht = tl.load(h_ptr + rows[:, None].to(tl.int64) * stride_h + js[None, :],
+                         mask=rmask[:, None] & jmask[None, :], other=0.0)
+            wt = tl.load(wd_ptr + ds[None, :] * stride_wd_d + neu[:, None] * stride_wd_f,
+                         mask=jmask[:, None] & dmask[None, :], other=0.0)
+            if IEEE:
+                acc = tl.dot(ht, wt, acc, input_precision="ieee")
+            else:
+                acc = tl.dot(ht, wt, acc)
+        out = y_ptr + tok[:, None] * stride_y + ds[None, :]
+        if SPLIT == 1:
+            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=rmask[:, None] & dmask[None, :])
+        else:
+            if j_lo < j_hi:
+                tl.atomic_add(out, acc, mask=rmask[:, None] & dmask[None, :], sem="relaxed")
