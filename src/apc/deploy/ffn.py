@@ -144,10 +144,8 @@ def _use_triton(x: torch.Tensor, act, backend: str, kernel: str) -> bool:
     elif x.dtype not in (torch.bfloat16, torch.float16, torch.float32):
         why = f"dtype {x.dtype} is not supported by the Triton kernels"
     if why:
-        if backend == "triton":
-            _say_once(f"masked FFN kernel {kernel!r}: Triton asked for, but {why}; using the torch fallback")
-        elif x.is_cuda:
-            _say_once(f"masked FFN kernel {kernel!r}: {why}; using the torch fallback")
+        asked = "Triton asked for, but " if backend == "triton" else ""
+        _say_once(f"masked FFN kernel {kernel!r}: {asked}{why}; using the torch fallback")
         return False
     return True
 
