@@ -143,7 +143,7 @@ def test_triton_request_without_cuda_falls_back_and_says_so(monkeypatch):
     handler.emit = records.append
     logging.getLogger("apc.deploy").addHandler(handler)
     monkeypatch.setattr(ffn, "_said", set())
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ffn, "_INTERPRET", False)
     try:
         wg, wu, wd = _weights()
         x = _x(3)
@@ -189,7 +189,7 @@ def _table():
 @pytest.mark.parametrize("suffix", [".csv", ".json"])
 def test_time_share_interpolates(tmp_path, suffix):
     path = tmp_path / f"table{suffix}"
-    write_table(_table(), path)
+    write_table(_table(), path, comment="made by hand\nsecond line")
     assert load_table(path)[0]["groups"] == 8
     ts = lambda *a, **k: time_share(path, "grouped", *a, **k)
     assert ts(4096, 0.4, 8) == pytest.approx(0.4)

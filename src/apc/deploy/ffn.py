@@ -37,6 +37,7 @@ BACKENDS = ("auto", "triton", "torch")
 _log = get_logger("apc.deploy")
 _said: set[str] = set()
 _ACT_CODES = {"silu": 0, "relu": 1}
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (debugging)
 
 try:  # Triton is optional: the torch fallback runs without it
     import triton
@@ -137,7 +138,7 @@ def _use_triton(x: torch.Tensor, act, backend: str, kernel: str) -> bool:
     why = ""
     if _tk is None:
         why = f"Triton is not importable ({_TRITON_ERROR})"
-    elif not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+    elif not x.is_cuda and not _INTERPRET:
         why = f"the tensors are on {x.device}, not CUDA"
     elif _act_code(act) is None:
         why = f"activation {type(act).__name__} has no Triton form"
@@ -184,11 +185,16 @@ def _fb_rows(x, w_gate, w_up, w_down, idx, act, token_mask=None):
     """Fallback on the neurons ``idx (n,) int64`` for all rows of ``x``; ``token_mask (T, n) bool``."""
     gk = w_gate.index_select(0, idx)
     uk = w_up.index_select(0, idx)
-    dk = w_down.index_select(1, idx)
     h = act(F.linear(x, gk)) * F.linear(x, uk)
     if token_mask is not None:
         h = h.masked_fill(~token_mask, 0)
-    return F.linear(h, dk)
+    return h @ _down_rows(w_down, idx)
+
+
+def _down_rows(w_down: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Kept columns of ``w_down (d_model, d_ff)`` as rows ``(n, d_model)``, gathered in the cheaper layout."""
+    wt = w_down.t()
+    return wt.index_select(0, idx) if wt.is_contiguous() else w_down.index_select(1, idx).t()
 
 
 def _fb_grouped(x, w_gate, w_up, w_down, ids, gi: GroupIndex, act):
@@ -212,7 +218,7 @@ def _fb_grouped(x, w_gate, w_up, w_down, ids, gi: GroupIndex, act):
 def _configs(rows_per_group: float, dtype) -> dict:
     """Tile sizes by the mean rows per group (the M of each group's product)."""
     if rows_per_group <= 16:
-        c = dict(BM=16, BN1=32, BK1=128, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
+        c = dict(BM=16, BN1=16, BK1=256, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
     elif rows_per_group <= 64:
         c = dict(BM=64, BN1=64, BK1=64, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
     else:
@@ -265,42 +271,49 @@ def group_schedule(ids: torch.Tensor, n_groups: int, bm: int) -> tuple[torch.Ten
 
 
 def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, *, a=None, token_mask=None,
-            thr=0.0, n_rows=None, stages=("gate_up", "down"), split=None) -> torch.Tensor:
-    """Run the two kernels on a schedule; ``stages`` may leave one out (profiling)."""
+            thr=0.0, n_rows=None, stages=("gate_up", "down"), split=None, tune=False) -> torch.Tensor:
+    """Run the two kernels on a schedule; ``stages`` may leave one out (profiling); ``tune``: the
+    autotuned tile shapes (prefill of the grouped path) instead of ``cfg``'s."""
     d_model = x.shape[1]
     d_ff = idx.shape[1]
     n_blocks = blocks.shape[1]
     ieee = x.dtype == torch.float32
     bm = cfg["BM"]
+    tune = tune and bm >= 64 and a is None and token_mask is None and not _INTERPRET
     h = torch.empty((order.numel() if n_rows is None else n_rows, d_ff), device=x.device, dtype=x.dtype)
     mask_mode = 1 if token_mask is not None else (2 if a is not None and thr is not None else 0)
     if "gate_up" in stages:
-        n_n = triton.cdiv(d_ff, cfg["BN1"])
-        _tk.gate_up_kernel[(n_blocks * n_n,)](
-            x, order, blocks, n_blocks, idx, counts, w_gate, w_up,
-            a if a is not None else x, token_mask if token_mask is not None else x, h, float(thr or 0.0),
-            d_model, n_n, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
-            a.stride(0) if a is not None else 0, token_mask.stride(0) if token_mask is not None else 0, h.stride(0),
-            ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee,
-            BM=bm, BN=cfg["BN1"], BK=cfg["BK1"], GROUP_M=8, num_warps=cfg["W1"], num_stages=cfg["S1"])
+        args = (x, order, blocks, n_blocks, idx, counts, w_gate, w_up,
+                a if a is not None else x, token_mask if token_mask is not None else x, h, float(thr or 0.0),
+                d_model, d_ff, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
+                a.stride(0) if a is not None else 0, token_mask.stride(0) if token_mask is not None else 0, h.stride(0))
+        flags = dict(ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee, BM=bm, GROUP_M=8)
+        if tune:
+            _tk.gate_up_tuned[lambda meta: (n_blocks * triton.cdiv(d_ff, meta["BN"]),)](*args, **flags)
+        else:
+            _tk.gate_up_kernel[(n_blocks * triton.cdiv(d_ff, cfg["BN1"]),)](
+                *args, **flags, BN=cfg["BN1"], BK=cfg["BK1"], num_warps=cfg["W1"], num_stages=cfg["S1"])
     if "down" not in stages:
         return h
-    n_n = triton.cdiv(d_model, cfg["BN2"])
     # split the kept list over programs when the row blocks alone cannot fill the device
     if split is None:
         split = 1
         if x.is_cuda and order.numel() <= 64:
             sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            split = max(1, min(16, -(-2 * sms // (n_blocks * n_n))))
+            want = -(-2 * sms // (n_blocks * triton.cdiv(d_model, cfg["BN2"])))
+            split = min(8, 1 << max(0, (want - 1).bit_length()))
     if split > 1:
         y = torch.zeros((x.shape[0], d_model), device=x.device, dtype=torch.float32)
     else:
         y = torch.empty((x.shape[0], d_model), device=x.device, dtype=x.dtype)
-    _tk.down_kernel[(n_blocks * n_n, split)](
-        h, order, blocks, n_blocks, idx, counts, w_down, y, d_model, n_n,
-        h.stride(0), idx.stride(0), w_down.stride(0), w_down.stride(1), y.stride(0),
-        SPLIT=split, IEEE=ieee, BM=bm, BN=cfg["BN2"], BK=cfg["BK2"], GROUP_M=8,
-        num_warps=cfg["W2"], num_stages=cfg["S2"])
+    args = (h, order, blocks, n_blocks, idx, counts, w_down, y, d_model,
+            h.stride(0), idx.stride(0), w_down.stride(0), w_down.stride(1), y.stride(0))
+    flags = dict(SPLIT=split, IEEE=ieee, BM=bm, GROUP_M=8)
+    if tune and split == 1:
+        _tk.down_tuned[lambda meta: (n_blocks * triton.cdiv(d_model, meta["BN"]), 1)](*args, **flags)
+    else:
+        _tk.down_kernel[(n_blocks * triton.cdiv(d_model, cfg["BN2"]), split)](
+            *args, **flags, BN=cfg["BN2"], BK=cfg["BK2"], num_warps=cfg["W2"], num_stages=cfg["S2"])
     return y.to(x.dtype) if split > 1 else y
 
 
@@ -334,11 +347,13 @@ def per_token_ffn(x, w_gate, w_up, w_down, mask, act="silu", backend="auto") -> 
     return _fb_rows(x, w_gate, w_up, w_down, idx, _act_fn(act), mask.index_select(1, idx))
 
 
-def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto") -> torch.Tensor:
+def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto", check_ids=True) -> torch.Tensor:
     """Cluster-grouped masked FFN (prefill): token ``t`` runs the neurons of group ``ids[t]``.
 
     ``ids (T,) int64`` in ``[0, K)``; ``groups``: masks ``(K, d_ff) bool`` or a :class:`GroupIndex`
     (build it once per mask set).  Equals :func:`masked_dense_ffn` with ``mask = masks[ids]``.
+    ``check_ids=False`` skips the range check of ``ids`` (a device sync on CUDA; skipped anyway while
+    a CUDA graph is captured); out-of-range ids then give undefined results.
     """
     _, d_ff = _check_weights(x, w_gate, w_up, w_down)
     gi = groups if isinstance(groups, GroupIndex) else group_index(groups)
@@ -351,13 +366,14 @@ def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto"
     ids = ids.to(device=x.device, dtype=torch.int64)
     if x.shape[0] == 0:
         return torch.zeros_like(x)
+    if check_ids and not (x.is_cuda and torch.cuda.is_current_stream_capturing()):
+        lo, hi = (int(v) for v in torch.aminmax(ids))
+        if lo < 0 or hi >= gi.n_groups:
+            raise ValueError(f"ids must lie in [0, {gi.n_groups}), got [{lo}, {hi}]")
     if _use_triton(x, act, backend, "grouped"):
-        torch._assert_async(((ids >= 0) & (ids < gi.n_groups)).all())
         cfg = _configs(x.shape[0] / min(gi.n_groups, x.shape[0]), x.dtype)
         order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
-        return _launch(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg)
-    if int(ids.min()) < 0 or int(ids.max()) >= gi.n_groups:
-        raise ValueError(f"ids must lie in [0, {gi.n_groups}), got [{int(ids.min())}, {int(ids.max())}]")
+        return _launch(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg, tune=True)
     return _fb_grouped(x, w_gate, w_up, w_down, ids, gi, _act_fn(act))
 
 
@@ -382,7 +398,7 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
     idx = keep.any(dim=0).nonzero().squeeze(1)
     h = a.index_select(1, idx) * F.linear(x, w_up.index_select(0, idx))
     h = h.masked_fill(~keep.index_select(1, idx), 0)
-    return F.linear(h, w_down.index_select(1, idx))
+    return h @ _down_rows(w_down, idx)
 
 
 def cats_mask(x, w_gate, threshold: float, act="silu") -> torch.Tensor:

@@ -28,7 +28,11 @@ row objects or ``{"rows": [...]}``), one row per measured case:
 ``ratio``         ``time_ms / dense_ms``
 ``bound_share``   the bound above over ``dense_ms``
 ``time_over_bound`` ``time_ms`` over the bound
+``timing``        how the time was taken: ``graph`` (CUDA graph replay), ``eager`` (CUDA events
+                  around plain calls) or ``wall`` (CPU wall clock)
 ================= ==========================================================================
+
+A CSV table may begin with ``#`` comment lines (the command that made it); they are skipped.
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 
 COLUMNS = ("device", "dtype", "d_model", "d_ff", "kernel", "assign", "tokens", "groups", "kept_share", "time_ms",
-           "dense_ms", "ratio", "bound_share", "time_over_bound")
+           "dense_ms", "ratio", "bound_share", "time_over_bound", "timing")
 _NUMERIC = {"d_model": int, "d_ff": int, "tokens": int, "groups": int, "kept_share": float, "time_ms": float,
             "dense_ms": float, "ratio": float, "bound_share": float, "time_over_bound": float}
 #: ``assign`` values preferred, in order, when a lookup names none and the table has several
@@ -88,7 +92,7 @@ def load_table(source) -> list[dict]:
             rows = data["rows"] if isinstance(data, dict) else data
         else:
             with path.open(newline="") as fh:
-                rows = list(csv.DictReader(fh))
+                rows = list(csv.DictReader(line for line in fh if not line.startswith("#")))
     else:
         rows = list(source)
     out = []
@@ -104,15 +108,18 @@ def load_table(source) -> list[dict]:
     return out
 
 
-def write_table(rows: Sequence[Mapping], path) -> None:
-    """Write rows with :data:`COLUMNS` as CSV (``.csv``) or JSON (``.json``)."""
+def write_table(rows: Sequence[Mapping], path, comment: str = "") -> None:
+    """Write rows with :data:`COLUMNS` as CSV (``.csv``, ``comment`` lines first, each after ``# ``)
+    or JSON (``.json``, ``comment`` under the key ``comment``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
-        path.write_text(json.dumps({"columns": list(COLUMNS), "rows": [{c: r.get(c) for c in COLUMNS} for r in rows]},
-                                   indent=1))
+        path.write_text(json.dumps({"comment": comment, "columns": list(COLUMNS),
+                                    "rows": [{c: r.get(c) for c in COLUMNS} for r in rows]}, indent=1))
         return
     with path.open("w", newline="") as fh:
+        for line in comment.splitlines():
+            fh.write(f"# {line}\n")
         w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
         w.writeheader()
         for r in rows:

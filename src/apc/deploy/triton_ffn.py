@@ -35,11 +35,11 @@ def _swizzle(pid, n_m, n_n, GROUP_M: tl.constexpr):
 
 @triton.jit
 def gate_up_kernel(x_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wg_ptr, wu_ptr, a_ptr, tm_ptr,
-                   h_ptr, thr, D, n_tiles_n, stride_x, stride_idx, stride_wg, stride_wu, stride_a, stride_tm,
+                   h_ptr, thr, D, NF, stride_x, stride_idx, stride_wg, stride_wu, stride_a, stride_tm,
                    stride_h,
                    ACT: tl.constexpr, HAS_A: tl.constexpr, MASK_MODE: tl.constexpr, IEEE: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, n_tiles_n, GROUP_M)
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, tl.cdiv(NF, BN), GROUP_M)
     g = tl.load(blocks_ptr + pid_m)
     row0 = tl.load(blocks_ptr + n_blocks + pid_m)
     row1 = tl.load(blocks_ptr + 2 * n_blocks + pid_m)
@@ -95,11 +95,11 @@ def gate_up_kernel(x_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, 
 
 
 @triton.jit
-def down_kernel(h_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wd_ptr, y_ptr, D, n_tiles_n,
+def down_kernel(h_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wd_ptr, y_ptr, D,
                 stride_h, stride_idx, stride_wd_d, stride_wd_f, stride_y,
                 SPLIT: tl.constexpr, IEEE: tl.constexpr,
                 BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
-    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, n_tiles_n, GROUP_M)
+    pid_m, pid_n = _swizzle(tl.program_id(0), n_blocks, tl.cdiv(D, BN), GROUP_M)
     pid_s = tl.program_id(1)
     g = tl.load(blocks_ptr + pid_m)
     row0 = tl.load(blocks_ptr + n_blocks + pid_m)
@@ -133,3 +133,27 @@ def down_kernel(h_ptr, order_ptr, blocks_ptr, n_blocks, idx_ptr, counts_ptr, wd_
         else:
             if j_lo < j_hi:
                 tl.atomic_add(out, acc, mask=rmask[:, None] & dmask[None, :], sem="relaxed")
+
+
+def _tuned(kernel, shapes, reset=None):
+    """``kernel`` autotuned over ``shapes`` = [(BM it serves, BN, BK, warps, stages)], keyed on the sizes;
+    only the shapes listed for the launch's ``BM`` are tried."""
+    configs = [triton.Config({"BN": bn, "BK": bk}, num_warps=w, num_stages=s) for _, bn, bk, w, s in shapes]
+    serves = {}
+    for (bm, bn, bk, w, s) in shapes:
+        serves.setdefault((bn, bk, w, s), set()).add(bm)
+
+    def prune(configs, named_args, **kwargs):
+        bm = kwargs.get("BM", named_args.get("BM"))
+        keep = [c for c in configs if bm in serves.get((c.kwargs["BN"], c.kwargs["BK"], c.num_warps, c.num_stages), ())]
+        return keep or configs[:1]
+
+    return triton.autotune(configs=configs, key=["D", "BM", "IEEE"], prune_configs_by={"early_config_prune": prune},
+                           reset_to_zero=reset)(kernel)
+
+
+#: prefill (BM >= 64) tile shapes of the grouped path, tried once per size
+gate_up_tuned = _tuned(gate_up_kernel, [(64, 64, 64, 4, 4), (64, 128, 64, 4, 3), (64, 64, 128, 4, 3),
+                                        (128, 64, 64, 8, 3), (128, 128, 64, 8, 3), (128, 64, 64, 4, 4)])
+down_tuned = _tuned(down_kernel, [(64, 128, 64, 4, 4), (64, 256, 64, 8, 3), (64, 128, 128, 4, 3),
+                                  (128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 64, 4, 4)], reset=["y_ptr"])
