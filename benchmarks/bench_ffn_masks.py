@@ -84,13 +84,13 @@ class Timer:
                 g = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(g):
                     fn()
-                ms = do_bench(g.replay, warmup=10, rep=40, return_mode="median")
+                ms = do_bench(g.replay, warmup=5, rep=25, return_mode="median")
                 del g
                 return ms, "graph"
             except Exception as exc:  # some paths cannot be captured: time them eagerly
                 log.info(f"CUDA graph capture failed ({type(exc).__name__}: {str(exc)[:120]}); timing eagerly")
                 torch.cuda.synchronize()
-        return do_bench(fn, warmup=10, rep=40, return_mode="median"), "eager"
+        return do_bench(fn, warmup=5, rep=25, return_mode="median"), "eager"
 
 
 def measure_peaks(device: torch.device, dtype: torch.dtype, timer: Timer) -> tuple[float, float]:
@@ -203,33 +203,45 @@ def profile(case: dict, w, timer: Timer) -> dict[str, float]:
     act = 0
     if kern == "grouped":
         gi, ids = case["gi"], case["ids"]
-        cfg = ffn._configs(t / min(gi.n_groups, t), x.dtype)
-        out["sort+schedule"] = timer(lambda: group_schedule(ids, gi.n_groups, cfg["BM"]), t)[0]
-        order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
-        idx, counts, kw = gi.idx, gi.counts, dict(tune=True)
+        idx, counts = gi.idx, gi.counts
+        if t == 1 and ffn._FAST["gemv"]:
+            run = lambda st: ffn._launch_gemv(x, wg, wu, wd_cm, ids, idx, counts, act, stages=st)
+        else:
+            cfg = ffn._configs(t / min(gi.n_groups, t), x.dtype)
+            out["sort+schedule"] = timer(lambda: group_schedule(ids, gi.n_groups, cfg["BM"]), t)[0]
+            order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
+            run = lambda st: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st, tune=True)
     else:
-        cfg = ffn._configs(t, x.dtype)
-        order, blocks = ffn._single_schedule(t, cfg["BM"], x.device)
         if kern == "cats":
             thr = case["thr"]
             out["gate product+act"] = timer(lambda: F.silu(F.linear(x, wg)), t)[0]
             a = F.silu(F.linear(x, wg))
-            out["union index"] = timer(lambda: ffn._union_index(a.abs() >= thr), t)[0]
-            idx, counts = ffn._union_index(a.abs() >= thr)
+            out["union index"] = timer(lambda: ffn._union_index(ffn._cats_keep(a, thr)), t)[0]
+            idx, counts = ffn._union_index(ffn._cats_keep(a, thr))
             kw = dict(a=a, thr=thr)
         else:
             mask = case["mask"]
             out["union index"] = timer(lambda: ffn._union_index(mask), t)[0]
             idx, counts = ffn._union_index(mask)
             kw = dict(token_mask=mask.view(torch.uint8))
-    out["gate/up kernel"] = timer(lambda: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg,
-                                                      stages=("gate_up",), **kw), t)[0]
-    out["down kernel (+alloc)"] = timer(lambda: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg,
-                                                            stages=("down",), **kw), t)[0]
-    out["both kernels, plan given"] = timer(lambda: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act,
-                                                                cfg, **kw), t)[0]
-    kept = float(counts.float().mean()) / idx.shape[1]
-    out["kept share read (mean over groups)"] = round(kept, 3)
+        if t == 1 and ffn._FAST["gemv"]:
+            kw1 = dict(kw, token_mask=kw["token_mask"][0]) if "token_mask" in kw else kw
+            run = lambda st: ffn._launch_gemv(x, wg, wu, wd_cm, ffn._zero_sel(x.device), idx, counts, act,
+                                              stages=st, **kw1)
+        else:
+            cfg = ffn._configs(t, x.dtype)
+            order, blocks = ffn._single_schedule(t, cfg["BM"], x.device)
+            run = lambda st: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st,
+                                         tune=True, **kw)
+    out["gate/up kernel"] = timer(lambda: run(("gate_up",)), t)[0]
+    out["down kernel (+alloc)"] = timer(lambda: run(("down",)), t)[0]
+    out["both kernels, plan given"] = timer(lambda: run(("gate_up", "down")), t)[0]
+    if kern == "grouped":
+        used = torch.unique(case["ids"])
+        out["weight share read (sum over groups present)"] = round(
+            float(counts[used].float().sum()) / idx.shape[1], 3)
+    else:
+        out["weight share read (union)"] = round(float(counts[0]) / idx.shape[1], 3)
     return out
 
 
@@ -316,49 +328,72 @@ def main(argv=None) -> None:
     cur_t, w = None, None
     for t, kern, assign, groups, rho in progress(plan, desc="cases", unit="case"):
         if t != cur_t:
+            if args.out and rows:  # keep what is measured so far, should the run be cut short
+                write_table(rows, args.out, comment=f"made by: {command} (partial: up to {cur_t} tokens)")
             cur_t = t
             x = torch.randn(t, d_model, generator=gen).to(device=device, dtype=dtype)
             w = dict(x=x, wg=wg, wu=wu, wd=wd, wd_cm=wd_cm)
-        case = dict(kernel=kern, tokens=t, groups=groups, kept_share=rho, assign="-")
-        wdk = wd_cm
-        if kern == "dense":
-            ms, how = timer(lambda: dense_ffn(x, wg, wu, wd), t)
-            dense_ms[t] = ms
-            bnd = bound(t, 1, 1.0, **bkw)
-            distinct = 1
-        elif kern == "per_token":
-            mask = random_masks(t, d_ff, rho, device, gen)
-            case["mask"] = mask
-            ms, how = timer(lambda: per_token_ffn(x, wg, wu, wdk, mask), t)
-            distinct = t
-            bnd = bound(t, t, rho, **bkw)
-        elif kern == "cats":
-            thr = cats_threshold(x, wg, rho)
-            case["thr"] = thr
-            ms, how = timer(lambda: cats_ffn(x, wg, wu, wdk, thr), t)
-            distinct = t
-            bnd = bound(t, t, rho, dense_share=1 / 3, **bkw)
-        else:
-            label, skew = assign
-            case["assign"] = label
-            if (groups, rho) not in mask_sets:
-                mask_sets[(groups, rho)] = group_index(random_masks(groups, d_ff, rho, device, gen))
-            gi = mask_sets[(groups, rho)]
-            ids = draw_ids(t, groups, resample(p_skew, groups) if skew else None, rng, device)
-            case["gi"], case["ids"] = gi, ids
-            distinct = int(torch.unique(ids).numel())
-            ms, how = timer(lambda: grouped_ffn(x, wg, wu, wdk, ids, gi, check_ids=False), t)
-            bnd = bound(t, distinct, rho, **bkw)
-        row = dict(base, kernel=kern, assign=case["assign"], tokens=t, groups=groups, kept_share=rho,
-                   time_ms=round(ms, 5), dense_ms=round(dense_ms[t], 5), ratio=round(ms / dense_ms[t], 4),
-                   bound_share=round(bnd * 1e3 / dense_ms[t], 4), time_over_bound=round(ms / (bnd * 1e3), 3),
-                   timing=how, distinct_groups=distinct)
+        try:
+            row, case = measure_case(t, kern, assign, groups, rho, x, w, timer, dense_ms, mask_sets, p_skew, rng, gen,
+                                     bkw, base, d_ff, device)
+        except Exception as exc:  # keep going: one failing case must not cost the sweep
+            log.error(f"case {kern} T={t} K={groups} rho={rho} {assign}: {type(exc).__name__}: {str(exc)[:300]}")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            continue
         rows.append(row)
         cases.append((case, w))
         if device.type == "cuda":
             torch.cuda.empty_cache()
 
     # ------------------------------------------------------------------ goals
+    goals_and_report(rows, cases, args, command, dev_name, d_model, d_ff, base, peak, bw, skew_note, timer)
+
+
+def measure_case(t, kern, assign, groups, rho, x, w, timer, dense_ms, mask_sets, p_skew, rng, gen, bkw, base, d_ff,
+                 device):
+    """Time one case; returns its table row and what a profile of it needs."""
+    wg, wu, wd, wd_cm = w["wg"], w["wu"], w["wd"], w["wd_cm"]
+    case = dict(kernel=kern, tokens=t, groups=groups, kept_share=rho, assign="-")
+    wdk = wd_cm
+    if kern == "dense":
+        ms, how = timer(lambda: dense_ffn(x, wg, wu, wd), t)
+        dense_ms[t] = ms
+        bnd = bound(t, 1, 1.0, **bkw)
+        distinct = 1
+    elif kern == "per_token":
+        mask = random_masks(t, d_ff, rho, device, gen)
+        case["mask"] = mask
+        ms, how = timer(lambda: per_token_ffn(x, wg, wu, wdk, mask), t)
+        distinct = t
+        bnd = bound(t, t, rho, **bkw)
+    elif kern == "cats":
+        thr = cats_threshold(x, wg, rho)
+        case["thr"] = thr
+        ms, how = timer(lambda: cats_ffn(x, wg, wu, wdk, thr), t)
+        distinct = t
+        bnd = bound(t, t, rho, dense_share=1 / 3, **bkw)
+    else:
+        label, skew = assign
+        case["assign"] = label
+        if (groups, rho) not in mask_sets:
+            mask_sets[(groups, rho)] = group_index(random_masks(groups, d_ff, rho, device, gen))
+        gi = mask_sets[(groups, rho)]
+        ids = draw_ids(t, groups, resample(p_skew, groups) if skew else None, rng, device)
+        case["gi"], case["ids"] = gi, ids
+        distinct = int(torch.unique(ids).numel())
+        ms, how = timer(lambda: grouped_ffn(x, wg, wu, wdk, ids, gi, check_ids=False), t)
+        bnd = bound(t, distinct, rho, **bkw)
+    row = dict(base, kernel=kern, assign=case["assign"], tokens=t, groups=groups, kept_share=rho,
+               time_ms=round(ms, 5), dense_ms=round(dense_ms[t], 5), ratio=round(ms / dense_ms[t], 4),
+               bound_share=round(bnd * 1e3 / dense_ms[t], 4), time_over_bound=round(ms / (bnd * 1e3), 3),
+               timing=how, distinct_groups=distinct)
+    return row, case
+
+
+def goals_and_report(rows, cases, args, command, dev_name, d_model, d_ff, base, peak, bw, skew_note, timer):
+    """Print the goals, the profiles of unmet ones and the rows; write the table and the markdown."""
+    device = torch.device(args.device)
     lines = []
     pr = lines.append
     pr(f"Command: `{command}`")
@@ -407,7 +442,10 @@ def main(argv=None) -> None:
             done.add(i)
             r = rows[i]
             case, w = cases[i]
-            stages = profile(case, w, timer)
+            try:
+                stages = profile(case, w, timer)
+            except Exception as exc:
+                stages = {f"profile failed ({type(exc).__name__}: {str(exc)[:200]})": float("nan")}
             desc = ", ".join(f"{k} {v:.4g}" + ("" if "share" in k else " ms") for k, v in stages.items())
             pr(f"- {r['kernel']} {r['assign']} T={r['tokens']} K={r['groups']} rho={r['kept_share']}: "
                f"{r['time_ms']:.4g} ms = {r['ratio']:.3g} x dense, bound {r['bound_share']:.3g} x dense; {desc}")

@@ -270,24 +270,35 @@ def group_schedule(ids: torch.Tensor, n_groups: int, bm: int) -> tuple[torch.Ten
     return order.to(torch.int32), blocks
 
 
+_PAD = 128  # h columns are zero from a group's kept count up to the next multiple of this
+#: optional fast paths, switched off (with one log line) if they fail to build on this machine
+_FAST = {"gemv": True, "compact": True}
+
+
+def _fast_failed(name: str, exc: Exception) -> None:
+    _FAST[name] = False
+    _say_once(f"masked FFN: the {name} Triton path failed ({type(exc).__name__}: {str(exc)[:200]}); "
+              "using the general kernels instead")
+
+
 def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, *, a=None, token_mask=None,
-            thr=0.0, n_rows=None, stages=("gate_up", "down"), split=None, tune=False) -> torch.Tensor:
-    """Run the two kernels on a schedule; ``stages`` may leave one out (profiling); ``tune``: the
-    autotuned tile shapes (prefill of the grouped path) instead of ``cfg``'s."""
+            thr=None, stages=("gate_up", "down"), split=None, tune=False) -> torch.Tensor:
+    """Run the two grouped kernels on a schedule; ``stages`` may leave one out (profiling); ``tune``:
+    the autotuned tile shapes (row blocks of 64 or more) instead of ``cfg``'s."""
     d_model = x.shape[1]
     d_ff = idx.shape[1]
     n_blocks = blocks.shape[1]
     ieee = x.dtype == torch.float32
     bm = cfg["BM"]
-    tune = tune and bm >= 64 and a is None and token_mask is None and not _INTERPRET
-    h = torch.empty((order.numel() if n_rows is None else n_rows, d_ff), device=x.device, dtype=x.dtype)
+    tune = tune and bm >= 64 and not _INTERPRET
+    h = torch.empty((order.numel(), -(-d_ff // _PAD) * _PAD), device=x.device, dtype=x.dtype)
     mask_mode = 1 if token_mask is not None else (2 if a is not None and thr is not None else 0)
     if "gate_up" in stages:
         args = (x, order, blocks, n_blocks, idx, counts, w_gate, w_up,
                 a if a is not None else x, token_mask if token_mask is not None else x, h, float(thr or 0.0),
                 d_model, d_ff, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
                 a.stride(0) if a is not None else 0, token_mask.stride(0) if token_mask is not None else 0, h.stride(0))
-        flags = dict(ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee, BM=bm, GROUP_M=8)
+        flags = dict(ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee, BM=bm, GROUP_M=8, PAD=_PAD)
         if tune:
             _tk.gate_up_tuned[lambda meta: (n_blocks * triton.cdiv(d_ff, meta["BN"]),)](*args, **flags)
         else:
@@ -299,8 +310,7 @@ def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, 
     if split is None:
         split = 1
         if x.is_cuda and order.numel() <= 64:
-            sms = torch.cuda.get_device_properties(x.device).multi_processor_count
-            want = -(-2 * sms // (n_blocks * triton.cdiv(d_model, cfg["BN2"])))
+            want = -(-2 * _sms(x.device) // (n_blocks * triton.cdiv(d_model, cfg["BN2"])))
             split = min(8, 1 << max(0, (want - 1).bit_length()))
     if split > 1:
         y = torch.zeros((x.shape[0], d_model), device=x.device, dtype=torch.float32)
@@ -317,11 +327,79 @@ def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, 
     return y.to(x.dtype) if split > 1 else y
 
 
-def _union_index(mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mask (T, d_ff) bool`` -> union's ``idx (1, d_ff) int32`` (kept first) and ``counts (1,) int32``."""
-    union = mask.any(dim=0)
+_GEMV = dict(BN=4, BK=512, W1=4, BJ=16, BD=512, W2=4)
+
+
+def _sms(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+
+
+def _launch_gemv(x, w_gate, w_up, w_down, sel, idx, counts, act_code, *, a=None, token_mask=None, thr=None,
+                 stages=("gate_up", "down")) -> torch.Tensor:
+    """One token (``x (1, d_model)``) on the neurons of group ``sel[0]`` of ``idx``/``counts``."""
+    d_model = x.shape[1]
+    d_ff = idx.shape[1]
+    c = _GEMV
+    h = torch.empty(d_ff, device=x.device, dtype=x.dtype)
+    mask_mode = 1 if token_mask is not None else (2 if a is not None and thr is not None else 0)
+    if "gate_up" in stages:
+        _tk.gemv_gate_up_kernel[(triton.cdiv(d_ff, c["BN"]),)](
+            x, sel, idx, counts, w_gate, w_up, a if a is not None else x,
+            token_mask if token_mask is not None else x, h, float(thr or 0.0), d_model,
+            idx.stride(0), w_gate.stride(0), w_up.stride(0),
+            ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, BN=c["BN"], BK=c["BK"], num_warps=c["W1"])
+    if "down" not in stages:
+        return h
+    n_d = triton.cdiv(d_model, c["BD"])
+    want = max(1, min(triton.cdiv(d_ff, c["BJ"]), 4 * _sms(x.device) // n_d))
+    split = min(64, 1 << max(0, want.bit_length() - 1))
+    y = torch.zeros((1, d_model), device=x.device, dtype=torch.float32) if split > 1 else \
+        torch.empty((1, d_model), device=x.device, dtype=x.dtype)
+    _tk.gemv_down_kernel[(n_d, split)](h, sel, idx, counts, w_down, y, d_model, idx.stride(0), w_down.stride(0),
+                                       w_down.stride(1), SPLIT=split, BJ=c["BJ"], BD=c["BD"], num_warps=c["W2"])
+    return y.to(x.dtype) if split > 1 else y
+
+
+_ZERO: dict = {}
+
+
+def _zero_sel(device) -> torch.Tensor:
+    if str(device) not in _ZERO:
+        _ZERO[str(device)] = torch.zeros(1, dtype=torch.int64, device=device)
+    return _ZERO[str(device)]
+
+
+def _union_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``keep (T, d_ff) bool`` -> the union's kept ids first in ``idx (1, d_ff) int32`` (entries past
+    the count are unspecified) and ``counts (1,) int32``."""
+    union = keep[0] if keep.shape[0] == 1 else keep.any(dim=0)
+    d_ff = union.numel()
+    if _FAST["compact"] and _tk is not None and (union.is_cuda or _INTERPRET):
+        try:
+            idx = torch.empty((1, d_ff), dtype=torch.int32, device=union.device)
+            counts = torch.empty(1, dtype=torch.int32, device=union.device)
+            block = max(16, triton.next_power_of_2(d_ff))
+            _tk.compact_kernel[(1,)](union.contiguous().view(torch.uint8), d_ff, idx, counts, BLOCK=block,
+                                     num_warps=16 if block >= 8192 else 4)
+            return idx, counts
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            _fast_failed("compact", exc)
     idx = torch.argsort((~union).to(torch.int8), stable=True).to(torch.int32).view(1, -1)
     return idx, union.sum(dtype=torch.int32).view(1)
+
+
+def _run_union(x, w_gate, w_up, w_down, idx, counts, act_code, **kw) -> torch.Tensor:
+    """The union path (per-token and CATS): GEMV kernels for one token, grouped kernels otherwise."""
+    if x.shape[0] == 1 and _FAST["gemv"]:
+        try:
+            tm = kw.get("token_mask")
+            return _launch_gemv(x, w_gate, w_up, w_down, _zero_sel(x.device), idx, counts, act_code,
+                                a=kw.get("a"), token_mask=None if tm is None else tm[0], thr=kw.get("thr"))
+        except Exception as exc:  # pragma: no cover - depends on the machine
+            _fast_failed("gemv", exc)
+    cfg = _configs(x.shape[0], x.dtype)
+    order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
+    return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, tune=True, **kw)
 
 
 # ----------------------------------------------------------------------------- public kernels
@@ -338,11 +416,9 @@ def per_token_ffn(x, w_gate, w_up, w_down, mask, act="silu", backend="auto") -> 
     if x.shape[0] == 0:
         return torch.zeros_like(x)
     if _use_triton(x, act, backend, "per_token"):
-        cfg = _configs(x.shape[0], x.dtype)
         idx, counts = _union_index(mask)
-        order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
-        tm = mask.view(torch.uint8) if mask.is_contiguous() else mask.contiguous().view(torch.uint8)
-        return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, _act_code(act), cfg, token_mask=tm)
+        tm = mask.contiguous().view(torch.uint8)
+        return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), token_mask=tm)
     idx = mask.any(dim=0).nonzero().squeeze(1)
     return _fb_rows(x, w_gate, w_up, w_down, idx, _act_fn(act), mask.index_select(1, idx))
 
@@ -371,6 +447,11 @@ def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto"
         if lo < 0 or hi >= gi.n_groups:
             raise ValueError(f"ids must lie in [0, {gi.n_groups}), got [{lo}, {hi}]")
     if _use_triton(x, act, backend, "grouped"):
+        if x.shape[0] == 1 and _FAST["gemv"]:
+            try:
+                return _launch_gemv(x, w_gate, w_up, w_down, ids, gi.idx, gi.counts, _act_code(act))
+            except Exception as exc:  # pragma: no cover - depends on the machine
+                _fast_failed("gemv", exc)
         cfg = _configs(x.shape[0] / min(gi.n_groups, x.shape[0]), x.dtype)
         order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
         return _launch(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg, tune=True)
@@ -388,13 +469,10 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
     a = fn(F.linear(x, w_gate))
     if x.shape[0] == 0:
         return torch.zeros_like(x)
+    keep = _cats_keep(a, threshold)
     if _use_triton(x, act, backend, "cats"):
-        cfg = _configs(x.shape[0], x.dtype)
-        idx, counts = _union_index(a.abs() >= threshold)
-        order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
-        return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, _act_code(act), cfg,
-                       a=a, thr=threshold)
-    keep = a.abs() >= threshold
+        idx, counts = _union_index(keep)
+        return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), a=a, thr=threshold)
     idx = keep.any(dim=0).nonzero().squeeze(1)
     h = a.index_select(1, idx) * F.linear(x, w_up.index_select(0, idx))
     h = h.masked_fill(~keep.index_select(1, idx), 0)
@@ -402,5 +480,10 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
 
 
 def cats_mask(x, w_gate, threshold: float, act="silu") -> torch.Tensor:
-    """The CATS mask ``|act(x W_gate^T)| >= threshold``: ``(T, d_ff) bool``."""
-    return _act_fn(act)(F.linear(x, w_gate)).abs() >= float(threshold)
+    """The CATS mask ``|act(x W_gate^T)| >= threshold`` (compared in float32): ``(T, d_ff) bool``."""
+    return _cats_keep(_act_fn(act)(F.linear(x, w_gate)), float(threshold))
+
+
+def _cats_keep(a: torch.Tensor, threshold: float) -> torch.Tensor:
+    # float32 comparison, as in the kernels: a bf16 comparison would round the threshold first
+    return a.abs().float() >= threshold
