@@ -300,12 +300,14 @@ def test_cuda_per_token_and_cats(dtype, t):
 
 @cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-@pytest.mark.parametrize("t,k", [(1, 4), (7, 3), (300, 8), (600, 64), (2000, 4)])
-def test_cuda_grouped(dtype, t, k):
-    wg, wu, wd = _weights(256, 704, dtype, "cuda")
+@pytest.mark.parametrize("t,k,d_ff", [(1, 4, 704), (7, 3, 704), (300, 8, 704), (600, 64, 704), (2000, 4, 704),
+                                      (66, 6, 44), (500, 3, 300)])
+def test_cuda_grouped(dtype, t, k, d_ff):
+    wg, wu, wd = _weights(256, d_ff, dtype, "cuda")
     x = _x(t, 256, dtype, "cuda")
     tol = 2e-2 if dtype == torch.bfloat16 else 1e-4
-    masks = torch.rand(k, 704, device="cuda") < 0.5
+    masks = torch.rand(k, d_ff, device="cuda") < 0.5
+    masks[-1] = True  # a group keeping every neuron: tiles past a width that is no multiple of the tiles
     masks[1 % k] = False
     ids = torch.randint(0, k, (t,), device="cuda")
     if k > 2:

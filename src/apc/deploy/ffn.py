@@ -291,18 +291,21 @@ def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, 
     ieee = x.dtype == torch.float32
     bm = cfg["BM"]
     tune = tune and bm >= 64 and not _INTERPRET
-    h = torch.empty((order.numel(), -(-d_ff // _PAD) * _PAD), device=x.device, dtype=x.dtype)
+    width = -(-d_ff // _PAD) * _PAD  # the gate/up grid covers this many columns of h
+    # (under Triton's interpreter h starts as NaN, so that a read of an unwritten column shows)
+    h = (torch.full if _INTERPRET else lambda shape, _, **kw: torch.empty(shape, **kw))(
+        (order.numel(), width), float("nan"), device=x.device, dtype=x.dtype)
     mask_mode = 1 if token_mask is not None else (2 if a is not None and thr is not None else 0)
     if "gate_up" in stages:
         args = (x, order, blocks, n_blocks, idx, counts, w_gate, w_up,
                 a if a is not None else x, token_mask if token_mask is not None else x, h, float(thr or 0.0),
-                d_model, d_ff, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
+                d_model, width, x.stride(0), idx.stride(0), w_gate.stride(0), w_up.stride(0),
                 a.stride(0) if a is not None else 0, token_mask.stride(0) if token_mask is not None else 0, h.stride(0))
         flags = dict(ACT=act_code, HAS_A=a is not None, MASK_MODE=mask_mode, IEEE=ieee, BM=bm, GROUP_M=8, PAD=_PAD)
         if tune:
-            _tk.gate_up_tuned[lambda meta: (n_blocks * triton.cdiv(d_ff, meta["BN"]),)](*args, **flags)
+            _tk.gate_up_tuned[lambda meta: (n_blocks * triton.cdiv(width, meta["BN"]),)](*args, **flags)
         else:
-            _tk.gate_up_kernel[(n_blocks * triton.cdiv(d_ff, cfg["BN1"]),)](
+            _tk.gate_up_kernel[(n_blocks * triton.cdiv(width, cfg["BN1"]),)](
                 *args, **flags, BN=cfg["BN1"], BK=cfg["BK1"], num_warps=cfg["W1"], num_stages=cfg["S1"])
     if "down" not in stages:
         return h

@@ -11,7 +11,8 @@ first == end is idle.  ``order (T,)`` maps sorted rows to token rows of ``x``/``
   mask at ``[token, idx]``; 2: ``|act(gate)| >= thr``), and with ``HAS_A`` the activated gate is
   read from ``a (T, F)`` instead of computed (CATS).  ``h (R, F)`` rows are sorted rows,
   columns are positions in the group's kept list.
-  ``h`` has ``ceil(d_ff / 128) * 128`` columns and is zero from ``counts[g]`` to the next multiple of 128.
+  ``h`` has ``NF = ceil(d_ff / 128) * 128`` columns (the grid covers them all) and is zero from
+  ``counts[g]`` to the next multiple of 128.
 * ``down_kernel``: ``y[order[r], d] = sum_{j < counts[g]} h[r, j] * W_down[d, idx[g, j]]``; with
   ``SPLIT > 1`` the kept list is split over ``SPLIT`` programs that add into a float32 ``y``.
 * ``gemv_gate_up_kernel`` / ``gemv_down_kernel``: the same for one token (batch-1 decode), without
