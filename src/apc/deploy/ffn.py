@@ -15,6 +15,8 @@ Kernels (each equals :func:`masked_dense_ffn` with the mask it implies):
 ``cats``        ``W_gate`` dense, ``W_up``/``W_down`` on the kept neurons, mask = ``|act(gate)| >= thr``
 =============== ============================================================================
 
+On CUDA one token runs two GEMV kernels; more tokens run the two grouped kernels of
+:mod:`apc.deploy.triton_ffn` (the per-token and CATS paths as one group: the union of the masks).
 ``backend`` is ``"auto"`` (Triton on CUDA, else torch), ``"triton"`` or ``"torch"``.  Where Triton or
 CUDA is unavailable, or the activation has no Triton form, the torch fallback runs and one log line
 says so.  The torch fallback gathers the kept rows with ``index_select`` and loops over the
