@@ -343,3 +343,38 @@ def test_cuda_union_index_lists_the_union(t, d_ff):
     want = keep.any(dim=0).nonzero().squeeze(1)
     assert int(counts[0]) == want.numel()
     assert torch.equal(idx[0, :want.numel()].long(), want)
+
+
+# ----------------------------------------------------------------------------- benchmark helpers
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_ffn_masks.py"
+    spec = importlib.util.spec_from_file_location("bench_ffn_masks", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_skewed_id_distribution_from_counts(tmp_path):
+    import json
+
+    import numpy as np
+
+    bench = _bench_module()
+    path = tmp_path / "point.json"
+    path.write_text(json.dumps({"id_counts": {"down_in": [[1, 0, 3, 0], [0, 2, 2, 0]]}}))
+    p, label, _ = bench.id_distribution(str(path), None)
+    assert label == "skewed"
+    assert np.allclose(p, [0.625, 0.375, 0.0, 0.0])  # mean of the sorted shares [.75 .25 0 0] and [.5 .5 0 0]
+    assert np.allclose(bench.resample(p, 4), p)
+    q = bench.resample(p, 2)
+    assert np.allclose(q, [1.0, 0.0])
+    assert np.allclose(bench.resample(p, 8), [0.3125, 0.3125, 0.1875, 0.1875, 0, 0, 0, 0])
+    none, label, note = bench.id_distribution(str(tmp_path / "absent.json"), None)
+    assert none is None and label == "zipf1.1" and "absent" in note
+    z = bench.resample(None, 5)
+    assert np.isclose(z.sum(), 1.0) and np.all(np.diff(z) < 0)
