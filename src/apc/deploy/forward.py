@@ -27,7 +27,8 @@ def grouped_mlp_forward(model: torch.nn.Module, choose: Choose, *, backend: str 
 
     ``keep_first_position``: position 0 of every sequence (a BOS token) keeps all neurons.  The MLPs
     must be Llama-style (``gate_proj``, ``up_proj``, ``down_proj``, ``act_fn``) without biases.
-    The original forwards are restored on exit.
+    The original forwards are restored on exit.  Where the Triton kernels run, each layer keeps a
+    column-major copy of ``down_proj.weight`` (:func:`apc.deploy.ffn.column_major`) while inside.
     """
     layers = decoder_layers(model)
     mlps = []
