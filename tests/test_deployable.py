@@ -234,3 +234,37 @@ def test_score_point_records_products_and_compute(tiny_llama):
     with pytest.raises(ValueError, match="down_in"):
         install_interventions(tiny_llama, "cats", projections=["gate"], thresholds={"gate": [0.0] * n},
                               gate_thresholds={"gate": t}, skip_first_position=True)
+
+
+def test_time_shares_of_points_come_from_their_kernel(tmp_path):
+    import json
+
+    from apc.results.frontier import time_columns
+
+    rows = []
+    for kernel, groups in (("grouped", 2), ("grouped", 8), ("per_token", 1), ("cats", 1)):
+        for tokens in (1, 4096):
+            for rho in (0.4, 0.8):
+                ratio = {"grouped": 0.5, "per_token": 0.9, "cats": 0.95}[kernel] + rho * (groups / 8) + tokens / 1e5
+                rows.append({"device": "cpu", "dtype": "float32", "d_model": 8, "d_ff": 16, "kernel": kernel,
+                             "assign": "uniform" if kernel == "grouped" else "-", "tokens": tokens, "groups": groups,
+                             "kept_share": rho, "time_ms": ratio, "dense_ms": 1.0, "ratio": ratio, "bound_share": 0.1,
+                             "time_over_bound": 1.0, "timing": "wall"})
+    table = tmp_path / "t.json"
+    table.write_text(json.dumps(rows))
+    points = []
+    for i, (family, line, counts) in enumerate([("oracle", "oracle.per_layer.apc-k8-s0", [[3, 0, 0, 0, 0, 0, 0, 5]] * 2),
+                                                ("neuron", "neuron-linear-k8-x1", None), ("threshold", "threshold-self", None),
+                                                ("cats", "cats", None)]):
+        p = tmp_path / f"p{i}.json"
+        p.write_text(json.dumps({"family": family, "line": line, "kept_share": 0.6, "id_counts": {"down_in": counts}
+                                 if counts else {}}))
+        points.append(p)
+    cols = time_columns(points, table, d_model=8, d_ff=16)
+    # the oracle point used 2 distinct ids: the grouped rows at G = 2, halfway between rho 0.4 and 0.8
+    assert cols[0]["time_share_decode"] == pytest.approx(0.5 + 0.6 * 2 / 8 + 1e-5)
+    assert cols[0]["time_share_prefill"] == pytest.approx(0.5 + 0.6 * 2 / 8 + 0.04096)
+    assert cols[1]["time_share_decode"] == pytest.approx(0.9 + 0.6 / 8 + 1e-5)
+    assert np.isnan(cols[2]["time_share_decode"])  # a threshold on down_in has no kernel of its own
+    assert cols[3]["time_share_prefill"] == pytest.approx(0.95 + 0.6 / 8 + 0.04096)
+    assert all(np.isnan(c["time_share_decode"]) for c in time_columns(points, table, d_model=4, d_ff=16))

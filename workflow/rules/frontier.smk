@@ -67,6 +67,8 @@ rule frontier_table:
         points=FILES.frontier,
         refs=FILES.frontier_refs,
         reports=FILES.predictor_reports,
+        **({"time_table": str(Path(workflow.basedir) / C["frontier"]["time_table"]), "model": L.manifest()}
+           if C["frontier"]["time_table"] else {}),
     output:
         report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
     log:

@@ -211,6 +211,10 @@ def _check_paths(config: dict, root: Path) -> None:
             p = Path(f) if Path(f).is_absolute() else root / f
             if not p.exists():
                 raise ConfigError(f"config key 'data.text_files': no such file {f!r}")
+    table = (config.get("frontier") or {}).get("time_table")
+    if table and not (Path(table) if Path(table).is_absolute() else root / table).is_file():
+        raise ConfigError(f"config key 'frontier.time_table': no such file {table!r} (a benchmarks/bench_ffn_masks.py "
+                          "table, or null)")
     if data["source"] == "huggingface" and not data.get("hf_path"):
         raise ConfigError("config key 'data.hf_path': source 'huggingface' needs a dataset path, e.g. wikitext")
     for key in ("train_tokens", "test_tokens"):
@@ -236,7 +240,7 @@ def _check_paths(config: dict, root: Path) -> None:
         raise ConfigError(f"config key 'extract.magnitudes': {missing} are not extracted (extract.projections)")
     from apc.clustering.registry import available_methods
 
-    _check_frontier(config, available_methods())  # first: frontier cells join the sweep checked below
+    _check_frontier(config, available_methods(), root)  # first: frontier cells join the sweep checked below
     _add_greedy_variants(config)
     _check_methods(config)
 
@@ -279,11 +283,12 @@ def _check_methods(config: dict) -> None:
 UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "falcon", "bloom", "gpt_bigcode", "phi"})
 
 
-def _check_gated(config: dict) -> None:
+def _check_gated(config: dict, root: str | Path = ".") -> None:
     """``cats`` needs a gated FFN: a local model folder whose ``config.json`` names an ungated family stops here."""
     if "cats" not in config["frontier"]["baselines"]:
         return
-    path = Path(str(config["model"]["name_or_path"])) / "config.json"
+    path = Path(str(config["model"]["name_or_path"])).expanduser()
+    path = (path if path.is_absolute() else Path(root) / path) / "config.json"
     if not path.is_file():
         return  # the embedded model or a hub id: checked when the model is loaded
     try:
@@ -295,7 +300,7 @@ def _check_gated(config: dict) -> None:
                           f"{config['model']['name_or_path']!r} ({model_type}) has no gate; drop cats")
 
 
-def _check_frontier(config: dict, methods) -> None:
+def _check_frontier(config: dict, methods, root: str | Path = ".") -> None:
     """Frontier keys the schema cannot check: projections extracted, shared pset names equal,
     cells of registered methods covering every layer, top_m within K."""
     from apc.clustering.registry import fixed_k
@@ -322,7 +327,7 @@ def _check_frontier(config: dict, methods) -> None:
         if bad:
             raise ConfigError(f"config key 'frontier.baselines': cats and teal mask the down_proj input; frontier.pset "
                               f"{bad} is not [down_in] (drop cats/teal or set frontier.pset to {{down_in: [down_in]}})")
-        _check_gated(config)
+        _check_gated(config, root)
     for c in f["cells"]:
         if c.get("allocation", "uniform") == "greedy":
             if c["scope"] != "per_layer":

@@ -98,9 +98,54 @@ def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
     return float("nan")
 
 
-def write_frontier_table(path: str | os.PathLike, points, refs) -> pd.DataFrame:
-    """Write :func:`frontier_rows` to ``path`` (CSV); return the frame."""
+#: The masked-FFN kernel (:mod:`apc.deploy`) that runs each line family; None: no kernel of its own
+KERNEL = {"oracle": "grouped", "predicted": "grouped", "neuron": "per_token", "random": "per_token", "cats": "cats",
+          "threshold": None, "teal": None}
+DECODE_TOKENS, PREFILL_TOKENS = 1, 4096
+
+
+def _groups(d: dict) -> int:
+    """A cluster point's measured group count: distinct ids used on the scored tokens (mean over layers)."""
+    counts = [c for per_layer in (d.get("id_counts") or {}).values() for c in per_layer]
+    return max(1, int(round(np.mean([np.count_nonzero(c) for c in counts])))) if counts else 1
+
+
+def time_columns(points: Iterable[str | os.PathLike], table, *, d_model: int, d_ff: int) -> list[dict]:
+    """Per point file: ``time_share_decode`` (T = 1) and ``time_share_prefill`` (T = 4096), the measured time
+    of its family's kernel over the dense FFN's at its kept share and group count, read from a
+    ``benchmarks/bench_ffn_masks.py`` table at the model's FFN shapes (:func:`apc.deploy.roofline.time_share`).
+    NaN where the family has no kernel or the table lacks the shape or token count (logged)."""
+    from apc.deploy.roofline import load_table, time_share
+
+    rows = load_table(table)
+    out = []
+    for path in points:
+        d = read_json(path)
+        kernel = KERNEL.get(d["family"])
+        cols = {}
+        for name, tokens in (("time_share_decode", DECODE_TOKENS), ("time_share_prefill", PREFILL_TOKENS)):
+            if kernel is None:
+                cols[name] = float("nan")
+                continue
+            groups = _groups(d) if kernel == "grouped" else tokens
+            try:
+                cols[name] = time_share(rows, kernel, tokens, float(d["kept_share"]), groups, d_model=d_model, d_ff=d_ff)
+            except ValueError as err:
+                log.warning("no time share for %s at %d tokens: %s", d["line"], tokens, err)
+                cols[name] = float("nan")
+        out.append(cols)
+    return out
+
+
+def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None, *, d_model: int | None = None,
+                         d_ff: int | None = None) -> pd.DataFrame:
+    """Write :func:`frontier_rows` to ``path`` (CSV), with the time shares of :func:`time_columns` when a
+    kernel benchmark table ``time_table`` is given; return the frame."""
+    points = list(points)
     df = frontier_rows(points, refs)
+    if time_table is not None and len(df):
+        times = pd.DataFrame(time_columns(points, time_table, d_model=d_model, d_ff=d_ff))
+        df = pd.concat([df, times], axis=1)
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False)
     log.info("frontier table: %d points -> %s", len(df), path)
