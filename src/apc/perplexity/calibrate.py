@@ -65,7 +65,7 @@ def share_threshold(values: torch.Tensor, share: float) -> float:
     if keep >= n:
         return 0.0
     kth = torch.kthvalue(v, n - keep).values  # the (keep + 1)-th largest value
-    return float(torch.nextafter(kth, torch.tensor(float("inf"))))
+    return float(torch.nextafter(kth, torch.tensor(float("inf"), device=kth.device)))
 
 
 def share_grid(step: float) -> np.ndarray:
