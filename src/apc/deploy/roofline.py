@@ -50,7 +50,7 @@ COLUMNS = ("device", "dtype", "d_model", "d_ff", "kernel", "assign", "tokens", "
 _NUMERIC = {"d_model": int, "d_ff": int, "tokens": int, "groups": int, "kept_share": float, "time_ms": float,
             "dense_ms": float, "ratio": float, "bound_share": float, "time_over_bound": float}
 #: ``assign`` values preferred, in order, when a lookup names none and the table has several
-ASSIGN_PREFERENCE = ("skewed", "zipf1.1", "uniform", "-")
+ASSIGN_PREFERENCE = ("skewed", "uniform", "zipf1.1", "-")
 
 
 def dense_flops(tokens: int, d_model: int, d_ff: int) -> float:
