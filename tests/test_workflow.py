@@ -255,6 +255,30 @@ def test_real_model_masks_dense_equivalence_and_random_half(smoke):
     assert np.isfinite(rnd["ppl"]) and rnd["ppl"] > 1.5 * dense["ppl"]
 
 
+def test_grouped_kernel_scores_the_same_perplexity_as_the_hooks(smoke):
+    """On the embedded model with the smoke run's down_in centroids: the grouped FFN kernel (each token
+    computes only its centroid's neurons) gives the hook path's per-window NLL within float tolerance."""
+    import torch
+
+    from apc.clustering import load_centroids
+    from apc.extraction.model import load_model
+    from apc.perplexity.protocol import score
+
+    model, _ = load_model(smoke / "model" / "manifest.json")
+    windows = torch.from_numpy(np.load(smoke / "tokens" / "test.npy"))[:1]
+    th = json.loads((smoke / "thresholds.json").read_text())["projections"]["down_in"]
+    thresholds = {"down_in": [r["threshold"] for r in th]}
+    cents = {"down_in": torch.from_numpy(load_centroids(smoke / "clusters/down_in/per_layer/apc-k8-d0.6-s0/centroids.npy")[0])}
+    kw = dict(bos=True, projections=["down_in"], thresholds=thresholds, centroids=cents, detail=True)
+    hooks = score(model, windows, "centroid_only", kernel="hooks", **kw)
+    grouped = score(model, windows, "centroid_only", kernel="grouped", **kw)
+    assert np.allclose(grouped["window_nll_sum"], hooks["window_nll_sum"], rtol=1e-4)
+    assert grouped["kept"]["down_in"] == pytest.approx(hooks["kept"]["down_in"], abs=1e-9)
+    assert grouped["layer_kept"]["down_in"] == pytest.approx(hooks["layer_kept"]["down_in"], abs=1e-9)
+    dense = score(model, windows, "dense", bos=True)
+    assert grouped["ppl"] > 1.01 * dense["ppl"]  # the masks do act
+
+
 def _frontier(out):
     from apc.results.inputs import sweep_files
 

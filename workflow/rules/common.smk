@@ -86,7 +86,7 @@ def pset_projections(pset):
 
 def ppl_settings(with_modes):
     p = C["perplexity"]
-    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"]} if with_modes else {})}
+    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
 
 
 def all_outputs():

@@ -42,7 +42,7 @@ else:  # a batch of cells, one model load; the perplexity_cell rule splits it in
         specs.append({"centroids": centroids, "seed": int(cell["seed"]), "groups": groups, "assign_weights": assign_weights})
     log.info("scoring %d cells of %s with one model load", len(cells), snakemake.wildcards.pset)
     scored = score_cells(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
-                         cells=specs)
+                         cells=specs, kernel=p.ppl.get("kernel", "hooks"))
     result.update(pset=snakemake.wildcards.pset, projections=projections, cells=[
         {**result, "pset": snakemake.wildcards.pset, "projections": projections, **cell, "groups": spec["groups"],
          "centroid_density": {q: float(c.double().mean()) * spec["groups"][q] for q, c in spec["centroids"].items()},

@@ -22,7 +22,11 @@ from torch import nn
 from apc.common.progress import get_logger, progress
 from apc.extraction.corpus import check_budget
 from apc.perplexity.intervals import bootstrap_ppl
+from apc.perplexity.grouped import install_grouped, supports_grouped
 from apc.perplexity.masking import install_interventions
+
+#: How masked FFNs are computed: ``hooks`` (dense products, masks applied after) or ``grouped``
+KERNELS = ("hooks", "grouped")
 from apc.perplexity.scoring import score_windows
 
 log = get_logger("apc.perplexity.protocol")
@@ -45,21 +49,34 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
 
 
 def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
-          seed: int = 0, detail: bool = False, **masks) -> dict:
+          seed: int = 0, detail: bool = False, kernel: str = "hooks", **masks) -> dict:
     """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
 
     Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
     started_at, finished_at, wall_time_s``; ``kept`` maps each masked projection to its kept share.
     ``detail`` adds ``layer_kept`` (``{proj: [kept share per layer]}``), ``input_kept`` (teal: the
     MLP input's, per layer), ``batch`` (the batch view, with ``batch_sizes`` among ``masks``) and
-    ``id_counts`` (cluster modes: top-1 id counts per layer).
+    ``id_counts`` (cluster modes: top-1 id counts per layer).  ``kernel="grouped"`` runs the cluster
+    modes through the cluster-grouped FFN kernel (:mod:`apc.perplexity.grouped`); a mode it cannot
+    run falls back to the hooks, with a log line.
     """
     started = time.time()
     t0 = time.perf_counter()
     masked = mode != "dense"
-    with install_interventions(model, mode, projections=projections if masked else (),
-                               thresholds=thresholds if masked else None, skip_first_position=bos,
-                               seed=seed, **masks) as handle:
+    if kernel not in KERNELS:
+        raise ValueError(f"unknown perplexity kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
+    reason = supports_grouped(mode, projections, top_m=masks.get("top_m", 1), groups=masks.get("groups"),
+                              assign_weights=masks.get("assign_weights")) if kernel == "grouped" and masked else "-"
+    if reason is None:
+        install = install_grouped(model, mode, thresholds=thresholds, centroids=masks["centroids"],
+                                  predictors=masks.get("predictors"), skip_first_position=bos)
+    else:
+        if kernel == "grouped" and masked:
+            log.info("mode %s runs through hooks, not the grouped kernel: %s", mode, reason)
+        install = install_interventions(model, mode, projections=projections if masked else (),
+                                        thresholds=thresholds if masked else None, skip_first_position=bos,
+                                        seed=seed, **masks)
+    with install as handle:
         res = score_windows(model, windows, bos=bos)
     lo, hi = bootstrap_ppl(res["window_nll_sum"], res["window_tokens"])
     out = {"ppl": res["ppl"], "ppl_lo": lo, "ppl_hi": hi,
@@ -77,7 +94,7 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
 
 def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
                centroids: dict[str, torch.Tensor], seed: int, groups: dict[str, int] | None = None,
-               assign_weights: dict | None = None) -> dict[str, dict]:
+               assign_weights: dict | None = None, kernel: str = "hooks") -> dict[str, dict]:
     """Every requested cell mode, ``{mode: result of :func:`score`}``, in the order of ``modes``.
 
     ``centroids: {proj: (n_sets, G*K, width) bool}`` (n_sets 1 for pooled, n_layers per layer;
@@ -99,20 +116,22 @@ def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pro
             results[mode].update(density=dict(density), density_source=source)
         else:
             results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
-                                  seed=seed, centroids=centroids, groups=groups, assign_weights=assign_weights)
+                                  seed=seed, centroids=centroids, groups=groups, assign_weights=assign_weights,
+                                  kernel=kernel)
         if mode == "centroid_only":
             density, source = dict(results[mode]["kept"]), "assigned centroids (centroid_only kept share)"
     return {m: results[m] for m in modes}
 
 
 def score_cells(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
-                cells: Sequence[dict]) -> list[dict[str, dict]]:
+                cells: Sequence[dict], kernel: str = "hooks") -> list[dict[str, dict]]:
     """:func:`score_cell` for each of ``cells`` with one model: a batch of cells per model load.
 
     ``cells``: dicts of :func:`score_cell`'s per-cell arguments (``centroids``, ``seed`` and
     optionally ``groups``, ``assign_weights``).  Every cell sees the model as loaded: its hooks
     are removed before the next cell, so a cell's result does not depend on the batch it is in.
     """
-    return [score_cell(model, windows, modes, bos=bos, projections=projections, thresholds=thresholds, **cell)
+    return [score_cell(model, windows, modes, bos=bos, projections=projections, thresholds=thresholds, kernel=kernel,
+                       **cell)
             for cell in progress(cells, desc="perplexity cells", unit="cell", disable=len(cells) < 2)]
 
