@@ -12,3 +12,25 @@ def test_job_refuses_a_library_from_another_checkout(monkeypatch, tmp_path):
     monkeypatch.setenv("APC_SRC", str(tmp_path / "other-checkout" / "src"))
     with pytest.raises(RuntimeError, match="not from the workflow's checkout"):
         check_library_source()
+
+
+def test_jobs_on_a_multi_gpu_machine_take_free_gpus_in_turn(tmp_path, monkeypatch):
+    import torch
+
+    from apc.common import rulekit
+
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setattr(rulekit, "_CLAIMED", [])
+    assert rulekit.claim_gpu(tmp_path) == 0
+    assert rulekit.claim_gpu(tmp_path) == 1  # GPU 0's lock is held
+    assert rulekit.claim_gpu(tmp_path) is None  # every slot held: share the current device
+    assert chosen == [0, 1]
+    rulekit._CLAIMED[0].release()  # the first job ended
+    assert rulekit.claim_gpu(tmp_path) == 0
+    for lock in rulekit._CLAIMED:
+        lock.release()
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert rulekit.claim_gpu(tmp_path) is None  # one GPU: nothing to choose

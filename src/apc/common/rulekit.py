@@ -22,7 +22,44 @@ def start(snakemake, name: str) -> logging.Logger:
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
+    device = getattr(getattr(snakemake, "params", None), "device", None)
+    if device in ("cuda", "auto"):
+        gpu = claim_gpu()
+        if gpu is not None:
+            log.info("running on GPU %d of %d (a free slot of this machine)", gpu, torch.cuda.device_count())
     return log
+
+
+_CLAIMED: list = []  # the held slot locks of this process (released when it exits)
+
+
+def claim_gpu(lock_dir: str | os.PathLike | None = None) -> int | None:
+    """Make the first GPU that no other job of this machine holds this process's current CUDA device.
+
+    With several visible GPUs, jobs started side by side (``snakemake --resources gpu=N``) would all
+    take ``cuda:0``; each instead takes a file lock ``gpu{i}.lock`` in ``lock_dir`` (default: a
+    per-user folder of the system's temporary directory, shared by every run on the machine) for the
+    first free ``i`` and keeps it until it exits.  Returns the GPU index, or None with fewer than two
+    GPUs or when every slot is held (the job then shares the current device)."""
+    import tempfile
+
+    import torch
+    from filelock import FileLock, Timeout
+
+    if not torch.cuda.is_available() or torch.cuda.device_count() < 2:
+        return None
+    folder = Path(lock_dir or Path(tempfile.gettempdir()) / f"apc-gpu-slots-{os.getuid()}")
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(torch.cuda.device_count()):
+        lock = FileLock(str(folder / f"gpu{i}.lock"))
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            continue
+        _CLAIMED.append(lock)
+        torch.cuda.set_device(i)
+        return i
+    return None
 
 
 def job_model(snakemake):
