@@ -216,6 +216,37 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     return _save(fig, path)
 
 
+def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path: Path,
+                       column: str = "time_share_prefill") -> Path:
+    """Perplexity (log y, 95 % interval bars) against the measured time share of each line's masked-FFN
+    kernel (``column``: ``time_share_prefill`` at T = 4096 or ``time_share_decode`` at T = 1); lines
+    without a kernel are left out; dense at time share 1."""
+    from apc.results.plots import _figure, _save
+
+    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    ax = axes[0, 0]
+    rows = table[(table["pset"] == pset) & np.isfinite(table[column].to_numpy(float))]
+    for line, g in rows.groupby("line", sort=False):
+        g = g.sort_values(column)
+        y = g["ppl"].to_numpy(float)
+        err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
+        ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
+        ax.errorbar(g[column], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line))
+    if dense is not None:
+        n = int(rows["windows"].max()) if len(rows) else 0
+        d = _on_windows(dense, n)
+        ax.axhline(d, color="black", lw=1, label=f"dense ({d:.2f})")
+        ax.axvline(1.0, color="black", lw=0.8, ls=":")
+    ax.set_yscale("log")
+    tokens = "T = 4096 tokens" if column.endswith("prefill") else "T = 1 token"
+    ax.set_xlabel(f"FFN time share of the line's masked kernel ({tokens}; measured, over dense)")
+    ax.set_ylabel("perplexity (test, 95 % CI)")
+    ax.set_title(f"time-quality frontier: {pset}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return _save(fig, path)
+
+
 def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) -> Path:
     """Share of weight rows read against the batch size B, one line per method at kept share ``share``
     (the frontier share nearest to it per line): the union of B tokens' masks (solid) and, for cluster
@@ -254,6 +285,9 @@ def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_
     sparse = {r["pset"]: r for r in references if r.get("mode") == "sparse"}
     out = [plot_frontier(table, pset, dense, sparse.get(pset), Path(plot_dir) / f"frontier_{pset}.png")
            for pset in sorted(table["pset"].unique())]
+    if "time_share_prefill" in table.columns and np.isfinite(table["time_share_prefill"].to_numpy(float)).any():
+        out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_{pset}.png")
+                for pset in sorted(table["pset"].unique())]
     if any(c.startswith("union_b") for c in table.columns):
         shares = sorted(table.loc[table["family"] != "cats", "share"].unique())
         share = batch_share if batch_share is not None else (shares[len(shares) // 2] if shares else 0.6)
