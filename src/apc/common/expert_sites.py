@@ -244,13 +244,13 @@ def expert_sites(model: nn.Module, family: Family, layers: nn.ModuleList, resolv
         if found is None:
             raise UnsupportedArchitecture(f"unsupported FFN layout in {type(model).__name__}: layer 0 is a "
                                           f"mixture of experts but layer {i} is not")
-        block, mods = found
+        block, mods, _ = found
         _check_experts(mods["experts"], type(model).__name__)
         e_n = int(mods["experts"].num_experts)
         if n_experts not in (None, e_n):
             raise UnsupportedArchitecture(f"layers of {type(model).__name__} have {n_experts} and {e_n} experts")
         n_experts = e_n
-        sites += [ExpertSite(len(sites), i, e, family, block, mods["experts"]) for e in range(e_n)]
+        sites += [ExpertSite(i * e_n + e, i, e, family, block, mods["experts"]) for e in range(e_n)]
     return sites
 
 

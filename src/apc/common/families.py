@@ -51,6 +51,8 @@ class Family:
     ``layers``: dotted paths from the model to its list of decoder layers (the first that exists wins).
     ``ffn``: paths from a decoder layer to the module holding the roles (``""`` = the layer itself).
     ``modules``: role -> attribute names that may carry it (the first present wins).
+    ``flat_ffn``: the entries of ``ffn`` whose tensors arrive flattened to ``(batch * seq, width)``
+    (OPT reshapes before its FFN); sites there restore ``(batch, seq, width)`` for the hooks.
     ``first``: the role whose input is the FFN input (the predictors' input).
     ``projections``: projection name -> :class:`Tensor`.
     ``model_types``: ``config.json`` ``model_type`` values known to be this family (config-time checks).
@@ -66,6 +68,7 @@ class Family:
     projections: dict[str, Tensor]
     model_types: tuple[str, ...] = ()
     experts: bool = False
+    flat_ffn: tuple[str, ...] = ()
 
 
 _DECODER = ("model.layers", "model.language_model.layers", "language_model.model.layers")
@@ -84,7 +87,7 @@ FAMILIES: tuple[Family, ...] = (
            ("model.decoder.layers", "transformer.h", "gpt_neox.layers"), ("mlp", ""),
            {"fc1": ("fc1", "c_fc", "dense_h_to_4h"), "fc2": ("fc2", "c_proj", "dense_4h_to_h")}, "fc1",
            {"fc1": Tensor("fc1", "output"), "down": Tensor("fc2", "output"), "down_in": Tensor("fc2", "input")},
-           model_types=("opt", "gpt2", "gpt_neox", "falcon")),
+           model_types=("opt", "gpt2", "gpt_neox", "falcon"), flat_ffn=("",)),
     Family("moe", "Mixtral, OLMoE", _DECODER, ("mlp", "block_sparse_moe"),
            {"router": ("gate", "router"), "experts": ("experts",)}, "experts",
            {"gate": Tensor("experts", "output", 0), "up": Tensor("experts", "output", 1),

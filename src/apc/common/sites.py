@@ -41,8 +41,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
         f"top-level modules: {', '.join(n for n, _ in model.named_children()) or 'none'}")
 
 
-def _resolve(family: Family, layer: nn.Module) -> tuple[nn.Module, dict[str, nn.Module]] | None:
-    """``(ffn module, {role: module})`` of ``layer`` under ``family``, or None if a role is missing."""
+def _resolve(family: Family, layer: nn.Module) -> tuple[nn.Module, dict[str, nn.Module], bool] | None:
+    """``(ffn module, {role: module}, flat)`` of ``layer`` under ``family``, or None if a role is missing;
+    ``flat``: the FFN sees its tokens as ``(batch * seq, d_model)`` rows."""
     for path in family.ffn:
         ffn = _get(layer, path) if path else layer
         if ffn is None:
@@ -54,7 +55,7 @@ def _resolve(family: Family, layer: nn.Module) -> tuple[nn.Module, dict[str, nn.
                 break
             mods[role] = found
         else:
-            return ffn, mods
+            return ffn, mods, path in family.flat_ffn
     return None
 
 
@@ -86,6 +87,17 @@ def check_projections(family: Family, projections, key: str = "extract.projectio
 # -- dense sites (one nn.Module per role) ------------------------------------------------------
 
 
+class _Handles:
+    """Several hook handles removed as one."""
+
+    def __init__(self, *handles):
+        self.handles = handles
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 def _features(module: nn.Module) -> tuple[int, int]:
     """``(in, out)`` features of a linear map: ``nn.Linear`` or GPT-2's ``Conv1D`` (weight ``(in, out)``)."""
     if hasattr(module, "nf") and hasattr(module, "nx"):
@@ -103,8 +115,11 @@ class Site:
 
     positional = True
 
-    def __init__(self, index: int, layer: int, family: Family, modules: dict[str, nn.Module]):
+    def __init__(self, index: int, layer: int, family: Family, modules: dict[str, nn.Module],
+                 decoder_layer: nn.Module | None = None):
         self.index, self.layer, self.expert, self.family, self.modules = index, layer, None, family, modules
+        self.decoder_layer = decoder_layer  # set for a flat FFN: its input gives the sequence length
+        self._seq_len: int | None = None
 
     def __repr__(self) -> str:
         return f"Site({self.family.name}, layer={self.layer}, expert={self.expert})"
@@ -144,6 +159,25 @@ class Site:
         m = self.module("down_in")
         return m.weight.t() if hasattr(m, "nf") else m.weight
 
+    def _record_seq_len(self, module, args, kwargs) -> None:
+        self._seq_len = int((args[0] if args else kwargs["hidden_states"]).shape[-2])
+
+    def _with_seq_len(self, handle):
+        """``handle`` plus, for a flat FFN, a pre-hook recording the sequence length of its decoder layer."""
+        if self.decoder_layer is None:
+            return handle
+        seq = self.decoder_layer.register_forward_pre_hook(self._record_seq_len, with_kwargs=True)
+        return _Handles(handle, seq)
+
+    def _unflat(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``fn`` applied to ``(batch, seq, width)``: rows ``(batch * seq, width)`` of a flat FFN are viewed so."""
+        if self.decoder_layer is None:
+            return fn
+        return lambda x: fn(self._seq_view(x)).view(x.shape)
+
+    def _seq_view(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(-1, self._seq_len, x.shape[-1])
+
     def observe(self, proj: str, fn: Callable[[torch.Tensor], None], skip_first: bool):
         """Call ``fn(rows)`` with ``rows: (n_tokens, width)`` of ``proj`` at every forward; position 0
         of each sequence dropped when ``skip_first``.  Returns a handle with ``remove()``."""
@@ -156,12 +190,16 @@ class Site:
                 x = x[:, 1:]
             fn(x.reshape(-1, x.shape[-1]))
 
-        return self.modules[t.role].register_forward_hook(
-            lambda m, inputs, output: emit(output if t.side == "output" else inputs[0]))
+        emit_any = emit if self.decoder_layer is None else (lambda x: emit(self._seq_view(x)))
+        return self._with_seq_len(self.modules[t.role].register_forward_hook(
+            lambda m, inputs, output: emit_any(output if t.side == "output" else inputs[0])))
 
     def replace(self, proj: str, fn: Callable[[torch.Tensor], torch.Tensor], skip_first: bool = False):
         """Replace the tensor ``x: (batch, seq, width)`` of ``proj`` by ``fn(x)`` at every forward
         (``skip_first`` is left to ``fn`` here).  Returns a handle with ``remove()``."""
+        return self._with_seq_len(self._replace(proj, self._unflat(fn)))
+
+    def _replace(self, proj: str, fn: Callable[[torch.Tensor], torch.Tensor]):
         t = self.tensor(proj)
         module = self.modules[t.role]
         if t.side == "input":
@@ -178,7 +216,10 @@ class Site:
 
     def on_ffn_input(self, fn: Callable[[torch.Tensor], None]):
         """Call ``fn(x)`` with the FFN input ``(batch, seq, d_model)`` before every hooked tensor of the site."""
-        return self.modules[self.family.first].register_forward_pre_hook(lambda m, args: fn(args[0]))
+        first = self.modules[self.family.first]
+        if self.decoder_layer is None:
+            return first.register_forward_pre_hook(lambda m, args: fn(args[0]))
+        return self._with_seq_len(first.register_forward_pre_hook(lambda m, args: fn(self._seq_view(args[0]))))
 
 
 def ffn_sites(model: nn.Module) -> list[Site]:
@@ -195,7 +236,7 @@ def ffn_sites(model: nn.Module) -> list[Site]:
             raise UnsupportedArchitecture(
                 f"unsupported FFN layout in {type(model).__name__}: layer 0 is {family.name} ({family.models}) "
                 f"but layer {i} has modules {_module_names(layer)}")
-        sites.append(Site(i, i, family, found[1]))
+        sites.append(Site(i, i, family, found[1], layer if found[2] else None))
     return sites
 
 
