@@ -188,6 +188,7 @@ def _check_paths(config: dict, root: Path) -> None:
         gguf = config["model"].get("gguf_file")
         if gguf and not (path / gguf).exists():
             raise ConfigError(f"config key 'model.gguf_file': {gguf!r} not found in {name!r}")
+        _check_family(config, path)
     elif name.startswith("embedded:") and name != "embedded:smollm2":
         raise ConfigError(f"config key 'model.name_or_path': unknown embedded model {name!r} (known: embedded:smollm2)")
     data = config["data"]
@@ -259,6 +260,27 @@ def _check_methods(config: dict) -> None:
             g = opts.get("groups", 2)
             if isinstance(g, bool) or not isinstance(g, int) or g < 1:
                 raise ConfigError(f"config key 'cluster.options.{cell.method}.groups': must be a positive integer, got {g!r}")
+
+
+def _check_family(config: dict, folder: Path) -> None:
+    """A local model folder's FFN family (from ``config.json``'s ``model_type``) has the configured
+    projections, and a mixture of experts runs no frontier (its predictors read whole-FFN inputs)."""
+    from apc.common.families import family_of_model_type
+    from apc.common.sites import check_projections
+
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return  # a GGUF folder: its family is checked when the converted model is loaded
+    family = family_of_model_type(json.loads(cfg.read_text()).get("model_type"))
+    if family is None:
+        return  # layer 0 decides when the model is loaded
+    try:
+        check_projections(family, config["extract"]["projections"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if family.experts and config["frontier"]["pset"]:
+        raise ConfigError("config key 'frontier.pset': the frontier's predictors read the whole FFN input, which a "
+                          f"mixture-of-experts expert ({family.models}) does not see; set frontier.pset: {{}}")
 
 
 def _check_frontier(config: dict, methods) -> None:
