@@ -246,6 +246,9 @@ def expert_sites(model: nn.Module, family: Family, layers: nn.ModuleList, resolv
                                           f"mixture of experts but layer {i} is not")
         block, mods, _ = found
         _check_experts(mods["experts"], type(model).__name__)
+        if hasattr(block, "shared_expert"):
+            raise UnsupportedArchitecture(f"unsupported experts in {type(model).__name__}: layer {i} has a shared "
+                                          "expert beside its routed experts, which no layout row covers")
         e_n = int(mods["experts"].num_experts)
         if n_experts not in (None, e_n):
             raise UnsupportedArchitecture(f"layers of {type(model).__name__} have {n_experts} and {e_n} experts")
