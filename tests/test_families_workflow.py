@@ -48,9 +48,11 @@ def config_args(name, folder, out, extract=None):
 
 
 def targets(name, res):
-    """The minimal DAG's end points: the cell's evaluation and perplexity, the true-sparse reference."""
+    """The minimal DAG's end points: the cell's evaluation and perplexity, the dense reference, and for
+    the ReLU model the true-sparse one."""
     lay, cell = Layout(res), Cell(RUNS[name][1], **CELL)
-    return [lay.eval_table(cell), lay.ppl_cell(RUNS[name][1], cell), lay.ppl_sparse(RUNS[name][1])]
+    sparse = [lay.ppl_sparse(RUNS[name][1])] if name == "opt" else []
+    return [lay.eval_table(cell), lay.ppl_cell(RUNS[name][1], cell), lay.ppl_dense(), *sparse]
 
 
 class Runs:
