@@ -261,3 +261,12 @@ def test_skip_first_position_leaves_position_0_dense(models, windows, name):
     assert torch.equal(out[:, 0], dense[:, 0]) and not torch.allclose(out[:, 1:], dense[:, 1:])
     assert h.stats()["down_in"]["kept_fraction"] == 0.0
     assert h.stats()["down_in"]["elements"] == (TOP_K if name == "olmoe" else 1) * N_LAYERS * 2 * 9 * D_FF
+
+
+def test_a_site_gives_its_modules_by_role(models, tiny_llama):
+    site = ffn_sites(tiny_llama)[1]
+    assert site["gate"] is tiny_llama.model.layers[1].mlp.gate_proj and site["down"] is site.module("down_in")
+    with pytest.raises(UnsupportedArchitecture, match="has no 'gate' module; its modules: fc1, fc2"):
+        ffn_sites(models["opt"])[0]["gate"]
+    with pytest.raises(UnsupportedArchitecture, match="fused 3-D parameters"):
+        ffn_sites(models["olmoe"])[0]["gate"]

@@ -181,6 +181,12 @@ class ExpertSite:
         self.tensor(proj)
         return self.experts
 
+    def __getitem__(self, role: str) -> nn.Module:
+        from apc.common.sites import UnsupportedArchitecture
+
+        raise UnsupportedArchitecture(f"an expert site has no {role!r} module: its experts are fused 3-D "
+                                      "parameters, reached through observe() and replace()")
+
     def width(self, proj: str) -> int:
         self.tensor(proj)
         return int(self.experts.down_proj.shape[1] if proj == "down" else self.experts.down_proj.shape[2])

@@ -136,6 +136,14 @@ class Site:
         """The module whose input or output holds ``proj``."""
         return self.modules[self.tensor(proj).role]
 
+    def __getitem__(self, role: str) -> nn.Module:
+        """The module playing ``role`` (``site["gate"]`` is ``gate_proj`` of a Llama-style FFN)."""
+        try:
+            return self.modules[role]
+        except KeyError:
+            raise UnsupportedArchitecture(f"this {self.family.name} FFN ({self.family.models}) has no {role!r} "
+                                          f"module; its modules: {', '.join(self.modules)}") from None
+
     def width(self, proj: str) -> int:
         """Neurons (features) of ``proj``."""
         t = self.tensor(proj)
