@@ -38,7 +38,7 @@ def snakemake(*args, check=True):
 
 
 def config_args(name, folder, out, extract=None):
-    return ["--config", "preset=smoke", f"outdir={out}", f"model={{name_or_path: {folder}, params_b: 0.0001}}",
+    return ["--config", "preset=smoke", f"outdir={out}", "threads=1", f"model={{name_or_path: {folder}, params_b: 0.0001}}",
             "data={seq_len: %d, train_tokens: 256, test_tokens: 128}" % SEQ,
             f"extract={extract or RUNS[name][0]}",
             "cluster={methods: [apc], k: [4], scopes: [per_layer], projections: [%s], max_iter: 3, "
@@ -48,11 +48,12 @@ def config_args(name, folder, out, extract=None):
 
 
 def targets(name, res):
-    """The minimal DAG's end points: the cell's evaluation and perplexity, the dense reference, and for
-    the ReLU model the true-sparse one."""
+    """The minimal DAG's end points: the cell's perplexity and the dense reference; the true-sparse one
+    for the ReLU model; the cell's evaluation for the mixture of experts (per-expert rows; the other
+    families' stores have the layout of the default run's)."""
     lay, cell = Layout(res), Cell(RUNS[name][1], **CELL)
-    sparse = [lay.ppl_sparse(RUNS[name][1])] if name == "opt" else []
-    return [lay.eval_table(cell), lay.ppl_cell(RUNS[name][1], cell), lay.ppl_dense(), *sparse]
+    extra = {"opt": [lay.ppl_sparse(RUNS[name][1])], "olmoe": [lay.eval_table(cell)]}.get(name, [])
+    return [lay.ppl_cell(RUNS[name][1], cell), lay.ppl_dense(), *extra]
 
 
 class Runs:
@@ -112,7 +113,14 @@ def test_every_site_has_patterns_centroids_eval_and_perplexity(runs, name):
     lay, cell, ppl = _cell_files(res, proj)
     cents, _ = load_centroids(lay.centroids(cell))
     assert cents.shape == (n_sites, 4, D_FF)
-    assert (res / "eval" / proj / "per_layer" / f"{cell.name}.csv").exists()
+    if name == "olmoe":  # one row per expert site
+        import pandas as pd
+
+        table = pd.read_csv(res / "eval" / proj / "per_layer" / f"{cell.name}.csv", dtype={"layer": str})
+        for site in range(n_sites):  # every expert scored on exactly its routed test tokens
+            row = table[table["layer"] == str(site)]
+            rows = PatternReader(res / "patterns" / "test" / proj / f"L{site:02d}.npy").n_tokens
+            assert row["n_tokens"].tolist() == [rows] and 0 < row["recall"].item() <= 1
     dense = json.loads((res / "ppl" / "dense.json").read_text())
     assert np.isfinite(dense["ppl"]) and np.isfinite(ppl["modes"]["centroid_only"]["ppl"])
     for split in ("train", "test"):

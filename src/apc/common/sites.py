@@ -251,7 +251,11 @@ def ffn_sites(model: nn.Module) -> list[Site]:
 def prepare_for_sites(model: nn.Module) -> nn.Module:
     """Make ``model``'s own forward the one the sites reproduce: a mixture-of-experts model runs its
     experts' eager per-expert loop (transformers may pick a grouped kernel), others are unchanged."""
-    if model_family(model).experts:
+    try:
+        family = model_family(model)
+    except UnsupportedArchitecture:
+        return model  # the error comes where its sites are asked for
+    if family.experts:
         from apc.common.expert_sites import use_eager_experts
 
         use_eager_experts(model)
