@@ -32,7 +32,8 @@ mode              keep
 
 The predictor modes read the MLP input (the input of the FFN's first product,
 ``gate_proj`` for a Llama-style FFN) through a forward pre-hook on that module,
-which runs before every hooked projection of its layer.  A predictor is any callable ``(n, d_model) float32 -> (n, S)``
+which runs before every hooked projection of its layer.  A predictor is any
+callable ``(n, d_model) float32 -> (n, S)``
 scores (``S = K`` centroids or ``S = width`` neurons); ``nn.Module`` predictors
 are moved to their layer's device.  The pattern ``p`` (``thresholds``) is still
 computed in every mode for the ``active_fraction`` statistic.
@@ -44,7 +45,8 @@ reproducible for the same seed, windows and batch size.
 
 With ``skip_first_position=True`` (a BOS token at column 0), position 0 of
 every forward call's input is left untouched in every mode and excluded from
-the statistics (an expert site leaves the rows of position-0 tokens untouched).  This assumes full-sequence forwards (no KV-cache decoding).
+the statistics (an expert site leaves the rows of position-0 tokens untouched).
+This assumes full-sequence forwards (no KV-cache decoding).
 """
 
 from __future__ import annotations
