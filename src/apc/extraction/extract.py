@@ -36,19 +36,17 @@ def collect_histograms(
 ) -> tuple[dict[tuple[str, int], AbsQuantileHistogram], int, float]:
     """One pass over ``windows``: ``({(projection, layer): histogram of |x|}, n_tokens, seconds)``."""
     hists: dict[tuple[str, int], AbsQuantileHistogram] = {}
-    n_tokens = [0]
 
     def collect(proj: str, layer: int, x: torch.Tensor) -> None:
         h = hists.get((proj, layer))
         if h is None:
             h = hists[(proj, layer)] = AbsQuantileHistogram(bits)
         h.update(x)
-        if proj == projections[0] and layer == 0:
-            n_tokens[0] += x.shape[0]
 
     with ProjectionCapture(model, projections, collect, skip_first=skip_first):
         wall = forward_windows(model, windows, device, "calibrating thresholds")
-    return hists, n_tokens[0], wall
+    n_tokens = int(windows.shape[0] * (windows.shape[1] - (1 if skip_first else 0)))  # an expert sees fewer
+    return hists, n_tokens, wall
 
 
 def _method(bits: int) -> str:
