@@ -49,3 +49,33 @@ def test_overrides_from_the_command_line_are_coerced():
 def test_bad_config_names_the_key(over, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         res(**over)
+
+
+def _local_model(tmp_path, model_type):
+    folder = tmp_path / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model_type": "%s"}' % model_type)
+    return str(folder)
+
+
+@pytest.mark.parametrize("model_type, over, message", [
+    ("opt", {}, "config key 'extract.projections': gate, up not in this plain FFN (OPT, GPT-2, GPT-NeoX/Pythia, "
+                "Falcon); its projections are fc1, down, down_in"),
+    ("phi3", {"extract": {"projections": ["fc1"]}},
+     "config key 'extract.projections': fc1 not in this fused FFN (Phi-3); its projections are gate, up, down, down_in"),
+    ("olmoe", {}, "config key 'frontier.pset': the frontier's predictors read the whole FFN input"),
+])
+def test_projections_the_local_models_family_lacks_stop_at_config_time(tmp_path, model_type, over, message):
+    with pytest.raises(ConfigError) as err:
+        res(model={"name_or_path": _local_model(tmp_path, model_type)}, **over)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_non_gated_and_moe_configs_resolve(tmp_path):
+    opt = res(model={"name_or_path": _local_model(tmp_path, "opt")},
+              extract={"projections": ["fc1", "down_in"], "threshold": "zero"},
+              cluster={"projections": ["fc1"], "cells": []}, perplexity={"psets": {"fc1": ["fc1"]}, "cells": "all"})
+    assert opt["extract"]["threshold"] == "zero"
+    res(model={"name_or_path": _local_model(tmp_path, "mixtral")}, frontier={"pset": {}})
+    with pytest.raises(ConfigError, match="config key 'extract.threshold'"):
+        res(extract={"threshold": "exact"})

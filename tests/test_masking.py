@@ -3,9 +3,11 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from apc.common.projections import PROJECTIONS, mlp_projections
+from apc.common.families import family_named
+from apc.common.projections import mlp_projections
 from apc.perplexity.masking import install_interventions, nearest_centroid
 
+PROJECTIONS = tuple(family_named("gated").projections)  # the Llama-style names
 N_LAYERS = 3
 WIDTH = {"gate": 44, "up": 44, "down": 32, "down_in": 44}
 

@@ -201,6 +201,7 @@ def _check_paths(config: dict, root: Path) -> None:
         gguf = config["model"].get("gguf_file")
         if gguf and not (path / gguf).exists():
             raise ConfigError(f"config key 'model.gguf_file': {gguf!r} not found in {name!r}")
+        _check_family(config, path)
     elif name.startswith("embedded:") and name != "embedded:smollm2":
         raise ConfigError(f"config key 'model.name_or_path': unknown embedded model {name!r} (known: embedded:smollm2)")
     data = config["data"]
@@ -291,13 +292,39 @@ def _check_gated(config: dict, root: str | Path = ".") -> None:
     path = (path if path.is_absolute() else Path(root) / path) / "config.json"
     if not path.is_file():
         return  # the embedded model or a hub id: checked when the model is loaded
+    from apc.common.families import family_of_model_type
+
     try:
         model_type = json.loads(path.read_text()).get("model_type")
     except (OSError, ValueError):
         return
-    if model_type in UNGATED_MODEL_TYPES:
+    family = family_of_model_type(model_type)
+    if model_type in UNGATED_MODEL_TYPES or (family is not None and family.name != "gated"):
+        what = "has no gate" if model_type in UNGATED_MODEL_TYPES or (family and family.name == "plain") else \
+            f"has a {family.name} FFN, not a Llama-style gated one"
         raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
-                          f"{config['model']['name_or_path']!r} ({model_type}) has no gate; drop cats")
+                          f"{config['model']['name_or_path']!r} ({model_type}) {what}; drop cats")
+
+
+def _check_family(config: dict, folder: Path) -> None:
+    """A local model folder's FFN family (from ``config.json``'s ``model_type``) has the configured
+    projections, and a mixture of experts runs no frontier (its predictors read whole-FFN inputs)."""
+    from apc.common.families import family_of_model_type
+    from apc.common.sites import check_projections
+
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return  # a GGUF folder: its family is checked when the converted model is loaded
+    family = family_of_model_type(json.loads(cfg.read_text()).get("model_type"))
+    if family is None:
+        return  # layer 0 decides when the model is loaded
+    try:
+        check_projections(family, config["extract"]["projections"])
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if family.experts and config["frontier"]["pset"]:
+        raise ConfigError("config key 'frontier.pset': the frontier's predictors read the whole FFN input, which a "
+                          f"mixture-of-experts expert ({family.models}) does not see; set frontier.pset: {{}}")
 
 
 def _check_frontier(config: dict, methods, root: str | Path = ".") -> None:

@@ -1,95 +1,58 @@
-"""Locate the gated MLP projections of a decoder-only transformer.
+"""The projection names and where they live in a model's FFN.
 
-Supported: models whose decoder layers sit at ``model.layers`` (Llama, Mistral,
-Qwen2/3, Gemma, SmolLM, ...) and whose ``mlp`` has ``gate_proj``, ``up_proj``
-and ``down_proj``.  Only torch is needed here.
+The names (``gate``, ``up``, ``down``, ``down_in``, ``fc1``) come from the layout
+table (:mod:`apc.common.families`), which says for every FFN family which module,
+side and half of the layer's FFN carries each one; :mod:`apc.common.sites` turns
+a model into its sites.  This module keeps the name-level helpers read by capture,
+masking, the config schema and the rule wildcards.  Only torch is needed.
 """
 
 from __future__ import annotations
 
 from torch import nn
 
-from dataclasses import dataclass
+from apc.common.families import PROJECTIONS, Tensor, family_named
+from apc.common.sites import UnsupportedArchitecture, decoder_layers, ffn_sites, model_family
 
+__all__ = ["PROJECTIONS", "TABLE", "UnsupportedArchitecture", "decoder_layers", "mlp_projections", "projection",
+           "projection_module", "projection_width", "site_widths"]
 
-@dataclass(frozen=True)
-class Projection:
-    """A hooked tensor: the ``side`` (``"output"`` or ``"input"``) of MLP module ``module``."""
-
-    module: str
-    side: str
-
-    def width(self, linear: nn.Linear) -> int:
-        """Neurons of this tensor given its module."""
-        return linear.out_features if self.side == "output" else linear.in_features
-
-
-#: The one table of projections, read by capture, masking, the config schema and the rule wildcards.
+#: The Llama-style (``gated``) row of the layout table: projection -> module role and side.
 #: ``down_in`` is the input of ``down_proj``, i.e. act(gate) * up, the intermediate neuron activation.
-TABLE = {
-    "gate": Projection("gate", "output"),
-    "up": Projection("up", "output"),
-    "down": Projection("down", "output"),
-    "down_in": Projection("down", "input"),
-}
-PROJECTIONS = tuple(TABLE)
-
-_LAYER_PATHS = ("model.layers", "model.language_model.layers", "language_model.model.layers")
-_MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
+TABLE: dict[str, Tensor] = family_named("gated").projections
 
 
-class UnsupportedArchitecture(ValueError):
-    """The model has no Llama-style gated MLP that this project can hook."""
+def mlp_projections(model: nn.Module) -> list[dict[str, nn.Module]]:
+    """Per decoder layer, ``{role: module}`` of a dense FFN (``gated``: ``gate``, ``up``, ``down``).
 
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """Return the list of decoder layers of ``model``."""
-    for path in _LAYER_PATHS:
-        obj = model
-        for part in path.split("."):
-            obj = getattr(obj, part, None)
-            if obj is None:
-                break
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise UnsupportedArchitecture(
-        f"unsupported architecture {type(model).__name__}: expected decoder layers at one of "
-        f"{', '.join(_LAYER_PATHS)} (Llama, Mistral, Qwen or Gemma style)"
-    )
-
-
-def mlp_projections(model: nn.Module) -> list[dict[str, nn.Linear]]:
-    """Per decoder layer, ``{'gate': gate_proj, 'up': up_proj, 'down': down_proj}``.
-
-    ``down_in`` has no module of its own: it is the input of ``down``.
+    Mixture-of-experts models have no module per expert: use :func:`apc.common.sites.ffn_sites`.
     """
-    out = []
-    for i, layer in enumerate(decoder_layers(model)):
-        mlp = getattr(layer, "mlp", None)
-        missing = [n for n in _MLP_NAMES if mlp is None or not hasattr(mlp, n)]
-        if missing:
-            raise UnsupportedArchitecture(
-                f"unsupported architecture {type(model).__name__}: layer {i} has no "
-                f"mlp.{', mlp.'.join(missing)}; expected a gated MLP with mlp.gate_proj, "
-                "mlp.up_proj and mlp.down_proj (Llama, Mistral, Qwen or Gemma style)"
-            )
-        out.append({"gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj})
-    return out
+    sites = ffn_sites(model)
+    if sites and sites[0].expert is not None:
+        raise UnsupportedArchitecture(f"{type(model).__name__} is a mixture of experts: it has FFN sites per "
+                                      "(layer, expert), not one module per projection and layer")
+    return [s.modules for s in sites]
 
 
-def projection(name: str) -> Projection:
-    """The table entry of ``name``; ``ValueError`` listing the known names otherwise."""
+def projection(name: str) -> Tensor:
+    """The ``gated`` table entry of ``name``; ``ValueError`` listing the known names otherwise."""
     try:
         return TABLE[name]
     except KeyError:
-        raise ValueError(f"unknown projection {name!r}; expected one of {', '.join(PROJECTIONS)}") from None
+        raise ValueError(f"unknown projection {name!r}; expected one of {', '.join(TABLE)}") from None
 
 
-def projection_module(mods: dict[str, nn.Linear], name: str) -> nn.Linear:
-    """The module of one layer's ``mods`` (from :func:`mlp_projections`) that carries ``name``."""
-    return mods[projection(name).module]
+def projection_module(mods: dict[str, nn.Module], name: str) -> nn.Module:
+    """The module of one layer's ``mods`` (from :func:`mlp_projections` of a ``gated`` model) that carries ``name``."""
+    return mods[projection(name).role]
 
 
 def projection_width(model: nn.Module, name: str) -> int:
-    """Number of neurons (features) of projection ``name`` in every layer."""
-    return projection(name).width(projection_module(mlp_projections(model)[0], name))
+    """Number of neurons (features) of projection ``name`` in every site of ``model``."""
+    return ffn_sites(model)[0].width(name)
+
+
+def site_widths(model: nn.Module) -> dict[str, int]:
+    """``{projection: width}`` for every projection of ``model``'s FFN family."""
+    site = ffn_sites(model)[0]
+    return {p: site.width(p) for p in model_family(model).projections}

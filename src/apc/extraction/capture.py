@@ -1,9 +1,10 @@
-"""Forward hooks that hand each MLP projection's activations to a callback.
+"""Forward hooks that hand each FFN projection's activations to a callback.
 
-One forward pass per window captures, for every decoder layer, the outputs of
-``gate_proj``, ``up_proj`` and ``down_proj`` (gate before the activation
-function) and the input of ``down_proj`` (``down_in`` = act(gate) * up).
-Only torch is needed.
+One forward pass per window captures, for every FFN site (a decoder layer, or a
+(layer, expert) of a mixture of experts: :mod:`apc.common.sites`), the tensors
+the layout table names: for a Llama-style FFN the outputs of ``gate_proj``,
+``up_proj`` and ``down_proj`` (gate before the activation function) and the
+input of ``down_proj`` (``down_in`` = act(gate) * up).  Only torch is needed.
 """
 
 from __future__ import annotations
@@ -13,20 +14,26 @@ from typing import Callable
 import torch
 from torch import nn
 
-from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projection_module
+from apc.common.projections import PROJECTIONS
+from apc.common.sites import ffn_sites
 
-#: callback(projection, layer, x) with ``x: (n_tokens, width)`` activations of one window.
+#: callback(projection, site, x) with ``x: (n_tokens, width)`` activations of one window
+#: (for an expert site: the tokens routed to it, in token order).
 Callback = Callable[[str, int, torch.Tensor], None]
+#: routing(layer, idx) with ``idx: (n_tokens, top_k)`` int64: the experts each token went to (MoE only).
+Routing = Callable[[int, torch.Tensor], None]
 
 
 class ProjectionCapture:
     """Context manager: while active, every forward pass calls ``callback`` per (projection, layer).
 
     ``skip_first``: drop sequence position 0 (the BOS token) before the callback.
+    ``routing``: called once per MoE layer and forward with the router's choice, row-aligned.
     Memory stays bounded by one layer's activations: nothing is kept after the call.
     """
 
-    def __init__(self, model: nn.Module, projections: list[str], callback: Callback, skip_first: bool = False):
+    def __init__(self, model: nn.Module, projections: list[str], callback: Callback, skip_first: bool = False,
+                 routing: Routing | None = None):
         unknown = [p for p in projections if p not in PROJECTIONS]
         if unknown:
             raise ValueError(f"unknown projections {unknown}; expected some of {', '.join(PROJECTIONS)}")
@@ -34,18 +41,20 @@ class ProjectionCapture:
         self.projections = list(projections)
         self.callback = callback
         self.skip_first = skip_first
+        self.routing = routing
         self._handles: list = []
 
-    def _emit(self, proj: str, layer: int, x: torch.Tensor) -> None:
-        if self.skip_first:
-            x = x[:, 1:]
-        self.callback(proj, layer, x.reshape(-1, x.shape[-1]))
-
     def __enter__(self) -> "ProjectionCapture":
-        for i, mods in enumerate(mlp_projections(self.model)):
-            for proj in self.projections:
-                module = projection_module(mods, proj)
-                self._handles.append(module.register_forward_hook(self._hook(proj, i, TABLE[proj].side)))
+        try:
+            for site in ffn_sites(self.model):
+                for proj in self.projections:
+                    self._handles.append(site.observe(proj, self._hook(proj, site.index), self.skip_first))
+                if self.routing is not None and site.expert == 0:
+                    self._handles.append(site.observe_routing(
+                        lambda idx, l=site.layer: self.routing(l, idx), self.skip_first))
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,8 +62,5 @@ class ProjectionCapture:
             h.remove()
         self._handles.clear()
 
-    def _hook(self, proj: str, layer: int, side: str):
-        def hook(module, inputs, output):
-            self._emit(proj, layer, output if side == "output" else inputs[0])
-
-        return hook
+    def _hook(self, proj: str, index: int):
+        return lambda rows: self.callback(proj, index, rows)

@@ -1,7 +1,7 @@
 """Calibrate thresholds and extract bit-packed activation patterns, one forward pass per window.
 
 Only torch, numpy and the project's torch/numpy modules are used; the model is
-any ``nn.Module`` with Llama-style MLPs (see :mod:`apc.common.projections`).
+any ``nn.Module`` whose FFN the layout table knows (:mod:`apc.common.families`).
 """
 
 from __future__ import annotations
@@ -36,19 +36,17 @@ def collect_histograms(
 ) -> tuple[dict[tuple[str, int], AbsQuantileHistogram], int, float]:
     """One pass over ``windows``: ``({(projection, layer): histogram of |x|}, n_tokens, seconds)``."""
     hists: dict[tuple[str, int], AbsQuantileHistogram] = {}
-    n_tokens = [0]
 
     def collect(proj: str, layer: int, x: torch.Tensor) -> None:
         h = hists.get((proj, layer))
         if h is None:
             h = hists[(proj, layer)] = AbsQuantileHistogram(bits)
         h.update(x)
-        if proj == projections[0] and layer == 0:
-            n_tokens[0] += x.shape[0]
 
     with ProjectionCapture(model, projections, collect, skip_first=skip_first):
         wall = forward_windows(model, windows, device, "calibrating thresholds")
-    return hists, n_tokens[0], wall
+    n_tokens = int(windows.shape[0] * (windows.shape[1] - (1 if skip_first else 0)))  # an expert sees fewer
+    return hists, n_tokens, wall
 
 
 def _method(bits: int) -> str:
@@ -134,8 +132,16 @@ def extract_patterns(
     subset of ``projections``), ``|x|`` is also stored as 8-bit codes
     (:mod:`apc.magnitudes`, same rows as the patterns).  Files are filled
     window by window and renamed into place only when complete.  Returns a
-    summary dict (tokens, densities, store sizes, wall time).
+    summary dict (tokens, densities, store sizes, wall time).  For a mixture of experts the
+    router's choice is stored too, and the summary's ``moe`` block reports the share of experts
+    active beside the neuron density inside them (:mod:`apc.extraction.routing`).
     """
+    from apc.common.sites import ffn_sites
+    from apc.extraction.natural import ZERO_THRESHOLD
+    from apc.extraction.routing import RoutingWriter, close_fitted, moe_summary, routing_path
+
+    sites = ffn_sites(model)
+    experts = sites[0] if sites[0].expert is not None else None
     magnitudes = list(magnitudes)
     extra = [p for p in magnitudes if p not in projections]
     if extra:
@@ -164,22 +170,33 @@ def extract_patterns(
                 mw = mag_writers[(proj, layer)] = MagnitudeWriter(
                     magnitude_path(root, split, proj, layer), n_tokens, x.shape[-1],
                     {**meta, "split": split, "layer": layer, "projection": proj},
-                    reference=table[proj][layer] if table[proj][layer] > 0 else 1.0,
+                    reference=table[proj][layer] if table[proj][layer] > ZERO_THRESHOLD else 1.0,
                 )
             mw.append(x)
 
+    routers: dict[int, RoutingWriter] = {}
+
+    def route(layer: int, idx: torch.Tensor) -> None:
+        if layer not in routers:
+            routers[layer] = RoutingWriter(routing_path(root, split, layer), n_tokens, idx.shape[-1],
+                                           experts.n_experts, {**meta, "split": split, "layer": layer})
+        routers[layer].append(idx)
+
+    close = close_fitted if experts is not None else (lambda w: w.close())  # an expert keeps its routed rows
     try:
-        with ProjectionCapture(model, projections, write, skip_first=skip_first):
+        with ProjectionCapture(model, projections, write, skip_first=skip_first,
+                               routing=route if experts is not None else None):
             wall = forward_windows(model, windows, device, f"extracting {split} patterns")
-        sidecars = {k: w.close() for k, w in writers.items()}
-        mag_sidecars = {k: w.close() for k, w in mag_writers.items()}
+        sidecars = {k: close(w) for k, w in writers.items()}
+        mag_sidecars = {k: close(w) for k, w in mag_writers.items()}
+        routing = {l: w.close() for l, w in routers.items()}
     except BaseException:
-        for w in [*writers.values(), *mag_writers.values()]:
+        for w in [*writers.values(), *mag_writers.values(), *routers.values()]:
             w.abort()
         raise
     density = {p: [sidecars[(p, l)]["density"] for l in range(n_layers)] for p in projections}
     store = sum(pattern_path(root, split, p, l).stat().st_size for p, l in sidecars)
-    ideal = sum(n_tokens * s["width"] / 8 for s in sidecars.values())
+    ideal = sum(s["n_tokens"] * s["width"] / 8 for s in sidecars.values())
     mag_store = sum(magnitude_path(root, split, p, l).stat().st_size for p, l in mag_sidecars)
     clipped = sum(s["clipped"] for s in mag_sidecars.values())
     if clipped:
@@ -200,4 +217,5 @@ def extract_patterns(
         "magnitude_projections": magnitudes,
         "magnitude_bytes": int(mag_store),
         "magnitude_clipped": int(clipped),
+        **({"moe": moe_summary(routing, density, experts.n_experts, experts.top_k)} if experts is not None else {}),
     }

@@ -1,4 +1,4 @@
-"""FFN-input store: per layer, the tensor entering the MLP (the input of ``gate_proj``).
+"""FFN-input store: per layer, the tensor entering the MLP (the input of its first product, ``gate_proj``).
 
 On disk, one (split, layer) is two files under ``root``:
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from apc.common.projections import mlp_projections
+from apc.common.sites import ffn_sites
 from apc.common.rowstore import RowStoreReader, RowStoreWriter
 from apc.extraction.extract import forward_windows
 from apc.common.progress import get_logger
@@ -91,20 +91,20 @@ def extract_ffn_inputs(
     extraction does, so row ``t`` matches row ``t`` of the pattern store.
     Returns a summary dict (tokens, layers, width, store bytes, wall time).
     """
-    layers = mlp_projections(model)
+    layers = ffn_sites(model)
     n_windows, seq_len = windows.shape
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
-    width = layers[0]["gate"].in_features
+    width = layers[0].d_model
     writers = [FfnInputWriter(ffn_input_path(root, split, l), n_tokens, width,
                               {**meta, "split": split, "layer": l}) for l in range(len(layers))]
 
     def hook(layer: int):
-        def pre(module, args):
-            x = args[0][:, 1:] if skip_first else args[0]
+        def pre(x):
+            x = x[:, 1:] if skip_first else x
             writers[layer].append(x.reshape(-1, x.shape[-1]))
         return pre
 
-    handles = [mods["gate"].register_forward_pre_hook(hook(l)) for l, mods in enumerate(layers)]
+    handles = [site.on_ffn_input(hook(l)) for l, site in enumerate(layers)]
     t0 = time.perf_counter()
     try:
         wall = forward_windows(model, windows, device, f"extracting {split} FFN inputs")

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from apc.common.projections import mlp_projections
+from apc.common.sites import ffn_sites
 from apc.common.rowstore import RowStoreReader, RowStoreWriter
 
 __all__ = [
@@ -154,11 +154,11 @@ class MagnitudeReader(RowStoreReader):
 
 
 def down_column_norms(model: nn.Module) -> np.ndarray:
-    """``(n_layers, d_ff) float32``: ``||W_down[:, j]||_2`` of every layer's ``down_proj``.
+    """``(n_sites, d_ff) float32``: ``||W_down[:, j]||_2`` of every FFN site's second product (``down_proj``).
 
     Dropping neuron ``j`` of ``down_in`` with value ``x_j`` removes ``|x_j| * ||W_down[:, j]||``
     from the FFN output; these norms turn magnitudes into that cost (``output`` weighting).
     """
     with torch.no_grad():
-        norms = [mods["down"].weight.detach().float().norm(dim=0).cpu() for mods in mlp_projections(model)]
+        norms = [site.down_weight().detach().float().norm(dim=0).cpu() for site in ffn_sites(model)]
     return torch.stack(norms).numpy().astype(np.float32)

@@ -27,7 +27,8 @@ from filelock import FileLock
 
 import torch
 
-from apc.common.projections import PROJECTIONS, mlp_projections, projection_width
+from apc.common.projections import site_widths
+from apc.common.sites import decoder_layers, ffn_sites, model_family, prepare_for_sites
 from apc.common.atomic import apply_umask, read_json, write_json
 from apc.common.progress import get_logger
 
@@ -65,16 +66,20 @@ def prepare_model(model_cfg: dict, manifest_path: str | Path) -> dict:
         ensure_converted(out, lambda tmp: _convert_gguf(src, gguf, tmp, model_cfg["name_or_path"]))
         load_path = str(out.resolve())
     model, _ = load_model({"load_path": load_path}, dtype="float32" if gguf else model_cfg["dtype"], device="meta")
-    layers = mlp_projections(model)
+    family = model_family(model)
+    sites = ffn_sites(model)
     manifest = {
         "name": model_cfg["name_or_path"],
         "revision": revision,
         "short_name": short,
         "load_path": load_path,
         "architecture": type(model).__name__,
-        "n_layers": len(layers),
+        "family": family.name,
+        "n_layers": len(sites),  # FFN sites: decoder layers, or (layer, expert) pairs of a mixture of experts
+        "n_decoder_layers": len(decoder_layers(model)),
         "n_params": sum(p.numel() for p in model.parameters()),
-        "widths": {p: projection_width(model, p) for p in PROJECTIONS},
+        "widths": site_widths(model),
+        **({"n_experts": sites[0].n_experts, "top_k": sites[0].top_k} if family.experts else {}),
         "dtype": model_cfg["dtype"],
         "device_map": model_cfg.get("device_map"),
     }
@@ -198,7 +203,7 @@ def load_model(manifest: dict | str | Path, dtype: str | None = None, device: st
         cfg = AutoConfig.from_pretrained(path, local_files_only=True)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(cfg, dtype=torch_dtype)
-        return model, None
+        return prepare_for_sites(model), None
     device_map = manifest.get("device_map") if str(device) != "cpu" else None
     if device_map:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, device_map=device_map,
@@ -207,7 +212,7 @@ def load_model(manifest: dict | str | Path, dtype: str | None = None, device: st
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
         model = model.to(device).eval()
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    return model, tok
+    return prepare_for_sites(model), tok
 
 
 def cuda_peak_memory(device) -> dict:

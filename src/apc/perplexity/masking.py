@@ -1,8 +1,10 @@
-"""Forward hooks that apply FFN interventions to a gated-MLP decoder.
+"""Forward hooks that apply FFN interventions to a decoder of any FFN family.
 
-For every decoder layer ``l`` and configured projection (``gate``, ``up``,
-``down`` = module outputs; ``down_in`` = input of ``down_proj`` via a forward
-pre-hook), the hooked tensor ``x: (batch, seq, width)`` is replaced by
+For every FFN site ``l`` (a decoder layer, or a (layer, expert) of a mixture of
+experts: :mod:`apc.common.sites`) and configured projection (for a Llama-style
+FFN: ``gate``, ``up``, ``down`` = module outputs; ``down_in`` = input of
+``down_proj`` via a forward pre-hook), the hooked tensor ``x: (batch, seq,
+width)`` (an expert site: ``(n_routed, width)``) is replaced by
 ``x.masked_fill(~keep, 0)`` where ``keep: (batch, seq, width) bool`` is
 
 ================  =============================================================
@@ -41,9 +43,10 @@ token order within each window: for B consecutive tokens, the share of neurons t
 one of them keeps (the weight rows a batch must read), and for cluster modes the sum of the
 distinct assigned centroids' densities, capped at 1 (the rows read when each id group reads its own).
 
-The predictor modes read the MLP input (the input of ``gate_proj``) through a
-forward pre-hook on ``gate_proj``, which runs before every hooked projection of
-its layer.  A predictor is any callable ``(n, d_model) float32 -> (n, S)``
+The predictor modes read the MLP input (the input of the FFN's first product,
+``gate_proj`` for a Llama-style FFN) through a forward pre-hook on that module,
+which runs before every hooked projection of its layer.  A predictor is any
+callable ``(n, d_model) float32 -> (n, S)``
 scores (``S = K`` centroids or ``S = width`` neurons); ``nn.Module`` predictors
 are moved to their layer's device.  The pattern ``p`` (``thresholds``) is still
 computed in every mode for the ``active_fraction`` statistic.
@@ -55,7 +58,8 @@ reproducible for the same seed, windows and batch size.
 
 With ``skip_first_position=True`` (a BOS token at column 0), position 0 of
 every forward call's input is left untouched in every mode and excluded from
-the statistics.  This assumes full-sequence forwards (no KV-cache decoding).
+the statistics (an expert site leaves the rows of position-0 tokens untouched).
+This assumes full-sequence forwards (no KV-cache decoding).
 """
 
 from __future__ import annotations
@@ -66,7 +70,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from apc.common.projections import PROJECTIONS, TABLE, mlp_projections, projection_module
+from apc.common.projections import PROJECTIONS
+from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
@@ -236,7 +241,7 @@ def install_interventions(
     if len(set(projections)) != len(projections):
         raise ValueError(f"duplicate projections in {list(projections)}")
 
-    layers = mlp_projections(model)
+    layers = ffn_sites(model)
     n_layers = len(layers)
     width = {p: _width(layers[0], p) for p in projections}
     if any(int(b) < 1 for b in batch_sizes):
@@ -246,6 +251,9 @@ def install_interventions(
         return handle
     if mode in ("cats", "teal") and projections != ("down_in",):
         raise ValueError(f"mode {mode!r} masks the down_proj input: projections must be ['down_in'], got {list(projections)}")
+    if mode in ("cats", "teal") and any(site.family.name != "gated" or not site.positional for site in layers):
+        raise ValueError(f"mode {mode!r} needs a Llama-style gated FFN (gate_proj, up_proj, down_proj); this model's "
+                         f"is {layers[0].family.name} ({layers[0].family.models})")
 
     thr = _check_thresholds(thresholds, projections, n_layers, mode)
     cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
@@ -272,9 +280,8 @@ def install_interventions(
 
     try:
         if mode in _PREDICTOR_MODES:
-            for l, mods in enumerate(layers):
-                handle._handles.append(mods["gate"].register_forward_pre_hook(
-                    lambda m, args, l=l: mlp_in.__setitem__(l, args[0])))
+            for l, site in enumerate(layers):
+                handle._handles.append(site.on_ffn_input(lambda x, l=l: mlp_in.__setitem__(l, x)))
         if mode == "cats":  # the gate's activation of the token decides; kept per layer for down_in
             for l, mods in enumerate(layers):
                 handle._handles.append(mods["gate"].register_forward_hook(
@@ -286,9 +293,8 @@ def install_interventions(
                     handle._handles.append(mods[name].register_forward_pre_hook(
                         lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:])))
         for proj in projections:
-            for l, mods in enumerate(layers):
-                module = projection_module(mods, proj)
-                dev = module.weight.device
+            for l, site in enumerate(layers):
+                dev = site.device(proj)
                 if mode in _RANDOM_MODES and dev not in generators:
                     generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
                 choose = _chooser(mode, l, mlp_in, cents=cents.get(proj, [None] * n_layers)[l],
@@ -297,12 +303,8 @@ def install_interventions(
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
                                   k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
                                   gate_threshold=gate_thr.get(proj, [None] * n_layers)[l])
-                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position)
-                if TABLE[proj].side == "input":
-                    h = module.register_forward_pre_hook(lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:]))
-                else:
-                    h = module.register_forward_hook(lambda m, args, out, fn=fn: fn(out))
-                handle._handles.append(h)
+                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional)
+                handle._handles.append(site.replace(proj, fn, skip_first_position))
     except BaseException:
         handle.remove()
         raise
@@ -444,7 +446,7 @@ def _make_input_mask(handle, layer, threshold, skip_first, count):
 
 def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
     """The activation function applied to each layer's gate output (``mlp.act_fn``)."""
-    from apc.common.projections import decoder_layers
+    from apc.common.sites import decoder_layers
 
     out = []
     for i, layer in enumerate(decoder_layers(model)):
@@ -455,8 +457,8 @@ def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
     return out[:n_layers]
 
 
-def _width(mods: dict, proj: str) -> int:
-    return TABLE[proj].width(projection_module(mods, proj))
+def _width(site, proj: str) -> int:
+    return site.width(proj)
 
 
 def _check_thresholds(thresholds, projections, n_layers, mode, name="thresholds") -> dict[str, list[float]]:
@@ -494,9 +496,9 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
             c = c != 0
         cache: dict = {}
         per_layer = []
-        for l, mods in enumerate(layers):
+        for l, site in enumerate(layers):
             src = l if c.shape[0] == n_layers else 0
-            dev = projection_module(mods, p).weight.device
+            dev = site.device(p)
             if (src, dev) not in cache:
                 cache[(src, dev)] = c[src].to(device=dev, dtype=torch.float32).contiguous()
             per_layer.append(cache[(src, dev)])
@@ -516,7 +518,7 @@ def _check_scales(assign_weights, projections, width, n_layers, layers) -> dict[
             s = torch.as_tensor(np.asarray(assign_weights[p]), dtype=torch.float32)
             if tuple(s.shape) != (n_layers, width[p]):
                 raise ValueError(f"assign_weights[{p!r}] must have shape ({n_layers}, {width[p]}), got {tuple(s.shape)}")
-            dev = lambda l: projection_module(layers[l], p).weight.device
+            dev = lambda l: layers[l].device(p)
             out[p] = [s[l].to(dev(l)) for l in range(n_layers)]
     return out
 
@@ -543,12 +545,12 @@ def _check_predictors(predictors, projections, layers, mode, cents, width, top_m
         per_layer = list(predictors[p])
         if len(per_layer) != len(layers):
             raise ValueError(f"predictors[{p!r}] has {len(per_layer)} entries, expected one per layer ({len(layers)})")
-        for l, (pred, mods) in enumerate(zip(per_layer, layers)):
-            d_model = mods["gate"].in_features
+        for l, (pred, site) in enumerate(zip(per_layer, layers)):
+            d_model = site.d_model
             if getattr(pred, "d_model", d_model) != d_model:
                 raise ValueError(f"predictors[{p!r}][{l}] takes inputs of width {pred.d_model}, the model's "
                                  f"MLP input has width {d_model}")
-            dev = mods["gate"].weight.device
+            dev = site.ffn_input_device
             if isinstance(pred, nn.Module):
                 pred.to(dev).eval()
             n_out = cents[p][l].shape[0] if mode == "predicted" else width[p]
