@@ -74,7 +74,8 @@ def test_projections_the_local_models_family_lacks_stop_at_config_time(tmp_path,
 def test_non_gated_and_moe_configs_resolve(tmp_path):
     opt = res(model={"name_or_path": _local_model(tmp_path, "opt")},
               extract={"projections": ["fc1", "down_in"], "threshold": "zero"},
-              cluster={"projections": ["fc1"], "cells": []}, perplexity={"psets": {"fc1": ["fc1"]}, "cells": "all"})
+              cluster={"projections": ["fc1"], "cells": []}, perplexity={"psets": {"fc1": ["fc1"]}, "cells": "all"},
+              frontier={"baselines": ["threshold", "random"]})  # CATS and TEAL need a gate
     assert opt["extract"]["threshold"] == "zero"
     res(model={"name_or_path": _local_model(tmp_path, "mixtral")}, frontier={"pset": {}})
     with pytest.raises(ConfigError, match="config key 'extract.threshold'"):

@@ -98,10 +98,14 @@ def test_cats_on_a_model_without_a_gate_stops_at_config_time(tmp_path):
     folder = tmp_path / "opt"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "opt"}))
+    plain = dict(model={"name_or_path": str(folder)}, extract={"projections": ["down_in"], "magnitudes": []},
+                 cluster={"projections": ["down_in"], "cells": []}, perplexity={"psets": {"down_in": ["down_in"]}})
     with pytest.raises(ConfigError, match=r"config key 'frontier.baselines': 'cats' .* \(opt\) has no gate"):
-        _config(tmp_path, model={"name_or_path": str(folder)})
-    c = _config(tmp_path, model={"name_or_path": str(folder)}, frontier={"baselines": ["threshold", "teal"]})
-    assert "cats" not in lines(c)
+        _config(tmp_path, **plain)
+    with pytest.raises(ConfigError, match=r"'teal' thresholds the inputs of gate_proj and up_proj"):
+        _config(tmp_path, **{**plain, "frontier": {"baselines": ["threshold", "teal"]}})
+    c = _config(tmp_path, **{**plain, "frontier": {"baselines": ["threshold", "random"]}})
+    assert "cats" not in lines(c) and "threshold-self" in lines(c)
 
 
 def test_cats_is_placed_at_the_frontiers_compute_shares(tmp_path):

@@ -285,8 +285,10 @@ UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "falcon", "b
 
 
 def _check_gated(config: dict, root: str | Path = ".") -> None:
-    """``cats`` needs a gated FFN: a local model folder whose ``config.json`` names an ungated family stops here."""
-    if "cats" not in config["frontier"]["baselines"]:
+    """``cats`` and ``teal`` need a Llama-style gated FFN: a local model folder whose ``config.json`` names
+    another family stops here."""
+    lines = [b for b in ("cats", "teal") if b in config["frontier"]["baselines"]]
+    if not lines:
         return
     path = Path(str(config["model"]["name_or_path"])).expanduser()
     path = (path if path.is_absolute() else Path(root) / path) / "config.json"
@@ -302,8 +304,11 @@ def _check_gated(config: dict, root: str | Path = ".") -> None:
     if model_type in UNGATED_MODEL_TYPES or (family is not None and family.name != "gated"):
         what = "has no gate" if model_type in UNGATED_MODEL_TYPES or (family and family.name == "plain") else \
             f"has a {family.name} FFN, not a Llama-style gated one"
-        raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
-                          f"{config['model']['name_or_path']!r} ({model_type}) {what}; drop cats")
+        if "cats" in lines:
+            raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
+                              f"{config['model']['name_or_path']!r} ({model_type}) {what}; drop cats")
+        raise ConfigError(f"config key 'frontier.baselines': 'teal' thresholds the inputs of gate_proj and up_proj, "
+                          f"and model {config['model']['name_or_path']!r} ({model_type}) {what}; drop teal")
 
 
 def _check_family(config: dict, folder: Path) -> None:
