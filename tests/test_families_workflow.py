@@ -48,9 +48,9 @@ def config_args(name, folder, out, extract=None):
 
 
 def targets(name, res):
-    """The minimal DAG's end points: the test patterns, the cell's perplexity and the dense reference; the true-sparse one
-    for the ReLU model; the cell's evaluation for the mixture of experts (per-expert rows; the other
-    families' stores have the layout of the default run's)."""
+    """The minimal DAG's end points: the test patterns, the cell's perplexity and the dense reference;
+    the true-sparse one for the ReLU model; the cell's evaluation for the mixture of experts (per-expert
+    rows; the other families' stores have the layout of the default run's)."""
     lay, cell = Layout(res), Cell(RUNS[name][1], **CELL)
     extra = {"opt": [lay.ppl_sparse(RUNS[name][1])], "olmoe": [lay.eval_table(cell)]}.get(name, [])
     return [lay.patterns("test"), lay.ppl_cell(RUNS[name][1], cell), lay.ppl_dense(), *extra]

@@ -3,7 +3,7 @@
 The names (``gate``, ``up``, ``down``, ``down_in``, ``fc1``) come from the layout
 table (:mod:`apc.common.families`), which says for every FFN family which module,
 side and half of the layer's FFN carries each one; :mod:`apc.common.sites` turns
-a model into its sites.  This module keeps the name-level helpers read by capture,
+a model into its sites.  This module keeps the name-level functions read by capture,
 masking, the config schema and the rule wildcards.  Only torch is needed.
 """
 
