@@ -107,11 +107,12 @@ def tracking_uri():
 onstart:
     # Before the first job: the storage plan (every store's size and the key sizing it) beside the free
     # space of the output folder, stopping with one line when the rest of the run cannot fit.
+    from snakemake.logging import logger
     from apc.common.storage import free_bytes, storage_plan
 
     _plan = storage_plan(C, root=workflow.basedir)
     _free = free_bytes(OUT)
-    print(_plan.table(_free), file=sys.stderr)
+    logger.info(_plan.table(_free))
     try:
         _plan.check_fits(_free)
     except OSError as err:

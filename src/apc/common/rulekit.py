@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import traceback
 from pathlib import Path
 
 from apc.common.progress import get_logger
 
 
 def start(snakemake, name: str) -> logging.Logger:
-    """Send ``apc`` log lines to the rule's log file as well as stderr; set torch threads."""
+    """Send ``apc`` log lines to the rule's log file as well as stderr; set torch threads.
+
+    An exception that stops the job is appended to the log file too, traceback and all, so the
+    log ends with the same one-line error that reaches the console (:func:`log_uncaught`).
+    """
     import torch
 
     log = get_logger(f"apc.rules.{name}")
@@ -18,11 +24,30 @@ def start(snakemake, name: str) -> logging.Logger:
         handler = logging.FileHandler(str(snakemake.log[0]), mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger("apc").addHandler(handler)
+        log_uncaught(str(snakemake.log[0]), handler)
     torch.set_num_threads(max(1, int(snakemake.threads)))
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
     return log
+
+
+def log_uncaught(path: str, handler: logging.Handler | None = None) -> None:
+    """Make an uncaught exception also append its traceback to the log file ``path`` (after
+    flushing ``handler``), then report it as before: the file's last line is the console's."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        try:
+            if handler is not None:
+                handler.flush()
+            with open(path, "a") as f:
+                f.write("".join(traceback.format_exception(exc_type, exc, tb)))
+        except OSError:
+            pass
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def job_model(snakemake):
