@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import sys
@@ -25,11 +26,25 @@ def start(snakemake, name: str) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger("apc").addHandler(handler)
         log_uncaught(str(snakemake.log[0]), handler)
+    atexit.register(_log_cuda_peak, log)
     torch.set_num_threads(max(1, int(snakemake.threads)))
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
     return log
+
+
+_FAILED = []
+
+
+def _log_cuda_peak(log: logging.Logger) -> None:
+    """At a successful exit, log the job's peak CUDA memory (``peak CUDA memory allocated: N bytes``),
+    read by ``benchmarks/rule_report.py`` for every rule alike."""
+    torch = sys.modules.get("torch")
+    if _FAILED or torch is None or not torch.cuda.is_initialized():
+        return
+    n = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+    log.info("peak CUDA memory allocated: %d bytes", n)
 
 
 def log_uncaught(path: str, handler: logging.Handler | None = None) -> None:
@@ -38,6 +53,7 @@ def log_uncaught(path: str, handler: logging.Handler | None = None) -> None:
     previous = sys.excepthook
 
     def hook(exc_type, exc, tb):
+        _FAILED.append(exc_type)
         try:
             if handler is not None:
                 handler.flush()

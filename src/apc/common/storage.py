@@ -244,7 +244,8 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
 
     m = config["model"]
     name = m["name_or_path"]
-    local = not name.startswith("embedded:") and (Path(name).expanduser().is_absolute() or (Path(root) / name).exists())
+    local = not name.startswith("embedded:") and (name.startswith(("/", "./", "../", "~"))
+                                                  or (Path(root) / name).exists())
     params = (manifest or {}).get("n_params") or (m.get("params_b") or 7.0) * 1e9
     if m.get("gguf_file") or name.startswith("embedded:"):
         plan.stores.append(Store("model (float32 conversion)", int(params * 4), "model.params_b",
