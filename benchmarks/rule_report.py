@@ -2,7 +2,7 @@
 
     python benchmarks/rule_report.py --outdir results/paper-shaped \
         --snakemake-log .snakemake/log/<run>.snakemake.log \
-        --target-jobs docs/paper_shaped_target_jobs.json --markdown report.md
+        --target-dryrun mistral-dryrun.txt --target-preset mistral7b-wikitext2 --scale 8 --markdown report.md
 
 Reads, per job: wall seconds and peak RSS (Snakemake's ``benchmarks/*.tsv``), peak CUDA memory
 (the ``peak CUDA memory allocated: N bytes`` line every rule script logs at exit), the bytes of
@@ -11,9 +11,11 @@ its outputs, and its requests (``resources:`` of the Snakemake log: ``mem_mb``, 
 1.5x and at most 4x the measured use (``runtime`` is in whole minutes, with the workflow's
 floor, so jobs of seconds are reported but not held to the upper bound).
 
-``--target-jobs`` (a JSON of ``{"rules": {rule: job count}, "scale": {rule: factor}}`` for the
-study to extrapolate to, made by :func:`target_jobs`) turns the measured mean seconds per job
-into the study's GPU-hours: rule seconds = jobs x mean seconds x factor.
+``--target-dryrun`` (the ``snakemake -n`` output of the study to extrapolate to) and
+``--target-preset`` turn the measured seconds into the study's GPU-hours (:func:`extrapolate`):
+per GPU rule, its job count there times the measured mean seconds per job times ``--scale``
+(or a ``--scale-rule`` of its own); clustering and evaluation from a fit of seconds against K
+over the measured jobs, summed over the study's cells.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ def parse_snakemake_log(path: str | Path) -> list[dict]:
             cur["output"] = [v for v in val.split(", ") if v]
         elif key == "resources":
             cur["resources"] = {k: _num(v) for k, v in _RES.findall(val)}
+        elif key == "wildcards":
+            cur["wildcards"] = dict(_RES.findall(val))
     return [j for j in jobs if "benchmark" in j]
 
 
@@ -132,7 +136,51 @@ def check_requests(rules: dict[str, dict], low: float = 1.5, high: float = 4.0, 
     return bad
 
 
-def markdown(rules: dict[str, dict], target: dict | None = None) -> str:
+def dryrun_counts(text: str) -> dict[str, int]:
+    """``{rule: jobs}`` from the ``Job stats`` table of ``snakemake -n`` output."""
+    counts: dict[str, int] = {}
+    for line in text.split("Job stats:")[-1].splitlines():
+        m = re.match(r"^(\w+)\s+(\d+)$", line.strip())
+        if m and m.group(1) != "total":
+            counts[m.group(1)] = int(m.group(2))
+    return counts
+
+
+def k_fit(jobs: list[dict], rule: str) -> tuple[float, float] | None:
+    """Least-squares ``seconds = a + b * K`` over the measured jobs of ``rule`` (None below two K values)."""
+    pts = [(float(j["wildcards"]["k"]), j["seconds"]) for j in jobs
+           if j["rule"] == rule and "k" in (j.get("wildcards") or {})]
+    if len({k for k, _ in pts}) < 2:
+        return None
+    n = len(pts)
+    mk, ms = sum(k for k, _ in pts) / n, sum(t for _, t in pts) / n
+    b = sum((k - mk) * (t - ms) for k, t in pts) / sum((k - mk) ** 2 for k, _ in pts)
+    return ms - b * mk, b
+
+
+def extrapolate(jobs: list[dict], rules: dict[str, dict], counts: dict[str, int], target_ks: list[int],
+                scale: dict[str, float], default_scale: float) -> list[dict]:
+    """Study seconds per GPU rule: ``jobs x mean seconds x scale``; for ``cluster`` and ``evaluate``,
+    ``sum over the study's cells of (a + b K) x scale`` (:func:`k_fit`) when two K values were measured."""
+    rows = []
+    for name, n in sorted(counts.items()):
+        r = rules.get(name)
+        if r is None or not r["gpu"]:
+            continue
+        f = scale.get(name, default_scale)
+        fit = k_fit(jobs, name) if name in ("cluster", "evaluate") else None
+        if fit is not None and target_ks:
+            a, b = fit
+            secs = sum(max(0.0, a + b * k) for k in target_ks) * f
+            how = f"sum of ({a:.1f} + {b * 1000:.3f} K / 1000) s over {len(target_ks)} cells"
+        else:
+            secs = n * r["mean_seconds"] * f
+            how = f"{n} x {r['mean_seconds']:.1f} s"
+        rows.append({"rule": name, "jobs": n, "scale": f, "seconds": secs, "how": how})
+    return rows
+
+
+def markdown(rules: dict[str, dict], target: list[dict] | None = None) -> str:
     """The per-rule table (and, with ``target``, the extrapolated seconds and GPU-hours)."""
     lines = ["| rule | jobs | GPU | total s | mean s | max s | peak GPU GiB | peak RSS GiB | disk GB "
              "| mem_mb / RSS | runtime / wall |",
@@ -144,17 +192,12 @@ def markdown(rules: dict[str, dict], target: dict | None = None) -> str:
                      f"{r['cuda_bytes'] / 2**30:.2f} | {r['rss_mb'] / 1024:.2f} | {r['disk_bytes'] / 1e9:.3f} | "
                      f"{ratio(r['mem_ratio'])} | {ratio(r['runtime_ratio'])} |")
     if target:
-        lines += ["", "| rule | measured mean s | study jobs | scale | study GPU-hours |", "| --- | ---: | ---: | ---: | ---: |"]
-        total = 0.0
-        for name, n in sorted(target["rules"].items()):
-            r = rules.get(name)
-            if r is None or not r["gpu"]:
-                continue
-            scale = target["scale"].get(name, 1.0)
-            hours = n * r["mean_seconds"] * scale / 3600
-            total += hours
-            lines.append(f"| {name} | {r['mean_seconds']:.1f} | {n} | {scale:.2f} | {hours:.2f} |")
-        lines.append(f"| **all GPU rules** | | | | **{total:.1f}** |")
+        lines += ["", "| rule | study jobs | from the measured jobs | scale | study GPU-hours |",
+                  "| --- | ---: | --- | ---: | ---: |"]
+        for t in target:
+            lines.append(f"| {t['rule']} | {t['jobs']} | {t['how']} | {t['scale']:.2f} | {t['seconds'] / 3600:.2f} |")
+        lines.append(f"| **all GPU rules** | {sum(t['jobs'] for t in target)} | | | "
+                     f"**{sum(t['seconds'] for t in target) / 3600:.2f}** |")
     return "\n".join(lines)
 
 
@@ -162,13 +205,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--snakemake-log", required=True, help="the run's .snakemake/log/*.snakemake.log")
     ap.add_argument("--root", default=".", help="folder the log's relative paths start from")
-    ap.add_argument("--target-jobs", help="JSON {rules: {rule: jobs}, scale: {rule: factor}} to extrapolate to")
+    ap.add_argument("--target-dryrun", help="`snakemake -n` output of the study to extrapolate to (its Job stats)")
+    ap.add_argument("--target-preset", help="that study's preset in config.yaml (its cells' K values)")
+    ap.add_argument("--configfile", default="config.yaml")
+    ap.add_argument("--scale", type=float, default=1.0,
+                    help="factor from a measured job to the study's (e.g. 8 for 4 -> 32 layers)")
+    ap.add_argument("--scale-rule", action="append", default=[], metavar="RULE=FACTOR",
+                    help="another factor for one rule (e.g. perplexity_batch=28 for 8x layers, 3.5x tokens)")
     ap.add_argument("--markdown", help="also write the tables here")
     ap.add_argument("--json", help="also write the per-rule numbers here")
     args = ap.parse_args(argv)
+    ks = _target_ks(args.configfile, args.target_preset) if args.target_preset else []
+    log_path, dry = Path(args.snakemake_log).resolve(), Path(args.target_dryrun).resolve() if args.target_dryrun else None
     os.chdir(args.root)
-    rules = per_rule(measure(parse_snakemake_log(args.snakemake_log)))
-    target = json.loads(Path(args.target_jobs).read_text()) if args.target_jobs else None
+    jobs = measure(parse_snakemake_log(log_path))
+    rules = per_rule(jobs)
+    target = None
+    if dry is not None:
+        scale = {k: float(v) for k, v in (item.split("=") for item in args.scale_rule)}
+        target = extrapolate(jobs, rules, dryrun_counts(dry.read_text()), ks, scale, args.scale)
     text = markdown(rules, target)
     bad = check_requests(rules)
     text += "\n\nRequests outside 1.5x-4x of the measured use:\n" + ("\n".join(f"- {b}" for b in bad) or "- none")
@@ -178,6 +233,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rules, indent=1))
     return 0
+
+
+def _target_ks(configfile: str, preset: str) -> list[int]:
+    """Rows per centroid set (K, or G x K for a product cell) of every clustering cell of ``preset``."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    from apc.clustering.registry import method_spec
+    from apc.common.config import resolve
+    from apc.common.sweep import cluster_cells
+
+    raw = yaml.safe_load(Path(configfile).read_text())
+    c = resolve({**raw, "preset": preset}, root=Path(configfile).resolve().parent)
+    out = []
+    for cell in cluster_cells(c):
+        base, opts = method_spec(cell.method, c["cluster"]["options"])
+        out.append(int(cell.k) * (int(opts.get("groups", 2)) if base == "apc_product" else 1))
+    return out
 
 
 if __name__ == "__main__":
