@@ -159,9 +159,11 @@ def k_fit(jobs: list[dict], rule: str) -> tuple[float, float] | None:
 
 
 def extrapolate(jobs: list[dict], rules: dict[str, dict], counts: dict[str, int], target_ks: list[int],
-                scale: dict[str, float], default_scale: float) -> list[dict]:
+                scale: dict[str, float], default_scale: float, test_ratio: float = 1.0) -> list[dict]:
     """Study seconds per GPU rule: ``jobs x mean seconds x scale``; for ``cluster`` and ``evaluate``,
-    ``sum over the study's cells of (a + b K) x scale`` (:func:`k_fit`) when two K values were measured."""
+    ``sum over the study's cells of (a + b K) x scale`` (:func:`k_fit`) when two K values were measured.
+    A job on the test split (wildcard ``split=test``) counts ``test_ratio`` times its seconds (the
+    study's test split against the measured one)."""
     rows = []
     for name, n in sorted(counts.items()):
         r = rules.get(name)
@@ -169,13 +171,17 @@ def extrapolate(jobs: list[dict], rules: dict[str, dict], counts: dict[str, int]
             continue
         f = scale.get(name, default_scale)
         fit = k_fit(jobs, name) if name in ("cluster", "evaluate") else None
+        mine = [j for j in jobs if j["rule"] == name]
+        split_scaled = any((j.get("wildcards") or {}).get("split") == "test" for j in mine)
+        mean = sum(j["seconds"] * (test_ratio if (j.get("wildcards") or {}).get("split") == "test" else 1.0)
+                   for j in mine) / max(1, len(mine))
         if fit is not None and target_ks:
             a, b = fit
             secs = sum(max(0.0, a + b * k) for k in target_ks) * f
             how = f"sum of ({a:.1f} + {b * 1000:.3f} K / 1000) s over {len(target_ks)} cells"
         else:
-            secs = n * r["mean_seconds"] * f
-            how = f"{n} x {r['mean_seconds']:.1f} s"
+            secs = n * mean * f
+            how = f"{n} x {mean:.1f} s" + (f" (test jobs x {test_ratio:.2f})" if split_scaled else "")
         rows.append({"rule": name, "jobs": n, "scale": f, "seconds": secs, "how": how})
     return rows
 
@@ -210,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configfile", default="config.yaml")
     ap.add_argument("--scale", type=float, default=1.0,
                     help="factor from a measured job to the study's (e.g. 8 for 4 -> 32 layers)")
+    ap.add_argument("--test-ratio", type=float, default=1.0,
+                    help="the study's test tokens over the measured run's, for jobs on the test split")
     ap.add_argument("--scale-rule", action="append", default=[], metavar="RULE=FACTOR",
                     help="another factor for one rule (e.g. perplexity_batch=28 for 8x layers, 3.5x tokens)")
     ap.add_argument("--markdown", help="also write the tables here")
@@ -223,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     target = None
     if dry is not None:
         scale = {k: float(v) for k, v in (item.split("=") for item in args.scale_rule)}
-        target = extrapolate(jobs, rules, dryrun_counts(dry.read_text()), ks, scale, args.scale)
+        target = extrapolate(jobs, rules, dryrun_counts(dry.read_text()), ks, scale, args.scale, args.test_ratio)
     text = markdown(rules, target)
     bad = check_requests(rules)
     text += "\n\nRequests outside 1.5x-4x of the measured use:\n" + ("\n".join(f"- {b}" for b in bad) or "- none")
