@@ -441,3 +441,42 @@ def test_weighted_and_product_cells_end_to_end(smoke):
         assert runs[pq.key].data.metrics["centroid_density"] == pytest.approx(0.6, abs=1e-3)
     finally:
         snakemake(*cfg(smoke))  # back to the plain smoke sweep for any later test
+
+
+def test_every_store_is_within_ten_percent_of_its_plan(smoke):
+    """The storage plan, computed from the config and the run's manifest, against the bytes on disk."""
+    from apc.common.storage import storage_plan
+
+    c, _, _ = smoke_cells(smoke)
+    plan = storage_plan(c, root=ROOT)
+    names = {s.name for s in plan.stores}
+    assert {"patterns/train/gate", "magnitudes/test/down_in", "ffn_inputs/train", "centroids", "predictors"} <= names
+    for store in plan.stores:
+        if store.name.startswith("model"):  # the cache folder is shared: measure the run's own model folder
+            from apc.common.storage import _tree_bytes
+
+            real = _tree_bytes(Path(json.loads((smoke / "model" / "manifest.json").read_text())["load_path"]))
+        else:
+            real = store.on_disk()
+        assert abs(real - store.bytes) <= 0.1 * store.bytes, (store.name, real, store.bytes)
+
+
+def test_a_plan_beyond_the_free_space_stops_before_any_job(tmp_path):
+    res = snakemake("--config", "preset=smoke", f"outdir={tmp_path / 'big'}", "data={train_tokens: 100000000}",
+                    check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "storage plan for" in out
+    assert "the largest store, magnitudes/train/down_in" in out and "is sized by config key 'data.train_tokens'" in out
+    assert not (tmp_path / "big" / "model").exists()  # no job ran
+
+
+def test_a_failing_job_ends_its_log_with_the_console_error(tmp_path):
+    """A budget larger than the split fails prepare_data: its log file ends with the error line."""
+    out = tmp_path / "fail"
+    res = snakemake("--config", "preset=smoke", f"outdir={out}", "data={train_tokens: 2000000}",
+                    "store={patterns: {train: 256}, magnitudes: {train: 256}, ffn_inputs: {train: 256}}",
+                    "--", str(out / "tokens" / "train.npy"), check=False)
+    assert res.returncode != 0
+    last = (out / "logs" / "prepare_data-train.log").read_text().rstrip("\n").splitlines()[-1]
+    assert last.startswith("ValueError: config key 'data.train_tokens'")
+    assert last in (res.stdout + res.stderr).splitlines()

@@ -1,4 +1,5 @@
-"""Command line: ``python -m apc {summary,plots,sync} ...`` on a finished output directory.
+"""Command line: ``python -m apc {summary,plots,sync} ...`` on a finished output directory, and
+``python -m apc plan`` for the storage plan of a config before a run.
 
 Every command reads the resolved config the workflow wrote (``<outdir>/config.json``) and
 works on exactly the files of that config's sweep.  ``summary`` prints the results table,
@@ -121,6 +122,34 @@ def cmd_sync(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import yaml
+
+    from apc.common.config import ConfigError, resolve
+    from apc.common.storage import free_bytes, storage_plan
+
+    root = Path(args.configfile).resolve().parent
+    raw = yaml.safe_load(Path(args.configfile).read_text())
+    raw["preset"] = args.preset or raw.get("preset", "default")
+    for item in args.set or []:
+        key, _, value = item.partition("=")
+        raw[key] = yaml.safe_load(value)
+    try:
+        config = resolve(raw, root=root)
+    except ConfigError as err:
+        print(f"Invalid configuration: {err}", file=sys.stderr)
+        return 2
+    plan = storage_plan(config, root=root)
+    free = free_bytes(config["outdir"])
+    print(plan.table(free))
+    try:
+        plan.check_fits(free)
+    except OSError as err:
+        print(str(err), file=sys.stderr)
+        return 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m apc", description="activation pattern clustering: results tools")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -144,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           "sqlite:///<parent of outdir>/mlflow.db")
     y.add_argument("--experiment", help="default: the run's mlflow.experiment")
     y.set_defaults(func=cmd_sync)
+
+    g = sub.add_parser("plan", help="print a config's storage plan (every store's GB and the key sizing it) "
+                                    "beside the free space; exit 3 if it does not fit")
+    g.add_argument("--configfile", default="config.yaml")
+    g.add_argument("--preset", help="preset to plan (default: the file's)")
+    g.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a config override as YAML, e.g. 'store={patterns: {test: 65536}}' (repeatable)")
+    g.set_defaults(func=cmd_plan)
     return ap
 
 

@@ -111,6 +111,18 @@ def tracking_uri():
 
 
 onstart:
+    # Before the first job: the storage plan (every store's size and the key sizing it) beside the free
+    # space of the output folder, stopping with one line when the rest of the run cannot fit.
+    from snakemake.logging import logger
+    from apc.common.storage import free_bytes, storage_plan
+
+    _plan = storage_plan(C, root=workflow.basedir)
+    _free = free_bytes(OUT)
+    logger.info(_plan.table(_free))
+    try:
+        _plan.check_fits(_free)
+    except OSError as err:
+        raise WorkflowError(str(err)) from None
     # Fail before the first job, not after the whole DAG, when the tracking store cannot be reached.
     if any(job.rule.name == "track" for job in workflow.dag.needrun_jobs()):
         from apc.results.tracking import TrackingError, check_tracking_uri

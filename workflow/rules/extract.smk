@@ -85,6 +85,8 @@ rule extract_patterns:
         directory(L.patterns("{split}")),
     params:
         extract=C["extract"],
+        store=lambda wc: {"patterns": C["store"]["patterns"][wc.split],
+                          "magnitudes": C["store"]["magnitudes"][wc.split], "seed": C["store"]["seed"]},
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]

@@ -11,6 +11,7 @@ rule extract_ffn_inputs:
     params:
         device=C["device"],
         dataset=dataset_name(C["data"]),
+        store=lambda wc: {"rows": C["store"]["ffn_inputs"][wc.split], "seed": C["store"]["seed"]},
     threads: C["threads"]
     priority: 50
     log:

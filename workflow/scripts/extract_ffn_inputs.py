@@ -12,5 +12,6 @@ windows = torch.from_numpy(read_npy(snakemake.input.tokens))
 meta = {"model": manifest["name"], "dataset": snakemake.params.dataset}
 root = snakemake.output[0].rsplit("/", 1)[0]
 summary = extract_ffn_inputs(model, windows, root, split, meta, skip_first=tok.bos_token_id is not None,
-                             device=device)
+                             device=device, max_tokens=snakemake.params.store["rows"],
+                             sample_seed=snakemake.params.store["seed"])
 write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_ffn_inputs", **meta, **summary, **cuda_peak_memory(device)})

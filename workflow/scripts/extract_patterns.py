@@ -15,6 +15,8 @@ summary = extract_patterns(
     snakemake.output[0].rsplit("/", 1)[0], split, meta,
     skip_first=tok.bos_token_id is not None, device=device,
     magnitudes=snakemake.params.extract.get("magnitudes", []),
+    pattern_tokens=snakemake.params.store["patterns"], magnitude_tokens=snakemake.params.store["magnitudes"],
+    sample_seed=snakemake.params.store["seed"],
 )
 write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", **meta, **summary,
                                                       **cuda_peak_memory(device)})

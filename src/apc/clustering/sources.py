@@ -49,6 +49,8 @@ def weighted_layer(path: str | Path, max_n: int | None, seed: int, *, weighting:
     ``weighting="magnitude"``: w = |x|; ``"output"``: w = |x_j| * ``column_norms[layer, j]``
     (``column_norms``: ``(n_layers, width)`` from :func:`apc.magnitudes.down_column_norms`, ``down_in`` only).
     Only the sampled codes are read into memory; without a sample they stay memory-mapped.
+    Where the magnitude store keeps a token sample of the pattern store's rows (``store.magnitudes``),
+    only those tokens are used, and ``max_n`` samples among them.
     """
     path = Path(path)
     reader = PatternReader(path)
@@ -58,9 +60,10 @@ def weighted_layer(path: str | Path, max_n: int | None, seed: int, *, weighting:
         raise FileNotFoundError(f"no magnitudes stored for projection {projection!r} (missing {mag_path}); "
                                 "add the projection to the extraction's magnitude projections")
     mags = MagnitudeReader(mag_path)
-    if mags.n_tokens != reader.n_tokens or mags.width != reader.width:
+    if mags.width != reader.width:
         raise ValueError(f"{mag_path}: {mags.n_tokens} x {mags.width} magnitudes for "
                          f"{reader.n_tokens} x {reader.width} patterns in {path}")
+    at = reader.locate(mags)  # pattern rows of the magnitudes' tokens (None: the same rows)
     scale = None
     if weighting == "output":
         if projection != "down_in" or column_norms is None:
@@ -69,8 +72,11 @@ def weighted_layer(path: str | Path, max_n: int | None, seed: int, *, weighting:
         scale = [np.asarray(column_norms)[layer]]
     elif weighting != "magnitude":
         raise ValueError(f"weighting must be 'magnitude' or 'output', got {weighting!r}")
-    idx = _sample_index(reader.n_tokens, max_n, seed)
-    bits = reader.packed(idx) if idx is not None else reader.packed()
+    idx = _sample_index(mags.n_tokens, max_n, seed)
+    if at is None:
+        bits = reader.packed(idx) if idx is not None else reader.packed()
+    else:
+        bits = reader.packed(at if idx is None else at[idx])
     codes = mags.codes[idx] if idx is not None else mags.codes
     return WeightedPatterns([bits], reader.width, [codes], tables=[mags.codec.table()], column_scale=scale,
                             weighting=weighting, sources=[str(path)])

@@ -239,11 +239,27 @@ def _check_paths(config: dict, root: Path) -> None:
     missing = [p for p in config["extract"].get("magnitudes", []) if p not in config["extract"]["projections"]]
     if missing:
         raise ConfigError(f"config key 'extract.magnitudes': {missing} are not extracted (extract.projections)")
+    _check_store(config)
     from apc.clustering.registry import available_methods
 
     _check_frontier(config, available_methods(), root)  # first: frontier cells join the sweep checked below
     _add_greedy_variants(config)
     _check_methods(config)
+
+
+def _check_store(config: dict) -> None:
+    """Magnitude and FFN-input rows are a subset of the pattern rows of their split (one seed, fewer rows)."""
+    st = config["store"]
+    for split in ("train", "test"):
+        cap = st["patterns"][split]
+        if cap is None:
+            continue
+        for name in ("magnitudes", "ffn_inputs"):
+            n = st[name][split]
+            if n is None or n > cap:
+                raise ConfigError(f"config key 'store.{name}.{split}': {'null (every token)' if n is None else n} "
+                                  f"exceeds the {cap} pattern rows of "
+                                  f"'store.patterns.{split}' (its tokens are a subset of the patterns'; at most {cap})")
 
 
 def _check_methods(config: dict) -> None:

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
+import traceback
 from pathlib import Path
 
 from apc.common.progress import get_logger
 
 
 def start(snakemake, name: str) -> logging.Logger:
-    """Send ``apc`` log lines to the rule's log file as well as stderr; set torch threads."""
+    """Send ``apc`` log lines to the rule's log file as well as stderr; set torch threads.
+
+    An exception that stops the job is appended to the log file too, traceback and all, so the
+    log ends with the same one-line error that reaches the console (:func:`log_uncaught`).
+    """
     import torch
 
     log = get_logger(f"apc.rules.{name}")
@@ -18,6 +25,8 @@ def start(snakemake, name: str) -> logging.Logger:
         handler = logging.FileHandler(str(snakemake.log[0]), mode="w")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger("apc").addHandler(handler)
+        log_uncaught(str(snakemake.log[0]), handler)
+    atexit.register(_log_cuda_peak, log)
     torch.set_num_threads(max(1, int(snakemake.threads)))
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
@@ -60,6 +69,38 @@ def claim_gpu(lock_dir: str | os.PathLike | None = None) -> int | None:
         torch.cuda.set_device(i)
         return i
     return None
+
+
+_FAILED = []
+
+
+def _log_cuda_peak(log: logging.Logger) -> None:
+    """At a successful exit, log the job's peak CUDA memory (``peak CUDA memory allocated: N bytes``),
+    read by ``benchmarks/rule_report.py`` for every rule alike."""
+    torch = sys.modules.get("torch")
+    if _FAILED or torch is None or not torch.cuda.is_initialized():
+        return
+    n = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
+    log.info("peak CUDA memory allocated: %d bytes", n)
+
+
+def log_uncaught(path: str, handler: logging.Handler | None = None) -> None:
+    """Make an uncaught exception also append its traceback to the log file ``path`` (after
+    flushing ``handler``), then report it as before: the file's last line is the console's."""
+    previous = sys.excepthook
+
+    def hook(exc_type, exc, tb):
+        _FAILED.append(exc_type)
+        try:
+            if handler is not None:
+                handler.flush()
+            with open(path, "a") as f:
+                f.write("".join(traceback.format_exception(exc_type, exc, tb)))
+        except OSError:
+            pass
+        previous(exc_type, exc, tb)
+
+    sys.excepthook = hook
 
 
 def job_model(snakemake):

@@ -16,6 +16,7 @@ from apc.extraction.capture import ProjectionCapture
 from apc.extraction.magnitudes import MagnitudeWriter, magnitude_path
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
+from apc.common.rowstore import sample_rows
 from apc.extraction.thresholds import (AbsQuantileHistogram, kept_share_tables, load_histograms, save_histograms,
                                       threshold_table)
 
@@ -124,6 +125,9 @@ def extract_patterns(
     skip_first: bool,
     device: str = "cpu",
     magnitudes: list[str] = (),
+    pattern_tokens: int | None = None,
+    magnitude_tokens: int | None = None,
+    sample_seed: int = 0,
 ) -> dict:
     """Write bit-packed patterns ``|x| >= T`` (compared in float32) for every (layer, projection) of ``split`` under ``root``.
 
@@ -135,6 +139,9 @@ def extract_patterns(
     summary dict (tokens, densities, store sizes, wall time).  For a mixture of experts the
     router's choice is stored too, and the summary's ``moe`` block reports the share of experts
     active beside the neuron density inside them (:mod:`apc.extraction.routing`).
+    ``pattern_tokens`` / ``magnitude_tokens`` keep a seeded token sample of that many tokens per
+    layer (the same tokens in every layer, magnitudes a subset of the patterns' rows;
+    :func:`apc.common.rowstore.sample_rows` with ``sample_seed``); None keeps every token.
     """
     from apc.common.sites import ffn_sites
     from apc.extraction.natural import ZERO_THRESHOLD
@@ -150,6 +157,12 @@ def extract_patterns(
     n_layers = len(table[projections[0]])
     n_windows, seq_len = windows.shape
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
+    if magnitudes and pattern_tokens is not None and (magnitude_tokens is None or magnitude_tokens > pattern_tokens):
+        if min(n_tokens, magnitude_tokens or n_tokens) > pattern_tokens:
+            raise ValueError(f"config key 'store.magnitudes.{split}': {magnitude_tokens} magnitude rows exceed the "
+                             f"{pattern_tokens} pattern rows of 'store.patterns.{split}' (they are a subset)")
+    pattern_sample = (sample_rows(n_tokens, pattern_tokens, sample_seed), sample_seed)
+    magnitude_sample = (sample_rows(n_tokens, magnitude_tokens, sample_seed), sample_seed)
     writers: dict[tuple[str, int], PatternWriter] = {}
     mag_writers: dict[tuple[str, int], MagnitudeWriter] = {}
     # float32 on both sides, as in calibration and the perplexity hooks: a bf16 comparison would round T.
@@ -162,6 +175,7 @@ def extract_patterns(
             w = writers[(proj, layer)] = PatternWriter(
                 pattern_path(root, split, proj, layer), n_tokens, x.shape[-1],
                 {**meta, "split": split, "layer": layer, "projection": proj, "threshold": table[proj][layer]},
+                sample=pattern_sample,
             )
         w.append(x.float().abs() >= t_dev[proj][layer])
         if proj in magnitudes:
@@ -170,7 +184,7 @@ def extract_patterns(
                 mw = mag_writers[(proj, layer)] = MagnitudeWriter(
                     magnitude_path(root, split, proj, layer), n_tokens, x.shape[-1],
                     {**meta, "split": split, "layer": layer, "projection": proj},
-                    reference=table[proj][layer] if table[proj][layer] > ZERO_THRESHOLD else 1.0,
+                    reference=table[proj][layer] if table[proj][layer] > ZERO_THRESHOLD else 1.0, sample=magnitude_sample,
                 )
             mw.append(x)
 
@@ -197,15 +211,19 @@ def extract_patterns(
     density = {p: [sidecars[(p, l)]["density"] for l in range(n_layers)] for p in projections}
     store = sum(pattern_path(root, split, p, l).stat().st_size for p, l in sidecars)
     ideal = sum(s["n_tokens"] * s["width"] / 8 for s in sidecars.values())
+    # rows per site: the sampled tokens (store.patterns); an expert's routed rows are its own
+    stored = n_tokens if experts is not None else next(iter(writers.values())).n_tokens
     mag_store = sum(magnitude_path(root, split, p, l).stat().st_size for p, l in mag_sidecars)
     clipped = sum(s["clipped"] for s in mag_sidecars.values())
     if clipped:
         log.warning("%s: %d magnitudes above the 8-bit code range were clipped", split, clipped)
-    log.info("%s: %d tokens x %d layers x %d projections in %.1f s; store %.1f MB (%.3fx the n*d/8 ideal)",
-             split, n_tokens, n_layers, len(projections), wall, store / 1e6, store / ideal)
+    log.info("%s: %d of %d tokens x %d layers x %d projections in %.1f s; store %.1f MB (%.3fx the n*d/8 ideal)",
+             split, stored, n_tokens, n_layers, len(projections), wall, store / 1e6, store / ideal)
     return {
         "split": split,
-        "n_tokens": n_tokens,
+        "n_tokens": stored,
+        **({"n_split_tokens": n_tokens} if stored != n_tokens else {}),
+        **({"magnitude_tokens": len(magnitude_sample[0])} if mag_writers and magnitude_sample[0] is not None else {}),
         "n_windows": int(n_windows),
         "seq_len": int(seq_len),
         "projections": list(projections),

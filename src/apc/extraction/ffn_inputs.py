@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from apc.common.sites import ffn_sites
-from apc.common.rowstore import RowStoreReader, RowStoreWriter
+from apc.common.rowstore import RowStoreReader, RowStoreWriter, sample_rows
 from apc.extraction.extract import forward_windows
 from apc.common.progress import get_logger
 
@@ -41,12 +41,13 @@ def ffn_input_path(root: str | os.PathLike, split: str, layer: int) -> Path:
 class FfnInputWriter(RowStoreWriter):
     """Write one (split, layer) FFN-input file in token chunks; it appears only after :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
-        super().__init__(path, n_tokens, width, meta, dtype=np.float16)
+    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict, sample=None):
+        super().__init__(path, n_tokens, width, meta, dtype=np.float16, sample=sample)
         self._max_abs = 0.0
 
     def append(self, x: torch.Tensor) -> None:
-        """Append ``x: (m, width)`` rows (any float dtype; stored as float16)."""
+        """Append ``x: (m, width)``, the split's next m tokens (any float dtype; stored as float16)."""
+        x = self._take(x)
         m = x.shape[0]
         self._check(x.shape[-1], m)
         peak = float(x.detach().abs().max()) if m else 0.0
@@ -84,19 +85,24 @@ def extract_ffn_inputs(
     *,
     skip_first: bool,
     device: str = "cpu",
+    max_tokens: int | None = None,
+    sample_seed: int = 0,
 ) -> dict:
     """Write every layer's MLP input for ``windows: (n_windows, seq_len) int64`` under ``root/split``.
 
     ``skip_first`` drops position 0 (BOS) of every window, as the pattern
     extraction does, so row ``t`` matches row ``t`` of the pattern store.
+    ``max_tokens`` keeps a seeded sample of that many tokens (the same in every layer;
+    :func:`apc.common.rowstore.sample_rows` with ``sample_seed``), None every token.
     Returns a summary dict (tokens, layers, width, store bytes, wall time).
     """
     layers = ffn_sites(model)
     n_windows, seq_len = windows.shape
     n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
     width = layers[0].d_model
+    sample = (sample_rows(n_tokens, max_tokens, sample_seed), sample_seed)
     writers = [FfnInputWriter(ffn_input_path(root, split, l), n_tokens, width,
-                              {**meta, "split": split, "layer": l}) for l in range(len(layers))]
+                              {**meta, "split": split, "layer": l}, sample=sample) for l in range(len(layers))]
 
     def hook(layer: int):
         def pre(x):
@@ -117,8 +123,8 @@ def extract_ffn_inputs(
         for h in handles:
             h.remove()
     store = sum(ffn_input_path(root, split, l).stat().st_size for l in range(len(layers)))
-    log.info("%s: %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
-             split, n_tokens, len(layers), width, time.perf_counter() - t0, store / 1e6)
-    return {"split": split, "n_tokens": n_tokens, "n_windows": int(n_windows), "seq_len": int(seq_len),
+    log.info("%s: %d of %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
+             split, writers[0].n_tokens, n_tokens, len(layers), width, time.perf_counter() - t0, store / 1e6)
+    return {"split": split, "n_tokens": writers[0].n_tokens, "n_split_tokens": n_tokens, "n_windows": int(n_windows), "seq_len": int(seq_len),
             "n_layers": len(layers), "width": width, "wall_time_s": wall, "store_bytes": int(store),
             "max_abs": [s["max_abs"] for s in sidecars]}

@@ -110,14 +110,16 @@ def magnitude_path(root: str | os.PathLike, split: str, projection: str, layer: 
 class MagnitudeWriter(RowStoreWriter):
     """Write one magnitude file in token chunks; it appears at its path only after :meth:`close`."""
 
-    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict, reference: float):
-        super().__init__(path, n_tokens, width, meta, dtype=np.uint8)
+    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict, reference: float,
+                 sample=None):
+        super().__init__(path, n_tokens, width, meta, dtype=np.uint8, sample=sample)
         self.codec = MagnitudeCodec(reference)
         self._clipped = 0
         self._max = 0.0
 
     def append(self, x: torch.Tensor) -> None:
-        """Append activations ``x: (m, width)`` (signed; only ``|x|`` is kept)."""
+        """Append activations ``x: (m, width)`` (signed; only ``|x|`` is kept) of the split's next m tokens."""
+        x = self._take(x)
         m = x.shape[0]
         self._check(x.shape[-1], m)
         a = x.detach().float().abs()

@@ -92,16 +92,18 @@ def pattern_path(root: str | os.PathLike, split: str, projection: str, layer: in
 class PatternWriter(RowStoreWriter):
     """Write one (split, layer, projection) pattern file in token chunks.
 
-    ``n_tokens`` must be known up front; rows are appended with :meth:`append`
-    and the file appears at its final path only after :meth:`close`.
+    ``n_tokens`` (the split's tokens) must be known up front; rows are appended with
+    :meth:`append` and the file appears at its final path only after :meth:`close`.
+    ``sample = (rows, seed)`` keeps only a token sample (:class:`apc.common.rowstore.RowStoreWriter`).
     """
 
-    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict):
-        super().__init__(path, n_tokens, width, meta, dtype=np.uint8, row_width=packed_width(width))
+    def __init__(self, path: str | os.PathLike, n_tokens: int, width: int, meta: dict, sample=None):
+        super().__init__(path, n_tokens, width, meta, dtype=np.uint8, row_width=packed_width(width), sample=sample)
         self._ones = 0
 
     def append(self, bits: np.ndarray | torch.Tensor) -> None:
-        """Append ``bits: (m, width) bool`` rows."""
+        """Append ``bits: (m, width) bool``: the split's next m tokens (only the sampled ones are kept)."""
+        bits = self._take(bits)
         self._check(bits.shape[-1], bits.shape[0])
         if isinstance(bits, torch.Tensor):
             self._ones += int(bits.sum())

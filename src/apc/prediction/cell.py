@@ -36,16 +36,21 @@ def stored_layers(ffn_root: str | Path, split: str = "train") -> list[int]:
 
 def layer_data(ffn_root, pattern_root, split: str, projection: str, layer: int,
                max_tokens: int | None = None, seed: int = 0) -> tuple[np.ndarray, PackedPatterns]:
-    """``(inputs (n, d_model) float16, patterns)`` of one layer; a seeded row sample if ``max_tokens``."""
+    """``(inputs (n, d_model) float16, patterns)`` of one layer; a seeded row sample if ``max_tokens``.
+
+    The tokens are those of the FFN-input store (all of the split, or its ``store.ffn_inputs`` sample),
+    with the pattern rows of the same tokens.
+    """
     inputs = FfnInputReader(ffn_input_path(ffn_root, split, layer))
     reader = PatternReader(pattern_path(pattern_root, split, projection, layer))
-    if inputs.n_tokens != reader.n_tokens:
-        raise ValueError(f"{inputs.path} has {inputs.n_tokens} tokens but {reader.path} has {reader.n_tokens}: "
-                         "the stores come from different windows")
+    at = reader.locate(inputs)  # pattern rows of the inputs' tokens (None: the same rows)
     if max_tokens is None or max_tokens >= inputs.n_tokens:
-        return inputs.rows(), PackedPatterns.from_readers([reader])
+        if at is None:
+            return inputs.rows(), PackedPatterns.from_readers([reader])
+        return inputs.rows(), PackedPatterns([reader.packed(at)], reader.width, sources=[str(reader.path)])
     idx = np.sort(np.random.default_rng(seed).choice(inputs.n_tokens, size=int(max_tokens), replace=False))
-    return inputs.rows(idx), PackedPatterns([reader.packed(idx)], reader.width, sources=[str(reader.path)])
+    rows = idx if at is None else at[idx]
+    return inputs.rows(idx), PackedPatterns([reader.packed(rows)], reader.width, sources=[str(reader.path)])
 
 
 def cell_centroids(path, layers: Sequence[int]) -> tuple[dict[int, torch.Tensor], dict]:
