@@ -107,3 +107,5 @@ def test_sample_larger_than_the_patterns_is_a_config_error(tmp_path):
         _config("smoke", tmp_path, store={"patterns": {"test": 100}, "magnitudes": {"test": 200}})
     with pytest.raises(ConfigError, match="config key 'store.ffn_inputs.train'"):
         _config("smoke", tmp_path, store={"patterns": {"train": 100}, "magnitudes": {"train": 50}})
+    # without the frontier no FFN inputs are stored, and their key is not checked
+    _config("smoke", tmp_path, store={"patterns": {"train": 100}, "magnitudes": {"train": 50}}, frontier={"pset": {}})
