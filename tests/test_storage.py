@@ -88,10 +88,11 @@ def test_plan_formulas_and_the_line_that_stops_a_run(tmp_path):
     assert plan["magnitudes/train/down_in"].bytes == 100 * shape["n_layers"] * shape["d_ff"]
     assert plan["ffn_inputs/test"].bytes == 2 * 127 * shape["n_layers"] * shape["d_model"] * 2
     p = storage_plan(c, root=ROOT)
-    assert "total" in p.table(10**12) and p.still_needed() == p.total
+    # nothing of this output folder exists yet (the model cache may hold the converted model)
+    assert "total" in p.table(10**12) and p.total - plan["model (float32 conversion)"].bytes <= p.still_needed() <= p.total
     with pytest.raises(OSError, match=r"largest store, .* is sized by config key '[a-z_.]+'"):
-        p.check_fits(p.total - 1)
-    p.check_fits(p.total)
+        p.check_fits(p.still_needed() - 1)
+    p.check_fits(p.still_needed())
 
 
 def test_mistral_preset_plan_fits_150_gb(tmp_path):
@@ -106,3 +107,5 @@ def test_sample_larger_than_the_patterns_is_a_config_error(tmp_path):
         _config("smoke", tmp_path, store={"patterns": {"test": 100}, "magnitudes": {"test": 200}})
     with pytest.raises(ConfigError, match="config key 'store.ffn_inputs.train'"):
         _config("smoke", tmp_path, store={"patterns": {"train": 100}, "magnitudes": {"train": 50}})
+    # without the frontier no FFN inputs are stored, and their key is not checked
+    _config("smoke", tmp_path, store={"patterns": {"train": 100}, "magnitudes": {"train": 50}}, frontier={"pset": {}})

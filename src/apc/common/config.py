@@ -248,13 +248,16 @@ def _check_paths(config: dict, root: Path) -> None:
 
 
 def _check_store(config: dict) -> None:
-    """Magnitude and FFN-input rows are a subset of the pattern rows of their split (one seed, fewer rows)."""
+    """Magnitude and FFN-input rows (where those stores are written: ``extract.magnitudes``, the frontier)
+    are a subset of the pattern rows of their split (one seed, at most as many rows)."""
     st = config["store"]
+    used = [name for name, on in (("magnitudes", config["extract"].get("magnitudes")),
+                                  ("ffn_inputs", config["frontier"]["pset"])) if on]
     for split in ("train", "test"):
         cap = st["patterns"][split]
         if cap is None:
             continue
-        for name in ("magnitudes", "ffn_inputs"):
+        for name in used:
             n = st[name][split]
             if n is None or n > cap:
                 raise ConfigError(f"config key 'store.{name}.{split}': {'null (every token)' if n is None else n} "
