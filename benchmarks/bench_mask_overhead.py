@@ -8,6 +8,9 @@ manifest written by the workflow (e.g. results/default/model/manifest.json).  Us
     PYTHONPATH=src python benchmarks/bench_mask_overhead.py --device cuda --model mistral7b-random --seq-len 2048 --k 2048
 Prints one line per (mode, projections): best-of-repeats seconds and ratio to dense
 (dense is timed first and last; the smaller is used).  Other load on the machine skews it.
+``--grouped-k K`` adds ``centroid_only`` on ``down_in`` through the cluster-grouped FFN kernel
+(``perplexity.kernel: grouped``) with K random centroids, beside the same mode through the hooks;
+``--modes`` restricts the hook modes timed.
 """
 
 from __future__ import annotations
@@ -44,6 +47,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1024, help="centroids per projection (pooled)")
     ap.add_argument("--model", default="tiny", help="tiny | mistral7b-random | path to a model manifest.json")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--modes", default="sparse,centroid,centroid_only,random", help="hook modes to time")
+    ap.add_argument("--grouped-k", type=int, default=None,
+                    help="also time centroid_only on down_in through the grouped kernel with this many centroids")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -77,17 +83,30 @@ def main() -> None:
 
     dense = _time(model, windows, args.repeats)
     rows = []
-    for mode in ("sparse", "centroid", "centroid_only", "random"):
+    for mode in args.modes.split(","):
         for projs in (["gate", "up", "down"], ["down_in"]):
             with install_interventions(model, mode, projections=projs, thresholds=thr, centroids=cents,
                                        random_density=dens, skip_first_position=True):
                 t = _time(model, windows, args.repeats)
             rows.append((mode, "+".join(projs), t))
+    if args.grouped_k:
+        from apc.perplexity.grouped import install_grouped
+
+        gk = {"down_in": torch.rand(1, args.grouped_k, projection_width(model, "down_in"), generator=g) < 0.6}
+        for kernel in ("hooks", "grouped"):
+            if kernel == "hooks":
+                ctx = install_interventions(model, "centroid_only", projections=["down_in"], thresholds=thr,
+                                            centroids=gk, skip_first_position=True)
+            else:
+                ctx = install_grouped(model, "centroid_only", thresholds=thr, centroids=gk, skip_first_position=True)
+            with ctx:
+                t = _time(model, windows, args.repeats)
+            rows.append((f"centroid_only K={args.grouped_k} ({kernel})", "down_in", t))
     dense = min(dense, _time(model, windows, args.repeats))
     print(f"model {args.model}, {n_layers} layers, {args.windows} x {args.seq_len} tokens, K={args.k}, {args.device}")
     print(f"{'dense':>13} {'':<13}: {dense:.4f} s  ratio 1.00")
     for mode, projs, t in rows:
-        print(f"{mode:>13} {projs:<13}: {t:.4f} s  ratio {t / dense:.2f}")
+        print(f"{mode:>13} {projs:<13}: {t:.4f} s  ratio {t / dense:.2f}", flush=True)
 
 
 if __name__ == "__main__":
