@@ -1,3 +1,4 @@
+import subprocess
 import sys
 from pathlib import Path
 
@@ -6,6 +7,16 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+
+def snakemake(*args, check=True):
+    """Run this checkout's workflow (``python -m snakemake --cores 2 *args`` in the repository root);
+    an ``AssertionError`` with the output's tail when it fails and ``check``."""
+    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if check and res.returncode != 0:
+        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+    return res
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 OLMoE) through a minimal DAG (thresholds, patterns, one clustering cell, its evaluation, perplexity)."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -14,7 +12,7 @@ from apc.common.layout import Cell, Layout
 from apc.extraction.natural import ZERO_THRESHOLD
 from apc.extraction.patterns import PatternReader
 from apc.extraction.routing import RoutingReader
-from conftest import ROOT
+from conftest import ROOT, snakemake
 from tiny_families import D_FF, N_LAYERS, save_tiny
 
 pytestmark = pytest.mark.slow
@@ -27,14 +25,6 @@ RUNS = {
     "olmoe": ("{projections: [gate, down_in], magnitudes: []}", "down_in"),
 }
 CELL = dict(scope="per_layer", method="apc", k=4, density=0.6, seed=0)
-
-
-def snakemake(*args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
-    return res
 
 
 def config_args(name, folder, out, extract=None):

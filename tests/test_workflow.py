@@ -1,8 +1,6 @@
 """End to end: the whole DAG through Snakemake on the `smoke` preset (real embedded model, tiny budget)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,18 +9,10 @@ import pytest
 
 from apc.common.layout import Cell, Layout
 from apc.extraction.patterns import PatternReader
-from conftest import ROOT
+from conftest import ROOT, snakemake
 
 pytestmark = pytest.mark.slow
 PROJS = ["gate", "up", "down", "down_in"]
-
-
-def snakemake(*args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
-    return res
 
 
 @pytest.fixture(scope="session")
