@@ -13,7 +13,10 @@ set -uo pipefail
 BUNDLE=$1 OUT=$2 SECONDS_MAX=$3 GPU_JOBS=$4
 shift 4
 t0=$(date +%s)
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$BUNDLE"/wheels/*.whl || exit 1
+if [ -d "$BUNDLE/wheels" ]; then  # else the wheels were installed into /tmp/site by an earlier call
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$BUNDLE"/wheels/*.whl || exit 1
+fi
+test -d /tmp/site/snakemake || { echo "no snakemake under /tmp/site: carry BUNDLE/wheels"; exit 1; }
 mkdir -p /tmp/site/exllamav2/conversion/standard_cal_data
 touch /tmp/site/exllamav2/__init__.py
 cp "$BUNDLE/wiki.utf8" /tmp/site/exllamav2/conversion/standard_cal_data/wiki.utf8
@@ -30,7 +33,7 @@ if [ "$DATASETS_OK" != 0 ] && [ -d "$BUNDLE/tokens" ]; then
     mkdir -p results/paper-shaped/tokens && cp "$BUNDLE"/tokens/* results/paper-shaped/tokens/
     echo "token windows carried (datasets unavailable)"
 fi
-timeout -s INT "$SECONDS_MAX" python3 -m snakemake --cores all --resources gpu="$GPU_JOBS" --keep-going \
+timeout -s INT "$SECONDS_MAX" python3 -m snakemake --cores "${CORES:-all}" --resources gpu="$GPU_JOBS" --keep-going --rerun-incomplete \
     --config preset=paper-shaped "$@" -- \
     results/paper-shaped/summary.csv results/paper-shaped/plots results/paper-shaped/frontier.csv 2>&1 \
     | grep -v "^\s*$" | tail -n 60
