@@ -4,7 +4,8 @@
         --snakemake-log .snakemake/log/<run>.snakemake.log \
         --target-dryrun mistral-dryrun.txt --target-preset mistral7b-wikitext2 --scale 8 --markdown report.md
 
-Reads, per job: wall seconds and peak RSS (Snakemake's ``benchmarks/*.tsv``), peak CUDA memory
+Reads, per job: wall seconds (Snakemake's ``benchmarks/*.tsv``), peak host RSS (the job's own ``peak host RSS: N
+bytes`` line, else the benchmark's sampled ``max_rss``), peak CUDA memory
 (the ``peak CUDA memory allocated: N bytes`` line every rule script logs at exit), the bytes of
 its outputs, and its requests (``resources:`` of the Snakemake log: ``mem_mb``, ``runtime``,
 ``gpu``).  Prints one row per rule, then the request check: every request should be at least
@@ -29,6 +30,7 @@ from collections import defaultdict
 from pathlib import Path
 
 _PEAK = re.compile(r"peak CUDA memory allocated: (\d+) bytes")
+_RSS = re.compile(r"peak host RSS: (\d+) bytes")
 #: Rules that run on the GPU when the workflow does (their requests carry ``gpu``).
 _RES = re.compile(r"(\w+)=([^,\s]+)")
 
@@ -84,8 +86,12 @@ def measure(jobs: list[dict]) -> list[dict]:
         head, row = bench.read_text().splitlines()[:2]
         rec = dict(zip(head.split("\t"), row.split("\t")))
         log = Path(j.get("log", ""))
-        peaks = _PEAK.findall(log.read_text(errors="replace")) if log.is_file() else []
-        out.append({**j, "seconds": float(rec["s"]), "rss_mb": _float(rec.get("max_rss")),
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        peaks, rss = _PEAK.findall(text), _RSS.findall(text)
+        # the job's own getrusage peak where it logged one; else Snakemake's sampled max_rss (every 30 s,
+        # so a job of seconds may be sampled once, early)
+        rss_mb = int(rss[-1]) / 2**20 if rss else _float(rec.get("max_rss"))
+        out.append({**j, "seconds": float(rec["s"]), "rss_mb": rss_mb,
                     "cuda_bytes": int(peaks[-1]) if peaks else None,
                     "disk_bytes": sum(_bytes(Path(p)) for p in j["output"] if Path(p).exists())})
     return out

@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,21 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--all-families", action="store_true",
+                     help="also run the FFN families beyond one per kind through the workflow (GPT-2, GPT-NeoX, "
+                          "Falcon, Mixtral: about a minute each); APC_ALL_FAMILIES=1 does the same")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all-families") or os.environ.get("APC_ALL_FAMILIES") == "1":
+        return
+    skip = pytest.mark.skip(reason="one family of each kind runs by default; --all-families runs every family")
+    for item in items:
+        if "all_families" in item.keywords:
+            item.add_marker(skip)
 
 
 def snakemake(*args, check=True):

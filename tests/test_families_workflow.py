@@ -1,5 +1,6 @@
-"""End to end: one tiny local model of each FFN kind (fused Phi-3, non-gated ReLU OPT, mixture-of-experts
-OLMoE) through a minimal DAG (thresholds, patterns, one clustering cell, its evaluation, perplexity)."""
+"""End to end: tiny local models of every FFN family through a minimal DAG (thresholds, patterns, one clustering
+cell, its evaluation, perplexity). One of each kind runs always (fused Phi-3, non-gated ReLU OPT,
+mixture-of-experts OLMoE); GPT-2, GPT-NeoX, Falcon and Mixtral run with ``pytest --all-families``."""
 
 import json
 
@@ -23,7 +24,15 @@ RUNS = {
     "phi3": ("{projections: [gate, up, down_in], magnitudes: []}", "down_in"),
     "opt": ("{projections: [fc1, down_in], magnitudes: [], threshold: zero}", "down_in"),
     "olmoe": ("{projections: [gate, down_in], magnitudes: []}", "down_in"),
+    "gpt2": ("{projections: [fc1, down_in], magnitudes: []}", "down_in"),  # Conv1D, GELU
+    "gpt_neox": ("{projections: [fc1, down_in], magnitudes: []}", "down_in"),
+    "falcon": ("{projections: [fc1, down_in], magnitudes: []}", "down_in"),
+    "mixtral": ("{projections: [gate, down_in], magnitudes: []}", "down_in"),
 }
+KIND = {"phi3": "fused", "opt": "plain", "gpt2": "plain", "gpt_neox": "plain", "falcon": "plain",
+        "olmoe": "moe", "mixtral": "moe"}
+ALWAYS = ("phi3", "opt", "olmoe")  # one family of each kind; the others with --all-families
+FAMILIES = [name if name in ALWAYS else pytest.param(name, marks=pytest.mark.all_families) for name in RUNS]
 CELL = dict(scope="per_layer", method="apc", k=4, density=0.6, seed=0)
 
 
@@ -42,7 +51,7 @@ def targets(name, res):
     the true-sparse one for the ReLU model; the cell's evaluation for the mixture of experts (per-expert
     rows; the other families' stores have the layout of the default run's)."""
     lay, cell = Layout(res), Cell(RUNS[name][1], **CELL)
-    extra = {"opt": [lay.ppl_sparse(RUNS[name][1])], "olmoe": [lay.eval_table(cell)]}.get(name, [])
+    extra = [lay.ppl_sparse(RUNS[name][1])] if name == "opt" else [lay.eval_table(cell)] if KIND[name] == "moe" else []
     return [lay.patterns("test"), lay.ppl_cell(RUNS[name][1], cell), lay.ppl_dense(), *extra]
 
 
@@ -92,18 +101,18 @@ def _cell_files(res, proj):
     return lay, cell, json.loads((res / "ppl" / proj / "per_layer" / f"{cell.name}.json").read_text())
 
 
-@pytest.mark.parametrize("name", list(RUNS))
+@pytest.mark.parametrize("name", FAMILIES)
 def test_every_site_has_patterns_centroids_eval_and_perplexity(runs, name):
     folder, res = runs[name]
     manifest = json.loads((res / "model" / "manifest.json").read_text())
-    n_sites = N_LAYERS * (N_EXPERTS if name == "olmoe" else 1)
+    n_sites = N_LAYERS * (N_EXPERTS if KIND[name] == "moe" else 1)
     assert manifest["n_layers"] == n_sites and manifest["widths"]["down_in"] == D_FF
-    assert manifest["family"] == {"phi3": "fused", "opt": "plain", "olmoe": "moe"}[name]
+    assert manifest["family"] == KIND[name]
     proj = RUNS[name][1]
     lay, cell, ppl = _cell_files(res, proj)
     cents, _ = load_centroids(lay.centroids(cell))
     assert cents.shape == (n_sites, 4, D_FF)
-    if name == "olmoe":  # one row per expert site
+    if KIND[name] == "moe":  # one row per expert site
         import pandas as pd
 
         table = pd.read_csv(res / "eval" / proj / "per_layer" / f"{cell.name}.csv", dtype={"layer": str})
@@ -136,8 +145,10 @@ def test_relu_model_natural_sparsity_and_exact_sparse_mask(runs):
     assert sparse["nll"] == dense["nll"]  # masking exact zeros is the identity
 
 
-def test_moe_routing_is_row_aligned_and_sparsity_reported(runs):
-    folder, res = runs["olmoe"]
+@pytest.mark.parametrize("name", [n if n in ALWAYS else pytest.param(n, marks=pytest.mark.all_families)
+                                  for n in RUNS if KIND[n] == "moe"])
+def test_moe_routing_is_row_aligned_and_sparsity_reported(runs, name):
+    folder, res = runs[name]
     summary = json.loads((res / "patterns" / "test" / "extract.json").read_text())
     moe = summary["moe"]
     assert (moe["n_experts"], moe["top_k"]) == (N_EXPERTS, TOP_K)

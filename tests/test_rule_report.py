@@ -56,3 +56,30 @@ def test_report_measures_checks_and_extrapolates(tmp_path, monkeypatch):
 def test_dryrun_job_counts():
     text = "Job stats:\njob      count\n-----  -------\ncluster    110\nevaluate   110\ntotal    220\n"
     assert rr.dryrun_counts(text) == {"cluster": 110, "evaluate": 110}
+
+
+def test_logged_peak_rss_wins_over_the_sampled_one(tmp_path, monkeypatch):
+    """A job's own getrusage peak (logged at exit) replaces the benchmark's 30 s-sampled max_rss."""
+    text = _job(tmp_path, 8, 10.0, 100, 1, 2000, 2**30)
+    with open(tmp_path / "out" / "logs" / "cluster-8.log", "a") as f:
+        f.write(f"y: peak host RSS: {500 * 2**20} bytes\n")
+    (tmp_path / "run.log").write_text(text + _job(tmp_path, 64, 80.0, 1000, 10, 9000, 2**31))
+    monkeypatch.chdir(tmp_path)
+    jobs = rr.measure(rr.parse_snakemake_log("run.log"))
+    assert [j["rss_mb"] for j in jobs] == [500.0, 1000.0]
+    assert sorted(rr.per_rule(jobs)["cluster"]["mem_ratio"]) == [4.0, 9.0]
+
+
+def test_rule_scripts_log_their_peak_host_rss(tmp_path):
+    """rulekit's exit hook writes the line the report reads."""
+    import logging
+
+    from apc.common import rulekit
+
+    log = logging.getLogger("apc.test_peak")
+    handler = logging.FileHandler(tmp_path / "job.log")
+    log.addHandler(handler), log.setLevel(logging.INFO)
+    rulekit._log_cuda_peak(log)
+    handler.flush()
+    peak = rr._RSS.findall((tmp_path / "job.log").read_text())
+    assert len(peak) == 1 and int(peak[0]) > 10 * 2**20  # an interpreter with torch holds more than 10 MB

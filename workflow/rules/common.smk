@@ -146,10 +146,16 @@ onstart:
 
 
 def _model_shape():
+    """``(parameters, layers, widest FFN width, d_model)``: from the manifest once prepare_model has run,
+    else from ``model.shape`` and ``model.params_b``, else a 7B-class shape."""
     manifest = Path(L.manifest())
     m = json.loads(manifest.read_text()) if manifest.exists() else {}
+    shape = C["model"].get("shape") or {}
     params = m.get("n_params") or (C["model"].get("params_b") or 7.0) * 1e9
-    return params, m.get("n_layers", 32), max(m.get("widths", {}).values(), default=16384)
+    widths = m.get("widths", {})
+    d_model = widths.get("down") or shape.get("d_model") or 4096
+    return (params, m.get("n_layers") or shape.get("n_layers") or 32,
+            max(widths.values(), default=shape.get("d_ff") or 16384), d_model)
 
 
 def _uses_cuda():
@@ -161,8 +167,13 @@ def _uses_cuda():
 
 
 GPU = int(_uses_cuda())
-N_PARAMS, N_LAYERS, FFN_WIDTH = _model_shape()
+N_PARAMS, N_LAYERS, FFN_WIDTH, D_MODEL = _model_shape()
 WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
+# prepare_model converts a GGUF file or fetches from the hub (the weights in RAM twice); for a local
+# folder of safetensors it reads the configuration and the tokenizer only (0.8 GB measured)
+_NAME = C["model"]["name_or_path"]
+PREPARE_MODEL_MB = 2048 if (Path(_NAME).expanduser().is_dir() and not C["model"].get("gguf_file")
+                            and not _NAME.startswith("embedded:")) else 2 * WEIGHTS_MB + 2048
 WHOLE_SPLIT_TOKENS = 1_000_000  # assumed for a `null` (whole split) budget until prepare_data has counted it
 MB = 2**20
 
@@ -189,10 +200,17 @@ def gpu_job(mem_mb, runtime):
 
 
 def model_job(tokens, passes=1):
-    """A job that loads the model and runs ``passes`` forward passes over ``tokens`` tokens: host RAM
-    for the weights twice (load and move) plus headroom; time at a conservative FLOP rate."""
-    flop_rate = 5e13 if GPU else 2e10 * C["threads"]
-    seconds = 3 * 2 * N_PARAMS * _tokens(tokens) * passes / flop_rate + WEIGHTS_MB / 200
+    """A job that loads the model and runs ``passes`` forward passes over ``tokens`` tokens.
+
+    On the CPU: host RAM for the weights twice (load and move) plus headroom; time at a conservative
+    FLOP rate. On a GPU the weights live in GPU memory: host RAM for the interpreter, the CUDA context
+    and the weights' staging (2.5 GB + a quarter of the weights), time at 5e13 FLOP/s with a 2.5x
+    margin; both calibrated on the paper-shaped run on one H200 (docs/paper_shaped.md)."""
+    flops = 2 * N_PARAMS * _tokens(tokens) * passes
+    load_s = WEIGHTS_MB / 200
+    if GPU:
+        return gpu_job(2550 + WEIGHTS_MB / 4, 1 + (2.5 * flops / 5e13 + load_s) / 60)
+    seconds = 3 * flops / (2e10 * C["threads"]) + load_s
     return gpu_job(2 * WEIGHTS_MB + 4096, 10 + seconds / 60)
 
 
@@ -210,7 +228,7 @@ def predictor_job(tokens=None):
     (float32) and packed patterns in RAM, epochs of small products."""
     c = C["predict"]
     n = c["max_train_tokens"] or tokens or _tokens(C["data"]["train_tokens"], "train")
-    d_model = N_PARAMS / max(1, N_LAYERS) / (3 * FFN_WIDTH) if N_PARAMS else 4096  # from the MLP weights
+    d_model = D_MODEL
     mem = 2048 + n * (4 * d_model + FFN_WIDTH / 8) / MB * 2
     flop_rate = 2e13 if GPU else 1e10
     epochs = c["fit"].get("epochs", 8)
@@ -264,7 +282,13 @@ def ppl_batch_cells(wc):
 
 
 def ppl_batch_resources(wc):
-    return model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"]) * len(_ppl_batch(wc)))
+    """A model job over the batch's passes, plus host RAM for its cells' centroids (unpacked, 1 byte per
+    bit: K x width per layer, or one set for a pooled cell)."""
+    cells = _ppl_batch(wc)
+    res = model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"]) * len(cells))
+    cent = sum(int(c.k) * FFN_WIDTH * (N_LAYERS if c.scope == "per_layer" else 1) for c in cells)
+    res["mem_mb"] += int(cent * len(C["perplexity"]["psets"][wc.pset]) / MB)
+    return res
 
 
 def ppl_batch_of_cell(wc):

@@ -9,7 +9,7 @@ rule prepare_model:
     log:
         L.log("prepare_model"),
     resources:
-        **cpu_job(mem_mb=2 * WEIGHTS_MB + 2048, runtime=60),
+        **cpu_job(mem_mb=PREPARE_MODEL_MB, runtime=60),
     benchmark:
         L.benchmark("prepare_model")
     script:
@@ -47,7 +47,7 @@ rule prepare_data:
     log:
         L.log("prepare_data", split="{split}"),
     resources:
-        **cpu_job(mem_mb=4096, runtime=30),
+        **cpu_job(mem_mb=1900, runtime=30),  # tokenizer and text: 0.5-0.85 GB measured
     benchmark:
         L.benchmark("prepare_data", split="{split}")
     script:

@@ -75,10 +75,16 @@ _FAILED = []
 
 
 def _log_cuda_peak(log: logging.Logger) -> None:
-    """At a successful exit, log the job's peak CUDA memory (``peak CUDA memory allocated: N bytes``),
-    read by ``benchmarks/rule_report.py`` for every rule alike."""
+    """At a successful exit, log the job's peak host RSS (``peak host RSS: N bytes``, from getrusage: exact,
+    where Snakemake's benchmark samples every 30 s) and peak CUDA memory (``peak CUDA memory allocated:
+    N bytes``), read by ``benchmarks/rule_report.py`` for every rule alike."""
+    if _FAILED:
+        return
+    import resource
+
+    log.info("peak host RSS: %d bytes", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     torch = sys.modules.get("torch")
-    if _FAILED or torch is None or not torch.cuda.is_initialized():
+    if torch is None or not torch.cuda.is_initialized():
         return
     n = sum(torch.cuda.max_memory_allocated(i) for i in range(torch.cuda.device_count()))
     log.info("peak CUDA memory allocated: %d bytes", n)
