@@ -19,6 +19,7 @@ from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
 from apc.common.rulekit import dataset_name
+from apc.common.storage import storage_plan
 from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
 
@@ -114,7 +115,7 @@ onstart:
     # Before the first job: the storage plan (every store's size and the key sizing it) beside the free
     # space of the output folder, stopping with one line when the rest of the run cannot fit.
     from snakemake.logging import logger
-    from apc.common.storage import free_bytes, storage_plan
+    from apc.common.storage import free_bytes
 
     _plan = storage_plan(C, root=workflow.basedir)
     _free = free_bytes(OUT)
@@ -167,7 +168,10 @@ def _uses_cuda():
 
 
 GPU = int(_uses_cuda())
+STORAGE_PLAN = storage_plan(C, root=workflow.basedir)  # every store's planned bytes (also printed at start)
 N_PARAMS, N_LAYERS, FFN_WIDTH, D_MODEL = _model_shape()
+MODEL_WIDTHS = (json.loads(Path(L.manifest()).read_text()).get("widths", {}) if Path(L.manifest()).exists()
+                else {"down": D_MODEL})
 WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
 # prepare_model converts a GGUF file or fetches from the hub (the weights in RAM twice); for a local
 # folder of safetensors it reads the configuration and the tokenizer only (0.8 GB measured)
@@ -190,37 +194,54 @@ def _tokens(n, split="test"):
 
 
 def cpu_job(mem_mb=2048, runtime=10):
-    """Resources of a job that never touches the GPU."""
+    """Resources of a job that never touches the GPU (at least 5 minutes)."""
     return {"mem_mb": int(mem_mb), "runtime": int(max(5, runtime))}
 
 
 def gpu_job(mem_mb, runtime):
-    """Resources of a job that runs on CUDA when the workflow does (``gpu`` = 1, else 0)."""
-    return {**cpu_job(mem_mb, runtime), "gpu": GPU}
+    """Resources of a job that runs on CUDA when the workflow does (``gpu`` = 1, else 0; at least 4
+    minutes there, 5 on the CPU)."""
+    return {"mem_mb": int(mem_mb), "runtime": int(max(4 if GPU else 5, runtime)), "gpu": GPU}
+
+
+# The GPU branches below are calibrated on the paper-shaped run on one H200 (docs/paper_shaped.md):
+# every request 1.5-4x the job's own peak host RSS (getrusage, logged at exit) and wall time there.
 
 
 def model_job(tokens, passes=1):
-    """A job that loads the model and runs ``passes`` forward passes over ``tokens`` tokens.
-
-    On the CPU: host RAM for the weights twice (load and move) plus headroom; time at a conservative
-    FLOP rate. On a GPU the weights live in GPU memory: host RAM for the interpreter, the CUDA context
-    and the weights' staging (2.5 GB + a quarter of the weights), time at 5e13 FLOP/s with a 2.5x
-    margin; both calibrated on the paper-shaped run on one H200 (docs/paper_shaped.md)."""
+    """A job that loads the model and runs ``passes`` forward passes over ``tokens`` tokens: host RAM
+    for the weights twice (staged on the host, also on a GPU: 0.9 GB + the weights measured) plus
+    headroom; time at a conservative FLOP rate (on a GPU 5e13 FLOP/s with a 2x margin)."""
     flops = 2 * N_PARAMS * _tokens(tokens) * passes
     load_s = WEIGHTS_MB / 200
     if GPU:
-        return gpu_job(2550 + WEIGHTS_MB / 4, 1 + (2.5 * flops / 5e13 + load_s) / 60)
+        return gpu_job(2 * WEIGHTS_MB + 4096, 1 + (2 * flops / 5e13 + load_s) / 60)
     seconds = 3 * flops / (2e10 * C["threads"]) + load_s
     return gpu_job(2 * WEIGHTS_MB + 4096, 10 + seconds / 60)
 
 
-def pattern_job(n_patterns, k, chunk_size, iterations=1, resident=0):
-    """A job that compares ``n_patterns`` patterns with ``k`` centroids, ``iterations`` times, in chunks
-    of ``chunk_size`` unpacked float32 rows, holding ``resident`` of the patterns packed in RAM."""
-    width = FFN_WIDTH
-    mem = 1024 + resident * width / 8 / MB + (3 * chunk_size + 2 * k) * width * 4 / MB
+def store_mb(split, stores=("patterns", "magnitudes")):
+    """Planned MB of the ``stores`` of ``split`` (the storage plan's figures)."""
+    parts = [(st.bytes, Path(st.name).parts) for st in STORAGE_PLAN.stores]
+    return sum(n for n, p in parts if p[0] in stores and p[1:2] == (split,)) / MB
+
+
+def pattern_job(n_patterns, k, chunk_size, iterations=1, resident=0, sets=1, copies=1.4, extra_mb=0, width=None):
+    """A job that compares ``n_patterns`` patterns with ``k`` centroids (``sets`` sets of them: one per
+    layer, or one pooled), ``iterations`` times, in chunks of ``chunk_size`` unpacked float32 rows,
+    holding ``resident`` of the patterns packed in RAM and ``extra_mb`` more.
+
+    On the CPU the chunks are on the host; on a GPU they are on the device, and the host holds the
+    packed patterns and ``copies`` float32 copies of the centroids (1.4 measured when clustering,
+    0.5 when evaluating), doubled for headroom. ``width``: the projection's (default: the widest)."""
+    width = width or FFN_WIDTH
     flop_rate = 2e13 if GPU else 2e10
-    return gpu_job(mem, 10 + 2 * 2 * n_patterns * k * width * iterations / flop_rate / 60)
+    minutes = 2 * 2 * n_patterns * k * width * iterations / flop_rate / 60
+    if GPU:
+        mem = 2 * (1024 + resident * width / 8 / MB + copies * sets * k * width * 4 / MB + extra_mb)
+        return gpu_job(mem, 2 + minutes)
+    mem = 1024 + resident * width / 8 / MB + (3 * chunk_size + 2 * k) * width * 4 / MB + extra_mb
+    return gpu_job(mem, 10 + minutes)
 
 
 def predictor_job(tokens=None):
@@ -235,15 +256,38 @@ def predictor_job(tokens=None):
     return gpu_job(mem, 10 + N_LAYERS * 6 * n * d_model * FFN_WIDTH / 8 * epochs / flop_rate / 60)
 
 
+def _sets(wc):
+    return N_LAYERS if wc.scope == "per_layer" else 1
+
+
+def proj_width(proj):
+    """Width of projection ``proj`` from the manifest (the widest FFN width before it exists)."""
+    return int(MODEL_WIDTHS.get(proj, FFN_WIDTH))
+
+
 def cluster_resources(wc):
     c = C["cluster"]
     n = N_LAYERS * (c["max_patterns_per_layer"] or _tokens(C["data"]["train_tokens"], "train"))
-    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n)
+    width = proj_width(wc.proj)
+    extra = 0
+    if wc.method.startswith("apc_weighted"):  # fits on the magnitude rows, held too
+        extra = store_mb("train", ("magnitudes",))
+    elif wc.method.startswith("apc_product"):  # one layer's fit sample unpacked, 2 bytes per bit
+        extra = n / N_LAYERS * width * 2 / MB
+    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n, sets=_sets(wc), extra_mb=extra,
+                       width=width)
 
 
 def evaluate_resources(wc):
     tokens = sum(_tokens(C["data"][f"{s}_tokens"], s) for s in C["eval"]["splits"])
-    return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"])  # streamed from disk
+    width = proj_width(wc.proj)
+    if GPU:  # streamed from disk; host RAM for the interpreter, half the centroids' float32 copies and,
+        # where magnitudes are scored, 1.5 chunks of them (1 byte each) at a time
+        mags = wc.proj in C["extract"]["magnitudes"]
+        extra = 376 + 1.5 * C["eval"]["chunk_size"] * width / MB * mags
+        return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"], sets=_sets(wc), copies=0.5,
+                           extra_mb=extra, width=width)
+    return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"], width=width)  # streamed from disk
 
 
 def per_cell(resources):
@@ -254,6 +298,15 @@ def per_cell(resources):
 
 def ppl_tokens():
     return C["perplexity"]["test_tokens"] or _tokens(C["data"]["test_tokens"], "test")
+
+
+def extract_resources(wc):
+    """A model pass over the larger split, plus (on a GPU, where the host holds them while they are
+    written) the planned bytes of this split's pattern and magnitude stores."""
+    res = model_job(max(_tokens(C["data"][f"{s}_tokens"], s) for s in SPLITS))
+    if GPU:
+        res["mem_mb"] += int(store_mb(wc.split))
+    return res
 
 
 PPL_BATCHES = perplexity_batches(C)  # (pset, batch id, cells), listed once
@@ -282,12 +335,13 @@ def ppl_batch_cells(wc):
 
 
 def ppl_batch_resources(wc):
-    """A model job over the batch's passes, plus host RAM for its cells' centroids (unpacked, 1 byte per
-    bit: K x width per layer, or one set for a pooled cell)."""
+    """A model job over the batch's passes, plus host RAM for its cells' centroids (all loaded at once,
+    unpacked: K x width bytes per layer, or one set for a pooled cell), twice, and 6 GB of scoring
+    buffers (measured on the paper-shaped run)."""
     cells = _ppl_batch(wc)
     res = model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"]) * len(cells))
     cent = sum(int(c.k) * FFN_WIDTH * (N_LAYERS if c.scope == "per_layer" else 1) for c in cells)
-    res["mem_mb"] += int(cent * len(C["perplexity"]["psets"][wc.pset]) / MB)
+    res["mem_mb"] += int(2 * cent * len(C["perplexity"]["psets"][wc.pset]) / MB) + 6144
     return res
 
 

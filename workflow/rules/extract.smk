@@ -94,7 +94,7 @@ rule extract_patterns:
     log:
         L.log("extract_patterns", split="{split}"),
     resources:
-        **model_job(max(_tokens(C["data"][f"{s}_tokens"], s) for s in SPLITS)),
+        **per_cell(extract_resources),
     benchmark:
         L.benchmark("extract_patterns", split="{split}")
     script:
