@@ -10,7 +10,10 @@ Prints one line per (mode, projections): best-of-repeats seconds and ratio to de
 (dense is timed first and last; the smaller is used).  Other load on the machine skews it.
 ``--grouped-k K`` adds ``centroid_only`` on ``down_in`` through the cluster-grouped FFN kernel
 (``perplexity.kernel: grouped``) with K random centroids, beside the same mode through the hooks;
-``--modes`` restricts the hook modes timed.
+``--modes`` restricts the hook modes timed (``predicted`` and ``neuron_predicted`` get random linear
+predictors: K scores, and a rank-64 factorisation scoring every neuron). ``--profile`` adds, per row,
+the CUDA (or CPU) time of one forward by kernel: the share in matrix products and the top kernels
+outside them, i.e. what the masks cost beyond the dense products.
 """
 
 from __future__ import annotations
@@ -47,7 +50,9 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1024, help="centroids per projection (pooled)")
     ap.add_argument("--model", default="tiny", help="tiny | mistral7b-random | path to a model manifest.json")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--modes", default="sparse,centroid,centroid_only,random", help="hook modes to time")
+    ap.add_argument("--modes", default="sparse,centroid,centroid_only,random,threshold,predicted,neuron_predicted",
+                    help="hook modes to time")
+    ap.add_argument("--profile", action="store_true", help="break each row's forward down by kernel")
     ap.add_argument("--grouped-k", type=int, default=None,
                     help="also time centroid_only on down_in through the grouped kernel with this many centroids")
     args = ap.parse_args()
@@ -81,13 +86,25 @@ def main() -> None:
     cents = {p: torch.rand(1, args.k, projection_width(model, p), generator=g) < 0.6 for p in allp}
     dens = {p: 0.6 for p in allp}
 
+    d_model = cfg.hidden_size if args.model in ("tiny", "mistral7b-random") else model.config.hidden_size
+    dt = next(model.parameters()).dtype
+    preds = {mode: {p: [_predictor(d_model, args.k if mode == "predicted" else projection_width(model, p),
+                                   mode, args.device) for _ in range(n_layers)] for p in allp}
+             for mode in ("predicted", "neuron_predicted")}
+
+    profiles = []
     dense = _time(model, windows, args.repeats)
+    if args.profile:
+        profiles.append(("dense", "", _profile(model, windows)))
     rows = []
     for mode in args.modes.split(","):
         for projs in (["gate", "up", "down"], ["down_in"]):
             with install_interventions(model, mode, projections=projs, thresholds=thr, centroids=cents,
-                                       random_density=dens, skip_first_position=True):
+                                       random_density=dens, keep_thresholds=thr, predictors=preds.get(mode),
+                                       neuron_density=dens, skip_first_position=True):
                 t = _time(model, windows, args.repeats)
+                if args.profile:
+                    profiles.append((mode, "+".join(projs), _profile(model, windows)))
             rows.append((mode, "+".join(projs), t))
     if args.grouped_k:
         from apc.perplexity.grouped import install_grouped
@@ -107,6 +124,49 @@ def main() -> None:
     print(f"{'dense':>13} {'':<13}: {dense:.4f} s  ratio 1.00")
     for mode, projs, t in rows:
         print(f"{mode:>13} {projs:<13}: {t:.4f} s  ratio {t / dense:.2f}", flush=True)
+    for mode, projs, (total, gemm, top) in profiles:
+        print(f"profile {mode} {projs}: kernels {total * 1e3:.1f} ms, matrix products {gemm * 1e3:.1f} ms "
+              f"({gemm / total:.0%}); outside them: " + "; ".join(f"{n} {ms * 1e3:.1f} ms x{c}" for n, ms, c in top))
+
+
+class _Predictor(torch.nn.Module):
+    """A random stand-in predictor: ``(N, d_model) -> (N, n_out)`` scores, through a rank-64 factor for
+    neuron scores (as the fitted neuron predictors are low rank)."""
+
+    def __init__(self, d_model: int, n_out: int, low_rank: bool):
+        super().__init__()
+        self.d_model = d_model
+        self.net = (torch.nn.Sequential(torch.nn.Linear(d_model, 64), torch.nn.Linear(64, n_out)) if low_rank
+                    else torch.nn.Linear(d_model, n_out))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def _predictor(d_model: int, n_out: int, mode: str, device: str) -> torch.nn.Module:
+    return _Predictor(d_model, n_out, low_rank=mode == "neuron_predicted").to(device).eval()
+
+
+def _profile(model, windows, top: int = 4):
+    """One forward under torch.profiler: ``(kernel seconds, seconds in matrix products, [(name, seconds,
+    calls)] of the ``top`` other kernels)``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = windows.is_cuda
+    acts = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch.inference_mode(), profile(activities=acts) as prof:
+        model(windows)
+        if cuda:
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    if not cuda:  # CPU: aten ops only, so the totals do not count an op and its children twice
+        events = [e for e in events if e.key.startswith("aten::")]
+    is_gemm = lambda n: any(w in n.lower() for w in ("gemm", "matmul", "mm", "cutlass", "sm90_xmma", "nvjet", "linear"))
+    total = sum(getattr(e, key) for e in events) / 1e6
+    gemm = sum(getattr(e, key) for e in events if is_gemm(e.key)) / 1e6
+    rest = sorted((e for e in events if not is_gemm(e.key)), key=lambda e: -getattr(e, key))[:top]
+    return total, gemm, [(e.key[:60], getattr(e, key) / 1e6, e.count) for e in rest]
 
 
 if __name__ == "__main__":
