@@ -466,3 +466,26 @@ def test_accumulate_methods_agree():
     assert all(torch.equal(r.centroids, runs[0].centroids) for r in runs)
     with pytest.raises(ValueError, match="unknown accumulate method .nope.; known: auto"):
         cluster(pats, 9, density=0.5, device="cpu", accumulate="nope")
+
+
+def test_float_top_n_by_selection_equals_the_stable_sort():
+    """The float route (k-th value, then ties from the lowest position) keeps exactly the stable
+    descending sort's first n, on rows full of ties, signed zeros and a NaN row."""
+    from apc.clustering.common import top_n_mask
+
+    def by_sort(score, n):
+        order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n]
+        return torch.zeros(score.shape, dtype=torch.bool).scatter_(1, order, True)
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(60):
+        rows, width = torch.randint(1, 30, (2,), generator=g).tolist()
+        step = torch.randint(1, 4, (1,), generator=g).item()
+        score = (torch.randn(rows, width, generator=g, dtype=torch.float64 if trial % 2 else torch.float32)
+                 * step).round() / step  # coarse values: many ties at the n-th
+        score[score == 0] = -0.0 if trial % 3 == 0 else 0.0
+        if trial % 7 == 0:
+            score[0, 0] = float("nan")  # the sort route
+        for n in {1, width, max(1, width // 2), max(1, width // 3)}:
+            mask = top_n_mask(score, n)
+            assert torch.equal(mask, by_sort(score, n)) and (mask.sum(dim=1) == n).all()

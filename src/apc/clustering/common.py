@@ -99,7 +99,9 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
     route, a selection of the ``n_keep``-th largest unique key
     ``score * width + (width - 1 - position)`` per row (a Triton bisection on
     CUDA; integer scores must stay below ``2**61 / width`` in magnitude);
-    other scores a stable sort by descending score.
+    float32/float64 scores a selection of the ``n_keep``-th largest value, ties at
+    it taken from the lowest positions; other scores (and rows with NaN) a stable
+    sort by descending score. All routes keep the same set.
     """
     if not score.is_floating_point() and score.dtype != torch.bool:
         width = score.shape[1]
@@ -116,6 +118,14 @@ def top_n_mask(score: torch.Tensor, n_keep: int) -> torch.Tensor:
         key = score.to(kdt) * width + pos  # a new tensor: the caller's scores stay as they are
         kth = torch.kthvalue(key, width - n_keep + 1, dim=1, keepdim=True).values
         return key >= kth
+    if score.dtype in (torch.float32, torch.float64) and 0 < n_keep <= score.shape[1] and not torch.isnan(score).any():
+        # the n-th largest value by selection, then ties at it taken from the lowest position: the same set
+        # as the stable descending sort below, without sorting every row
+        kth = torch.kthvalue(score, score.shape[1] - n_keep + 1, dim=1, keepdim=True).values
+        above = score > kth
+        at = score == kth
+        need = n_keep - above.sum(dim=1, keepdim=True)
+        return above | (at & (at.cumsum(dim=1) <= need))
     order = torch.argsort(score, dim=1, descending=True, stable=True)[:, :n_keep]
     mask = torch.zeros(score.shape, dtype=torch.bool, device=score.device)
     return mask.scatter_(1, order, True)
