@@ -326,8 +326,10 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             raise RuntimeError(f"layer {layer}: MLP input has {h.shape[0]} positions, the hooked tensor {n_rows}")
         return predictor(h.float())
 
-    def choose(flat: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    def choose(flat: torch.Tensor, p: torch.Tensor, absx: torch.Tensor | None = None) -> torch.Tensor:
         choose.ids = None
+        if absx is None:
+            absx = flat.abs().float()
         if mode == "sparse":
             return p
         if mode == "cats":
@@ -343,7 +345,7 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             elif scale is False:  # product cells: nearest centroid per group
                 m = product_masks(p.float(), cents, n_groups)
             else:  # oracle by least missed weight |x| (or |x| * column scale)
-                w = flat.abs().float() if scale is None else flat.abs().float() * scale
+                w = absx if scale is None else absx * scale
                 m = product_masks(w, cents, n_groups)
             return m if mode == "centroid_only" else p & m
         if mode in _RANDOM_MODES:
@@ -351,7 +353,7 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             r = torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True)
             return r & p if mode == "random" else r
         if mode in ("threshold", "teal"):
-            return flat.abs().float() >= keep_threshold
+            return absx >= keep_threshold
         s = scores(flat.shape[0])
         if mode == "predicted":
             ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
@@ -370,8 +372,9 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
         handle.calls[proj] += 1
         w = x.shape[-1]
         flat = x.reshape(-1, w)
-        p = flat.abs().float() >= threshold
-        keep = choose(flat, p).view(x.shape)
+        absx = flat.abs().float()  # |x| once, for the pattern and the modes that threshold it again
+        p = absx >= threshold
+        keep = choose(flat, p, absx).view(x.shape)
         p = p.view(x.shape)
         ids = getattr(choose, "ids", None)
         if ids is not None:
