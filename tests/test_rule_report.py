@@ -79,7 +79,7 @@ def test_rule_scripts_log_their_peak_host_rss(tmp_path):
     log = logging.getLogger("apc.test_peak")
     handler = logging.FileHandler(tmp_path / "job.log")
     log.addHandler(handler), log.setLevel(logging.INFO)
-    rulekit._log_cuda_peak(log)
+    rulekit._log_peaks(log)
     handler.flush()
     peak = rr._RSS.findall((tmp_path / "job.log").read_text())
     assert len(peak) == 1 and int(peak[0]) > 10 * 2**20  # an interpreter with torch holds more than 10 MB

@@ -117,11 +117,10 @@ onstart:
     from snakemake.logging import logger
     from apc.common.storage import free_bytes
 
-    _plan = storage_plan(C, root=workflow.basedir)
     _free = free_bytes(OUT)
-    logger.info(_plan.table(_free))
+    logger.info(STORAGE_PLAN.table(_free))
     try:
-        _plan.check_fits(_free)
+        STORAGE_PLAN.check_fits(_free)
     except OSError as err:
         raise WorkflowError(str(err)) from None
     # Fail before the first job, not after the whole DAG, when the tracking store cannot be reached.
@@ -147,8 +146,8 @@ onstart:
 
 
 def _model_shape():
-    """``(parameters, layers, widest FFN width, d_model)``: from the manifest once prepare_model has run,
-    else from ``model.shape`` and ``model.params_b``, else a 7B-class shape."""
+    """``(parameters, layers, widest FFN width, d_model, {projection: width})``: from the manifest once
+    prepare_model has run, else from ``model.shape`` and ``model.params_b``, else a 7B-class shape."""
     manifest = Path(L.manifest())
     m = json.loads(manifest.read_text()) if manifest.exists() else {}
     shape = C["model"].get("shape") or {}
@@ -156,7 +155,7 @@ def _model_shape():
     widths = m.get("widths", {})
     d_model = widths.get("down") or shape.get("d_model") or 4096
     return (params, m.get("n_layers") or shape.get("n_layers") or 32,
-            max(widths.values(), default=shape.get("d_ff") or 16384), d_model)
+            max(widths.values(), default=shape.get("d_ff") or 16384), d_model, widths or {"down": d_model})
 
 
 def _uses_cuda():
@@ -169,9 +168,7 @@ def _uses_cuda():
 
 GPU = int(_uses_cuda())
 STORAGE_PLAN = storage_plan(C, root=workflow.basedir)  # every store's planned bytes (also printed at start)
-N_PARAMS, N_LAYERS, FFN_WIDTH, D_MODEL = _model_shape()
-MODEL_WIDTHS = (json.loads(Path(L.manifest()).read_text()).get("widths", {}) if Path(L.manifest()).exists()
-                else {"down": D_MODEL})
+N_PARAMS, N_LAYERS, FFN_WIDTH, D_MODEL, MODEL_WIDTHS = _model_shape()
 WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
 # prepare_model converts a GGUF file or fetches from the hub (the weights in RAM twice); for a local
 # folder of safetensors it reads the configuration and the tokenizer only (0.8 GB measured)
@@ -249,15 +246,15 @@ def predictor_job(tokens=None):
     (float32) and packed patterns in RAM, epochs of small products."""
     c = C["predict"]
     n = c["max_train_tokens"] or tokens or _tokens(C["data"]["train_tokens"], "train")
-    d_model = D_MODEL
-    mem = 2048 + n * (4 * d_model + FFN_WIDTH / 8) / MB * 2
+    mem = 2048 + n * (4 * D_MODEL + FFN_WIDTH / 8) / MB * 2
     flop_rate = 2e13 if GPU else 1e10
     epochs = c["fit"].get("epochs", 8)
-    return gpu_job(mem, 10 + N_LAYERS * 6 * n * d_model * FFN_WIDTH / 8 * epochs / flop_rate / 60)
+    return gpu_job(mem, 10 + N_LAYERS * 6 * n * D_MODEL * FFN_WIDTH / 8 * epochs / flop_rate / 60)
 
 
-def _sets(wc):
-    return N_LAYERS if wc.scope == "per_layer" else 1
+def _sets(scope):
+    """Centroid sets of a cell: one per layer, or one pooled."""
+    return N_LAYERS if scope == "per_layer" else 1
 
 
 def proj_width(proj):
@@ -274,8 +271,8 @@ def cluster_resources(wc):
         extra = store_mb("train", ("magnitudes",))
     elif wc.method.startswith("apc_product"):  # one layer's fit sample unpacked, 2 bytes per bit
         extra = n / N_LAYERS * width * 2 / MB
-    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n, sets=_sets(wc), extra_mb=extra,
-                       width=width)
+    return pattern_job(n, int(wc.k), c["chunk_size"], c["max_iter"], resident=n, sets=_sets(wc.scope),
+                       extra_mb=extra, width=width)
 
 
 def evaluate_resources(wc):
@@ -285,7 +282,7 @@ def evaluate_resources(wc):
         # where magnitudes are scored, 1.5 chunks of them (1 byte each) at a time
         mags = wc.proj in C["extract"]["magnitudes"]
         extra = 376 + 1.5 * C["eval"]["chunk_size"] * width / MB * mags
-        return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"], sets=_sets(wc), copies=0.5,
+        return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"], sets=_sets(wc.scope), copies=0.5,
                            extra_mb=extra, width=width)
     return pattern_job(N_LAYERS * tokens, int(wc.k), C["eval"]["chunk_size"], width=width)  # streamed from disk
 
@@ -340,7 +337,7 @@ def ppl_batch_resources(wc):
     buffers (measured on the paper-shaped run)."""
     cells = _ppl_batch(wc)
     res = model_job(ppl_tokens(), passes=len(C["perplexity"]["modes"]) * len(cells))
-    cent = sum(int(c.k) * FFN_WIDTH * (N_LAYERS if c.scope == "per_layer" else 1) for c in cells)
+    cent = sum(int(c.k) * FFN_WIDTH * _sets(c.scope) for c in cells)
     res["mem_mb"] += int(2 * cent * len(C["perplexity"]["psets"][wc.pset]) / MB) + 6144
     return res
 

@@ -26,7 +26,7 @@ def start(snakemake, name: str) -> logging.Logger:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
         logging.getLogger("apc").addHandler(handler)
         log_uncaught(str(snakemake.log[0]), handler)
-    atexit.register(_log_cuda_peak, log)
+    atexit.register(_log_peaks, log)
     torch.set_num_threads(max(1, int(snakemake.threads)))
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
@@ -74,7 +74,7 @@ def claim_gpu(lock_dir: str | os.PathLike | None = None) -> int | None:
 _FAILED = []
 
 
-def _log_cuda_peak(log: logging.Logger) -> None:
+def _log_peaks(log: logging.Logger) -> None:
     """At a successful exit, log the job's peak host RSS (``peak host RSS: N bytes``, from getrusage: exact,
     where Snakemake's benchmark samples every 30 s) and peak CUDA memory (``peak CUDA memory allocated:
     N bytes``), read by ``benchmarks/rule_report.py`` for every rule alike."""

@@ -313,7 +313,8 @@ def install_interventions(
 
 def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
              scale=False, gate_threshold=None):
-    """``(flat x (N, W), pattern p (N, W) bool) -> keep (N, W) bool`` for one (layer, projection).
+    """``(flat x (N, W), pattern p (N, W) bool, |x| (N, W) float32) -> keep (N, W) bool`` for one
+    (layer, projection).
 
     Cluster modes also set ``choose.ids`` (``(N, m)`` int64 assigned centroid ids, or None) and
     ``choose.density`` (``(K,)`` float32 centroid densities) for the batch view."""
@@ -326,10 +327,8 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             raise RuntimeError(f"layer {layer}: MLP input has {h.shape[0]} positions, the hooked tensor {n_rows}")
         return predictor(h.float())
 
-    def choose(flat: torch.Tensor, p: torch.Tensor, absx: torch.Tensor | None = None) -> torch.Tensor:
+    def choose(flat: torch.Tensor, p: torch.Tensor, absx: torch.Tensor) -> torch.Tensor:
         choose.ids = None
-        if absx is None:
-            absx = flat.abs().float()
         if mode == "sparse":
             return p
         if mode == "cats":
