@@ -13,7 +13,10 @@ Prints one line per (mode, projections): best-of-repeats seconds and ratio to de
 ``--modes`` restricts the hook modes timed (``predicted`` and ``neuron_predicted`` get random linear
 predictors: K scores, and a rank-64 factorisation scoring every neuron). ``--profile`` adds, per row,
 the CUDA (or CPU) time of one forward by kernel: the share in matrix products and the top kernels
-outside them, i.e. what the masks cost beyond the dense products.
+outside them, i.e. what the masks cost beyond the dense products.  ``--routes fused,torch`` (the
+default where the fused kernels run, i.e. CUDA with Triton) times each mode through the one-pass
+Triton masking (``apc.perplexity.fused``) and through the torch route of the same hooks, and prints
+the per-window NLL of both and their largest difference (they must agree).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import torch
 import transformers
 
 from apc.common.projections import mlp_projections, projection_width
+from apc.perplexity import fused
 from apc.perplexity.masking import install_interventions
 
 
@@ -53,6 +57,8 @@ def main() -> None:
     ap.add_argument("--modes", default="sparse,centroid,centroid_only,random,threshold,predicted,neuron_predicted",
                     help="hook modes to time")
     ap.add_argument("--profile", action="store_true", help="break each row's forward down by kernel")
+    ap.add_argument("--routes", default=None,
+                    help="comma list of fused,torch (default: fused,torch where the fused kernels run, else torch)")
     ap.add_argument("--grouped-k", type=int, default=None,
                     help="also time centroid_only on down_in through the grouped kernel with this many centroids")
     args = ap.parse_args()
@@ -96,16 +102,28 @@ def main() -> None:
     dense = _time(model, windows, args.repeats)
     if args.profile:
         profiles.append(("dense", "", _profile(model, windows)))
-    rows = []
+    routes = (args.routes or ("fused,torch" if fused.enabled(windows.device) else "torch")).split(",")
+    rows, checks = [], []
     for mode in args.modes.split(","):
         for projs in (["gate", "up", "down"], ["down_in"]):
-            with install_interventions(model, mode, projections=projs, thresholds=thr, centroids=cents,
-                                       random_density=dens, keep_thresholds=thr, predictors=preds.get(mode),
-                                       neuron_density=dens, skip_first_position=True):
-                t = _time(model, windows, args.repeats)
-                if args.profile:
-                    profiles.append((mode, "+".join(projs), _profile(model, windows)))
-            rows.append((mode, "+".join(projs), t))
+            nll = {}
+            for route in routes:
+                with install_interventions(model, mode, projections=projs, thresholds=thr, centroids=cents,
+                                           random_density=dens, keep_thresholds=thr, predictors=preds.get(mode),
+                                           neuron_density=dens, skip_first_position=True, fused=route == "fused"):
+                    t = _time(model, windows, args.repeats)
+                    if args.profile and route == routes[0]:
+                        profiles.append((f"{mode} ({route})", "+".join(projs), _profile(model, windows)))
+                with install_interventions(model, mode, projections=projs, thresholds=thr, centroids=cents,
+                                           random_density=dens, keep_thresholds=thr, predictors=preds.get(mode),
+                                           neuron_density=dens, skip_first_position=True, fused=route == "fused",
+                                           seed=0):
+                    nll[route] = _nll(model, windows)
+                label = mode if len(routes) == 1 else f"{mode} ({route})"
+                rows.append((label, "+".join(projs), t))
+            if len(nll) > 1:
+                a, b = nll.values()
+                checks.append((mode, "+".join(projs), a, b))
     if args.grouped_k:
         from apc.perplexity.grouped import install_grouped
 
@@ -124,9 +142,21 @@ def main() -> None:
     print(f"{'dense':>13} {'':<13}: {dense:.4f} s  ratio 1.00")
     for mode, projs, t in rows:
         print(f"{mode:>13} {projs:<13}: {t:.4f} s  ratio {t / dense:.2f}", flush=True)
+    for mode, projs, a, b in checks:
+        print(f"NLL {mode} {projs}: per window {' '.join(f'{v:.6f}' for v in a.tolist())} ({routes[0]}) vs "
+              f"{' '.join(f'{v:.6f}' for v in b.tolist())} ({routes[1]}); max |difference| "
+              f"{(a - b).abs().max().item():.2e}")
     for mode, projs, (total, gemm, top) in profiles:
         print(f"profile {mode} {projs}: kernels {total * 1e3:.1f} ms, matrix products {gemm * 1e3:.1f} ms "
               f"({gemm / total:.0%}); outside them: " + "; ".join(f"{n} {ms * 1e3:.1f} ms x{c}" for n, ms, c in top))
+
+
+def _nll(model, windows) -> torch.Tensor:
+    """``(n_windows,)`` float64: mean next-token NLL of each window (position 0 not scored)."""
+    with torch.inference_mode():
+        logits = model(windows).logits.float()
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), windows[:, 1:], reduction="none")
+    return nll.double().mean(dim=1).cpu()
 
 
 class _Predictor(torch.nn.Module):

@@ -75,7 +75,10 @@ from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
+from apc.clustering.kernels import FP8_ONE, INT8_ONE
+from apc.clustering.lowp import ExactProduct, fp8_supported
 from apc.clustering.product import product_masks
+from apc.perplexity import fused as _fused
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "random_only", "threshold", "predicted",
          "neuron_predicted", "cats", "teal")
@@ -115,6 +118,7 @@ class Interventions:
         self._total = {p: 0 for p in self.projections}  # intervened positions * width
         self._layer_kept = {p: [0] * self.n_layers for p in self.projections}
         self._layer_total = {p: [0] * self.n_layers for p in self.projections}
+        self._acc = {p: [None] * self.n_layers for p in self.projections}  # fused route: (kept, active) float64
         self._input_kept = [0] * self.n_layers  # teal: kept MLP-input elements per layer
         self._input_total = [0] * self.n_layers
         # batch view, per projection, layer and B: [union sum, grouped-read sum, groups, grouped groups]
@@ -137,6 +141,24 @@ class Interventions:
     def __exit__(self, *exc) -> None:
         self.remove()
 
+    def _acc_for(self, proj: str, layer: int, device: torch.device) -> torch.Tensor:
+        acc = self._acc[proj][layer]
+        if acc is None:
+            acc = self._acc[proj][layer] = torch.zeros(2, dtype=torch.float64, device=device)
+        return acc
+
+    def _counts(self, proj: str, layer: int | None = None) -> tuple:
+        """(kept, active) of ``proj`` over all layers or one: the torch route's sums plus the fused route's."""
+        if layer is None:
+            kept, active = self._kept[proj], self._active[proj]
+            accs = [a for a in self._acc[proj] if a is not None]
+        else:
+            kept, active = self._layer_kept[proj][layer], 0
+            accs = [self._acc[proj][layer]] if self._acc[proj][layer] is not None else []
+        for a in accs:
+            kept, active = kept + a[0].item(), active + a[1].item()
+        return kept, active
+
     def stats(self) -> dict[str, dict]:
         """Per projection: ``kept_fraction`` (share of neurons the mask kept),
         ``active_fraction`` (share with |x| >= T), ``calls``, ``elements``
@@ -150,8 +172,7 @@ class Interventions:
             elif total == 0:
                 kept = active = float("nan")
             else:
-                kept = float(self._kept[p]) / total
-                active = float(self._active[p]) / total
+                kept, active = (float(v) / total for v in self._counts(p))
             out[p] = {"kept_fraction": kept, "active_fraction": active,
                       "calls": self.calls[p], "elements": total}
         return out
@@ -168,7 +189,8 @@ class Interventions:
         def share(num, den):
             return 1.0 if self.mode == "dense" else (float(num) / den if den else float("nan"))
 
-        kept = {p: [share(k, t) for k, t in zip(self._layer_kept[p], self._layer_total[p])] for p in self.projections}
+        kept = {p: [share(self._counts(p, l)[0], t) for l, t in enumerate(self._layer_total[p])]
+                for p in self.projections}
         inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.mode == "teal" else None
         return {"kept": kept, "input_kept": inp}
 
@@ -215,6 +237,7 @@ def install_interventions(
     gate_thresholds: Mapping[str, Sequence[float]] | None = None,
     input_thresholds: Sequence[float] | None = None,
     batch_sizes: Sequence[int] = (),
+    fused: bool | None = None,
 ) -> Interventions:
     """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
 
@@ -231,6 +254,8 @@ def install_interventions(
     gate_thresholds: ``{"down_in": [T per layer]}`` on ``|act(gate output)|`` (cats mode).
     input_thresholds: ``[T_in per layer]`` on the MLP input entering gate_proj and up_proj (teal mode).
     batch_sizes:     B values of the batch view (:meth:`Interventions.batch_view`); () = off.
+    fused:           one-pass Triton masking (:mod:`apc.perplexity.fused`): None = wherever it runs (CUDA with
+                     Triton), False = the torch route.  Both give the same outputs and statistics.
     """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
@@ -302,7 +327,8 @@ def install_interventions(
                                   keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
                                   k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
-                                  gate_threshold=gate_thr.get(proj, [None] * n_layers)[l])
+                                  gate_threshold=gate_thr.get(proj, [None] * n_layers)[l],
+                                  fused=_fused.enabled(dev) if fused is None else bool(fused) and _fused.enabled(dev))
                 fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional)
                 handle._handles.append(site.replace(proj, fn, skip_first_position))
     except BaseException:
@@ -312,13 +338,15 @@ def install_interventions(
 
 
 def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
-             scale=False, gate_threshold=None):
+             scale=False, gate_threshold=None, fused=False):
     """``(flat x (N, W), pattern p (N, W) bool, |x| (N, W) float32) -> keep (N, W) bool`` for one
     (layer, projection).
 
     Cluster modes also set ``choose.ids`` (``(N, m)`` int64 assigned centroid ids, or None) and
-    ``choose.density`` (``(K,)`` float32 centroid densities) for the batch view."""
-    density = cents.mean(dim=1) if cents is not None else None
+    ``choose.density`` (``(K,)`` float32 centroid densities) for the batch view.  With ``fused``,
+    ``choose.spec(flat, threshold)`` gives the arguments of :func:`apc.perplexity.fused.mask_rows`
+    instead (the same mask, without the float32 ``|x|`` and the pattern as tensors)."""
+    density = cents.density() if cents is not None else None
 
     def scores(n_rows: int) -> torch.Tensor:
         h = mlp_in[layer]
@@ -327,29 +355,45 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             raise RuntimeError(f"layer {layer}: MLP input has {h.shape[0]} positions, the hooked tensor {n_rows}")
         return predictor(h.float())
 
+    def gate_keep(n_rows: int) -> torch.Tensor:
+        g = mlp_in[layer]
+        g = g.reshape(-1, g.shape[-1])
+        if g.shape[0] != n_rows:
+            raise RuntimeError(f"layer {layer}: gate output has {g.shape[0]} positions, down_in {n_rows}")
+        return g.abs().float() >= gate_threshold
+
+    def random_keep(flat: torch.Tensor) -> torch.Tensor:
+        noise = torch.rand(flat.shape, generator=gen, device=flat.device)
+        if fused and 0 < k < flat.shape[1]:
+            r = _fused.top_n_float(noise, k)  # ties at the k-th value from the lowest position
+            if r is not None:
+                return r
+        return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device).scatter_(
+            1, noise.topk(k, dim=1).indices, True)
+
+    def weighted_keep(p: torch.Tensor | None, absx: torch.Tensor | None) -> torch.Tensor:
+        """Centroid masks of product cells (by pattern) and of the weighted oracle (by |x|)."""
+        if scale is False:  # product cells: nearest centroid per group
+            return product_masks(p.float(), cents.float(), n_groups)
+        w = absx if scale is None else absx * scale  # oracle by least missed weight |x| (or |x| * column scale)
+        return product_masks(w, cents.float(), n_groups)
+
     def choose(flat: torch.Tensor, p: torch.Tensor, absx: torch.Tensor) -> torch.Tensor:
         choose.ids = None
         if mode == "sparse":
             return p
         if mode == "cats":
-            g = mlp_in[layer].reshape(-1, flat.shape[-1])
-            if g.shape[0] != flat.shape[0]:
-                raise RuntimeError(f"layer {layer}: gate output has {g.shape[0]} positions, down_in {flat.shape[0]}")
-            return g.abs().float() >= gate_threshold
+            return gate_keep(flat.shape[0])
         if mode in ("centroid", "centroid_only"):
             if scale is False and n_groups == 1:  # oracle by the pattern: nearest centroid
-                ids = nearest_centroid(p.float(), cents)
+                ids = nearest_centroid(p.float(), cents.float())
                 choose.ids = ids[:, None]
-                m = cents.index_select(0, ids) > 0.5
-            elif scale is False:  # product cells: nearest centroid per group
-                m = product_masks(p.float(), cents, n_groups)
-            else:  # oracle by least missed weight |x| (or |x| * column scale)
-                w = absx if scale is None else absx * scale
-                m = product_masks(w, cents, n_groups)
+                m = cents.rows.index_select(0, ids)
+            else:
+                m = weighted_keep(p, absx)
             return m if mode == "centroid_only" else p & m
         if mode in _RANDOM_MODES:
-            noise = torch.rand(flat.shape, generator=gen, device=flat.device)
-            r = torch.zeros_like(p).scatter_(1, noise.topk(k, dim=1).indices, True)
+            r = random_keep(flat)
             return r & p if mode == "random" else r
         if mode in ("threshold", "teal"):
             return absx >= keep_threshold
@@ -357,10 +401,37 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
         if mode == "predicted":
             ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
             choose.ids = ids
-            return (cents[ids] > 0.5).any(dim=1)
+            return cents.rows[ids].any(dim=1)
         return top_n_mask(s, k_neuron)  # neuron_predicted
 
+    def spec(flat: torch.Tensor, threshold: float) -> dict:
+        choose.ids = None
+        if mode == "sparse":
+            return {"kind": "pattern"}
+        if mode in ("threshold", "teal"):
+            return {"kind": "threshold", "keep_threshold": keep_threshold}
+        if mode == "cats":
+            return {"kind": "keep", "keep": gate_keep(flat.shape[0])}
+        if mode in _RANDOM_MODES:
+            return {"kind": "keep", "keep": random_keep(flat), "and_pattern": mode == "random"}
+        if mode in ("centroid", "centroid_only"):
+            if scale is False and n_groups == 1:
+                ids = cents.nearest(flat, threshold)
+                choose.ids = ids[:, None]
+                return {"kind": "centroids", "centroids": cents.rows, "ids": choose.ids,
+                        "and_pattern": mode == "centroid"}
+            absx = flat.abs().float()
+            m = weighted_keep(absx >= threshold, absx)
+            return {"kind": "keep", "keep": m, "and_pattern": mode == "centroid"}
+        s = scores(flat.shape[0])
+        if mode == "predicted":
+            choose.ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
+            return {"kind": "centroids", "centroids": cents.rows, "ids": choose.ids}
+        keep = _fused.top_n_float(s, k_neuron)  # None for scores it does not take
+        return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(s, k_neuron)}
+
     choose.ids, choose.density = None, density
+    choose.spec = spec if fused else None
     return choose
 
 
@@ -371,34 +442,53 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
         handle.calls[proj] += 1
         w = x.shape[-1]
         flat = x.reshape(-1, w)
+        if choose.spec is not None and flat.stride(1) == 1:
+            return fused_apply(x, flat)
         absx = flat.abs().float()  # |x| once, for the pattern and the modes that threshold it again
         p = absx >= threshold
         keep = choose(flat, p, absx).view(x.shape)
         p = p.view(x.shape)
-        ids = getattr(choose, "ids", None)
-        if ids is not None:
-            ids = ids.view(*x.shape[:-1], ids.shape[-1])
         if skip_first and x.dim() >= 2:
             keep_s, p_s = keep[..., 1:, :], p[..., 1:, :]
-            ids_s = ids[..., 1:, :] if ids is not None else None
             keep = keep.clone()
             keep[..., 0, :] = True
         else:
-            keep_s, p_s, ids_s = keep, p, ids
+            keep_s, p_s = keep, p
         n_kept = keep_s.sum()
         handle._kept[proj] = handle._kept[proj] + n_kept
         handle._active[proj] = handle._active[proj] + p_s.sum()
-        handle._total[proj] += keep_s.numel()
         handle._layer_kept[proj][layer] = handle._layer_kept[proj][layer] + n_kept
-        handle._layer_total[proj][layer] += keep_s.numel()
-        if ids_s is not None:
+        record(x, keep_s.numel(), keep_s)
+        return x.masked_fill(~keep, 0)
+
+    def fused_apply(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        seq = x.shape[-2] if skip_first and x.dim() >= 2 else 0
+        args = choose.spec(flat, threshold)
+        acc = handle._acc_for(proj, layer, flat.device)
+        out = _fused.mask_rows(flat, threshold, acc, seq=seq, keep_out=bool(handle.batch_sizes), **args)
+        keep_s = None
+        if handle.batch_sizes:
+            out, keep = out
+            keep_s = keep.view(x.shape)[..., 1:, :] if seq else keep.view(x.shape)
+        n_rows, w = flat.shape
+        record(x, (n_rows - (n_rows // seq if seq else 0)) * w, keep_s)
+        return out.view(x.shape)
+
+    def record(x: torch.Tensor, n_counted: int, keep_s: torch.Tensor | None) -> None:
+        """Element totals, top-1 id counts and the batch view of one call (position 0 left out)."""
+        handle._total[proj] += n_counted
+        handle._layer_total[proj][layer] += n_counted
+        ids = getattr(choose, "ids", None)
+        if ids is not None:
+            ids = ids.view(*x.shape[:-1], ids.shape[-1])
+            if skip_first and x.dim() >= 2:
+                ids = ids[..., 1:, :]
             k = choose.density.shape[0]
-            counts = torch.bincount(ids_s[..., 0].reshape(-1), minlength=k)
+            counts = torch.bincount(ids[..., 0].reshape(-1), minlength=k)
             prev = handle._id_counts[proj][layer]
             handle._id_counts[proj][layer] = counts if prev is None else prev + counts
         if handle.batch_sizes:
-            _batch_view(handle._batch[proj][layer], keep_s, ids_s, getattr(choose, "density", None))
-        return x.masked_fill(~keep, 0)
+            _batch_view(handle._batch[proj][layer], keep_s, ids, getattr(choose, "density", None))
 
     return apply
 
@@ -477,8 +567,43 @@ def _check_thresholds(thresholds, projections, n_layers, mode, name="thresholds"
     return out
 
 
-def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[str, list[torch.Tensor]]:
-    """Validate and move centroid sets once: per projection, one (K, W) float32 tensor per layer."""
+class _CentroidSet:
+    """One ``(K, W)`` centroid set on one device: its rows as bool, and on first use its float32 copy
+    (torch route) and the one-byte operand of the exact assignment product (fused route)."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+        self.shape = rows.shape
+        self._float: torch.Tensor | None = None
+        self._product: tuple | None = None
+
+    def float(self) -> torch.Tensor:
+        if self._float is None:
+            self._float = self.rows.to(torch.float32)
+        return self._float
+
+    def density(self) -> torch.Tensor:
+        """``(K,)`` float32: the share of ones per centroid."""
+        return self.float().mean(dim=1) if self._float is not None else self.rows.to(torch.float32).mean(dim=1)
+
+    def nearest(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
+        """``(N,)`` int64: the nearest centroid (:func:`nearest_centroid`) of the pattern ``|x| >= threshold``
+        of ``x: (N, W)``, through the exact one-byte product (fp8 where the device has it, else int8)."""
+        dev = self.rows.device
+        if self._product is None:
+            name = "fp8" if fp8_supported(dev) else "int8"
+            prod = ExactProduct(name, dev, self.shape[1])
+            self._product = (prod, prod.prepare_centroids(self.rows), FP8_ONE if name == "fp8" else INT8_ONE)
+        prod, c, one = self._product
+        n = x.shape[0]
+        rows = max(32, -(-n // 16) * 16)
+        a = _fused.pattern_operand(x, threshold, one, rows, prod.cols)
+        a = a.view(torch.float8_e4m3fn if prod.name == "fp8" else torch.int8)
+        return prod.overlap(a, c, n, self.shape[0]).max(dim=1).indices
+
+
+def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[str, list[_CentroidSet]]:
+    """Validate and move centroid sets once: per projection, one (K, W) set per layer (shared when pooled)."""
     out = {}
     for p in projections:
         if centroids is None or p not in centroids:
@@ -502,7 +627,7 @@ def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[st
             src = l if c.shape[0] == n_layers else 0
             dev = site.device(p)
             if (src, dev) not in cache:
-                cache[(src, dev)] = c[src].to(device=dev, dtype=torch.float32).contiguous()
+                cache[(src, dev)] = _CentroidSet(c[src].to(device=dev).contiguous())
             per_layer.append(cache[(src, dev)])
         out[p] = per_layer
     return out
