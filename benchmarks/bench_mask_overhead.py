@@ -137,6 +137,9 @@ def main() -> None:
             with ctx:
                 t = _time(model, windows, args.repeats)
             rows.append((f"centroid_only K={args.grouped_k} ({kernel})", "down_in", t))
+    if "fused" in routes:
+        rows.extend(_top_n_rows(args.windows * args.seq_len, projection_width(model, "down_in"), windows.device,
+                                args.repeats))
     dense = min(dense, _time(model, windows, args.repeats))
     print(f"model {args.model}, {n_layers} layers, {args.windows} x {args.seq_len} tokens, K={args.k}, {args.device}")
     print(f"{'dense':>13} {'':<13}: {dense:.4f} s  ratio 1.00")
@@ -149,6 +152,30 @@ def main() -> None:
     for mode, projs, (total, gemm, top) in profiles:
         print(f"profile {mode} {projs}: kernels {total * 1e3:.1f} ms, matrix products {gemm * 1e3:.1f} ms "
               f"({gemm / total:.0%}); outside them: " + "; ".join(f"{n} {ms * 1e3:.1f} ms x{c}" for n, ms, c in top))
+
+
+def _top_n_rows(n, width, device, repeats):
+    """Rows of the table for the top-n selection alone (half of each row kept, uniform scores): the fused
+    kernel (its tuned configuration) against ``torch.topk`` and the kth-value route of ``top_n_mask``."""
+    from apc.clustering import top_n_mask
+
+    score = torch.rand(n, width, device=device)
+    k = width // 2
+    out = []
+    for name, fn in (("top-n fused", lambda: fused.top_n_float(score, k)),
+                     ("top-n torch.topk", lambda: score.topk(k, dim=1)),
+                     ("top-n kthvalue", lambda: top_n_mask(score, k))):
+        fn()
+        ts = []
+        for _ in range(max(3, repeats)):
+            torch.cuda.synchronize() if score.is_cuda else None
+            t0 = time.perf_counter()
+            fn()
+            torch.cuda.synchronize() if score.is_cuda else None
+            ts.append(time.perf_counter() - t0)
+        cfg = getattr(fused._top_n_tuned(), "best_config", None) if name == "top-n fused" and score.is_cuda else None
+        out.append((f"{name} {n}x{width}" + (f" ({cfg})" if cfg else ""), "", min(ts)))
+    return out
 
 
 def _nll(model, windows) -> torch.Tensor:

@@ -118,8 +118,8 @@ def test_top_n_float_keeps_the_stable_sort_set():
             torch.tensor([float("nan"), 1.0, float("-inf"), float("inf"), -2.0] * 10),
             torch.full((50,), 7.0)]
     score = torch.stack(rows).to(DEV)
-    for n in (1, 13, 25, 49, 50):
-        got = fused.top_n_float(score, n)
+    for n, config in zip((1, 13, 25, 49, 50), ((1, 4), (4, 4), (2, 8), (3, 4), None)):  # rows per program
+        got = fused.top_n_float(score, n, config)
         order = torch.argsort(score.cpu(), dim=1, descending=True, stable=True)[:, :n]
         want = torch.zeros(score.shape, dtype=torch.bool).scatter_(1, order, True)
         assert torch.equal(got.cpu(), want), n

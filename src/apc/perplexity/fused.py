@@ -32,6 +32,10 @@ import torch
 TILE = (8, 512)
 #: Widest row :func:`top_n_float` holds in one program.
 TOP_N_MAX_WIDTH = 16384
+#: Keys one program of :func:`top_n_float` holds at most (rows per program x padded width).
+TOP_N_KEYS = 1 << 15
+#: (rows per program, warps) that :func:`top_n_float` chooses among on CUDA.
+TOP_N_CONFIGS = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 4), (8, 4))
 KINDS = {"pattern": 0, "threshold": 1, "keep": 2, "centroids": 3}
 
 
@@ -73,6 +77,21 @@ def enabled(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_available() and not interpreting() and _kernels() is not None
     return device.type == "cpu" and _CPU["on"] and interpreting() and _kernels() is not None
+
+
+@functools.lru_cache(maxsize=None)
+def _top_n_tuned():
+    """The top-n kernel behind Triton's autotuner: the fastest of :data:`TOP_N_CONFIGS` per width."""
+    triton, tk = _kernels()
+
+    def prune(configs, named_args, **kwargs):
+        block = kwargs.get("BLOCK", named_args.get("BLOCK"))
+        kept = [c for c in configs if c.kwargs["ROWS"] * block <= TOP_N_KEYS]
+        return kept or configs[:1]
+
+    configs = [triton.Config({"ROWS": r}, num_warps=w) for r, w in TOP_N_CONFIGS]
+    return triton.autotune(configs, key=["width"], prune_configs_by={"early_config_prune": prune})(
+        tk.top_n_float_kernel)
 
 
 def _grid(n_rows: int, width: int) -> tuple[int, int]:
@@ -129,12 +148,14 @@ def pattern_operand(x: torch.Tensor, threshold: float, one: int, rows: int, cols
     return out
 
 
-def top_n_float(score: torch.Tensor, n_keep: int) -> torch.Tensor | None:
+def top_n_float(score: torch.Tensor, n_keep: int, config: tuple[int, int] | None = None) -> torch.Tensor | None:
     """``(n, width)`` bool keeping the ``n_keep`` highest of float32 ``score: (n, width)`` per row.
 
     Ties at the n-th value go to the lowest positions, ``-0.0`` equals ``+0.0`` and NaN ranks above
     everything: the set of a stable descending sort (:func:`apc.clustering.common.top_n_mask`).
     None where the kernel does not apply (not float32, rows wider than :data:`TOP_N_MAX_WIDTH`).
+    ``config``: (rows per program, warps); by default tuned per width among :data:`TOP_N_CONFIGS`
+    on CUDA (Triton's autotuner, on the first call), (1, 4) elsewhere.
     """
     n, width = score.shape
     if score.dtype != torch.float32 or width > TOP_N_MAX_WIDTH or not 0 < n_keep <= width or score.stride(1) != 1:
@@ -143,6 +164,11 @@ def top_n_float(score: torch.Tensor, n_keep: int) -> torch.Tensor | None:
     out = torch.empty((n, width), dtype=torch.bool, device=score.device)
     if n:
         block = triton.next_power_of_2(width)
-        tk.top_n_float_kernel[(n,)](score, out.view(torch.int8), width, score.stride(0), int(n_keep),
-                                    BLOCK=block, num_warps=8 if block >= 8192 else 4)
+        args = (score, out.view(torch.int8), n, width, score.stride(0), int(n_keep))
+        if config is None and score.is_cuda:  # tuned per width on first use
+            _top_n_tuned()[lambda meta: (-(-n // meta["ROWS"]),)](*args, BLOCK=block)
+        else:
+            rows, warps = config or (1, 4)
+            rows = 1 << (max(1, min(rows, TOP_N_KEYS // block)).bit_length() - 1)  # a power of two
+            tk.top_n_float_kernel[(-(-n // rows),)](*args, ROWS=rows, BLOCK=block, num_warps=warps)
     return out

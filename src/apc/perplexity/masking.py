@@ -483,8 +483,9 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
             ids = ids.view(*x.shape[:-1], ids.shape[-1])
             if skip_first and x.dim() >= 2:
                 ids = ids[..., 1:, :]
-            k = choose.density.shape[0]
-            counts = torch.bincount(ids[..., 0].reshape(-1), minlength=k)
+            top1 = ids[..., 0].reshape(-1)  # an index_add, not a bincount: no wait for the device
+            counts = torch.zeros(choose.density.shape[0], dtype=torch.int64, device=top1.device).index_add_(
+                0, top1, torch.ones_like(top1))
             prev = handle._id_counts[proj][layer]
             handle._id_counts[proj][layer] = counts if prev is None else prev + counts
         if handle.batch_sizes:

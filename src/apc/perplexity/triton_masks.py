@@ -63,28 +63,30 @@ def pattern_kernel(x_ptr, out_ptr, n_rows, width, x_stride, out_rows, out_cols, 
 
 
 @triton.jit
-def top_n_float_kernel(score_ptr, out_ptr, width, score_stride, n_keep, BLOCK: tl.constexpr):
-    # one row of float32 scores: the n_keep largest, ties at the n-th value from the lowest positions;
-    # -0.0 counts as +0.0 and NaN above everything (the order of a stable descending sort)
-    row = tl.program_id(0).to(tl.int64)
+def top_n_float_kernel(score_ptr, out_ptr, n_rows, width, score_stride, n_keep,
+                       ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    # ROWS rows of float32 scores: the n_keep largest of each, ties at the n-th value from the lowest
+    # positions; -0.0 counts as +0.0 and NaN above everything (the order of a stable descending sort)
+    rows = (tl.program_id(0) * ROWS + tl.arange(0, ROWS)).to(tl.int64)
     pos = tl.arange(0, BLOCK)
-    ok = pos < width
-    s = tl.load(score_ptr + row * score_stride + pos, mask=ok, other=0.0)
+    ok = (rows < n_rows)[:, None] & (pos < width)[None, :]
+    s = tl.load(score_ptr + rows[:, None] * score_stride + pos[None, :], mask=ok, other=0.0)
     s = tl.where(s == 0.0, 0.0, s)
     bits = s.to(tl.int32, bitcast=True)
     key = tl.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # order-preserving integer key
     key = tl.where(s != s, 0x7FFFFFFF, key)
-    lo = tl.min(tl.where(ok, key, 0x7FFFFFFF), axis=0).to(tl.int64)
-    hi = tl.max(tl.where(ok, key, -0x7FFFFFFF), axis=0).to(tl.int64) + 1
-    while hi - lo > 1:  # count(key >= lo) >= n_keep > count(key >= hi)
-        mid = (lo + (hi - lo) // 2).to(tl.int32)
-        if tl.sum(((key >= mid) & ok).to(tl.int32), axis=0) >= n_keep:
-            lo = mid.to(tl.int64)
-        else:
-            hi = mid.to(tl.int64)
-    v = lo.to(tl.int32)  # the n-th largest key
-    above = (key > v) & ok
-    at = (key == v) & ok
-    need = n_keep - tl.sum(above.to(tl.int32), axis=0)
-    keep = above | (at & (tl.cumsum(at.to(tl.int32), axis=0) <= need))
-    tl.store(out_ptr + row * width + pos, keep.to(tl.int8), mask=ok)
+    key = tl.where(ok, key, -0x80000000)  # below every real key: never counted
+    lo = tl.min(tl.where(ok, key, 0x7FFFFFFF), axis=1).to(tl.int64)
+    hi = tl.max(key, axis=1).to(tl.int64) + 1
+    for _ in range(33):  # bisection per row: count(key >= lo) >= n_keep > count(key >= hi)
+        mid = lo + (hi - lo) // 2
+        c = tl.sum((key >= mid.to(tl.int32)[:, None]).to(tl.int32), axis=1)
+        big = c >= n_keep
+        lo = tl.where(big, mid, lo)
+        hi = tl.where(big, hi, mid)
+    v = lo.to(tl.int32)[:, None]  # the n-th largest key of each row
+    above = key > v
+    at = key == v
+    need = n_keep - tl.sum(above.to(tl.int32), axis=1)
+    keep = above | (at & (tl.cumsum(at.to(tl.int32), axis=1) <= need[:, None]))
+    tl.store(out_ptr + rows[:, None] * width + pos[None, :], keep.to(tl.int8), mask=ok)
