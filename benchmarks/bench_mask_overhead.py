@@ -149,8 +149,10 @@ def main() -> None:
         print(f"NLL {mode} {projs}: per window {' '.join(f'{v:.6f}' for v in a.tolist())} ({routes[0]}) vs "
               f"{' '.join(f'{v:.6f}' for v in b.tolist())} ({routes[1]}); max |difference| "
               f"{(a - b).abs().max().item():.2e}")
+    base = profiles[0][2][0] if profiles else None
     for mode, projs, (total, gemm, top) in profiles:
-        print(f"profile {mode} {projs}: kernels {total * 1e3:.1f} ms, matrix products {gemm * 1e3:.1f} ms "
+        print(f"profile {mode} {projs}: kernels {total * 1e3:.1f} ms ({total / base:.2f}x dense's), "
+              f"matrix products {gemm * 1e3:.1f} ms "
               f"({gemm / total:.0%}); outside them: " + "; ".join(f"{n} {ms * 1e3:.1f} ms x{c}" for n, ms, c in top))
 
 
