@@ -52,6 +52,7 @@ def _run(model, windows, mode, fused_route, batch_sizes=(), **kw):
     with install_interventions(model, mode, skip_first_position=True, fused=fused_route,
                                batch_sizes=batch_sizes, **kw) as h, torch.inference_mode():
         logits = model(windows).logits
+        assert (h.fused_calls == sum(h.calls.values()) > 0) if fused_route else h.fused_calls == 0
         return logits, h.stats(), h.layer_stats(), h.batch_view(), h.id_counts()
 
 
@@ -106,7 +107,7 @@ def test_fused_route_equals_the_torch_route(model, windows, mode, projs, kw, bat
     got = _run(model, windows, mode, True, batch_sizes, projections=projs, **kw)
     assert torch.equal(got[0], ref[0]), "masked logits differ"
     assert got[1:] == ref[1:]
-    dense = _run(model, windows, "dense", None)[0]
+    dense = _run(model, windows, "dense", False)[0]
     assert not torch.equal(got[0], dense)  # the masks did something
 
 
@@ -163,3 +164,28 @@ def test_pattern_operand_pads_with_zeros():
     want = torch.zeros(32, 32, dtype=torch.uint8)
     want[:5, :20] = (x.abs() >= 0.5).to(torch.uint8) * 0x38
     assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["phi3", "opt", "gpt2", "olmoe", "mixtral"])
+def test_fused_route_on_every_ffn_family(name):
+    """Fused halves (Phi-3, strided views), non-gated MLPs (OPT, GPT-2's Conv1D) and expert rows (OLMoE,
+    Mixtral: flat routed rows, some experts with few or no tokens) give the torch route's logits."""
+    from apc.common.sites import ffn_sites, model_family, prepare_for_sites
+    from tiny_families import VOCAB, tiny_model
+
+    model = prepare_for_sites(tiny_model(name)).to(DEV)
+    windows = torch.randint(3, VOCAB, (2, 10), generator=torch.Generator().manual_seed(1))
+    windows[:, 0] = 1
+    windows = windows.to(DEV)
+    sites = ffn_sites(model)
+    widths = {p: sites[0].width(p) for p in model_family(model).projections}
+    n = len(sites)
+    g = torch.Generator().manual_seed(4)
+    kw = {"projections": list(widths), "thresholds": {p: [0.02] * n for p in widths}}
+    cases = {"sparse": {}, "centroid": {"centroids": {p: torch.rand(1, 5, w, generator=g) < 0.5 for p, w in widths.items()}},
+             "random_only": {"random_density": {p: 0.5 for p in widths}, "seed": 2}}
+    for mode, extra in cases.items():
+        ref = _run(model, windows, mode, False, (), **kw, **extra)
+        got = _run(model, windows, mode, True, (), **kw, **extra)
+        assert torch.equal(got[0], ref[0]), mode
+        assert got[1:] == ref[1:], mode

@@ -101,7 +101,7 @@ class Interventions:
     """Handle returned by :func:`install_interventions`.
 
     ``remove()`` detaches every hook (also done on leaving a ``with`` block).
-    ``calls[proj]`` counts hook calls; ``stats()`` and ``kept_fraction()``
+    ``calls[proj]`` counts hook calls (``fused_calls`` those through the fused route); ``stats()`` and ``kept_fraction()``
     report what the masks kept over all intervened positions.
     """
 
@@ -113,6 +113,7 @@ class Interventions:
         self.n_layers = int(n_layers)
         self.batch_sizes = tuple(int(b) for b in batch_sizes)
         self.calls = {p: 0 for p in self.projections}
+        self.fused_calls = 0  # hook calls that took the one-pass Triton route
         self._kept = {p: 0 for p in self.projections}  # device tensors after the first call
         self._active = {p: 0 for p in self.projections}
         self._total = {p: 0 for p in self.projections}  # intervened positions * width
@@ -462,6 +463,7 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
         return x.masked_fill(~keep, 0)
 
     def fused_apply(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        handle.fused_calls += 1
         seq = x.shape[-2] if skip_first and x.dim() >= 2 else 0
         args = choose.spec(flat, threshold)
         acc = handle._acc_for(proj, layer, flat.device)
