@@ -1,10 +1,17 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
-import torch
+
+# Torch's OpenMP threads sleep instead of spinning while they wait: the Snakemake runs of the session share
+# the cores with this process (and with each other), and spinning threads that wait for a descheduled one
+# make a pass many times slower (4 s against 26 s for the same matrix products here); results are unchanged.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -25,14 +32,82 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+class DagRun:
+    """``python -m snakemake --cores 2 *args`` in the repository root, started in the background at creation;
+    :meth:`result` waits for it; the session's end stops any still running."""
+
+    started: list = []
+
+    def __init__(self, *args):
+        self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        self.proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=ROOT,
+                                     stdout=self._out, stderr=self._err, text=True)
+        self._res = None
+        DagRun.started.append(self)
+
+    def result(self, check=True) -> subprocess.CompletedProcess:
+        """The finished run (``returncode``, ``stdout``, ``stderr``); an ``AssertionError`` with the output's tail
+        when it failed and ``check``."""
+        if self._res is None:
+            rc = self.proc.wait()
+            out = []
+            for f in (self._out, self._err):
+                f.seek(0)
+                out.append(f.read())
+                f.close()
+            self._res = subprocess.CompletedProcess(self.proc.args, rc, *out)
+        res = self._res
+        if check and res.returncode != 0:
+            raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
+        return res
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
 def snakemake(*args, check=True):
     """Run this checkout's workflow (``python -m snakemake --cores 2 *args`` in the repository root);
     an ``AssertionError`` with the output's tail when it fails and ``check``."""
-    cmd = [sys.executable, "-m", "snakemake", "--cores", "2", *args]
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if check and res.returncode != 0:
-        raise AssertionError(f"snakemake failed ({res.returncode}):\n{res.stdout[-3000:]}\n{res.stderr[-6000:]}")
-    return res
+    return DagRun(*args).result(check)
+
+
+# Long Snakemake runs that session fixtures read start when the session starts, in the background, so that
+# they use the core the other tests leave idle and run side by side with each other:
+# ``@start_early("fixture")`` registers ``start(tmp_path_factory, items)`` (``items``: the selected tests that
+# use ``fixture``), and the fixture gets what it returned from ``started("fixture", tmp_path_factory)``,
+# which starts it then if no selected test used the fixture at the session's start.
+_EARLY: dict = {}
+_STARTED: dict = {}
+
+
+def start_early(fixture):
+    def register(start):
+        _EARLY[fixture] = start
+        return start
+    return register
+
+
+def started(fixture, tmp_path_factory, items=()):
+    if fixture not in _STARTED:
+        _STARTED[fixture] = _EARLY[fixture](tmp_path_factory, list(items))
+    return _STARTED[fixture]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _early_runs(request, tmp_path_factory):
+    for fixture in _EARLY:
+        items = [item for item in request.session.items
+                 if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker("skip")]
+        if items:
+            started(fixture, tmp_path_factory, items)
+    yield
+    for run in DagRun.started:
+        run.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from apc.common.layout import Cell, Layout
 from apc.extraction.natural import ZERO_THRESHOLD
 from apc.extraction.patterns import PatternReader
 from apc.extraction.routing import RoutingReader
-from conftest import ROOT, snakemake
+from conftest import ROOT, DagRun, snakemake, start_early, started
 from tiny_families import D_FF, N_LAYERS, save_tiny
 
 pytestmark = pytest.mark.slow
@@ -56,22 +56,38 @@ def targets(name, res):
 
 
 class Runs:
-    """``runs[name]`` -> ``(model folder, results folder)``: the family's DAG, run once per session on first use."""
+    """``runs[name]`` -> ``(model folder, results folder)``: the family's DAG, run once per session; the DAGs
+    of the families the selected tests need run side by side, started with the session (conftest.start_early)."""
 
     def __init__(self, root):
-        self.root, self.done = root, {}
+        self.root, self.started, self.done = root, {}, {}
+
+    def start(self, name):
+        if name not in self.started:
+            folder, res = save_tiny(name, self.root / f"tiny-{name}"), self.root / name
+            self.started[name] = (folder, res, DagRun(*targets(name, res), *config_args(name, folder, res)))
 
     def __getitem__(self, name):
         if name not in self.done:
-            folder, res = save_tiny(name, self.root / f"tiny-{name}"), self.root / name
-            snakemake(*targets(name, res), *config_args(name, folder, res))
+            self.start(name)
+            folder, res, run = self.started[name]
+            run.result()
             self.done[name] = (folder, res)
         return self.done[name]
 
 
+@start_early("runs")
+def start_runs(tmp_path_factory, items):
+    runs = Runs(tmp_path_factory.mktemp("families"))
+    names = {item.callspec.params.get("name") if hasattr(item, "callspec") else None for item in items}
+    for name in sorted(names - {None}) + (list(ALWAYS) if None in names else []):  # no name: one of each kind
+        runs.start(name)
+    return runs
+
+
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
-    return Runs(tmp_path_factory.mktemp("families"))
+    return started("runs", tmp_path_factory)
 
 
 def _load(folder):

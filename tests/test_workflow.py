@@ -9,16 +9,23 @@ import pytest
 
 from apc.common.layout import Cell, Layout
 from apc.extraction.patterns import PatternReader
-from conftest import ROOT, snakemake
+from conftest import ROOT, DagRun, snakemake, start_early, started
 
 pytestmark = pytest.mark.slow
 PROJS = ["gate", "up", "down", "down_in"]
 
 
+@start_early("smoke")
+def start_smoke(tmp_path_factory, items):
+    out = tmp_path_factory.mktemp("wf") / "smoke"
+    return out, DagRun("--config", "preset=smoke", f"outdir={out}")
+
+
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    out = tmp_path_factory.mktemp("wf") / "smoke"
-    snakemake("--config", "preset=smoke", f"outdir={out}")
+    """The whole smoke DAG, run once per session (started with the session: conftest.start_early)."""
+    out, run = started("smoke", tmp_path_factory)
+    run.result()
     return out
 
 
@@ -70,10 +77,12 @@ def test_dry_run_after_a_full_run_has_nothing_to_do(smoke):
 
 
 def test_bad_config_stops_with_one_clear_message(tmp_path):
-    res = snakemake("-n", "--config", "preset=smoke", f"outdir={tmp_path}", "extract={sparsity: 1.5}", check=False)
+    sparsity = DagRun("-n", "--config", "preset=smoke", f"outdir={tmp_path}", "extract={sparsity: 1.5}")
+    unknown = DagRun("-n", "--config", "preset=smoke", "clustr={k: [2]}")  # both dry runs side by side
+    res = sparsity.result(check=False)
     assert res.returncode != 0
     assert "config key 'extract.sparsity'" in res.stdout + res.stderr
-    res = snakemake("-n", "--config", "preset=smoke", "clustr={k: [2]}", check=False)
+    res = unknown.result(check=False)
     assert res.returncode != 0 and "config key 'clustr': unknown key" in res.stdout + res.stderr
 
 
@@ -367,13 +376,15 @@ def test_mlflow_one_run_per_frontier_point(smoke):
 
 
 def test_frontier_bad_configs_stop_with_one_clear_message(tmp_path):
-    for override, message in [
+    cases = [
         ("predict={kinds: [linear, forest]}", "config key 'predict.kinds.1'"),
         ("predict={top_m: [9]}", "config key 'predict.top_m': [9] exceed K=8"),
         ("frontier={cells: [{method: nosuch, k: 8, scope: per_layer}]}", "config key 'frontier.cells': unknown method"),
         ("frontier={pset: {gate: [up]}}", "config key 'frontier.pset.gate'"),
-    ]:
-        res = snakemake("-n", "--config", "preset=smoke", f"outdir={tmp_path}", override, check=False)
+    ]
+    runs = [DagRun("-n", "--config", "preset=smoke", f"outdir={tmp_path}", override) for override, _ in cases]
+    for (override, message), run in zip(cases, runs):  # the dry runs ran side by side
+        res = run.result(check=False)
         assert res.returncode != 0 and message in res.stdout + res.stderr, (override, res.stderr[-2000:])
 
 
