@@ -34,3 +34,22 @@ def test_jobs_on_a_multi_gpu_machine_take_free_gpus_in_turn(tmp_path, monkeypatc
         lock.release()
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert rulekit.claim_gpu(tmp_path) is None  # one GPU: nothing to choose
+
+
+def test_thread_count_reaches_torch_imported_after_start():
+    """A job that imports torch only after ``start`` (or never) still runs with its rule's threads."""
+    import subprocess
+    import sys
+
+    code = ("import sys, types\n"
+            "from apc.common.rulekit import start\n"
+            "sm = types.SimpleNamespace(log=[], threads=1, wildcards=types.SimpleNamespace(), "
+            "params=types.SimpleNamespace())\n"
+            "start(sm, 'probe')\n"
+            "assert 'torch' not in sys.modules, 'start imported torch'\n"
+            "import torch\n"
+            "print(torch.get_num_threads())\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env["PYTHONPATH"] = str(ROOT / "src")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.split()[-1] == "1"

@@ -17,9 +17,10 @@ def start(snakemake, name: str) -> logging.Logger:
 
     An exception that stops the job is appended to the log file too, traceback and all, so the
     log ends with the same one-line error that reaches the console (:func:`log_uncaught`).
-    The torch thread count is set when the job has imported torch (every script that computes with it
-    imports it before calling this); the others (summary, plots, tracking) never load it, which saves
-    its import time, a few seconds per job.
+    The torch thread count is set without importing torch: through ``torch.set_num_threads`` where the
+    script has imported it, else through ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``, which torch reads when a
+    later import loads it.  Jobs that never compute with torch (summary, plots, tracking) so skip its
+    import time, a few seconds per job.
     """
     log = get_logger(f"apc.rules.{name}")
     if snakemake.log:
@@ -28,9 +29,12 @@ def start(snakemake, name: str) -> logging.Logger:
         logging.getLogger("apc").addHandler(handler)
         log_uncaught(str(snakemake.log[0]), handler)
     atexit.register(_log_peaks, log)
+    threads = max(1, int(snakemake.threads))
     torch = sys.modules.get("torch")
     if torch is not None:
-        torch.set_num_threads(max(1, int(snakemake.threads)))
+        torch.set_num_threads(threads)
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(threads)
     check_library_source()
     wc = dict(snakemake.wildcards.items()) if hasattr(snakemake.wildcards, "items") else {}
     log.info("rule %s started%s (threads=%d)", name, f" for {wc}" if wc else "", snakemake.threads)
@@ -38,7 +42,9 @@ def start(snakemake, name: str) -> logging.Logger:
     if device in ("cuda", "auto"):
         gpu = claim_gpu()
         if gpu is not None:
-            log.info("running on GPU %d of %d (a free slot of this machine)", gpu, sys.modules["torch"].cuda.device_count())
+            import torch
+
+            log.info("running on GPU %d of %d (a free slot of this machine)", gpu, torch.cuda.device_count())
     return log
 
 
