@@ -82,6 +82,7 @@ class ExactProduct:
         self.device = device
         self.width = int(width)
         self.one_byte = name in ("fp8", "int8")
+        self.one = FP8_ONE if name == "fp8" else INT8_ONE  # the byte of a 1 in a one-byte operand
         self.cols = _round_up(width, _ALIGN) if self.one_byte else self.width
         self._buffer: torch.Tensor | None = None
         self._scale = torch.ones((), dtype=torch.float32, device=device)
@@ -93,17 +94,22 @@ class ExactProduct:
             return contextlib.nullcontext()
         return exact_matmul(self.device, allow_tf32=self.name != "fp32")
 
-    def _view(self, raw: torch.Tensor) -> torch.Tensor:
+    def view(self, raw: torch.Tensor) -> torch.Tensor:
+        """A one-byte ``uint8`` operand viewed as the product's dtype (``float8_e4m3fn`` or ``int8``)."""
         return raw.view(torch.float8_e4m3fn if self.name == "fp8" else torch.int8)
+
+    def padded_rows(self, m: int) -> int:
+        """Rows of a one-byte operand holding ``m`` rows (zero rows up to what the kernels accept)."""
+        return max(_MIN_ROWS, _round_up(m, _ALIGN))
 
     def prepare_centroids(self, centroids: torch.Tensor) -> torch.Tensor:
         """``(K, width)`` bool -> operand (``(K_pad, cols)`` one-byte, or ``(K, width)`` float)."""
         if not self.one_byte:
             return centroids.to(self.dtype)
         k = centroids.shape[0]
-        out = torch.zeros((max(_MIN_ROWS, _round_up(k, _ALIGN)), self.cols), dtype=torch.uint8, device=self.device)
-        out[:k, : self.width] = centroids.to(torch.uint8) * (FP8_ONE if self.name == "fp8" else INT8_ONE)
-        return self._view(out)
+        out = torch.zeros((self.padded_rows(k), self.cols), dtype=torch.uint8, device=self.device)
+        out[:k, : self.width] = centroids.to(torch.uint8) * self.one
+        return self.view(out)
 
     def unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Packed block -> ``(operand, row sums (m,) float32)``."""
@@ -111,12 +117,12 @@ class ExactProduct:
         if not self.one_byte:
             x = unpack_torch(packed, self.width, self.dtype)
             return x, x.sum(dim=1, dtype=torch.float32)
-        rows = max(_MIN_ROWS, _round_up(m, _ALIGN))
+        rows = self.padded_rows(m)
         if self._buffer is None or self._buffer.shape[0] < rows:
             self._buffer = torch.empty((rows, self.cols), dtype=torch.uint8, device=self.device)
         raw, rowsum = unpack_operand(packed, self.width, rows, self.cols,
-                                     FP8_ONE if self.name == "fp8" else INT8_ONE, out=self._buffer)
-        return self._view(raw), rowsum.to(torch.float32)
+                                     self.one, out=self._buffer)
+        return self.view(raw), rowsum.to(torch.float32)
 
     def overlap(self, x: torch.Tensor, c: torch.Tensor, m: int, k: int) -> torch.Tensor:
         """``(m, K)`` exact counts ``x @ c.T`` (float32; int32 for int8), padding cut off."""

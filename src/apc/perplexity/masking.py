@@ -75,7 +75,6 @@ from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
-from apc.clustering.kernels import FP8_ONE, INT8_ONE
 from apc.clustering.lowp import ExactProduct, fp8_supported
 from apc.clustering.product import product_masks
 from apc.perplexity import fused as _fused
@@ -329,7 +328,7 @@ def install_interventions(
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
                                   k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
                                   gate_threshold=gate_thr.get(proj, [None] * n_layers)[l],
-                                  fused=_fused.enabled(dev) if fused is None else bool(fused) and _fused.enabled(dev))
+                                  fused=fused is not False and _fused.enabled(dev))
                 fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional)
                 handle._handles.append(site.replace(proj, fn, skip_first_position))
     except BaseException:
@@ -586,22 +585,19 @@ class _CentroidSet:
         return self._float
 
     def density(self) -> torch.Tensor:
-        """``(K,)`` float32: the share of ones per centroid."""
-        return self.float().mean(dim=1) if self._float is not None else self.rows.to(torch.float32).mean(dim=1)
+        """``(K,)`` float32: the share of ones per centroid (no float32 copy kept for it)."""
+        return (self._float if self._float is not None else self.rows.to(torch.float32)).mean(dim=1)
 
     def nearest(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
         """``(N,)`` int64: the nearest centroid (:func:`nearest_centroid`) of the pattern ``|x| >= threshold``
         of ``x: (N, W)``, through the exact one-byte product (fp8 where the device has it, else int8)."""
-        dev = self.rows.device
         if self._product is None:
-            name = "fp8" if fp8_supported(dev) else "int8"
-            prod = ExactProduct(name, dev, self.shape[1])
-            self._product = (prod, prod.prepare_centroids(self.rows), FP8_ONE if name == "fp8" else INT8_ONE)
-        prod, c, one = self._product
+            dev = self.rows.device
+            prod = ExactProduct("fp8" if fp8_supported(dev) else "int8", dev, self.shape[1])
+            self._product = (prod, prod.prepare_centroids(self.rows))
+        prod, c = self._product
         n = x.shape[0]
-        rows = max(32, -(-n // 16) * 16)
-        a = _fused.pattern_operand(x, threshold, one, rows, prod.cols)
-        a = a.view(torch.float8_e4m3fn if prod.name == "fp8" else torch.int8)
+        a = prod.view(_fused.pattern_operand(x, threshold, prod.one, prod.padded_rows(n), prod.cols))
         return prod.overlap(a, c, n, self.shape[0]).max(dim=1).indices
 
 
