@@ -15,9 +15,10 @@ env: $(STAMP)
 $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	$(BIN)/python -m pip install --quiet --no-deps -r requirements-embedded.txt
+	# --no-compile: bytecode is written on first import, for the modules used only (halves the install time)
+	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps -r requirements-embedded.txt
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -3,7 +3,9 @@ import pytest
 import torch
 
 from apc.extraction.extract import calibrate_thresholds, extract_patterns
-from apc.extraction.ffn_inputs import FfnInputReader, FfnInputWriter, extract_ffn_inputs, ffn_input_path
+from apc.extraction.extract import decoder_body
+from apc.extraction.ffn_inputs import (FfnInputCapture, FfnInputReader, FfnInputWriter, extract_ffn_inputs,
+                                      ffn_input_path)
 from apc.extraction.patterns import PatternReader, pattern_path
 from apc.prediction import layer_data
 
@@ -81,3 +83,50 @@ def test_store_mismatch_and_partial_writes_are_errors(tiny_llama, tmp_path):
     w.abort()
     with pytest.raises(FileNotFoundError, match="missing file"):
         FfnInputReader(tmp_path / "y" / "L00.npy")
+
+
+def test_capture_in_the_pattern_pass_writes_the_same_store(tiny_llama, tmp_path):
+    # the workflow captures the FFN inputs in extract_patterns' own pass: the same files, byte for byte
+    windows = _windows()
+    thr = calibrate_thresholds(tiny_llama, windows, ["gate"], 0.5, skip_first=True)
+    extract_ffn_inputs(tiny_llama, windows, tmp_path / "alone", "train", {"model": "tiny"}, skip_first=True,
+                       max_tokens=20, sample_seed=3)
+    capture = FfnInputCapture(tiny_llama, tmp_path / "shared", "train", {"model": "tiny"}, 33, skip_first=True,
+                              max_tokens=20, sample_seed=3)
+    with capture:
+        extract_patterns(tiny_llama, windows, thr, ["gate"], tmp_path / "patterns", "train", {}, skip_first=True)
+    summary = capture.summary(1.0, 3, 12)
+    assert summary["n_tokens"] == 20 and summary["n_split_tokens"] == 33 and len(summary["max_abs"]) == 3
+    for layer in range(3):
+        a, b = (ffn_input_path(tmp_path / d, "train", layer) for d in ("alone", "shared"))
+        assert a.read_bytes() == b.read_bytes()
+        assert FfnInputReader(a).meta == FfnInputReader(b).meta
+
+
+def test_a_failed_shared_pass_leaves_no_ffn_input_file(tiny_llama, tmp_path):
+    windows = _windows()
+    capture = FfnInputCapture(tiny_llama, tmp_path, "train", {}, 22, skip_first=True)  # 3 windows deliver 33 rows
+    with pytest.raises(ValueError):
+        with capture:
+            with torch.inference_mode():
+                for w in windows:
+                    tiny_llama(w[None])
+    assert not list((tmp_path / "train").glob("*.npy"))
+    assert not capture._handles
+
+
+def test_capture_passes_skip_the_lm_head(tiny_llama, tmp_path):
+    # the capture passes run the decoder body only; every layer sees the same input as in a full pass
+    assert decoder_body(tiny_llama) is tiny_llama.model
+    body = torch.nn.Linear(2, 2)
+    assert decoder_body(body) is body
+    calls = []
+    hook = tiny_llama.lm_head.register_forward_hook(lambda *a: calls.append(1))
+    try:
+        extract_ffn_inputs(tiny_llama, _windows(), tmp_path, "test", {}, skip_first=False)
+    finally:
+        hook.remove()
+    assert calls == []
+    seen = _mlp_inputs(tiny_llama, _windows())  # a full pass, head included
+    got = FfnInputReader(ffn_input_path(tmp_path, "test", 2)).rows()
+    assert np.array_equal(got.view(np.uint16), torch.cat([x[0] for x in seen[2]]).half().numpy().view(np.uint16))

@@ -37,8 +37,8 @@ def res(preset="default", **over):
 # --------------------------------------------------------------------------- config and sweep
 
 
-def test_default_adds_down_in_weighted_and_product_cells_without_multiplying_the_sweep():
-    c = res()
+def test_extra_cells_add_down_in_weighted_and_product_cells_without_multiplying_the_sweep():
+    c = res("frontier")  # the default's cells plus product APC
     cells = grid_cells(c)
     down_in = {x for x in cells if x.proj == "down_in"}
     assert {(x.method, x.k) for x in down_in} == {("apc", 128), ("apc_weighted", 128), ("apc_product", 64)}
@@ -234,8 +234,8 @@ def test_perplexity_batches_chunk_each_set_and_find_a_cells_batch(tmp_path):
     from apc.common.sweep import perplexity_batch_of, perplexity_batches
 
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    for size, want in ((2, {"paper": [2, 1], "down_in": [2, 1]}), (None, {"paper": [3], "down_in": [3]}),
-                       (1, {"paper": [1] * 3, "down_in": [1] * 3})):
+    for size, want in ((2, {"paper": [2, 1], "down_in": [2]}), (None, {"paper": [3], "down_in": [2]}),
+                       (1, {"paper": [1] * 3, "down_in": [1] * 2})):
         c = resolve({**raw, "outdir": str(tmp_path / "res"), "perplexity": {"batch_cells": size}}, root=ROOT)
         batches = perplexity_batches(c)
         assert {p: [len(cells) for q, _, cells in batches if q == p] for p in want} == want

@@ -19,7 +19,7 @@ from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.projections import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
 from apc.common.rulekit import dataset_name
-from apc.common.storage import storage_plan
+from apc.common.storage import ffn_inputs_captured, storage_plan
 from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
 
@@ -168,6 +168,7 @@ def _uses_cuda():
 
 GPU = int(_uses_cuda())
 STORAGE_PLAN = storage_plan(C, root=workflow.basedir)  # every store's planned bytes (also printed at start)
+FFN_INPUTS = ffn_inputs_captured(C)  # extract_patterns also writes the FFN-input stores
 N_PARAMS, N_LAYERS, FFN_WIDTH, D_MODEL, MODEL_WIDTHS = _model_shape()
 WEIGHTS_MB = N_PARAMS * {"float32": 4, "bfloat16": 2, "float16": 2}[C["model"]["dtype"]] / 2**20
 # prepare_model converts a GGUF file or fetches from the hub (the weights in RAM twice); for a local

@@ -83,10 +83,13 @@ rule extract_patterns:
         thresholds=L.thresholds(),
     output:
         directory(L.patterns("{split}")),
+        # the predictors' and the frontier calibration's FFN inputs, captured in the same pass
+        **({"ffn": directory(L.ffn_inputs("{split}"))} if FFN_INPUTS else {}),
     params:
         extract=C["extract"],
         store=lambda wc: {"patterns": C["store"]["patterns"][wc.split],
-                          "magnitudes": C["store"]["magnitudes"][wc.split], "seed": C["store"]["seed"]},
+                          "magnitudes": C["store"]["magnitudes"][wc.split], "seed": C["store"]["seed"],
+                          **({"ffn_inputs": C["store"]["ffn_inputs"][wc.split]} if FFN_INPUTS else {})},
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]

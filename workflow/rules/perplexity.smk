@@ -15,7 +15,7 @@ rule perplexity_dense:
         dataset=dataset_name(C["data"]),
         mode="dense",
         projections=[],
-    threads: C["threads"]
+    threads: 1  # beside the one-thread jobs: a two-thread job waits until both cores are free at once
     priority: 50
     log:
         L.log("perplexity_dense"),
@@ -40,7 +40,7 @@ rule perplexity_sparse:
         dataset=dataset_name(C["data"]),
         mode="sparse",
         projections=lambda wc: pset_projections(wc.pset),
-    threads: C["threads"]
+    threads: 1  # beside the one-thread jobs: a two-thread job waits until both cores are free at once
     priority: 50
     log:
         L.log("perplexity_sparse", pset="{pset}"),

@@ -2,28 +2,6 @@
 # thresholds per kept share, a cluster-id predictor per (frontier cell, kind), neuron predictors.
 
 
-rule extract_ffn_inputs:
-    input:
-        model=L.manifest(),
-        tokens=L.tokens("{split}"),
-    output:
-        directory(L.ffn_inputs("{split}")),
-    params:
-        device=C["device"],
-        dataset=dataset_name(C["data"]),
-        store=lambda wc: {"rows": C["store"]["ffn_inputs"][wc.split], "seed": C["store"]["seed"]},
-    threads: C["threads"]
-    priority: 50
-    log:
-        L.log("extract_ffn_inputs", split="{split}"),
-    resources:
-        **model_job(C["data"]["train_tokens"]),
-    benchmark:
-        L.benchmark("extract_ffn_inputs", split="{split}")
-    script:
-        "../scripts/extract_ffn_inputs.py"
-
-
 rule calibrate_kept_shares:
     # T_rho of the threshold line: other quantiles of the calibration pass's histograms (no model pass).
     input:
@@ -59,7 +37,7 @@ rule calibrate_frontier:
         step=C["frontier"]["allocation_step"],
         seed=C["predict"]["seed"],
         device=C["device"],
-    threads: C["threads"]
+    threads: 1  # so that it starts early, beside the clustering jobs, and the CATS and TEAL lines with it
     priority: 45
     log:
         L.log("calibrate_frontier"),

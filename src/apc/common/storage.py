@@ -196,6 +196,11 @@ def _cell_rows(config: dict, cell) -> int:
     return int(cell.k) * (int(opts.get("groups", 2)) if base == "apc_product" else 1)
 
 
+def ffn_inputs_captured(config: dict) -> bool:
+    """Whether the pattern extraction also writes the FFN-input stores: where a frontier is configured."""
+    return bool(config["frontier"]["pset"])
+
+
 def _predictor_params(config: dict, shape: ModelShape) -> tuple[int, list[str]]:
     """Float32 parameters of every predictor of the frontier (all layers) and their files' names."""
     from apc.common.frontier import frontier_psets, neuron_matches, predictor_cells
@@ -283,7 +288,7 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
             plan.stores.append(Store(f"magnitudes/{split}/{q}", n * L * w, key, f"{n:,} tokens x {L} layers x {w} B",
                                      [str(Path(lay.patterns(split)) / q / "magnitudes")]))
     pred_params, pred_names = _predictor_params(config, shape) if config["frontier"]["pset"] else (0, [])
-    if pred_names:  # the predictors' inputs
+    if ffn_inputs_captured(config):  # the predictors' and the frontier calibration's inputs
         for split in ("train", "test"):
             n, key = rows("ffn_inputs", split)
             plan.stores.append(Store(f"ffn_inputs/{split}", n * L * shape.d_model * 2, key,

@@ -23,12 +23,23 @@ from apc.extraction.thresholds import (AbsQuantileHistogram, kept_share_tables, 
 log = get_logger("apc.extraction.extract")
 
 
+def decoder_body(model: nn.Module) -> nn.Module:
+    """The model without its LM head (a Hugging Face ``base_model``), or ``model`` itself where it has none.
+
+    A capture pass needs the FFN tensors, not the logits: the head is a fifth of the
+    FLOPs of a small model with a large vocabulary, and skipping it changes no layer's output.
+    """
+    body = getattr(model, "base_model", None)
+    return body if isinstance(body, nn.Module) else model
+
+
 def forward_windows(model: nn.Module, windows: torch.Tensor, device: str, desc: str) -> float:
-    """Run ``windows: (n_windows, seq_len) int64`` through ``model`` one at a time; return seconds."""
+    """Run ``windows: (n_windows, seq_len) int64`` through ``model``'s decoder one at a time; return seconds."""
+    body = decoder_body(model)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for w in progress(windows, desc=desc, unit="window"):
-            model(w.unsqueeze(0).to(device))
+            body(w.unsqueeze(0).to(device))
     return time.perf_counter() - t0
 
 

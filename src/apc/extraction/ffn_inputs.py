@@ -15,7 +15,6 @@ renamed into place when complete.  Only torch and numpy are used.
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Iterator
 
@@ -76,6 +75,67 @@ class FfnInputReader(RowStoreReader):
             yield np.array(self._arr[span])
 
 
+class FfnInputCapture:
+    """Context manager: while active, every forward pass appends each layer's MLP input to the store.
+
+    It can share a pass with another capture (the pattern extraction does so): the files of
+    ``root/split`` are complete when the block exits without an error, and removed when it raises.
+    ``n_tokens`` is the split's token count after ``skip_first`` (the rows the passes will deliver).
+    """
+
+    def __init__(self, model: nn.Module, root: str | os.PathLike, split: str, meta: dict, n_tokens: int, *,
+                 skip_first: bool, max_tokens: int | None = None, sample_seed: int = 0):
+        self.sites = ffn_sites(model)
+        self.root, self.split, self.meta, self.n_tokens = root, split, meta, int(n_tokens)
+        self.skip_first = skip_first
+        self.sample = (sample_rows(self.n_tokens, max_tokens, sample_seed), sample_seed)
+        self.width = self.sites[0].d_model
+        self.writers: list[FfnInputWriter] = []
+        self.sidecars: list[dict] = []
+        self._handles: list = []
+
+    def __enter__(self) -> "FfnInputCapture":
+        self.writers = [FfnInputWriter(ffn_input_path(self.root, self.split, l), self.n_tokens, self.width,
+                                       {**self.meta, "split": self.split, "layer": l}, sample=self.sample)
+                        for l in range(len(self.sites))]
+        self._handles = [site.on_ffn_input(self._hook(l)) for l, site in enumerate(self.sites)]
+        return self
+
+    def _hook(self, layer: int):
+        def pre(x):
+            x = x[:, 1:] if self.skip_first else x
+            self.writers[layer].append(x.reshape(-1, x.shape[-1]))
+        return pre
+
+    def __exit__(self, exc_type, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        try:
+            if exc_type is None:
+                self.sidecars = [w.close() for w in self.writers]
+                return
+        except BaseException:
+            self._abort()
+            raise
+        self._abort()
+
+    def _abort(self) -> None:
+        for w in self.writers:
+            w.abort()
+
+    def summary(self, wall: float, n_windows: int, seq_len: int) -> dict:
+        """The store's summary after the block: tokens, layers, width, bytes, wall time, max |x| per layer."""
+        n_layers = len(self.sites)
+        store = sum(ffn_input_path(self.root, self.split, l).stat().st_size for l in range(n_layers))
+        n_kept = self.writers[0].n_tokens
+        log.info("%s: %d of %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
+                 self.split, n_kept, self.n_tokens, n_layers, self.width, wall, store / 1e6)
+        return {"split": self.split, "n_tokens": n_kept, "n_split_tokens": self.n_tokens, "n_windows": int(n_windows),
+                "seq_len": int(seq_len), "n_layers": n_layers, "width": self.width, "wall_time_s": wall,
+                "store_bytes": int(store), "max_abs": [s["max_abs"] for s in self.sidecars]}
+
+
 def extract_ffn_inputs(
     model: nn.Module,
     windows: torch.Tensor,
@@ -94,37 +154,12 @@ def extract_ffn_inputs(
     extraction does, so row ``t`` matches row ``t`` of the pattern store.
     ``max_tokens`` keeps a seeded sample of that many tokens (the same in every layer;
     :func:`apc.common.rowstore.sample_rows` with ``sample_seed``), None every token.
-    Returns a summary dict (tokens, layers, width, store bytes, wall time).
+    Returns a summary dict (tokens, layers, width, store bytes, wall time).  The workflow
+    captures this store in the pattern extraction's pass instead (:class:`FfnInputCapture`).
     """
-    layers = ffn_sites(model)
     n_windows, seq_len = windows.shape
-    n_tokens = n_windows * (seq_len - (1 if skip_first else 0))
-    width = layers[0].d_model
-    sample = (sample_rows(n_tokens, max_tokens, sample_seed), sample_seed)
-    writers = [FfnInputWriter(ffn_input_path(root, split, l), n_tokens, width,
-                              {**meta, "split": split, "layer": l}, sample=sample) for l in range(len(layers))]
-
-    def hook(layer: int):
-        def pre(x):
-            x = x[:, 1:] if skip_first else x
-            writers[layer].append(x.reshape(-1, x.shape[-1]))
-        return pre
-
-    handles = [site.on_ffn_input(hook(l)) for l, site in enumerate(layers)]
-    t0 = time.perf_counter()
-    try:
+    capture = FfnInputCapture(model, root, split, meta, n_windows * (seq_len - (1 if skip_first else 0)),
+                              skip_first=skip_first, max_tokens=max_tokens, sample_seed=sample_seed)
+    with capture:
         wall = forward_windows(model, windows, device, f"extracting {split} FFN inputs")
-        sidecars = [w.close() for w in writers]
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
-    finally:
-        for h in handles:
-            h.remove()
-    store = sum(ffn_input_path(root, split, l).stat().st_size for l in range(len(layers)))
-    log.info("%s: %d of %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
-             split, writers[0].n_tokens, n_tokens, len(layers), width, time.perf_counter() - t0, store / 1e6)
-    return {"split": split, "n_tokens": writers[0].n_tokens, "n_split_tokens": n_tokens, "n_windows": int(n_windows), "seq_len": int(seq_len),
-            "n_layers": len(layers), "width": width, "wall_time_s": wall, "store_bytes": int(store),
-            "max_abs": [s["max_abs"] for s in sidecars]}
+    return capture.summary(wall, n_windows, seq_len)
