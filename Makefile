@@ -15,11 +15,14 @@ env: $(STAMP)
 $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
 # torch through pip, which honours a local wheel folder or index in pip's own configuration; the rest
-# through uv, which installs the same pinned versions in parallel (35 s against 3 min with pip).
-# No byte-compiling at install: bytecode is written on first import, for the modules used only.
+# through uv, which installs the same pinned versions in parallel. Bytecode is compiled here, on all
+# cores: a job run with PYTHONDONTWRITEBYTECODE set would otherwise compile every module it imports,
+# every time (3-15 s a job). torch's version-specific test files that do not compile are skipped, as
+# pip skips them. About 80 s in all, against 3 min with pip alone.
 	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0 uv==0.13.9
-	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
-	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps -r requirements-embedded.txt
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages/torch > /dev/null || true
 	touch $(STAMP)
 
 run: $(STAMP)
