@@ -91,11 +91,11 @@ def test_capture_in_the_pattern_pass_writes_the_same_store(tiny_llama, tmp_path)
     thr = calibrate_thresholds(tiny_llama, windows, ["gate"], 0.5, skip_first=True)
     extract_ffn_inputs(tiny_llama, windows, tmp_path / "alone", "train", {"model": "tiny"}, skip_first=True,
                        max_tokens=20, sample_seed=3)
-    capture = FfnInputCapture(tiny_llama, tmp_path / "shared", "train", {"model": "tiny"}, 33, skip_first=True,
-                              max_tokens=20, sample_seed=3)
+    capture = FfnInputCapture(tiny_llama, tmp_path / "shared", "train", {"model": "tiny"}, windows.shape,
+                              skip_first=True, max_tokens=20, sample_seed=3)
     with capture:
         extract_patterns(tiny_llama, windows, thr, ["gate"], tmp_path / "patterns", "train", {}, skip_first=True)
-    summary = capture.summary(1.0, 3, 12)
+    summary = capture.summary(1.0)
     assert summary["n_tokens"] == 20 and summary["n_split_tokens"] == 33 and len(summary["max_abs"]) == 3
     for layer in range(3):
         a, b = (ffn_input_path(tmp_path / d, "train", layer) for d in ("alone", "shared"))
@@ -105,7 +105,7 @@ def test_capture_in_the_pattern_pass_writes_the_same_store(tiny_llama, tmp_path)
 
 def test_a_failed_shared_pass_leaves_no_ffn_input_file(tiny_llama, tmp_path):
     windows = _windows()
-    capture = FfnInputCapture(tiny_llama, tmp_path, "train", {}, 22, skip_first=True)  # 3 windows deliver 33 rows
+    capture = FfnInputCapture(tiny_llama, tmp_path, "train", {}, (2, 12), skip_first=True)  # 3 windows deliver 33 rows
     with pytest.raises(ValueError):
         with capture:
             with torch.inference_mode():

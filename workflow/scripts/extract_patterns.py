@@ -17,8 +17,8 @@ skip_first = tok.bos_token_id is not None
 store = snakemake.params.store
 ffn_dir = getattr(snakemake.output, "ffn", None)  # the FFN inputs too, in the same pass, where a frontier needs them
 ffn = None if ffn_dir is None else FfnInputCapture(
-    model, ffn_dir.rsplit("/", 1)[0], split, meta, windows.shape[0] * (windows.shape[1] - int(skip_first)),
-    skip_first=skip_first, max_tokens=store["ffn_inputs"], sample_seed=store["seed"])
+    model, ffn_dir.rsplit("/", 1)[0], split, meta, windows.shape, skip_first=skip_first,
+    max_tokens=store["ffn_inputs"], sample_seed=store["seed"])
 with ffn or contextlib.nullcontext():
     summary = extract_patterns(
         model, windows, read_json(snakemake.input.thresholds), snakemake.params.extract["projections"],
@@ -31,5 +31,5 @@ write_json(f"{snakemake.output[0]}/extract.json", {"rule": "extract_patterns", *
                                                       **cuda_peak_memory(device)})
 if ffn is not None:
     write_json(f"{ffn_dir}/extract.json", {"rule": "extract_patterns", **meta,
-                                           **ffn.summary(summary["wall_time_s"], *windows.shape),
+                                           **ffn.summary(summary["wall_time_s"]),
                                            **cuda_peak_memory(device)})

@@ -80,13 +80,16 @@ class FfnInputCapture:
 
     It can share a pass with another capture (the pattern extraction does so): the files of
     ``root/split`` are complete when the block exits without an error, and removed when it raises.
-    ``n_tokens`` is the split's token count after ``skip_first`` (the rows the passes will deliver).
+    ``windows_shape``: ``(n_windows, seq_len)`` of the split the passes run over.
     """
 
-    def __init__(self, model: nn.Module, root: str | os.PathLike, split: str, meta: dict, n_tokens: int, *,
-                 skip_first: bool, max_tokens: int | None = None, sample_seed: int = 0):
+    def __init__(self, model: nn.Module, root: str | os.PathLike, split: str, meta: dict,
+                 windows_shape: tuple[int, int], *, skip_first: bool, max_tokens: int | None = None,
+                 sample_seed: int = 0):
         self.sites = ffn_sites(model)
-        self.root, self.split, self.meta, self.n_tokens = root, split, meta, int(n_tokens)
+        self.root, self.split, self.meta = root, split, meta
+        self.n_windows, self.seq_len = (int(n) for n in windows_shape)
+        self.n_tokens = self.n_windows * (self.seq_len - (1 if skip_first else 0))
         self.skip_first = skip_first
         self.sample = (sample_rows(self.n_tokens, max_tokens, sample_seed), sample_seed)
         self.width = self.sites[0].d_model
@@ -111,28 +114,28 @@ class FfnInputCapture:
         for h in self._handles:
             h.remove()
         self._handles.clear()
+        if exc_type is not None:
+            self._abort()
+            return
         try:
-            if exc_type is None:
-                self.sidecars = [w.close() for w in self.writers]
-                return
+            self.sidecars = [w.close() for w in self.writers]
         except BaseException:
             self._abort()
             raise
-        self._abort()
 
     def _abort(self) -> None:
         for w in self.writers:
             w.abort()
 
-    def summary(self, wall: float, n_windows: int, seq_len: int) -> dict:
+    def summary(self, wall: float) -> dict:
         """The store's summary after the block: tokens, layers, width, bytes, wall time, max |x| per layer."""
         n_layers = len(self.sites)
         store = sum(ffn_input_path(self.root, self.split, l).stat().st_size for l in range(n_layers))
         n_kept = self.writers[0].n_tokens
         log.info("%s: %d of %d tokens x %d layers x width %d in %.1f s; store %.1f MB",
                  self.split, n_kept, self.n_tokens, n_layers, self.width, wall, store / 1e6)
-        return {"split": self.split, "n_tokens": n_kept, "n_split_tokens": self.n_tokens, "n_windows": int(n_windows),
-                "seq_len": int(seq_len), "n_layers": n_layers, "width": self.width, "wall_time_s": wall,
+        return {"split": self.split, "n_tokens": n_kept, "n_split_tokens": self.n_tokens, "n_windows": self.n_windows,
+                "seq_len": self.seq_len, "n_layers": n_layers, "width": self.width, "wall_time_s": wall,
                 "store_bytes": int(store), "max_abs": [s["max_abs"] for s in self.sidecars]}
 
 
@@ -157,9 +160,8 @@ def extract_ffn_inputs(
     Returns a summary dict (tokens, layers, width, store bytes, wall time).  The workflow
     captures this store in the pattern extraction's pass instead (:class:`FfnInputCapture`).
     """
-    n_windows, seq_len = windows.shape
-    capture = FfnInputCapture(model, root, split, meta, n_windows * (seq_len - (1 if skip_first else 0)),
-                              skip_first=skip_first, max_tokens=max_tokens, sample_seed=sample_seed)
+    capture = FfnInputCapture(model, root, split, meta, windows.shape, skip_first=skip_first,
+                              max_tokens=max_tokens, sample_seed=sample_seed)
     with capture:
         wall = forward_windows(model, windows, device, f"extracting {split} FFN inputs")
-    return capture.summary(wall, n_windows, seq_len)
+    return capture.summary(wall)
