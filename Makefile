@@ -16,13 +16,14 @@ $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
 # torch through pip, which honours a local wheel folder or index in pip's own configuration; the rest
 # through uv, which installs the same pinned versions in parallel. Bytecode is compiled here, on all
-# cores: a job run with PYTHONDONTWRITEBYTECODE set would otherwise compile every module it imports,
-# every time (3-15 s a job). torch's version-specific test files that do not compile are skipped, as
-# pip skips them. About 80 s in all, against 3 min with pip alone.
+# cores, for every installed package (torch and its dependencies came through pip without it): a job run
+# with PYTHONDONTWRITEBYTECODE set would otherwise compile every module it imports, every time (sympy
+# alone, which torch imports with transformers, cost 3 s a job; a model-loading job's imports took 12 s
+# instead of 6). Version-specific test files that do not compile are skipped, as pip skips them.
 	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0 uv==0.13.9
 	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps -r requirements-embedded.txt
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages/torch > /dev/null || true
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages > /dev/null || true
 	touch $(STAMP)
 
 run: $(STAMP)

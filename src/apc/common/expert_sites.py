@@ -80,7 +80,9 @@ class ExpertTaps:
         return token_idx % self.seq_len != 0
 
     def _tap(self, expert: int, proj: str, x: torch.Tensor, token_idx: torch.Tensor) -> torch.Tensor:
-        """Run the taps of ``(expert, proj)`` on ``x: (n_routed, width)`` (rows of ``token_idx``)."""
+        """Run the taps of ``(expert, proj)`` on ``x: (n_routed, width)`` (rows of ``token_idx``). A replacing
+        tap writes into ``x`` in place: ``x`` keeps its layout (gate and up are strided halves of one product),
+        so the products that follow run exactly as in the untapped forward, to the last bit on every CPU."""
         for kind, fn, skip in self.taps.get((expert, proj), ()):
             if kind == "observe":
                 order = token_idx.argsort()
@@ -88,9 +90,9 @@ class ExpertTaps:
                 fn(rows[self._not_first(tok)] if skip else rows)
             elif skip:
                 keep = self._not_first(token_idx).nonzero().squeeze(1)
-                x = x.index_copy(0, keep, fn(x.index_select(0, keep)))
+                x.index_copy_(0, keep, fn(x.index_select(0, keep)))
             else:
-                x = fn(x)
+                x.copy_(fn(x))
         return x
 
     def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
