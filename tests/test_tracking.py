@@ -250,6 +250,31 @@ def test_changed_cell_replaces_its_run(tmp_path, store):
     assert other["parent"] != res["parent"] and other["created"] == len(desc["cells"])
 
 
+def test_a_rescore_to_the_same_results_leaves_the_run_and_a_new_number_replaces_it(tmp_path, store):
+    """A perplexity batch rescored when other cells join it rewrites its cells' files with new job
+    fields (times, batch size, GPU memory) and the same results: their runs stay; a changed value does not."""
+    desc = build_fake_results(tmp_path / "res")
+    cfg = desc["config"]
+    _sync(cfg, store)
+    before = _cells(_runs(store))
+    pset, scope, method, k, seed = desc["ppl_cells"][0]
+    path = tmp_path / "res" / "ppl" / pset / scope / f"{method}-k{k}-d0.6-s{seed}.json"
+    d = read_json(path)
+    for md in d["modes"].values():
+        md.update(started_at=time.time(), finished_at=time.time() + 1.0, wall_time_s=1.0)
+    write_json(path, {**d, "batch_cells": 7, "cuda_max_memory_allocated_bytes": 123})
+    res = _sync(cfg, store)
+    assert (res["created"], res["updated"], res["unchanged"]) == (0, 0, len(desc["cells"]))
+    assert {k: r.info.run_id for k, r in _cells(_runs(store)).items()} == \
+        {k: r.info.run_id for k, r in before.items()}
+    mode = next(iter(d["modes"]))
+    d["modes"][mode]["window_nll_sum"][0] += 1e-9
+    write_json(path, d)
+    res = _sync(cfg, store)
+    covered = [c for c in desc["cells"] if c[0] in desc["psets"][pset] and c[1:] == (scope, method, k, seed)]
+    assert covered and (res["created"], res["updated"]) == (0, len(covered))
+
+
 def _worker(config, uri, barrier, queue):
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     try:

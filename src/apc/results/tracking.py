@@ -28,7 +28,8 @@ Sync ("replace on change")
 --------------------------
 Everything a run carries is derived from the result files of the current sweep (listed
 from the resolved config by :func:`apc.results.inputs.sweep_files`, never a folder
-scan); a sha256 of that payload is the tag ``apc.content_hash``, and a run is complete
+scan); a sha256 of that payload (JSON artifacts without the fields that only say when, how fast
+or in which batch a job ran) is the tag ``apc.content_hash``, and a run is complete
 once FINISHED, which is set last.  Under a file lock, for each current cell:
 
 * an active complete run with the same hash -> left alone ("unchanged");
@@ -71,7 +72,7 @@ from apc.common.progress import get_logger
 
 log = get_logger("apc.results.tracking")
 
-SCHEMA_VERSION = "3"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "4"  # bump when the mapping files -> params/metrics changes (forces replacement)
 LOCK_TIMEOUT_S = 900.0
 _HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _MAX_PARAMS_PER_BATCH = 100
@@ -232,8 +233,29 @@ class _Record:
                              [(k, repr(v), s) for k, v, s in self.metrics]]).encode())
         for path, adir in self.artifacts:
             h.update(f"\0{adir}/{path.name}\0".encode())
-            h.update(path.read_bytes())
+            h.update(_content_bytes(path))
         return h.hexdigest()[:16]
+
+
+# Keys of a JSON result that say when, how fast or in which batch a job ran, not what it found.
+_JOB_KEYS = ("started_at", "finished_at", "wall_time_s", "batch_cells")
+
+
+def _without_job_fields(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _without_job_fields(v) for k, v in obj.items() if k not in _JOB_KEYS and not k.startswith("cuda_")}
+    if isinstance(obj, list):
+        return [_without_job_fields(v) for v in obj]
+    return obj
+
+
+def _content_bytes(path: Path) -> bytes:
+    """What an artifact contributes to a run's content hash: its bytes, and for a JSON file its
+    values without the job fields (``_JOB_KEYS``, ``cuda_*``), so that a job rerun to the same
+    results (a perplexity batch rescored when other cells joined it) leaves its runs unchanged."""
+    if path.suffix != ".json":
+        return path.read_bytes()
+    return json.dumps(_without_job_fields(read_json(path)), sort_keys=True, separators=(",", ":")).encode()
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
