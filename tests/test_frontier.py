@@ -80,11 +80,15 @@ def test_frontier_cells_join_the_clustering_sweep_but_not_the_perplexity_cells(t
     ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "per_layer", "allocation": "even"}]}},
      "config key 'frontier.cells.0.allocation': 'even' is not one of"),
     ({"frontier": {"teal_allocation": ["even"]}}, "config key 'frontier.teal_allocation.0'"),
-    ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "pooled", "allocation": "greedy"}]}},
-     "allocation 'greedy' allocates per layer"),
+    ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "pooled", "allocation": "layer-greedy"}]}},
+     "allocation 'layer-greedy' allocates per layer"),
+    ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "per_layer", "allocation": "greedy"}]}},
+     "config key 'frontier': allocation 'greedy' is now called 'layer-greedy'"),
+    ({"frontier": {"teal_allocation": ["uniform", "greedy"]}}, "allocation 'greedy' is now called 'layer-greedy'"),
+    ({"frontier": {"griffin_prompt": 128}}, "config key 'frontier.griffin_prompt': 128 positions leave no token"),
     ({"frontier": {"kept_shares": [0.6, 1.2]}}, "config key 'frontier.kept_shares.1': 1.2 is greater than the maximum of 1"),
     ({"frontier": {"kept_shares": [0.0]}}, "config key 'frontier.kept_shares.0': 0.0 is less than or equal to the minimum of 0"),
-    ({"frontier": {"pset": {"g": ["gate"]}}}, "config key 'frontier.baselines': cats and teal mask the down_proj input"),
+    ({"frontier": {"pset": {"g": ["gate"]}}}, "config key 'frontier.baselines': cats, teal, wina, griffin mask the down_proj input"),
     ({"frontier": {"baselines": ["median"]}}, "config key 'frontier.baselines.0'"),
     ({"frontier": {"batch_sizes": [0]}}, "config key 'frontier.batch_sizes.0'"),
 ])
@@ -116,9 +120,10 @@ def test_cats_is_placed_at_the_frontiers_compute_shares(tmp_path):
     assert [(1 + 2 * r) / 3 for r in line_shares(c, "cats")] == pytest.approx(c["frontier"]["kept_shares"])
     assert cats_share(0.3) is None and line_shares(c, "teal") == c["frontier"]["kept_shares"]
     g = _config(tmp_path, preset="frontier")
-    assert "teal-greedy" in lines(g) and "oracle.per_layer.apc_greedy-k128-s0" in lines(g)
-    assert g["cluster"]["options"]["apc_greedy"] == {**g["cluster"]["options"]["apc"], "method": "apc",
-                                                     "allocation": "greedy"}
+    assert "teal-layer-greedy" in lines(g) and "oracle.per_layer.apc_layer_greedy-k128-s0" in lines(g)
+    assert {"teal-block", "wina", "larosa", "griffin"} <= set(lines(g)) and "larosa" not in lines(c)
+    assert g["cluster"]["options"]["apc_layer_greedy"] == {**g["cluster"]["options"]["apc"], "method": "apc",
+                                                           "allocation": "layer-greedy"}
 
 
 @pytest.fixture(scope="module")

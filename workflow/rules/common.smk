@@ -71,7 +71,7 @@ def norms_input(method):
 def allocation_input(method):
     """``{"allocation": frontier_calibration.json}`` for a cluster variant with greedy per-layer densities."""
     opts = C["cluster"]["options"].get(method) or {}
-    return {"allocation": L.frontier_calibration()} if opts.get("allocation") == "greedy" else {}
+    return {"allocation": L.frontier_calibration()} if opts.get("allocation") == "layer-greedy" else {}
 
 
 def predict_settings():
@@ -357,8 +357,10 @@ def frontier_line_inputs(wc):
     ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
     if d["family"] == "threshold":
         ins["kept"] = L.thresholds_kept()
-    if d["family"] in ("cats", "teal"):
+    if d["family"] in ("cats", "teal", "wina"):
         ins["calibration"] = L.frontier_calibration()
+    if d["family"] == "larosa":
+        ins["rotations"] = L.frontier_rotations()
     if d["family"] == "oracle":
         ins.update(norms_input(d["method"]))
     for j, share in enumerate(line_shares(C, wc.line)):

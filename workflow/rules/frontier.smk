@@ -17,6 +17,7 @@ rule frontier_line:
         cells=frontier_line_cells,
         seed=C["predict"]["seed"],
         batch_sizes=C["frontier"]["batch_sizes"],
+        griffin_prompt=C["frontier"]["griffin_prompt"],
         device=C["device"],
         dataset=dataset_name(C["data"]),
     wildcard_constraints:
@@ -46,6 +47,7 @@ rule frontier_line_cats:
         cells=frontier_line_cells,
         seed=C["predict"]["seed"],
         batch_sizes=C["frontier"]["batch_sizes"],
+        griffin_prompt=C["frontier"]["griffin_prompt"],
         device=C["device"],
         dataset=dataset_name(C["data"]),
     wildcard_constraints:

@@ -22,7 +22,7 @@ rule calibrate_kept_shares:
 
 
 rule calibrate_frontier:
-    # CATS and TEAL thresholds and greedy per-layer allocations, from train FFN inputs through the MLP weights.
+    # CATS, TEAL and WINA thresholds and allocations of kept shares, from train FFN inputs through the MLP weights.
     input:
         model=L.manifest(),
         ffn=L.ffn_inputs("train"),
@@ -32,6 +32,7 @@ rule calibrate_frontier:
         kept_shares=C["frontier"]["kept_shares"],
         cats_shares=lambda wc: line_shares(C, "cats") if "cats" in C["frontier"]["baselines"] else [],
         teal_allocation=C["frontier"]["teal_allocation"] if "teal" in C["frontier"]["baselines"] else [],
+        wina="wina" in C["frontier"]["baselines"],
         greedy_cells=bool(greedy_cells(C)),
         calibration_tokens=C["frontier"]["calibration_tokens"],
         step=C["frontier"]["allocation_step"],
@@ -48,6 +49,26 @@ rule calibrate_frontier:
         L.benchmark("calibrate_frontier")
     script:
         "../scripts/calibrate_frontier.py"
+
+
+rule calibrate_rotations:
+    # LaRoSA's rotation per layer: the PCA of train FFN inputs (no model pass).
+    input:
+        model=L.manifest(),
+        ffn=L.ffn_inputs("train"),
+    output:
+        L.frontier_rotations(),
+    params:
+        calibration_tokens=C["frontier"]["calibration_tokens"],
+        seed=C["predict"]["seed"],
+    log:
+        L.log("calibrate_rotations"),
+    resources:
+        **cpu_job(),
+    benchmark:
+        L.benchmark("calibrate_rotations")
+    script:
+        "../scripts/calibrate_rotations.py"
 
 
 rule fit_cluster_predictor:

@@ -31,7 +31,7 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
     (same sampled rows as the binary methods) weighted by ``options["weighting"]``;
     ``output`` weighting needs ``column_norms``, ``(n_layers, width)`` down-projection
     column norms.  ``layers``: ``"all"`` or a list (per-layer scope; pooled always uses every layer).
-    ``layer_density``: one density per model layer (an ``allocation: greedy`` variant, per-layer
+    ``layer_density``: one density per model layer (an ``allocation: layer-greedy`` variant, per-layer
     scope only; ``density`` is then their mean budget and only recorded).
     Returns ``(centroids (n_sets, rows, width) bool, meta)``: n_sets = len(layers) per layer,
     1 pooled; rows = K, or G*K for ``apc_product`` (``meta`` gains ``product_groups``,
@@ -52,7 +52,7 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
         raise ValueError(f"config key 'cluster.layers': layers {bad} do not exist (the model has {len(all_layers)})")
     base, options = method_spec(method, {method: options or {}})
     allocation = options.pop("allocation", "uniform")
-    if allocation == "greedy" and (layer_density is None or scope != "per_layer"):
+    if allocation == "layer-greedy" and (layer_density is None or scope != "per_layer"):
         raise ValueError(f"method {method!r} allocates densities per layer: it needs scope per_layer and the "
                          "per-layer densities (frontier_calibration.json)")
     if layer_density is not None and len(layer_density) != len(all_layers):

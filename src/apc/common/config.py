@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from apc.common.maskspec import RENAMED_ALLOCATIONS
+
 SCHEMA_PATH = Path(__file__).resolve().parents[3] / "workflow" / "schemas" / "config.schema.yaml"
 
 
@@ -68,16 +70,16 @@ def resolve(raw: dict, schema: dict | None = None, root: str | Path = ".") -> di
 
 
 def _add_greedy_variants(config: dict) -> None:
-    """A frontier cell with ``allocation: greedy`` clusters the variant ``{method}_greedy`` (same options,
-    plus ``allocation: greedy``), so its cells have names of their own."""
+    """A frontier cell with ``allocation: layer-greedy`` clusters the variant ``{method}_layer_greedy`` (same
+    options, plus ``allocation: layer-greedy``), so its cells have names of their own."""
     from apc.common.frontier import greedy_method
 
     options = config["cluster"]["options"]
     for c in (config.get("frontier") or {}).get("cells") or []:
-        if c.get("allocation", "uniform") == "greedy":
+        if c.get("allocation", "uniform") == "layer-greedy":
             entry = dict(options.get(c["method"]) or {})
             entry.setdefault("method", c["method"])
-            options.setdefault(greedy_method(c["method"]), {**entry, "allocation": "greedy"})
+            options.setdefault(greedy_method(c["method"]), {**entry, "allocation": "layer-greedy"})
 
 
 def _preset(presets: dict, name: str, seen: tuple) -> dict:
@@ -304,9 +306,9 @@ UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "falcon", "b
 
 
 def _check_gated(config: dict, root: str | Path = ".") -> None:
-    """``cats`` and ``teal`` need a Llama-style gated FFN: a local model folder whose ``config.json`` names
+    """``cats``, ``teal``, ``wina``, ``larosa`` and ``griffin`` need a Llama-style gated FFN: a local model folder whose ``config.json`` names
     another family stops here."""
-    lines = [b for b in ("cats", "teal") if b in config["frontier"]["baselines"]]
+    lines = [b for b in ("cats", "teal", "wina", "larosa", "griffin") if b in config["frontier"]["baselines"]]
     if not lines:
         return
     path = Path(str(config["model"]["name_or_path"])).expanduser()
@@ -326,8 +328,12 @@ def _check_gated(config: dict, root: str | Path = ".") -> None:
         if "cats" in lines:
             raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
                               f"{config['model']['name_or_path']!r} ({model_type}) {what}; drop cats")
-        raise ConfigError(f"config key 'frontier.baselines': 'teal' thresholds the inputs of gate_proj and up_proj, "
-                          f"and model {config['model']['name_or_path']!r} ({model_type}) {what}; drop teal")
+        if "teal" in lines:
+            raise ConfigError(f"config key 'frontier.baselines': 'teal' thresholds the inputs of gate_proj and up_proj, "
+                              f"and model {config['model']['name_or_path']!r} ({model_type}) {what}; drop teal")
+        raise ConfigError(f"config key 'frontier.baselines': {', '.join(lines)} mask the inputs of gate_proj, up_proj "
+                          f"and down_proj, and model {config['model']['name_or_path']!r} ({model_type}) {what}; "
+                          f"drop {', '.join(lines)}")
 
 
 def _check_family(config: dict, folder: Path) -> None:
@@ -373,20 +379,31 @@ def _check_frontier(config: dict, methods, root: str | Path = ".") -> None:
                           f"of seq_len={seq_len} tokens")
     if not f["cells"]:
         raise ConfigError("config key 'frontier.cells': needs at least one {method, k, scope} cell")
-    if any(b in ("cats", "teal") for b in f["baselines"]):
+    renamed = [a for a in f["teal_allocation"] if a in RENAMED_ALLOCATIONS] + \
+        [c["allocation"] for c in f["cells"] if c.get("allocation") in RENAMED_ALLOCATIONS]
+    if renamed:
+        raise ConfigError(f"config key 'frontier': allocation {renamed[0]!r} is now called "
+                          f"{RENAMED_ALLOCATIONS[renamed[0]]!r} (a greedy allocation across layers, not TEAL's)")
+    gated = [b for b in f["baselines"] if b in ("cats", "teal", "wina", "larosa", "griffin")]
+    if gated:
         bad = {name: projs for name, projs in f["pset"].items() if list(projs) != ["down_in"]}
         if bad:
-            raise ConfigError(f"config key 'frontier.baselines': cats and teal mask the down_proj input; frontier.pset "
-                              f"{bad} is not [down_in] (drop cats/teal or set frontier.pset to {{down_in: [down_in]}})")
+            raise ConfigError(f"config key 'frontier.baselines': {', '.join(gated)} mask the down_proj input; "
+                              f"frontier.pset {bad} is not [down_in] (drop them or set frontier.pset to "
+                              "{down_in: [down_in]})")
         _check_gated(config, root)
+    prompt = f.get("griffin_prompt")
+    if "griffin" in f["baselines"] and prompt is not None and not 2 <= prompt < seq_len:
+        raise ConfigError(f"config key 'frontier.griffin_prompt': {prompt} positions leave no token to score in a "
+                          f"window of seq_len={seq_len} (need 2 <= prompt < seq_len)")
     for c in f["cells"]:
-        if c.get("allocation", "uniform") == "greedy":
+        if c.get("allocation", "uniform") == "layer-greedy":
             if c["scope"] != "per_layer":
-                raise ConfigError(f"config key 'frontier.cells': allocation 'greedy' allocates per layer; cell {c} "
+                raise ConfigError(f"config key 'frontier.cells': allocation 'layer-greedy' allocates per layer; cell {c} "
                                   "needs scope per_layer")
             bad = {name: projs for name, projs in f["pset"].items() if list(projs) != ["down_in"]}
             if bad:
-                raise ConfigError(f"config key 'frontier.cells': allocation 'greedy' is calibrated on down_in; "
+                raise ConfigError(f"config key 'frontier.cells': allocation 'layer-greedy' is calibrated on down_in; "
                                   f"frontier.pset {bad} is not [down_in]")
         if c["method"] not in methods:
             raise ConfigError(f"config key 'frontier.cells': unknown method {c['method']!r} "

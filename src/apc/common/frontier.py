@@ -10,9 +10,17 @@ line                                   mask (perplexity mode)
                                        train (``threshold``): needs the products before it
 ``cats``                               ``|act(gate)| >= T`` (CATS, ``cats``); its kept shares put
                                        its compute share (1 + 2 rho) / 3 on the frontier's shares
-``teal``, ``teal-greedy``              the MLP input and ``down_in`` thresholded (TEAL, ``teal``):
-                                       one share for both in every layer, or per-layer shares
-                                       allocated greedily on train at the same mean
+``teal``, ``teal-block``,              the MLP input and ``down_in`` thresholded (TEAL, ``teal``):
+``teal-layer-greedy``                  one share for both in every layer; TEAL's block-wise
+                                       split (``block``: in every layer the input and ``down_in``
+                                       shares chosen greedily on train at the same compute); or
+                                       per-layer shares allocated greedily across layers on
+                                       train at the same mean (``layer-greedy``, not TEAL's)
+``wina``                               TEAL's two thresholds on ``|x_j| * ||W[:, j]||`` (WINA)
+``larosa``                             top-k of the PCA-rotated MLP input and of ``down_in``
+                                       (LaRoSA; its rotation's FLOPs counted)
+``griffin``                            per sequence, the top neurons of the dense prompt's
+                                       normalised ``down_in``, kept for every later token (GRIFFIN)
 ``random``                             ``round(rho * width)`` uniform neurons (``random_only``)
 ``oracle.{scope}.{method}-k{K}-s{S}``  the cell's centroid at density rho, oracle id
                                        (``centroid_only``); ``static`` cells are the static line
@@ -25,50 +33,30 @@ line                                   mask (perplexity mode)
 
 Each cluster line at rho uses the clustering cell of density rho; those cells join the
 sweep (:func:`frontier_cells`), so they are clustered, evaluated, summarised and tracked
-like any cell.  A frontier cell with ``allocation: greedy`` clusters the variant
-``{method}_greedy`` (:func:`greedy_method`), whose per-layer densities are allocated greedily on
+like any cell.  A frontier cell with ``allocation: layer-greedy`` clusters the variant
+``{method}_layer_greedy`` (:func:`greedy_method`), whose per-layer densities are allocated greedily on
 train at mean density rho.  The study's dense and true-sparse perplexities are the reference lines.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from apc.common.layout import Cell, density_label
+from apc.common.maskspec import LineSpec
 
 __all__ = ["Point", "baseline_lines", "cats_share", "frontier_cells", "frontier_points", "frontier_psets",
            "greedy_cells", "greedy_method", "line_shares", "neuron_matches", "parse_line", "predictor_cells"]
-
-_CELL_RE = r"(?P<scope>per_layer|pooled)\.(?P<method>[A-Za-z0-9_]+)-k(?P<k>\d+)-s(?P<seed>\d+)"
-_LINE_RES = {
-    "threshold": re.compile(r"threshold-self"),
-    "cats": re.compile(r"cats"),
-    "teal": re.compile(r"teal(?:-(?P<allocation>greedy))?"),
-    "random": re.compile(r"random"),
-    "oracle": re.compile(r"oracle\." + _CELL_RE),
-    "predicted": re.compile(r"predicted-(?P<kind>[a-z]+)-m(?P<top_m>\d+)\." + _CELL_RE),
-    "neuron": re.compile(r"neuron-(?P<kind>[a-z]+)-k(?P<k>\d+)-x(?P<factor>\d+)"),
-}
-#: perplexity mode of each line family
-MODE = {"threshold": "threshold", "cats": "cats", "teal": "teal", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
-        "neuron": "neuron_predicted"}
 
 
 def parse_line(line: str) -> dict:
     """``{"family", "mode", ...}`` of a line string; ``ValueError`` for an unknown one.
 
     Cluster lines add ``scope, method, k, seed``; ``predicted`` adds ``kind, top_m``;
-    ``neuron`` adds ``kind, k, factor``.
+    ``neuron`` adds ``kind, k, factor``; ``teal`` adds ``allocation``.  The typed value is
+    :class:`apc.common.maskspec.LineSpec`.
     """
-    for family, rx in _LINE_RES.items():
-        m = rx.fullmatch(line)
-        if m:
-            d = {k: (int(v) if k in ("k", "seed", "top_m", "factor") else v) for k, v in m.groupdict().items()}
-            if family == "teal":
-                d["allocation"] = d["allocation"] or "uniform"
-            return {"family": family, "mode": MODE[family], **d}
-    raise ValueError(f"not a frontier line: {line!r}")
+    return LineSpec.parse(line).fields()
 
 
 def line_cell(line: str, proj: str, share: float) -> Cell | None:
@@ -96,11 +84,11 @@ def _seed(config: dict) -> int:
     return int(config["predict"]["seed"])
 
 
-GREEDY_SUFFIX = "_greedy"
+GREEDY_SUFFIX = "_layer_greedy"
 
 
 def greedy_method(method: str) -> str:
-    """The cluster-method variant of ``method`` whose per-layer densities are allocated greedily."""
+    """The cluster-method variant of ``method`` whose per-layer densities are allocated greedily across layers."""
     return f"{method}{GREEDY_SUFFIX}"
 
 
@@ -122,7 +110,7 @@ def _cell_specs(config: dict) -> list[tuple[str, str, int]]:
     """``(scope, method, k)`` of every frontier cell line, with the static cell of each scope."""
     specs = []
     for c in config["frontier"]["cells"]:
-        method = greedy_method(c["method"]) if c.get("allocation", "uniform") == "greedy" else c["method"]
+        method = greedy_method(c["method"]) if c.get("allocation", "uniform") == "layer-greedy" else c["method"]
         specs.append((c["scope"], method, int(c["k"])))
     for scope in sorted({s for s, _, _ in specs}):
         specs.append((scope, "static", 1))

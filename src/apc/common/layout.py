@@ -125,8 +125,12 @@ class Layout:
         return self._p("thresholds_kept.json")
 
     def frontier_calibration(self) -> str:
-        """CATS and TEAL thresholds and greedy per-layer allocations (:mod:`apc.perplexity.calibrate`)."""
+        """CATS, TEAL and WINA thresholds and allocations of kept shares (:mod:`apc.perplexity.calibrate`)."""
         return self._p("frontier_calibration.json")
+
+    def frontier_rotations(self) -> str:
+        """LaRoSA's rotations, ``(n_layers, d_model, d_model)`` float32 (:func:`apc.perplexity.calibrate.pca_rotations`)."""
+        return self._p("frontier_rotations.npy")
 
     # -- stage 2: clustering
     def cell_dir(self, c: Cell) -> str:

@@ -13,8 +13,12 @@ before the FFN  ρ / ρ / ρ                     cluster ids (oracle, predicted)
                                               predictor, static and random masks
 from the gate   1 / ρ / ρ                     CATS: ``|act(W_gate·h)|`` thresholded
 from ``down_in``  1 / 1 / ρ                   a threshold on the intermediate itself
-from the input  σ_in / σ_in / ρ               TEAL: the MLP input thresholded too
+from the input  σ_in / σ_in / ρ               TEAL, WINA, LaRoSA: the MLP input masked too
 ==============  ===========================  =========================================
+
+GRIFFIN decides before the FFN on every token after its prompt (the prompt runs dense and is
+not scored).  LaRoSA's rotation ``Q^T h`` adds ``d_model²`` multiply-adds per token and layer
+(:func:`rotation_share`), beyond the products of its rotated weights.
 
 ρ is the measured kept share of ``down_in`` in that layer, σ_in the measured kept share of
 the MLP input.  A mask on a product's *output* (``gate``, ``up``, ``down``) chosen before
@@ -29,10 +33,9 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-PRODUCTS = ("gate", "up", "down")
+from apc.common.maskspec import DECIDED_BY
 
-#: How each frontier family decides its ``down_in`` mask (see the module table).
-DECIDED_BY = {"threshold": "down_in", "cats": "gate", "teal": "input"}
+PRODUCTS = ("gate", "up", "down")
 
 
 def product_shares(family: str, kept: Mapping[str, Sequence[float]], n_layers: int,
@@ -40,8 +43,8 @@ def product_shares(family: str, kept: Mapping[str, Sequence[float]], n_layers: i
     """``{product: [share of its multiply-adds run, per layer]}`` of one method.
 
     ``kept: {projection: [kept share per layer]}`` of the masked projections (measured);
-    ``input_kept``: the MLP input's kept share per layer (``teal``).  Families not in
-    :data:`DECIDED_BY` decide before the FFN runs.
+    ``input_kept``: the MLP input's kept share per layer (families decided by the input).  Families
+    not in :data:`apc.common.maskspec.DECIDED_BY` decide before the FFN runs.
     """
     shares = {prod: [1.0] * n_layers for prod in PRODUCTS}
     decided = DECIDED_BY.get(family, "before")
@@ -81,3 +84,14 @@ def product_weights(model) -> dict[str, float]:
 
     mods = mlp_projections(model)[0]
     return {prod: float(mods[prod].weight.numel()) for prod in PRODUCTS}
+
+
+
+def rotation_share(model) -> float:
+    """A ``d_model × d_model`` rotation of the MLP input per token, as a share of the gated FFN's
+    multiply-adds per token (layer 0's shapes): ``d_model² / (gate + up + down)``."""
+    from apc.common.projections import mlp_projections
+
+    mods = mlp_projections(model)[0]
+    d_model = float(mods["gate"].weight.shape[1])
+    return d_model * d_model / float(sum(mods[prod].weight.numel() for prod in PRODUCTS))

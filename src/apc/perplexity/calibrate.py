@@ -1,5 +1,6 @@
-"""Calibrate the training-free frontier lines on train FFN inputs: CATS and TEAL thresholds, and
-greedy per-layer allocations of a compute budget (TEAL's, and the cluster lines' density).
+"""Calibrate the training-free frontier lines on train FFN inputs: CATS, TEAL and WINA thresholds,
+LaRoSA's rotations, TEAL's block-wise split, and greedy allocations of a compute budget across
+layers (``layer-greedy``: of TEAL's shares, and of the cluster lines' density).
 
 Everything here reads a sample of each layer's stored FFN inputs ``h: (n, d_model)`` (the
 post-norm hidden state entering ``gate_proj``/``up_proj``) and recomputes the layer's MLP
@@ -10,7 +11,16 @@ from its weights, so no model forward pass is needed.
   value kept, the dense FFN).
 * **CATS**: T on ``|act(W_gate·h)|`` per layer.
 * **TEAL**: T_in on ``|h|`` and then T_mid on ``|down_in|`` computed from the thresholded input
-  (the order the FFN runs in), per layer, one kept share σ for both.
+  (the order the FFN runs in), per layer, one kept share σ for both (or one each).
+* **WINA** (:func:`wina_scales`): the same two thresholds on ``|h_j| · ‖W[:, j]‖₂``, the norm of
+  the weight column that reads channel j (gate and up stacked for ``h``; down for ``down_in``).
+* **TEAL's block-wise split** (:func:`block_allocation`): in one layer, from both shares at 1,
+  repeatedly lower the input share σ_in (gate and up: weight 2) or the ``down_in`` share σ_mid
+  (down: weight 1) by one grid step, whichever adds the least MLP-output error per multiply-add
+  saved, until the layer's compute ``(2 σ_in + σ_mid) / 3`` reaches the budget; ``down_in``'s kept
+  neurons are then set so that the layer spends the budget within one neuron.
+* **LaRoSA** (:func:`pca_rotations`): Q per layer, the eigenvectors of ``hᵀh`` over the sample,
+  by decreasing eigenvalue.
 * **Greedy allocation** (:func:`greedy_allocation`): per-layer squared error of the MLP output
   on a grid of kept shares, then, from every layer dense, repeatedly lower the share of the layer
   whose next grid step adds the least error per neuron saved, until the mean share reaches the
@@ -25,8 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["LayerMLP", "cats_thresholds", "error_curves", "greedy_allocation", "layer_mlps", "share_grid",
-           "share_threshold", "teal_thresholds"]
+__all__ = ["LayerMLP", "block_allocation", "sample_train_inputs", "cats_thresholds", "error_curves", "greedy_allocation", "layer_mlps",
+           "pca_rotations", "share_grid", "share_threshold", "teal_thresholds", "wina_scales"]
 
 
 class LayerMLP:
@@ -52,6 +62,20 @@ def layer_mlps(model: nn.Module) -> list[LayerMLP]:
         if act is None:
             raise ValueError(f"layer {i}: the MLP has no activation function (mlp.act_fn): not a gated MLP")
         out.append(LayerMLP(mods["gate"], mods["up"], mods["down"], act))
+    return out
+
+
+def sample_train_inputs(ffn_dir, n_layers: int, n: int, seed: int, *, device, dtype) -> list[torch.Tensor]:
+    """Per layer, ``min(n, stored)`` train FFN inputs ``(n, d_model)`` of the store under ``ffn_dir``, rows
+    drawn without replacement by a generator seeded with ``seed * 1_000_003 + layer`` (sorted)."""
+    from apc.extraction.ffn_inputs import FfnInputReader, ffn_input_path
+
+    out = []
+    for l in range(n_layers):
+        reader = FfnInputReader(ffn_input_path(ffn_dir, "train", l))
+        k = min(int(n), len(reader))
+        rows = np.sort(np.random.default_rng(int(seed) * 1_000_003 + l).choice(len(reader), k, replace=False))
+        out.append(torch.from_numpy(reader.rows(rows)).to(device=device, dtype=dtype))
     return out
 
 
@@ -88,22 +112,103 @@ def cats_thresholds(mlps: Sequence[LayerMLP], samples: Sequence[torch.Tensor], s
 
 
 @torch.no_grad()
-def teal_thresholds(mlps: Sequence[LayerMLP], samples: Sequence[torch.Tensor], shares: Sequence[float]) -> dict:
+def teal_thresholds(mlps: Sequence[LayerMLP], samples: Sequence[torch.Tensor], shares: Sequence[float],
+                    mid_shares: Sequence[float] | None = None, scales: tuple | None = None) -> dict:
     """TEAL at one kept share per layer: ``{"input": [T_in], "mid": [T_mid], "input_kept": [...],
-    "mid_kept": [...]}`` (the kept shares achieved on the sample)."""
-    if len(shares) != len(mlps):
-        raise ValueError(f"one kept share per layer expected ({len(mlps)}), got {len(shares)}")
+    "mid_kept": [...]}`` (the kept shares achieved on the sample).  ``mid_shares``: ``down_in``'s own
+    share per layer (default ``shares``); ``scales``: ``(input_scale, mid_scale)`` lists of per-layer
+    column norms (:func:`wina_scales`): the thresholds are then on ``|v| * scale`` (WINA)."""
+    mid_shares = shares if mid_shares is None else mid_shares
+    if len(shares) != len(mlps) or len(mid_shares) != len(mlps):
+        raise ValueError(f"one kept share per layer expected ({len(mlps)}), got {len(shares)} and {len(mid_shares)}")
     out = {"input": [], "mid": [], "input_kept": [], "mid_kept": []}
-    for mlp, h, s in zip(mlps, samples, shares):
-        t_in = share_threshold(h, float(s))
-        keep_in = h.abs() >= t_in
+    for l, (mlp, h, s, sm) in enumerate(zip(mlps, samples, shares, mid_shares)):
+        score_in = h if scales is None else h.abs().float() * scales[0][l].to(h.device)
+        t_in = share_threshold(score_in, float(s))
+        keep_in = score_in.abs() >= t_in
         mid = mlp.intermediate(h.masked_fill(~keep_in, 0))
-        t_mid = share_threshold(mid, float(s))
+        score_mid = mid if scales is None else mid.abs().float() * scales[1][l].to(h.device)
+        t_mid = share_threshold(score_mid, float(sm))
         out["input"].append(t_in)
         out["mid"].append(t_mid)
         out["input_kept"].append(float(keep_in.float().mean()))
-        out["mid_kept"].append(float((mid.abs() >= t_mid).float().mean()))
+        out["mid_kept"].append(float((score_mid.abs() >= t_mid).float().mean()))
     return out
+
+
+@torch.no_grad()
+def wina_scales(mlps: Sequence[LayerMLP]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """WINA's column norms per layer: ``([(d_model,)], [(d_ff,)])`` float32, the l2 norm of each input
+    channel's column of ``[W_gate; W_up]`` (stacked) and of ``W_down``'s column of each neuron."""
+    ins, mids = [], []
+    for mlp in mlps:
+        g, u = mlp.gate.weight.float(), mlp.up.weight.float()
+        ins.append(torch.sqrt((g * g).sum(dim=0) + (u * u).sum(dim=0)))
+        mids.append(mlp.down.weight.float().norm(dim=0))
+    return ins, mids
+
+
+@torch.no_grad()
+def pca_rotations(samples: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """LaRoSA's rotation per layer: ``(d_model, d_model)`` float32 orthogonal Q whose columns are the
+    eigenvectors of ``hᵀh`` of ``samples[l]: (n, d_model)``, by decreasing eigenvalue."""
+    out = []
+    for h in samples:
+        x = h.double().cpu()
+        vals, vecs = torch.linalg.eigh(x.T @ x)
+        out.append(vecs[:, vals.argsort(descending=True)].float())
+    return out
+
+
+@torch.no_grad()
+def block_allocation(mlp: LayerMLP, h: torch.Tensor, compute_share: float, grid: Sequence[float]) -> dict:
+    """TEAL's split of one layer's budget between its input and ``down_in`` (module docstring).
+
+    ``h: (n, d_model)``, ``grid`` descending from 1.0 (:func:`share_grid`).  Returns ``{"kept_input",
+    "kept_mid"}`` (channels and neurons kept), ``input_share``, ``mid_share``, ``compute_share``
+    (``(2 kept_input / d_model + kept_mid / d_ff) / 3``, within one neuron of the budget) and ``steps``
+    (the greedy path, ``[input_share, mid_share]`` per step)."""
+    if not 0.0 < compute_share <= 1.0:
+        raise ValueError(f"compute share must be in (0, 1], got {compute_share}")
+    grid = np.asarray(grid, dtype=np.float64)
+    d_model, d_ff = h.shape[1], mlp.gate.out_features
+    n_in = [int(round(g * d_model)) for g in grid]
+    n_mid = [int(round(g * d_ff)) for g in grid]
+    target = compute_share * 3 * d_model * d_ff  # multiply-adds per token: 2 d_ff per input channel, d_model per neuron
+    y = mlp.down(mlp.intermediate(h))
+    mids: dict = {}
+    errors: dict = {}
+
+    def cost(i: int, j: int) -> float:
+        return 2.0 * d_ff * n_in[i] + d_model * n_mid[j]
+
+    def error(i: int, j: int) -> float:
+        if (i, j) not in errors:
+            if i not in mids:
+                mids[i] = mlp.intermediate(h.masked_fill(h.abs() < share_threshold(h, float(grid[i])), 0))
+            m = mids[i]
+            m = m.masked_fill(m.abs() < share_threshold(m, float(grid[j])), 0)
+            errors[(i, j)] = float(((mlp.down(m) - y).double() ** 2).sum())
+        return errors[(i, j)]
+
+    i = j = 0
+    steps = [[1.0, 1.0]]
+    while cost(i, j) > target:
+        options = [((error(a, b) - error(i, j)) / (cost(i, j) - cost(a, b)), a, b)
+                   for a, b in ((i + 1, j), (i, j + 1)) if a < len(grid) and b < len(grid)]
+        if not options:
+            raise ValueError(f"compute share {compute_share} is below the allocation grid's smallest shares")
+        _, i, j = min(options)
+        steps.append([float(grid[i]), float(grid[j])])
+    k_in = n_in[i]
+    k_mid = int(round((target - 2.0 * d_ff * k_in) / d_model))
+    if k_mid > d_ff:  # the last step lowered the input past the budget: give the rest back to the input
+        k_in = int(np.ceil((target - d_model * d_ff) / (2.0 * d_ff)))
+        k_mid = int(round((target - 2.0 * d_ff * k_in) / d_model))
+    k_mid = min(max(k_mid, 0), d_ff)
+    spent = (2.0 * d_ff * k_in + d_model * k_mid) / (3.0 * d_model * d_ff)
+    return {"kept_input": k_in, "kept_mid": k_mid, "input_share": k_in / d_model, "mid_share": k_mid / d_ff,
+            "compute_share": spent, "steps": steps}
 
 
 @torch.no_grad()

@@ -2,9 +2,13 @@
 
 A point records, per layer, the share of each matrix product's multiply-adds that its method
 really runs on the scored tokens (:mod:`apc.perplexity.accounting`), and the predictor's FLOPs
-share (summed over projections: each projection's predictor runs in every layer).
+share (summed over projections: each projection's predictor runs in every layer).  LaRoSA's
+rotation of the MLP input is not folded into the previous layer here: its ``d_model²``
+multiply-adds per token and layer are counted (``rotation_flops_share``).
 ``compute_share`` is their FLOP-weighted total; ``kept_share`` the mean kept share of the masks.
 With ``batch_sizes`` the point also carries the batch view (:func:`apc.perplexity.masking.install_interventions`).
+A GRIFFIN point scores only the tokens after each window's prompt, and carries dense on the same
+tokens (``dense``) for its ratio.
 """
 
 from __future__ import annotations
@@ -12,51 +16,72 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apc.common.frontier import parse_line
-from apc.perplexity.accounting import ffn_share, product_shares, product_weights
+from apc.common.maskspec import LineSpec
+from apc.perplexity.accounting import ffn_share, product_shares, product_weights, rotation_share
+from apc.perplexity.maskargs import Masks
 from apc.perplexity.protocol import score
 
+#: what each family reads from the point's arrays (besides thresholds), and the mode's fixed fields
+_ARRAYS = {"threshold": ("keep_thresholds",), "cats": ("gate_thresholds",),
+           "teal": ("keep_thresholds", "input_thresholds"),
+           "wina": ("keep_thresholds", "input_thresholds", "input_scale", "mid_scale"),
+           "larosa": ("rotations",), "griffin": ("prompt",), "random": (),
+           "oracle": ("centroids", "assign_weights"), "predicted": ("centroids", "predictors"),
+           "neuron": ("predictors",)}
 
-def score_point(model: nn.Module, windows: torch.Tensor, line: str, share: float, *, bos: bool, projections,
-                thresholds: dict, keep_thresholds: dict | None = None, centroids: dict | None = None,
-                predictors: dict | None = None, predictor_share: dict | None = None, seed: int = 0,
-                gate_thresholds: dict | None = None, input_thresholds: list | None = None,
-                batch_sizes=(), assign_weights: dict | None = None) -> dict:
+
+def line_masks(spec: LineSpec, share: float, *, projections, thresholds: dict, seed: int = 0, **arrays) -> Masks:
+    """The :class:`Masks` of line ``spec`` at kept share ``share``: the arrays its family reads, from ``arrays``
+    (``keep_thresholds, gate_thresholds, input_thresholds, input_scale, mid_scale, rotations, prompt,
+    centroids, assign_weights, predictors``; the others are ignored)."""
+    projections = tuple(projections)
+    kw = {k: arrays.get(k) for k in _ARRAYS[spec.family]}
+    if spec.family == "random":
+        kw["random_density"] = {q: share for q in projections}
+    elif spec.family == "predicted":
+        kw["top_m"] = spec.top_m
+    elif spec.family == "neuron":
+        kw["neuron_density"] = {q: share for q in projections}
+    elif spec.family == "larosa":
+        kw.update(input_share=share, keep_share=share)
+    elif spec.family == "griffin":
+        kw["keep_share"] = share
+    return Masks(spec.mode, projections=projections, thresholds=thresholds, seed=seed, line=spec, **kw)
+
+
+def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, share: float, *, bos: bool,
+                projections, thresholds: dict, predictor_share: dict | None = None, seed: int = 0,
+                batch_sizes=(), **arrays) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
-    ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal: ``down_in``),
-    ``gate_thresholds: {"down_in": [T per layer]}`` (cats), ``input_thresholds: [T_in per layer]``
-    (teal), ``centroids: {proj: (L, K, W) bool}`` (oracle, predicted; ``assign_weights`` as in
-    :func:`install_interventions` for a weighted cell's oracle), ``predictors: {proj: [per
-    layer]}`` and ``predictor_share: {proj: FLOPs share}`` (predicted, neuron).  Returns
-    :func:`score`'s dict (with ``detail``) plus ``line, family, mode, share, kept_share,
-    product_shares`` (``{gate, up, down: [share per layer]}``), ``ffn_flops_share``,
-    ``predictor_flops_share`` and ``compute_share``.
+    ``arrays`` (:func:`line_masks`): ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal,
+    wina: ``down_in``), ``gate_thresholds: {"down_in": [T per layer]}`` (cats), ``input_thresholds:
+    [T_in per layer]`` (teal, wina), ``input_scale``/``mid_scale`` (wina: ``[(d_model,)]``/``[(d_ff,)]``
+    per layer), ``rotations`` (larosa: ``[(d_model, d_model)]`` per layer), ``prompt`` (griffin: dense
+    positions per window), ``centroids: {proj: (L, K, W) bool}`` (oracle, predicted; ``assign_weights``
+    as in :class:`Masks` for a weighted cell's oracle), ``predictors: {proj: [per layer]}`` with
+    ``predictor_share: {proj: FLOPs share}`` (predicted, neuron).  Returns :func:`score`'s dict (with
+    ``detail``) plus ``line, family, mode, share, kept_share, product_shares`` (``{gate, up, down:
+    [share per layer]}``), ``ffn_flops_share``, ``predictor_flops_share``, ``rotation_flops_share``,
+    ``compute_share`` and, for griffin, ``dense`` (dense on the same tokens) and ``score_from``.
     """
-    d = parse_line(line)
-    mode, projections = d["mode"], list(projections)
-    kw: dict = {}
-    if d["family"] == "threshold":
-        kw["keep_thresholds"] = keep_thresholds
-    elif d["family"] == "cats":
-        kw["gate_thresholds"] = gate_thresholds
-    elif d["family"] == "teal":
-        kw.update(keep_thresholds=keep_thresholds, input_thresholds=input_thresholds)
-    elif d["family"] == "random":
-        kw["random_density"] = {q: share for q in projections}
-    elif d["family"] == "oracle":
-        kw.update(centroids=centroids, assign_weights=assign_weights)
-    elif d["family"] == "predicted":
-        kw.update(centroids=centroids, predictors=predictors, top_m=d["top_m"])
-    else:
-        kw.update(predictors=predictors, neuron_density={q: share for q in projections})
-    res = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds, seed=seed,
-                detail=True, batch_sizes=tuple(batch_sizes), **kw)
+    spec = line if isinstance(line, LineSpec) else LineSpec.parse(line)
+    projections = list(projections)
+    masks = line_masks(spec, share, projections=projections, thresholds=thresholds, seed=seed, **arrays)
+    score_from = int(masks.prompt) if spec.family == "griffin" and masks.prompt else 1
+    res = score(model, windows, masks, bos=bos, detail=True, batch_sizes=tuple(batch_sizes), score_from=score_from)
     kept = sum(res["kept"][q] for q in projections) / len(projections)
     n_layers = len(next(iter(res["layer_kept"].values())))
-    shares = product_shares(d["family"], res["layer_kept"], n_layers, res.get("input_kept"))
-    flops = ffn_share(shares, product_weights(model))
+    shares = product_shares(spec.family, res["layer_kept"], n_layers, res.get("input_kept"))
+    weights = product_weights(model)
+    flops = ffn_share(shares, weights)
+    rot = rotation_share(model) if spec.family == "larosa" else 0.0
     pshare = float(sum((predictor_share or {}).get(q, 0.0) for q in projections))
-    return {**res, "line": line, "family": d["family"], "mode": mode, "share": float(share), "kept_share": kept,
-            "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
-            "compute_share": flops + pshare}
+    out = {**res, "line": spec.line, "family": spec.family, "mode": spec.mode, "share": float(share),
+           "kept_share": kept, "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
+           "rotation_flops_share": rot, "compute_share": flops + pshare + rot}
+    if score_from > 1:
+        dense = score(model, windows, "dense", bos=bos, score_from=score_from)
+        out.update(score_from=score_from, dense={k: dense[k] for k in ("ppl", "ppl_lo", "ppl_hi", "nll", "tokens",
+                                                                       "windows", "window_nll_sum", "window_tokens")})
+    return out

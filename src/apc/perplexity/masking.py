@@ -1,4 +1,5 @@
-"""Forward hooks that apply FFN interventions to a decoder of any FFN family.
+"""Forward hooks that apply FFN interventions to a decoder of any FFN family (the mask builders;
+their arguments and checks: :mod:`apc.perplexity.maskargs`).
 
 For every FFN site ``l`` (a decoder layer, or a (layer, expert) of a mixture of
 experts: :mod:`apc.common.sites`) and configured projection (for a Llama-style
@@ -28,6 +29,15 @@ mode              keep
 ``teal``          ``|x| >= T_mid[l]`` on ``down_in`` (``keep_thresholds``), and the MLP input
                   entering ``gate_proj``/``up_proj`` zeroed where ``|h| < T_in[l]``
                   (``input_thresholds``; TEAL)
+``wina``          ``|x| * s_mid[l] >= T_mid[l]`` on ``down_in`` and the MLP input zeroed where
+                  ``|h| * s_in[l] < T_in[l]`` (``mid_scale``, ``input_scale``: the l2 norms of the
+                  weight columns that read each channel; WINA)
+``larosa``        the MLP input replaced by ``Q m(Q^T h)``, ``m`` keeping the top
+                  ``input_share`` of ``|Q^T h|`` per token (``rotations``), and the top
+                  ``keep_share`` of ``|x|`` on ``down_in`` per token (LaRoSA)
+``griffin``       per sequence: the first ``prompt`` positions dense; after them the
+                  top ``keep_share`` neurons by the l2 norm over the prompt of each
+                  position's normalised ``down_in`` (:func:`griffin_keep`; GRIFFIN)
 ``predicted``     ``C[a_1] | ... | C[a_m]`` -- the ``top_m`` centroids scored
                   highest by ``predictors[proj][l]`` from the MLP input; no
                   oracle, no threshold (like ``centroid_only``)
@@ -35,8 +45,9 @@ mode              keep
                   ``predictors[proj][l]`` from the MLP input (``neuron_density``)
 ================  =============================================================
 
-``cats`` and ``teal`` mask ``down_in`` only.  Per layer, :meth:`Interventions.layer_stats` reports
-the kept share of every masked projection (and, in ``teal``, of the MLP input), which
+``cats``, ``griffin`` and :data:`INPUT_MODES` mask ``down_in`` only.  Per layer, :meth:`Interventions.layer_stats`
+reports the kept share of every masked projection (and, in :data:`INPUT_MODES`, of the MLP input; ``griffin``:
+on the positions after the prompt), which
 :mod:`apc.perplexity.accounting` turns into the multiply-adds each product really runs.
 With ``batch_sizes``, the hooks also measure the *batch view* on the scored positions, in
 token order within each window: for B consecutive tokens, the share of neurons that at least
@@ -75,12 +86,17 @@ from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
 from apc.clustering.device import exact_matmul
 from apc.clustering.distance import nearest
-from apc.clustering.lowp import ExactProduct, fp8_supported
 from apc.clustering.product import product_masks
 from apc.perplexity import fused as _fused
+from apc.perplexity.maskargs import (Masks, check_centroids, check_density, check_predictors, check_rotations,
+                                     check_scales, check_share, check_thresholds, check_vectors, site_width)
 
 MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "random_only", "threshold", "predicted",
-         "neuron_predicted", "cats", "teal")
+         "neuron_predicted", "cats", "teal", "wina", "larosa", "griffin")
+#: modes that mask the MLP input entering gate_proj and up_proj (and report its kept share per layer)
+INPUT_MODES = ("teal", "wina", "larosa")
+#: modes that mask ``down_in`` only, on a Llama-style gated FFN
+_DOWN_IN_MODES = ("cats", "griffin") + INPUT_MODES
 _RANDOM_MODES = ("random", "random_only")
 _CENTROID_MODES = ("centroid", "centroid_only", "predicted")
 _PREDICTOR_MODES = ("predicted", "neuron_predicted")
@@ -119,12 +135,13 @@ class Interventions:
         self._layer_kept = {p: [0] * self.n_layers for p in self.projections}
         self._layer_total = {p: [0] * self.n_layers for p in self.projections}
         self._acc = {p: [None] * self.n_layers for p in self.projections}  # fused route: (kept, active) float64
-        self._input_kept = [0] * self.n_layers  # teal: kept MLP-input elements per layer
+        self._input_kept = [0] * self.n_layers  # input modes: kept MLP-input elements per layer
         self._input_total = [0] * self.n_layers
         # batch view, per projection, layer and B: [union sum, grouped-read sum, groups, grouped groups]
         self._batch = {p: [{b: [0, 0, 0, 0] for b in self.batch_sizes} for _ in range(self.n_layers)]
                        for p in self.projections}
         self._id_counts = {p: [None] * self.n_layers for p in self.projections}  # top-1 cluster id histograms
+        self._seq_masks = {p: [[] for _ in range(self.n_layers)] for p in self.projections}  # griffin: (W,) per sequence
         self._handles: list = []
         self._mlp_inputs: dict = {}
 
@@ -184,24 +201,28 @@ class Interventions:
     def layer_stats(self) -> dict:
         """Per layer: ``{"kept": {proj: [share per layer]}, "input_kept": [share per layer] | None}``.
 
-        ``input_kept`` is the kept share of the MLP input (``teal`` only).  Dense: every share is 1.
+        ``input_kept`` is the kept share of the MLP input (:data:`INPUT_MODES` only).  Dense: every share is 1.
         NaN where a hook never ran."""
         def share(num, den):
             return 1.0 if self.mode == "dense" else (float(num) / den if den else float("nan"))
 
         kept = {p: [share(self._counts(p, l)[0], t) for l, t in enumerate(self._layer_total[p])]
                 for p in self.projections}
-        inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.mode == "teal" else None
+        inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.mode in INPUT_MODES else None
         return {"kept": kept, "input_kept": inp}
 
     def batch_view(self) -> dict:
         """Per projection and batch size B: ``union`` (mean share of a layer's neurons that at least one of
         B consecutive scored tokens keeps), ``grouped`` (cluster modes: the distinct assigned centroids'
         summed density, capped at 1; else None), each as ``{"mean": over layers, "layers": [...]}``;
-        ``groups`` counts the B-token groups per layer.  ``{}`` without ``batch_sizes``."""
+        ``groups`` counts the B-token groups per layer.  ``{}`` without ``batch_sizes``.  ``griffin``
+        keeps one mask per sequence: its ``union`` is over B consecutive sequences (their masks)."""
         out = {}
         for p in self.projections:
             out[p] = {}
+            if self.mode == "griffin":
+                out[p] = self._sequence_view(p)
+                continue
             for b in self.batch_sizes:
                 cells = [self._batch[p][l][b] for l in range(self.n_layers)]
                 union = [float(c[0]) / c[2] if c[2] else float("nan") for c in cells]
@@ -213,53 +234,41 @@ class Interventions:
                                   "groups": int(cells[0][2] // max(1, self.width[p])) if cells else 0}
         return out
 
+    def _sequence_view(self, p: str) -> dict:
+        """:meth:`batch_view` of one projection when each sequence has one mask (``griffin``)."""
+        out = {}
+        for b in self.batch_sizes:
+            union, n = [], 0
+            for masks in self._seq_masks[p]:
+                m = torch.cat(masks) if masks else torch.zeros(0, self.width[p], dtype=torch.bool)
+                n = m.shape[0] // b
+                union.append(float(m[: n * b].view(n, b, -1).any(dim=1).float().mean()) if n else float("nan"))
+            mean = float(np.mean(union)) if union and n else float("nan")
+            out[str(b)] = {"union": {"mean": mean, "layers": union}, "grouped": None, "groups": n}
+        return out
+
     def id_counts(self) -> dict[str, list[list[int]]]:
         """``{proj: [top-1 cluster-id counts (K,) per layer]}`` over the scored tokens (cluster modes)."""
         return {p: [c.tolist() for c in v] for p, v in self._id_counts.items() if v and all(c is not None for c in v)}
 
 
-def install_interventions(
-    model: nn.Module,
-    mode: str,
-    *,
-    projections: Sequence[str] = (),
-    thresholds: Mapping[str, Sequence[float]] | None = None,
-    centroids: Mapping[str, torch.Tensor | np.ndarray] | None = None,
-    random_density: Mapping[str, float] | None = None,
-    seed: int = 0,
-    keep_thresholds: Mapping[str, Sequence[float]] | None = None,
-    predictors: Mapping[str, Sequence[Callable]] | None = None,
-    top_m: int = 1,
-    neuron_density: Mapping[str, float] | None = None,
-    skip_first_position: bool,
-    groups: Mapping[str, int] | None = None,
-    assign_weights: Mapping[str, np.ndarray | torch.Tensor | None] | None = None,
-    gate_thresholds: Mapping[str, Sequence[float]] | None = None,
-    input_thresholds: Sequence[float] | None = None,
-    batch_sizes: Sequence[int] = (),
-    fused: bool | None = None,
-) -> Interventions:
-    """Install the hooks of ``mode`` on every layer's ``projections``; return the handle.
+def install_interventions(model: nn.Module, masks: Masks | str, *, skip_first_position: bool,
+                          batch_sizes: Sequence[int] = (), fused: bool | None = None, **legacy) -> Interventions:
+    """Install the hooks of ``masks.mode`` on every layer's ``masks.projections``; return the handle.
 
-    thresholds:      ``{proj: [T_layer0, ..., T_layer{n-1}]}`` (all modes but dense).
-    centroids:       ``{proj: (L, K, width) bool}``, L in {1, n_layers} (centroid modes, predicted).
-    random_density:  ``{proj: d in [0, 1]}`` (random and random_only modes).
-    keep_thresholds: ``{proj: [T_rho per layer]}`` (threshold mode).
-    predictors:      ``{proj: [one callable per layer]}`` (predicted: K scores; neuron_predicted: width scores).
-    top_m:           centroids united per token (predicted mode).
-    neuron_density:  ``{proj: d in (0, 1]}`` (neuron_predicted mode).
-    groups:          ``{proj: G}`` for product cells, centroids ``(L, G*K, width)`` (default 1).
-    assign_weights:  ``{proj: None | (n_layers, width) column scale}``: oracle assignment by least
-                     missed weight ``|x|`` (None) or ``|x| * scale[l]`` (``output`` weighting).
-    gate_thresholds: ``{"down_in": [T per layer]}`` on ``|act(gate output)|`` (cats mode).
-    input_thresholds: ``[T_in per layer]`` on the MLP input entering gate_proj and up_proj (teal mode).
+    ``masks``: a :class:`apc.perplexity.maskargs.Masks` (what the mode applies; its fields say which
+    mode reads which); a mode name with the same fields as keywords (``legacy``) builds one.
     batch_sizes:     B values of the batch view (:meth:`Interventions.batch_view`); () = off.
     fused:           one-pass Triton masking (:mod:`apc.perplexity.fused`): None = wherever it runs (CUDA with
                      Triton), False = the torch route.  Both give the same outputs and statistics.
     """
+    if isinstance(masks, str):
+        masks = Masks(masks, **legacy)
+    elif legacy:
+        raise TypeError(f"install_interventions takes a Masks or a mode with keywords, not both ({sorted(legacy)})")
+    mode, projections, seed, top_m = masks.mode, masks.projections, masks.seed, masks.top_m
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    projections = tuple(projections)
     bad = [p for p in projections if p not in PROJECTIONS]
     if bad:
         raise ValueError(f"unknown projection(s) {bad}; expected among {', '.join(PROJECTIONS)}")
@@ -268,36 +277,53 @@ def install_interventions(
 
     layers = ffn_sites(model)
     n_layers = len(layers)
-    width = {p: _width(layers[0], p) for p in projections}
+    width = {p: site_width(layers[0], p) for p in projections}
     if any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be >= 1, got {list(batch_sizes)}")
     handle = Interventions(mode, projections, width, n_layers, batch_sizes)
     if mode == "dense":
         return handle
-    if mode in ("cats", "teal") and projections != ("down_in",):
+    if mode in _DOWN_IN_MODES and projections != ("down_in",):
         raise ValueError(f"mode {mode!r} masks the down_proj input: projections must be ['down_in'], got {list(projections)}")
-    if mode in ("cats", "teal") and any(site.family.name != "gated" or not site.positional for site in layers):
+    if mode in _DOWN_IN_MODES and any(site.family.name != "gated" or not site.positional for site in layers):
         raise ValueError(f"mode {mode!r} needs a Llama-style gated FFN (gate_proj, up_proj, down_proj); this model's "
                          f"is {layers[0].family.name} ({layers[0].family.models})")
 
-    thr = _check_thresholds(thresholds, projections, n_layers, mode)
-    cents = _check_centroids(centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
-    k_rand = _check_density(random_density, projections, width, "random_density") if mode in _RANDOM_MODES else {}
-    keep_thr = _check_thresholds(keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
-        if mode in ("threshold", "teal") else {}
-    gate_thr = _check_thresholds(gate_thresholds, projections, n_layers, mode, "gate_thresholds") \
+    thr = check_thresholds(masks.thresholds, projections, n_layers, mode)
+    cents = check_centroids(masks.centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
+    k_rand = check_density(masks.random_density, projections, width, "random_density") if mode in _RANDOM_MODES else {}
+    keep_thr = check_thresholds(masks.keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
+        if mode in ("threshold", "teal", "wina") else {}
+    gate_thr = check_thresholds(masks.gate_thresholds, projections, n_layers, mode, "gate_thresholds") \
         if mode == "cats" else {}
-    in_thr = _check_thresholds({"input": input_thresholds} if input_thresholds is not None else None, ["input"],
-                               n_layers, mode, "input_thresholds")["input"] if mode == "teal" else None
-    k_neuron = _check_density(neuron_density, projections, width, "neuron_density") \
+    in_thr = check_thresholds({"input": masks.input_thresholds} if masks.input_thresholds is not None else None,
+                              ["input"], n_layers, mode, "input_thresholds")["input"] if mode in ("teal", "wina") else None
+    k_neuron = check_density(masks.neuron_density, projections, width, "neuron_density") \
         if mode == "neuron_predicted" else {}
-    preds = _check_predictors(predictors, projections, layers, mode, cents, width, top_m) \
+    preds = check_predictors(masks.predictors, projections, layers, mode, cents, width, top_m) \
         if mode in _PREDICTOR_MODES else {}
-    n_groups = {p: int((groups or {}).get(p, 1)) for p in projections}
+    in_scale = mid_scale = rot = None
+    if mode == "wina":
+        in_scale = check_vectors(masks.input_scale, n_layers, layers[0].d_model, "input_scale", mode, layers,
+                                 lambda site: site.ffn_input_device)
+        mid_scale = check_vectors(masks.mid_scale, n_layers, width["down_in"], "mid_scale", mode, layers,
+                                  lambda site: site.device("down_in"))
+    if mode == "larosa":
+        rot = check_rotations(masks.rotations, n_layers, layers[0].d_model, layers)
+        k_in = density_to_count(check_share(masks.input_share, "input_share", mode), layers[0].d_model)
+    if mode in ("larosa", "griffin"):
+        k_neuron = {"down_in": density_to_count(check_share(masks.keep_share, "keep_share", mode), width["down_in"])}
+    prompt = None
+    if mode == "griffin":
+        prompt = int(masks.prompt) if masks.prompt is not None else 0
+        if prompt < 1 + int(skip_first_position):
+            raise ValueError(f"mode 'griffin' needs a prompt of at least {1 + int(skip_first_position)} positions, "
+                             f"got {masks.prompt}")
+    n_groups = {p: int((masks.groups or {}).get(p, 1)) for p in projections}
     for p in projections:
         if n_groups[p] < 1 or (p in cents and cents[p][0].shape[0] % n_groups[p]):
             raise ValueError(f"groups[{p!r}] = {n_groups[p]} must be >= 1 and divide the centroid rows")
-    scales = _check_scales(assign_weights, projections, width, n_layers, layers)
+    scales = check_scales(masks.assign_weights, projections, width, n_layers, layers)
     generators: dict[torch.device, torch.Generator] = {}
     mlp_in: dict[int, torch.Tensor] = {}
     handle._mlp_inputs = mlp_in
@@ -311,12 +337,16 @@ def install_interventions(
             for l, mods in enumerate(layers):
                 handle._handles.append(mods["gate"].register_forward_hook(
                     lambda m, args, out, l=l: mlp_in.__setitem__(l, acts[l](out))))
-        if mode == "teal":  # the MLP input, thresholded before gate_proj and up_proj
+        if mode in INPUT_MODES:  # the MLP input, masked once before gate_proj and up_proj
             for l, mods in enumerate(layers):
+                if mode == "larosa":
+                    keep_in = _rotated_top_k(rot[l], k_in)
+                else:
+                    keep_in = _input_threshold(in_thr[l], None if in_scale is None else in_scale[l])
+                fn = _make_input_mask(handle, l, keep_in, skip_first_position)
                 for name in ("gate", "up"):
-                    fn = _make_input_mask(handle, l, in_thr[l], skip_first_position, count=name == "gate")
                     handle._handles.append(mods[name].register_forward_pre_hook(
-                        lambda m, args, fn=fn: (fn(args[0]),) + tuple(args[1:])))
+                        lambda m, args, fn=fn, count=name == "gate": (fn(args[0], count),) + tuple(args[1:])))
         for proj in projections:
             for l, site in enumerate(layers):
                 dev = site.device(proj)
@@ -328,8 +358,10 @@ def install_interventions(
                                   predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
                                   k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
                                   gate_threshold=gate_thr.get(proj, [None] * n_layers)[l],
-                                  fused=fused is not False and _fused.enabled(dev))
-                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional)
+                                  mid_scale=None if mid_scale is None else mid_scale[l],
+                                  fused=fused is not False and _fused.enabled(dev) and mode != "griffin")
+                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional,
+                                 prompt=prompt)
                 handle._handles.append(site.replace(proj, fn, skip_first_position))
     except BaseException:
         handle.remove()
@@ -338,7 +370,7 @@ def install_interventions(
 
 
 def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
-             scale=False, gate_threshold=None, fused=False):
+             scale=False, gate_threshold=None, mid_scale=None, fused=False):
     """``(flat x (N, W), pattern p (N, W) bool, |x| (N, W) float32) -> keep (N, W) bool`` for one
     (layer, projection).
 
@@ -397,6 +429,10 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             return r & p if mode == "random" else r
         if mode in ("threshold", "teal"):
             return absx >= keep_threshold
+        if mode == "wina":
+            return absx * mid_scale >= keep_threshold
+        if mode == "larosa":
+            return top_n_mask(absx, k_neuron)
         s = scores(flat.shape[0])
         if mode == "predicted":
             ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
@@ -412,6 +448,12 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
             return {"kind": "threshold", "keep_threshold": keep_threshold}
         if mode == "cats":
             return {"kind": "keep", "keep": gate_keep(flat.shape[0])}
+        if mode == "wina":
+            return {"kind": "keep", "keep": flat.abs().float() * mid_scale >= keep_threshold}
+        if mode == "larosa":
+            absx = flat.abs().float()
+            keep = _fused.top_n_float(absx, k_neuron)
+            return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(absx, k_neuron)}
         if mode in _RANDOM_MODES:
             return {"kind": "keep", "keep": random_keep(flat), "and_pattern": mode == "random"}
         if mode in ("centroid", "centroid_only"):
@@ -430,13 +472,28 @@ def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, t
         keep = _fused.top_n_float(s, k_neuron)  # None for scores it does not take
         return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(s, k_neuron)}
 
-    choose.ids, choose.density = None, density
+    choose.ids, choose.density, choose.k_neuron = None, density, k_neuron
     choose.spec = spec if fused else None
     return choose
 
 
-def _make_apply(handle, proj, layer, threshold, choose, skip_first):
-    """Build ``x -> masked x`` for one (layer, projection)."""
+def griffin_keep(x: torch.Tensor, prompt: int, k: int, start: int = 0) -> torch.Tensor:
+    """GRIFFIN's mask of ``x: (..., seq, W)``: all True on the first ``prompt`` positions; after them, per
+    sequence, the ``k`` neurons with the largest l2 norm over positions ``start..prompt-1`` of each
+    position's activation vector divided by its own l2 norm (one mask for every later position)."""
+    if x.shape[-2] <= prompt:
+        raise ValueError(f"mode 'griffin': a sequence of {x.shape[-2]} positions leaves none after a prompt of {prompt}")
+    a = x[..., start:prompt, :].float()
+    a = a / a.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
+    score = a.norm(dim=-2)  # (..., W)
+    mask = top_n_mask(score.reshape(-1, score.shape[-1]), k).view(score.shape)
+    keep = torch.ones(x.shape, dtype=torch.bool, device=x.device)
+    keep[..., prompt:, :] = mask.unsqueeze(-2)
+    return keep
+
+
+def _make_apply(handle, proj, layer, threshold, choose, skip_first, prompt=None):
+    """Build ``x -> masked x`` for one (layer, projection); ``prompt`` (griffin): the dense positions."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         handle.calls[proj] += 1
@@ -446,12 +503,17 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
             return fused_apply(x, flat)
         absx = flat.abs().float()  # |x| once, for the pattern and the modes that threshold it again
         p = absx >= threshold
-        keep = choose(flat, p, absx).view(x.shape)
+        if prompt is not None:  # griffin: the prompt runs dense and is left out of the statistics
+            keep = griffin_keep(x, prompt, choose.k_neuron, start=int(skip_first))
+            n_skip = prompt
+        else:
+            keep = choose(flat, p, absx).view(x.shape)
+            n_skip = 1 if skip_first and x.dim() >= 2 else 0
         p = p.view(x.shape)
-        if skip_first and x.dim() >= 2:
-            keep_s, p_s = keep[..., 1:, :], p[..., 1:, :]
+        if n_skip:
+            keep_s, p_s = keep[..., n_skip:, :], p[..., n_skip:, :]
             keep = keep.clone()
-            keep[..., 0, :] = True
+            keep[..., :n_skip, :] = True
         else:
             keep_s, p_s = keep, p
         n_kept = keep_s.sum()
@@ -489,7 +551,9 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first):
                 0, top1, torch.ones_like(top1))
             prev = handle._id_counts[proj][layer]
             handle._id_counts[proj][layer] = counts if prev is None else prev + counts
-        if handle.batch_sizes:
+        if handle.batch_sizes and prompt is not None:  # one mask per sequence
+            handle._seq_masks[proj][layer].append(keep_s[..., 0, :].reshape(-1, keep_s.shape[-1]).cpu())
+        elif handle.batch_sizes:
             _batch_view(handle._batch[proj][layer], keep_s, ids, getattr(choose, "density", None))
 
     return apply
@@ -520,20 +584,52 @@ def _batch_view(acc: dict, keep: torch.Tensor, ids: torch.Tensor | None, density
             cell[3] += g.shape[0]
 
 
-def _make_input_mask(handle, layer, threshold, skip_first, count):
-    """Build ``h -> h masked where |h| < threshold`` for the MLP input of one layer (teal mode)."""
+def _input_threshold(threshold: float, scale: torch.Tensor | None) -> Callable:
+    """``h -> (h masked, keep)``: ``h`` zeroed where ``|h| (* scale) < threshold`` (teal; wina with ``scale``)."""
 
-    def mask(h: torch.Tensor) -> torch.Tensor:
-        keep = h.abs().float() >= threshold
+    def keep_in(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        a = h.abs().float()
+        keep = (a if scale is None else a * scale) >= threshold
+        return h.masked_fill(~keep, 0), keep
+
+    return keep_in
+
+
+def _rotated_top_k(q: torch.Tensor, k: int) -> Callable:
+    """``h -> (Q (top-k of Q^T h), keep)`` (larosa): per token, the ``k`` largest ``|Q^T h|`` kept.
+
+    ``Q (z masked)`` fed to gate_proj and up_proj gives ``W (Q z) = (W Q) z``: the products of the
+    rotated weights ``W Q`` with the sparse rotated input, computed here through the unrotated weights."""
+
+    def keep_in(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = h.float() @ q  # rows: Q^T h
+        keep = top_n_mask(z.abs().reshape(-1, z.shape[-1]), k).view(z.shape)
+        return (z.masked_fill(~keep, 0) @ q.T).to(h.dtype), keep
+
+    return keep_in
+
+
+def _make_input_mask(handle, layer, keep_in, skip_first):
+    """Build ``(h, count) -> h masked`` for the MLP input of one layer (:data:`INPUT_MODES`): ``keep_in(h)``
+    gives the masked input and its mask; gate_proj and up_proj read the same tensor, so the second call
+    on it reuses the first's result; ``count`` adds its kept share to the layer's statistics."""
+    last: list = [None, None]
+
+    def mask(h: torch.Tensor, count: bool) -> torch.Tensor:
+        if last[0] is h:
+            return last[1]
+        out, keep = keep_in(h)
         if skip_first and h.dim() >= 2:
-            keep[..., 0, :] = True
+            out = out.clone()
+            out[..., 0, :] = h[..., 0, :]
             kept = keep[..., 1:, :]
         else:
             kept = keep
         if count:
             handle._input_kept[layer] = handle._input_kept[layer] + kept.sum()
             handle._input_total[layer] += kept.numel()
-        return h.masked_fill(~keep, 0)
+        last[0], last[1] = h, out
+        return out
 
     return mask
 
@@ -551,141 +647,3 @@ def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
     return out[:n_layers]
 
 
-def _width(site, proj: str) -> int:
-    return site.width(proj)
-
-
-def _check_thresholds(thresholds, projections, n_layers, mode, name="thresholds") -> dict[str, list[float]]:
-    out = {}
-    for p in projections:
-        if thresholds is None or p not in thresholds:
-            raise ValueError(f"mode {mode!r} needs {name} for projection {p!r} (one float per layer)")
-        t = [float(v) for v in thresholds[p]]
-        if len(t) != n_layers:
-            raise ValueError(f"{name}[{p!r}] has {len(t)} values, expected one per layer ({n_layers})")
-        if not all(np.isfinite(v) and v >= 0 for v in t):
-            raise ValueError(f"{name}[{p!r}] must be finite and >= 0, got {t}")
-        out[p] = t
-    return out
-
-
-class _CentroidSet:
-    """One ``(K, W)`` centroid set on one device: its rows as bool, and on first use its float32 copy
-    (torch route) and the one-byte operand of the exact assignment product (fused route)."""
-
-    def __init__(self, rows: torch.Tensor):
-        self.rows = rows
-        self.shape = rows.shape
-        self._float: torch.Tensor | None = None
-        self._product: tuple | None = None
-
-    def float(self) -> torch.Tensor:
-        if self._float is None:
-            self._float = self.rows.to(torch.float32)
-        return self._float
-
-    def density(self) -> torch.Tensor:
-        """``(K,)`` float32: the share of ones per centroid (no float32 copy kept for it)."""
-        return (self._float if self._float is not None else self.rows.to(torch.float32)).mean(dim=1)
-
-    def nearest(self, x: torch.Tensor, threshold: float) -> torch.Tensor:
-        """``(N,)`` int64: the nearest centroid (:func:`nearest_centroid`) of the pattern ``|x| >= threshold``
-        of ``x: (N, W)``, through the exact one-byte product (fp8 where the device has it, else int8)."""
-        if self._product is None:
-            dev = self.rows.device
-            prod = ExactProduct("fp8" if fp8_supported(dev) else "int8", dev, self.shape[1])
-            self._product = (prod, prod.prepare_centroids(self.rows))
-        prod, c = self._product
-        n = x.shape[0]
-        a = prod.view(_fused.pattern_operand(x, threshold, prod.one, prod.padded_rows(n), prod.cols))
-        return prod.overlap(a, c, n, self.shape[0]).max(dim=1).indices
-
-
-def _check_centroids(centroids, projections, width, n_layers, layers) -> dict[str, list[_CentroidSet]]:
-    """Validate and move centroid sets once: per projection, one (K, W) set per layer (shared when pooled)."""
-    out = {}
-    for p in projections:
-        if centroids is None or p not in centroids:
-            raise ValueError(f"centroid modes need centroids for projection {p!r}: a (L, K, width) bool array")
-        c = torch.as_tensor(centroids[p])
-        if c.dim() != 3 or c.shape[1] < 1:
-            raise ValueError(f"centroids[{p!r}] must have shape (L, K, width) with K >= 1, got {tuple(c.shape)}")
-        if c.shape[2] != width[p]:
-            raise ValueError(f"centroids[{p!r}] have width {c.shape[2]}, but the model's {p} width is "
-                             f"{width[p]} (expected {width[p]}, got {c.shape[2]}): centroids from another model or width")
-        if c.shape[0] not in (1, n_layers):
-            raise ValueError(f"centroids[{p!r}] have L={c.shape[0]} sets; expected 1 (pooled) or "
-                             f"{n_layers} (one per layer)")
-        if c.dtype != torch.bool:
-            if not bool(((c == 0) | (c == 1)).all()):
-                raise ValueError(f"centroids[{p!r}] must be binary (bool or 0/1)")
-            c = c != 0
-        cache: dict = {}
-        per_layer = []
-        for l, site in enumerate(layers):
-            src = l if c.shape[0] == n_layers else 0
-            dev = site.device(p)
-            if (src, dev) not in cache:
-                cache[(src, dev)] = _CentroidSet(c[src].to(device=dev).contiguous())
-            per_layer.append(cache[(src, dev)])
-        out[p] = per_layer
-    return out
-
-
-def _check_scales(assign_weights, projections, width, n_layers, layers) -> dict[str, list]:
-    """Per projection and layer: False (assign by pattern), None (by |x|) or a (width,) float32 scale."""
-    out = {}
-    for p in projections:
-        if assign_weights is None or p not in assign_weights:
-            out[p] = [False] * n_layers
-        elif assign_weights[p] is None:
-            out[p] = [None] * n_layers
-        else:
-            s = torch.as_tensor(np.asarray(assign_weights[p]), dtype=torch.float32)
-            if tuple(s.shape) != (n_layers, width[p]):
-                raise ValueError(f"assign_weights[{p!r}] must have shape ({n_layers}, {width[p]}), got {tuple(s.shape)}")
-            dev = lambda l: layers[l].device(p)
-            out[p] = [s[l].to(dev(l)) for l in range(n_layers)]
-    return out
-
-
-def _check_density(density, projections, width, name) -> dict[str, int]:
-    """Per projection, the exact number of ones per token: round(d * width)."""
-    out = {}
-    for p in projections:
-        if density is None or p not in density:
-            raise ValueError(f"this mode needs {name} for projection {p!r}")
-        d = float(density[p])
-        if not 0.0 <= d <= 1.0:
-            raise ValueError(f"{name}[{p!r}] must be in [0, 1], got {d}")
-        out[p] = int(round(d * width[p])) if name == "random_density" else density_to_count(d, width[p])
-    return out
-
-
-def _check_predictors(predictors, projections, layers, mode, cents, width, top_m) -> dict[str, list]:
-    """Per projection, one predictor per layer, sizes checked against the model and the centroids."""
-    out = {}
-    for p in projections:
-        if predictors is None or p not in predictors:
-            raise ValueError(f"mode {mode!r} needs predictors for projection {p!r} (one per layer)")
-        per_layer = list(predictors[p])
-        if len(per_layer) != len(layers):
-            raise ValueError(f"predictors[{p!r}] has {len(per_layer)} entries, expected one per layer ({len(layers)})")
-        for l, (pred, site) in enumerate(zip(per_layer, layers)):
-            d_model = site.d_model
-            if getattr(pred, "d_model", d_model) != d_model:
-                raise ValueError(f"predictors[{p!r}][{l}] takes inputs of width {pred.d_model}, the model's "
-                                 f"MLP input has width {d_model}")
-            dev = site.ffn_input_device
-            if isinstance(pred, nn.Module):
-                pred.to(dev).eval()
-            n_out = cents[p][l].shape[0] if mode == "predicted" else width[p]
-            with torch.no_grad():
-                got = pred(torch.zeros(1, d_model, device=dev)).shape[-1]
-            if got != n_out:
-                what = "centroids in the set" if mode == "predicted" else f"neurons of {p}"
-                raise ValueError(f"predictors[{p!r}][{l}] scores {got} outputs, but there are {n_out} {what}")
-        if mode == "predicted" and not 1 <= int(top_m) <= min(c.shape[0] for c in cents[p]):
-            raise ValueError(f"top_m must lie in [1, K], got {top_m}")
-        out[p] = per_layer
-    return out

@@ -23,6 +23,7 @@ from apc.common.progress import get_logger, progress
 from apc.extraction.corpus import check_budget
 from apc.perplexity.intervals import bootstrap_ppl
 from apc.perplexity.grouped import install_grouped, supports_grouped
+from apc.perplexity.maskargs import Masks
 from apc.perplexity.masking import install_interventions
 
 #: How masked FFNs are computed: ``hooks`` (dense products, masks applied after) or ``grouped``
@@ -48,9 +49,13 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
     return windows[:n]
 
 
-def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
-          seed: int = 0, detail: bool = False, kernel: str = "hooks", **masks) -> dict:
+def score(model: nn.Module, windows: torch.Tensor, mode: str | Masks, *, bos: bool, projections=(), thresholds=None,
+          seed: int = 0, detail: bool = False, kernel: str = "hooks", batch_sizes=(), score_from: int = 1,
+          **masks) -> dict:
     """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
+
+    ``mode``: a mode name (its mask arguments as keywords, ``masks``) or a :class:`Masks`.
+    ``score_from``: the first position whose token is scored (:func:`score_windows`).
 
     Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
     started_at, finished_at, wall_time_s``; ``kept`` maps each masked projection to its kept share.
@@ -62,22 +67,27 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
     """
     started = time.time()
     t0 = time.perf_counter()
+    if isinstance(mode, Masks):
+        spec = mode
+    else:
+        masked = mode != "dense"
+        spec = Masks(mode, projections=projections if masked else (), thresholds=thresholds if masked else None,
+                     seed=seed, **masks)
+    mode = spec.mode
     masked = mode != "dense"
     if kernel not in KERNELS:
         raise ValueError(f"unknown perplexity kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
-    reason = supports_grouped(mode, projections, top_m=masks.get("top_m", 1), groups=masks.get("groups"),
-                              assign_weights=masks.get("assign_weights")) if kernel == "grouped" and masked else "-"
+    reason = supports_grouped(mode, spec.projections, top_m=spec.top_m, groups=spec.groups,
+                              assign_weights=spec.assign_weights) if kernel == "grouped" and masked else "-"
     if reason is None:
-        install = install_grouped(model, mode, thresholds=thresholds, centroids=masks["centroids"],
-                                  predictors=masks.get("predictors"), skip_first_position=bos)
+        install = install_grouped(model, mode, thresholds=spec.thresholds, centroids=spec.centroids,
+                                  predictors=spec.predictors, skip_first_position=bos)
     else:
         if kernel == "grouped" and masked:
             log.info("mode %s runs through hooks, not the grouped kernel: %s", mode, reason)
-        install = install_interventions(model, mode, projections=projections if masked else (),
-                                        thresholds=thresholds if masked else None, skip_first_position=bos,
-                                        seed=seed, **masks)
+        install = install_interventions(model, spec, skip_first_position=bos, batch_sizes=batch_sizes)
     with install as handle:
-        res = score_windows(model, windows, bos=bos)
+        res = score_windows(model, windows, bos=bos, score_from=score_from)
     lo, hi = bootstrap_ppl(res["window_nll_sum"], res["window_tokens"])
     out = {"ppl": res["ppl"], "ppl_lo": lo, "ppl_hi": hi,
            **{k: res[k] for k in ("nll", "tokens", "windows", "window_nll_sum", "window_tokens")},

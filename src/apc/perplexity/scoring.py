@@ -27,14 +27,16 @@ from apc.common.progress import progress as _progress
 
 
 def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progress: bool = True,
-                  batch_size: int = 1) -> dict:
+                  batch_size: int = 1, score_from: int = 1) -> dict:
     """Score ``windows: (n_windows, seq_len)`` token ids with ``model(ids).logits``.
 
     Returns ``{"nll", "ppl", "tokens", "windows", "seq_len", "bos", "window_nll_sum",
     "window_tokens"}``: token-weighted mean NLL (nats), exp(nll), scored tokens =
     n_windows * (seq_len - 1), n_windows, seq_len, bos, and per window (lists, window
     order) the summed NLL and the scored tokens, from which intervals are bootstrapped.
-    ``bos=True`` requires the same token id in column 0 of every window.
+    ``bos=True`` requires the same token id in column 0 of every window.  ``score_from``: the first
+    position whose token is scored (1: all; a later one scores the same tokens of every window,
+    ``seq_len - score_from`` each, for a method whose first positions are a dense prompt).
     """
     windows = torch.as_tensor(windows)
     if windows.dim() != 2 or windows.dtype not in (torch.int64, torch.int32):
@@ -43,6 +45,8 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
     n, seq_len = windows.shape
     if n < 1 or seq_len < 2:
         raise ValueError(f"need at least one window of >= 2 tokens, got shape {tuple(windows.shape)}")
+    if not 1 <= score_from < seq_len:
+        raise ValueError(f"score_from must lie in [1, {seq_len - 1}] (the window's positions), got {score_from}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if bos and not bool((windows[:, 0] == windows[0, 0]).all()):
@@ -62,11 +66,11 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
             if logits.dim() != 3 or logits.shape[:2] != (b, seq_len):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)} for input "
                                  f"{tuple(ids.shape)}; expected ({b}, {seq_len}, vocab)")
-            nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                                  ids[:, 1:].reshape(-1), reduction="none")
-            per_window.append(nll.view(b, seq_len - 1).double().sum(dim=1).cpu())
+            nll = F.cross_entropy(logits[:, score_from - 1:-1].float().reshape(-1, logits.shape[-1]),
+                                  ids[:, score_from:].reshape(-1), reduction="none")
+            per_window.append(nll.view(b, seq_len - score_from).double().sum(dim=1).cpu())
     sums = torch.cat(per_window)
-    tokens = n * (seq_len - 1)
+    tokens = n * (seq_len - score_from)
     nll = float(sums.sum()) / tokens
     return {
         "nll": nll,
@@ -76,7 +80,7 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
         "seq_len": seq_len,
         "bos": bool(bos),
         "window_nll_sum": sums.tolist(),
-        "window_tokens": [seq_len - 1] * n,
+        "window_tokens": [seq_len - score_from] * n,
     }
 
 

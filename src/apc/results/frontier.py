@@ -28,7 +28,7 @@ log = get_logger("apc.results.frontier")
 
 COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi", "ratio", "ratio_lo", "ratio_hi",
            "tokens", "windows", "kept_share", "gate_share", "up_share", "down_share", "ffn_flops_share",
-           "predictor_flops_share", "compute_share", "cells"]
+           "predictor_flops_share", "rotation_flops_share", "compute_share", "cells"]
 
 
 def point_columns(d: dict) -> dict[str, float]:
@@ -53,11 +53,12 @@ def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.P
     rows = []
     for path in points:
         d = read_json(path)
-        iv = _interval_columns("ppl", d, dense)
+        iv = _interval_columns("ppl", d, d.get("dense") or dense)  # griffin: dense on its own (later) tokens
         rows.append({"pset": d["pset"], "line": d["line"], "family": d["family"], "mode": d["mode"],
                      "share": d["share"], **iv, "tokens": d["tokens"], "windows": d["windows"],
                      "kept_share": d["kept_share"], "ffn_flops_share": d.get("ffn_flops_share"),
-                     "predictor_flops_share": d["predictor_flops_share"], "compute_share": d["compute_share"],
+                     "predictor_flops_share": d["predictor_flops_share"],
+                     "rotation_flops_share": d.get("rotation_flops_share", 0.0), "compute_share": d["compute_share"],
                      "cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items())),
                      **point_columns(d)})
     extra = sorted({k for r in rows for k in r} - set(COLUMNS), key=lambda k: (k.split("_b")[0], int(k.split("_b")[-1]))
@@ -100,7 +101,7 @@ def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
 
 #: The masked-FFN kernel (:mod:`apc.deploy`) that runs each line family; None: no kernel of its own
 KERNEL = {"oracle": "grouped", "predicted": "grouped", "neuron": "per_token", "random": "per_token", "cats": "cats",
-          "threshold": None, "teal": None}
+          "threshold": None, "teal": None, "wina": None, "larosa": None, "griffin": None}
 DECODE_TOKENS, PREFILL_TOKENS = 1, 4096
 
 
@@ -153,7 +154,8 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
 
 
 #: (line style, marker) per line family: one marker per family on every plot
-STYLES = {"threshold": (":", "v"), "cats": ("-", "D"), "teal": ("-", "s"), "random": (":", "x"),
+STYLES = {"threshold": (":", "v"), "cats": ("-", "D"), "teal": ("-", "s"), "wina": ("-", "*"), "larosa": ("-", "h"),
+          "griffin": ("--", "X"), "random": (":", "x"),
           "oracle": ("-", "o"), "predicted": ("--", "^"), "neuron": ("-.", "P")}
 
 
@@ -164,7 +166,15 @@ def _label(line: str) -> str:
     if d["family"] == "cats":
         return "CATS (|act(gate)| threshold; gate in full)"
     if d["family"] == "teal":
-        return f"TEAL ({d['allocation']}: input and down_in thresholds)"
+        what = {"uniform": "uniform", "block": "TEAL's block-wise split",
+                "layer-greedy": "shares allocated across layers, not TEAL's"}[d["allocation"]]
+        return f"TEAL input and down_in thresholds ({what})"
+    if d["family"] == "wina":
+        return "WINA (|x| x weight-column norm thresholds)"
+    if d["family"] == "larosa":
+        return "LaRoSA (top-k of the PCA-rotated input; rotation counted)"
+    if d["family"] == "griffin":
+        return "GRIFFIN (one mask per sequence from its dense prompt)"
     if d["family"] == "oracle":
         return f"static ({d['scope']})" if d["method"] == "static" else \
             f"oracle {d['method']} K={d['k']} ({d['scope']})"
