@@ -1,0 +1,139 @@
+"""The frontier lines published after TEAL (WINA, LaRoSA, GRIFFIN) and TEAL's block-wise split, against
+hand computations on the tiny model."""
+
+import numpy as np
+import pytest
+import torch
+
+from apc.common.maskspec import LineSpec
+from apc.common.projections import decoder_layers
+from apc.perplexity.accounting import ffn_share, product_shares, rotation_share
+from apc.perplexity.calibrate import (block_allocation, layer_mlps, pca_rotations, share_grid, teal_thresholds,
+                                      wina_scales)
+from apc.perplexity.frontier import score_point
+from apc.perplexity.maskargs import Masks
+from apc.perplexity.masking import griffin_keep, install_interventions
+
+
+def _ids(n=2, seq=33, vocab=128, seed=0):
+    ids = torch.randint(1, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
+    ids[:, 0] = 1  # a BOS column
+    return ids
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def _mlp_inputs(model, ids):
+    """Per layer, the dense pass's MLP input with the BOS column dropped: ``(n, d_model)``."""
+    got = {}
+    hooks = [layer.mlp.gate_proj.register_forward_pre_hook(
+        lambda m, a, l=l: got.__setitem__(l, a[0][:, 1:].reshape(-1, a[0].shape[-1])))
+        for l, layer in enumerate(decoder_layers(model))]
+    _logits(model, ids)
+    for h in hooks:
+        h.remove()
+    return [got[l] for l in range(len(got))]
+
+
+def _zero(n):
+    return {"down_in": [0.0] * n}
+
+
+def test_wina_with_unit_column_norms_is_teal(tiny_llama):
+    ids = _ids()
+    mlps = layer_mlps(tiny_llama)
+    n, samples = len(mlps), _mlp_inputs(tiny_llama, ids)
+    d_model, d_ff = samples[0].shape[1], mlps[0].gate.out_features
+    ones = ([torch.ones(d_model)] * n, [torch.ones(d_ff)] * n)
+    teal = teal_thresholds(mlps, samples, [0.5] * n)
+    assert teal_thresholds(mlps, samples, [0.5] * n, scales=ones) == teal
+    args = dict(projections=["down_in"], thresholds=_zero(n), keep_thresholds={"down_in": teal["mid"]},
+                input_thresholds=teal["input"], skip_first_position=True)
+    with install_interventions(tiny_llama, "teal", **args) as h:
+        want, want_stats = _logits(tiny_llama, ids), h.layer_stats()
+    with install_interventions(tiny_llama, "wina", input_scale=ones[0], mid_scale=ones[1], **args) as h:
+        assert torch.equal(_logits(tiny_llama, ids), want)
+        assert h.layer_stats() == want_stats
+    # the real column norms: |x_j| * ||W[:, j]|| by hand in the first layer (its input is the dense one)
+    s_in, s_mid = wina_scales(mlps)
+    g, u = mlps[0].gate.weight, mlps[0].up.weight
+    assert torch.allclose(s_in[0], torch.cat([g, u]).norm(dim=0)) and torch.allclose(s_mid[0], mlps[0].down.weight.norm(dim=0))
+    wina = teal_thresholds(mlps, samples, [0.5] * n, scales=(s_in, s_mid))
+    with install_interventions(tiny_llama, "wina", **{**args, "keep_thresholds": {"down_in": wina["mid"]},
+                               "input_thresholds": wina["input"]}, input_scale=s_in, mid_scale=s_mid) as h:
+        _logits(tiny_llama, ids)
+        sigma = h.layer_stats()["input_kept"]
+    assert sigma[0] == pytest.approx(float((samples[0].abs() * s_in[0] >= wina["input"][0]).float().mean()), abs=1e-6)
+
+
+def test_larosa_at_share_one_is_dense_and_counts_its_rotation(tiny_llama):
+    ids = _ids()
+    dense = _logits(tiny_llama, ids)
+    n = len(decoder_layers(tiny_llama))
+    rot = pca_rotations(_mlp_inputs(tiny_llama, _ids(seed=1)))
+    assert torch.allclose(rot[0].T @ rot[0], torch.eye(rot[0].shape[0]), atol=1e-5)
+    masks = Masks("larosa", projections=("down_in",), thresholds=_zero(n), rotations=rot, input_share=1.0, keep_share=1.0)
+    with install_interventions(tiny_llama, masks, skip_first_position=True):
+        assert torch.allclose(_logits(tiny_llama, ids), dense, atol=1e-4)
+    half = Masks("larosa", projections=("down_in",), thresholds=_zero(n), rotations=rot, input_share=0.5, keep_share=0.5)
+    with install_interventions(tiny_llama, half, skip_first_position=True) as h:
+        assert not torch.allclose(_logits(tiny_llama, ids), dense, atol=1e-3)
+        stats = h.layer_stats()
+    d_model, d_ff = rot[0].shape[0], layer_mlps(tiny_llama)[0].gate.out_features
+    assert stats["input_kept"] == [d_model // 2 / d_model] * n and stats["kept"]["down_in"] == [d_ff // 2 / d_ff] * n
+    assert rotation_share(tiny_llama) == pytest.approx(d_model / (3 * d_ff))
+    res = score_point(tiny_llama, ids, "larosa", 0.5, bos=True, projections=["down_in"], thresholds=_zero(n), rotations=rot)
+    assert res["compute_share"] == pytest.approx(0.5 + d_model / (3 * d_ff), abs=0.02)
+
+
+def test_griffin_mask_is_the_prompts_top_neurons_and_constant_after_it(tiny_llama):
+    torch.manual_seed(0)
+    x = torch.randn(2, 12, 10)
+    keep = griffin_keep(x, prompt=4, k=3, start=1)
+    assert keep[:, :4].all()
+    for b in range(2):
+        a = x[b, 1:4] / x[b, 1:4].norm(dim=-1, keepdim=True)
+        top = set(a.norm(dim=0).topk(3).indices.tolist())
+        assert all(set(keep[b, t].nonzero().flatten().tolist()) == top for t in range(4, 12))
+
+    ids = _ids(n=3, seq=24)
+    n = len(decoder_layers(tiny_llama))
+    seen = []  # down_proj's (masked) input of layer 0
+    hook = decoder_layers(tiny_llama)[0].mlp.down_proj.register_forward_hook(lambda m, a, out: seen.append(a[0]))
+    masks = Masks("griffin", projections=("down_in",), thresholds=_zero(n), keep_share=0.5, prompt=8)
+    with install_interventions(tiny_llama, masks, skip_first_position=True, batch_sizes=(1, 2)) as h:
+        _logits(tiny_llama, ids)
+        view = h.batch_view()["down_in"]
+        kept = h.layer_stats()["kept"]["down_in"]
+    hook.remove()
+    zero = seen[0] == 0
+    assert not zero[:, :8].any() and (zero[:, 8:] == zero[:, 8:9]).all() and zero[:, 8:].any()
+    assert kept == pytest.approx([22 / 44] * n)
+    assert view["1"]["union"]["mean"] == pytest.approx(0.5) and view["2"]["union"]["mean"] > 0.5
+    res = score_point(tiny_llama, ids, "griffin", 0.5, bos=True, projections=["down_in"], thresholds=_zero(n), prompt=8)
+    assert res["tokens"] == res["dense"]["tokens"] == 3 * (24 - 8)
+    assert res["compute_share"] == pytest.approx(0.5) and res["dense"]["ppl"] != res["ppl"]
+
+
+def test_block_allocation_meets_each_layers_compute_within_one_neuron(tiny_llama):
+    mlps = layer_mlps(tiny_llama)
+    samples = _mlp_inputs(tiny_llama, _ids(n=4))
+    d_model, d_ff = samples[0].shape[1], mlps[0].gate.out_features
+    grid = share_grid(0.1)
+    for share in (0.4, 0.6, 0.8):
+        for mlp, h in zip(mlps, samples):
+            b = block_allocation(mlp, h, share, grid)
+            spent = 2 * d_ff * b["kept_input"] + d_model * b["kept_mid"]
+            assert abs(spent - share * 3 * d_model * d_ff) <= d_model / 2 + 1e-6  # half a column of W_down
+            assert b["steps"][0] == [1.0, 1.0] and len(b["steps"]) > 1
+            assert all((2 * a + m) >= (2 * a2 + m2) for (a, m), (a2, m2) in zip(b["steps"], b["steps"][1:]))
+    # the block split is TEAL's input and down_in thresholds at those shares: measured compute as planned
+    split = [block_allocation(mlp, h, 0.6, grid) for mlp, h in zip(mlps, samples)]
+    t = teal_thresholds(mlps, samples, [b["input_share"] for b in split], [b["mid_share"] for b in split])
+    got = np.mean([(2 * a + m) / 3 for a, m in zip(t["input_kept"], t["mid_kept"])])
+    assert got == pytest.approx(0.6, abs=0.02)
+    assert LineSpec.parse("teal-block").allocation == "block" and LineSpec.parse("teal-block").decided_by == "input"
+    assert ffn_share(product_shares("wina", {"down_in": [0.5]}, 1, [0.5])) == pytest.approx(0.5)
