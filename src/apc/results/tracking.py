@@ -366,9 +366,9 @@ def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
                     tags={"apc.frontier_cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items()))})
         r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
                 model=d.get("model"), dataset=d.get("dataset"))
-        _ppl_metrics(r, "ppl", d, dense)
+        _ppl_metrics(r, "ppl", d, d.get("dense") or dense)  # griffin: dense on its own (later) tokens
         for k in ("share", "tokens", "windows", "kept_share", "ffn_flops_share", "predictor_flops_share",
-                  "compute_share"):
+                  "rotation_flops_share", "compute_share"):
             r.metric(k, d.get(k))
         from apc.results.frontier import point_columns
 
