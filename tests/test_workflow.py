@@ -309,12 +309,16 @@ def test_predictor_reports_have_sane_metrics(smoke):
 def test_frontier_points_table_and_plot(smoke):
     c, files = _frontier(smoke)
     dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-    assert len(files.points) == 9  # threshold, random, cats, teal, oracle, static, predicted, two neuron ranks
+    assert len(files.points) == 11  # threshold, random, cats, teal, wina, griffin, oracle, static, predicted, two neuron ranks
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
     assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
-    assert (table["tokens"] == dense["tokens"]).all() and (table["ppl_lo"] <= table["ppl"]).all()
     row = table.set_index("line")
+    # GRIFFIN scores the tokens after its prompt (a quarter of each window), the others every token
+    assert (table["tokens"] == dense["tokens"]).sum() == len(table) - 1 and (table["ppl_lo"] <= table["ppl"]).all()
+    assert row.loc["griffin", "tokens"] == 2 * (128 - 32) and row.loc["griffin", "ffn_flops_share"] == pytest.approx(0.6, abs=1e-3)
+    wina = row.loc["wina"]
+    assert wina["gate_share"] == wina["up_share"] < 1 and abs(wina["ffn_flops_share"] - 0.6) < 0.05
     # FLOPs per product: what each method must run to decide its mask
     before = table[table["family"].isin(["oracle", "predicted", "neuron", "random"])]
     assert np.allclose(before["ffn_flops_share"], before["kept_share"], atol=1e-9)
@@ -328,7 +332,9 @@ def test_frontier_points_table_and_plot(smoke):
     assert abs(teal["ffn_flops_share"] - 0.6) < 0.03
     # the batch view: B = 1 is the kept share; a union of more tokens reads more rows; ids group the reads
     assert np.allclose(table["union_b1"], table["kept_share"], atol=1e-9)
-    assert (table["union_b16"] >= table["union_b4"] - 1e-12).all() and (table["union_b4"] >= table["union_b1"] - 1e-12).all()
+    tok = table[table["line"] != "griffin"]  # GRIFFIN's batch view is over sequences: 2 windows, no group of 4
+    assert (tok["union_b16"] >= tok["union_b4"] - 1e-12).all() and (tok["union_b4"] >= tok["union_b1"] - 1e-12).all()
+    assert np.isnan(row.loc["griffin", "union_b4"])
     oracle = row.loc["oracle.per_layer.apc-k8-s0"]
     assert oracle["grouped_b1"] == pytest.approx(oracle["kept_share"], abs=1e-3)
     assert oracle["union_b16"] <= oracle["grouped_b16"] + 1e-9 and np.isnan(row.loc["random", "grouped_b4"])
@@ -343,8 +349,8 @@ def test_frontier_points_table_and_plot(smoke):
     # the predicted mask in the predicted mode is the mode the frontier claims
     for p, path in zip(files.points, files.frontier):
         d = json.loads(Path(path).read_text())
-        assert d["line"] == p.line and d["mode"] in ("threshold", "cats", "teal", "random_only", "centroid_only", "predicted",
-                                                        "neuron_predicted")
+        assert d["line"] == p.line and d["mode"] in ("threshold", "cats", "teal", "wina", "griffin", "random_only",
+                                                        "centroid_only", "predicted", "neuron_predicted")
         assert len(d["window_nll_sum"]) == d["windows"] == 2
     assert row.loc["threshold-self", "ppl"] < row.loc["random", "ppl"]  # magnitude beats chance at equal share
     png = smoke / "plots" / "frontier_down_in.png"
