@@ -109,6 +109,9 @@ def frontier_table(out: Path) -> None:
         print(f"| {line} | " + " | ".join(cells + [""] * (n - len(cells))) + f" | {_cross(c, 1.05)} | {_cross(c, 1.25)} |")
     print(f"\n({int(fr.tokens.iloc[0])} tokens in {int(fr.windows.iloc[0])} windows per point; crossing shares "
           "interpolated linearly between a line's points, [from the interval's lower, upper ratio bound])")
+    other = fr[fr.tokens != fr.tokens.iloc[0]].groupby("line").tokens.first()
+    for line, tokens in other.items():  # GRIFFIN: the tokens after each window's prompt, dense on the same ones
+        print(f"({line}: {int(tokens)} tokens, those after each window's prompt; its ratio is to dense on them)")
     sizes = sorted(int(c[len("union_b"):]) for c in fr.columns if c.startswith("union_b"))
     if sizes:
         shares = sorted(fr.loc[fr.family != "cats", "share"].unique())
