@@ -221,6 +221,12 @@ def test_frontier_table_and_plot_read_exactly_their_points(tmp_path):
     pngs = make_frontier_plots(tmp_path / "plots", Path(cfg["outdir"]) / "frontier.csv", files.frontier_refs)
     assert [p.name for p in pngs][:1] == ["frontier_down_in.png"] and pngs[0].stat().st_size > 5000
     assert frontier_rows([], files.frontier_refs).empty
+    # a GRIFFIN point's ratio is to dense on its own tokens (those after the prompt), which it carries
+    path = next(f for f, p in zip(files.frontier, files.points) if p.line == "griffin")
+    g = json.loads(Path(path).read_text())
+    Path(path).write_text(json.dumps({**g, "dense": {"window_nll_sum": [23.0, 23.0], "window_tokens": [23, 23]}}))
+    row = frontier_rows([path], files.frontier_refs).iloc[0]
+    assert row["ratio"] == pytest.approx(g["ppl"] / np.exp(1.0))
 
 
 def test_mlflow_frontier_runs_are_replaced_and_retired(tmp_path):
