@@ -22,6 +22,7 @@ kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None
 calibration = read_json(i.calibration) if "calibration" in i.keys() else None
 line = LineSpec.parse(wc.line)
 neurons = {}  # a neuron predictor serves every share: load it once
+dense = None  # griffin: dense on the tokens after the prompt, the same at every share
 fixed = {}  # arrays of the line at every share
 if line.family == "wina":
     fixed["input_scale"], fixed["mid_scale"] = wina_scales(layer_mlps(model))
@@ -72,6 +73,7 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
             kw["predictor_share"][q] = read_json(i[f"report_{q}_{j}"])["total"]["flops_share"]
     log.info("frontier %s/%s at kept share %g", wc.pset, wc.line, share)
     result = score_point(model, windows, line, share, bos=tok.bos_token_id is not None, projections=projections,
-                         thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, **kw)
+                         thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, dense=dense, **kw)
+    dense = result.get("dense")
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,
                      "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in links.items() if c}, **result, **cuda_peak_memory(device)})

@@ -51,7 +51,7 @@ def line_masks(spec: LineSpec, share: float, *, projections, thresholds: dict, s
 
 def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, share: float, *, bos: bool,
                 projections, thresholds: dict, predictor_share: dict | None = None, seed: int = 0,
-                batch_sizes=(), **arrays) -> dict:
+                batch_sizes=(), dense: dict | None = None, **arrays) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
     ``arrays`` (:func:`line_masks`): ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal,
@@ -63,7 +63,8 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
     ``predictor_share: {proj: FLOPs share}`` (predicted, neuron).  Returns :func:`score`'s dict (with
     ``detail``) plus ``line, family, mode, share, kept_share, product_shares`` (``{gate, up, down:
     [share per layer]}``), ``ffn_flops_share``, ``predictor_flops_share``, ``rotation_flops_share``,
-    ``compute_share`` and, for griffin, ``dense`` (dense on the same tokens) and ``score_from``.
+    ``compute_share`` and, for griffin, ``dense`` (dense on the same tokens; pass a previous point's
+    ``dense`` of the same windows to reuse it) and ``score_from``.
     """
     spec = line if isinstance(line, LineSpec) else LineSpec.parse(line)
     projections = list(projections)
@@ -81,7 +82,8 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
            "kept_share": kept, "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
            "rotation_flops_share": rot, "compute_share": flops + pshare + rot}
     if score_from > 1:
-        dense = score(model, windows, "dense", bos=bos, score_from=score_from)
+        if dense is None or dense.get("tokens") != res["tokens"]:
+            dense = score(model, windows, "dense", bos=bos, score_from=score_from)
         out.update(score_from=score_from, dense={k: dense[k] for k in ("ppl", "ppl_lo", "ppl_hi", "nll", "tokens",
                                                                        "windows", "window_nll_sum", "window_tokens")})
     return out

@@ -185,6 +185,14 @@ def _label(line: str) -> str:
     return d["family"]
 
 
+def _own_tokens(g: pd.DataFrame) -> str:
+    """A note for a line scored on fewer tokens than the others (GRIFFIN: those after the prompt)."""
+    if g["family"].iloc[0] != "griffin":
+        return ""
+    dense = (g["ppl"] / g["ratio"]).dropna()
+    return f"; {int(g['tokens'].iloc[0])} tokens after the prompt" + (f", dense {dense.iloc[0]:.2f} on them" if len(dense) else "")
+
+
 def _on_windows(ref: dict, n: int) -> float:
     """A reference perplexity on its first ``n`` windows, the ones the frontier points score
     (every result scores the first windows of the same test split); all of them when it has fewer."""
@@ -208,7 +216,7 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
         y = g["ppl"].to_numpy(float)
         err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
         ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
-        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line))
+        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line) + _own_tokens(g))
     n = int(rows["windows"].max()) if len(rows) else 0
     if dense is not None:
         d = _on_windows(dense, n)
