@@ -123,9 +123,11 @@ def test_block_allocation_meets_each_layers_compute_within_one_neuron(tiny_llama
     samples = _mlp_inputs(tiny_llama, _ids(n=4))
     d_model, d_ff = samples[0].shape[1], mlps[0].gate.out_features
     grid = share_grid(0.1)
-    for share in (0.4, 0.6, 0.8):
-        for mlp, h in zip(mlps, samples):
-            b = block_allocation(mlp, h, share, grid)
+    caches = [{} for _ in mlps]
+    for share in (0.8, 0.6, 0.4):
+        for mlp, h, cache in zip(mlps, samples, caches):
+            b = block_allocation(mlp, h, share, grid, cache)
+            assert b == block_allocation(mlp, h, share, grid)  # a shared cache changes nothing
             spent = 2 * d_ff * b["kept_input"] + d_model * b["kept_mid"]
             assert abs(spent - share * 3 * d_model * d_ff) <= d_model / 2 + 1e-6  # half a column of W_down
             assert b["steps"][0] == [1.0, 1.0] and len(b["steps"]) > 1

@@ -38,9 +38,12 @@ with torch.no_grad():
             errors = error_curves(mlps, samples, grid, "teal")
             out["teal_errors"] = {"grid": grid.tolist(), "errors": errors.tolist()}
         table = {}
-        for share in map(float, p.kept_shares):
+        if allocation == "block":  # layer by layer: one greedy path (and its cache) serves every budget
+            splits = [[block_allocation(mlp, h, float(s), grid, cache) for s in p.kept_shares]
+                      for mlp, h, cache in ((mlp, h, {}) for mlp, h in zip(mlps, samples))]
+        for j, share in enumerate(map(float, p.kept_shares)):
             if allocation == "block":
-                split = [block_allocation(mlp, h, share, grid) for mlp, h in zip(mlps, samples)]
+                split = [per_layer[j] for per_layer in splits]
                 shares, mid = [b["input_share"] for b in split], [b["mid_share"] for b in split]
                 t = teal_thresholds(mlps, samples, shares, mid)
                 table[density_label(share)] = {"shares": shares, "mid_shares": mid, "split": split, **t,

@@ -161,10 +161,12 @@ def pca_rotations(samples: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def block_allocation(mlp: LayerMLP, h: torch.Tensor, compute_share: float, grid: Sequence[float]) -> dict:
+def block_allocation(mlp: LayerMLP, h: torch.Tensor, compute_share: float, grid: Sequence[float],
+                     cache: dict | None = None) -> dict:
     """TEAL's split of one layer's budget between its input and ``down_in`` (module docstring).
 
-    ``h: (n, d_model)``, ``grid`` descending from 1.0 (:func:`share_grid`).  Returns ``{"kept_input",
+    ``h: (n, d_model)``, ``grid`` descending from 1.0 (:func:`share_grid`).  ``cache``: a dict kept
+    between calls on the same layer, sample and grid (other budgets walk the same greedy path).  Returns ``{"kept_input",
     "kept_mid"}`` (channels and neurons kept), ``input_share``, ``mid_share``, ``compute_share``
     (``(2 kept_input / d_model + kept_mid / d_ff) / 3``, within one neuron of the budget) and ``steps``
     (the greedy path, ``[input_share, mid_share]`` per step)."""
@@ -175,9 +177,10 @@ def block_allocation(mlp: LayerMLP, h: torch.Tensor, compute_share: float, grid:
     n_in = [int(round(g * d_model)) for g in grid]
     n_mid = [int(round(g * d_ff)) for g in grid]
     target = compute_share * 3 * d_model * d_ff  # multiply-adds per token: 2 d_ff per input channel, d_model per neuron
-    y = mlp.down(mlp.intermediate(h))
-    mids: dict = {}
-    errors: dict = {}
+    cache = {} if cache is None else cache
+    if "y" not in cache:
+        cache.update(y=mlp.down(mlp.intermediate(h)), mids={}, errors={})
+    y, mids, errors = cache["y"], cache["mids"], cache["errors"]
 
     def cost(i: int, j: int) -> float:
         return 2.0 * d_ff * n_in[i] + d_model * n_mid[j]
