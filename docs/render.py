@@ -488,6 +488,69 @@ def ratio_span(values) -> tuple[float, float]:
     return min(nums), max(nums)
 
 
+# ---------------------------------------------------------------- requests, sbatch lines
+
+def sbatch_lines(run: str = "plans", rel: str = "sbatch-mistral7b-wikitext2.txt") -> str:
+    """The captured sbatch lines, without job name, log, export and comment."""
+    out = []
+    for line in path(run, rel).read_text().splitlines():
+        rule, _, cmd = line.partition(": ")
+        cmd = re.sub(r"--parsable |--job-name \S+ |--output \S+ |--export=\S+ |--comment \S+ ", "", cmd)
+        out.append(f"{rule + ':':<23}{cmd}")
+    return "```\n" + "\n".join(out) + "\n```\n"
+
+
+def request_sentence(run: str = "paper-shaped-h200", rel: str = "paper_shaped_h200_rules_fused.md") -> str:
+    """How the requests compare with the measured use, from rule_report.py's per-rule table."""
+    rules = md_tables(run, rel)[0]
+    mem = ratio_span(rules["mem_mb / RSS"])
+    mx = rules["max s"].astype(float)
+    long_ = rules[mx >= 60]
+    short = rules[mx < 60]
+    rt_long = ratio_span(long_["runtime / wall"]) if len(long_) else (float("nan"),) * 2
+    rt_short = ratio_span(short["runtime / wall"])
+    outside = path(run, rel).read_text().split("Requests outside", 1)[1].splitlines()
+    return (f"in its run (`docs/results/{run}/{rel}`) every `mem_mb` request is {mem[0]:.1f}–{mem[1]:.1f}× the "
+            f"job's measured peak RSS, and rule_report.py found {'no' if outside[1:2] == ['- none'] else 'some'} "
+            f"request outside 1.5–4× of the measured use. Jobs under 60 s are exempt from the runtime's upper "
+            f"bound (runtime is whole minutes with a floor): their runtime requests are {rt_short[0]:.1f}–"
+            f"{rt_short[1]:.0f}× their wall time; the rules with a job of a minute or more "
+            f"({', '.join(f'`{r}`' for r in long_.rule)}) request {rt_long[0]:.1f}–{rt_long[1]:.1f}× theirs "
+            "(a rule's range spans all its jobs, the short ones included).\n")
+
+
+def disk_vs_plan(run: str, plan_rel: str, du_rel: str) -> str:
+    """Planned GB per store group (a storage plan's lines) against `du -b` of the run's folders."""
+    plan = {}
+    for name, gb in re.findall(r"^\s*(\S+)\s+([\d.]+)\s+\S", path(run, plan_rel).read_text(), re.M):
+        if name != "total":
+            group = name.split("/")[0] if name.split("/")[0] in ("ffn_inputs", "tokens") else "/".join(name.split("/")[:2])
+            plan[group] = plan.get(group, 0.0) + float(gb)
+    du = {}
+    for line in path(run, du_rel).read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        b, p = line.split(None, 1)
+        du[p.split("/", 2)[-1] if p.startswith("results/paper-shaped/") else p] = int(b)
+    groups = [("patterns and magnitudes", [g for g in plan if g.startswith(("patterns", "magnitudes"))], ["patterns"]),
+              ("FFN inputs", ["ffn_inputs"], ["ffn_inputs"]),
+              ("centroids and predictors", ["centroids", "predictors"], ["clusters", "predictors"]),
+              ("tokens", ["tokens"], ["tokens"])]
+    rows = []
+    for label, pk, dk in groups:
+        planned = sum(plan.get(g, 0.0) for g in pk)
+        got = sum(du.get(d, 0) for d in dk) / 1e9
+        rows.append([label, f"{planned:.3f}", f"{got:.3f}"])
+    rows.append(["**all stores**", f"{sum(plan.values()):.2f}", f"{sum(du.get(d, 0) for _, _, ds in groups for d in ds) / 1e9:.2f}"])
+    models = [(p, b) for p, b in du.items() if p.startswith("results/models/")]
+    if models:
+        rows.append([f"model folder (`{models[0][0]}`, beside the stores)", "–", f"{models[0][1] / 1e9:.2f}"])
+    patt_test = sum(v for g, v in plan.items() if g.startswith("patterns/test"))
+    patt_train = sum(v for g, v in plan.items() if g.startswith("patterns/train"))
+    return (md(["stores", "planned GB", "on disk GB (`du -b`)"], rows)
+            + f"\n(Planned pattern stores: {patt_train:.2f} GB train, {patt_test:.2f} GB test.)\n")
+
+
 # ---------------------------------------------------------------- plots
 
 def draw_plots() -> list[Path]:
