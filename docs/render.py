@@ -277,6 +277,40 @@ def time_range(run: str, column: str, families=None) -> str:
     return f"{v.min():.2f}–{v.max():.2f}"
 
 
+def _at(fr: pd.DataFrame, line: str, share: float):
+    g = fr[fr.line == line]
+    if g.empty:
+        return None
+    return g.iloc[int(np.argmin(np.abs(g.share.to_numpy(float) - share)))]
+
+
+def cluster_vs_neuron(run: str, share: float = 0.6) -> str:
+    """Per K of the per-layer APC cells: oracle, predicted (linear top-1) and the neuron predictor of equal FLOPs."""
+    fr = frontier(run)
+    ks = sorted({int(m) for m in fr.line.str.extract(r"^oracle\.per_layer\.apc-k(\d+)-s0$")[0].dropna()})
+    rows = []
+    for k in ks:
+        o = _at(fr, f"oracle.per_layer.apc-k{k}-s0", share)
+        p = _at(fr, f"predicted-linear-m1.per_layer.apc-k{k}-s0", share)
+        nn = _at(fr, f"neuron-linear-k{k}-x1", share)
+        cell = lambda r: "–" if r is None else f"{ppl(r.ppl)} @ {r.compute_share:.2f}"
+        better = "–" if p is None or nn is None else ("cluster" if p.ppl < nn.ppl else "neuron")
+        rows.append([f"K = {k}", cell(o), cell(p), cell(nn), better])
+    return md(["cell", "oracle", "predicted cluster", "neuron predictor", "lower perplexity"], rows)
+
+
+def greedy_table(run: str, share: float = 0.6) -> str:
+    """Uniform against greedy allocation, each as perplexity and ratio to dense, for the lines that have both."""
+    fr = frontier(run)
+    pairs = [(l, l.replace("-k", "_greedy-k")) for l in fr.line.unique() if l.startswith("oracle.") and "_greedy" not in l]
+    pairs = [(a, b) for a, b in pairs if b in set(fr.line)] + ([("teal", "teal-greedy")] if "teal-greedy" in set(fr.line) else [])
+    rows = []
+    for a, b in pairs:
+        ra, rb = _at(fr, a, share), _at(fr, b, share)
+        rows.append([f"`{a}` / `{b}`", f"{ppl(ra.ppl)} ({ra.ratio:.2f}×)", f"{ppl(rb.ppl)} ({rb.ratio:.2f}×)"])
+    return md(["lines (uniform / greedy)", "uniform: PPL (× dense)", "greedy: PPL (× dense)"], rows)
+
+
 # ---------------------------------------------------------------- budget
 
 def jobs(run: str) -> pd.DataFrame:
