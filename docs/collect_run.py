@@ -71,6 +71,19 @@ def dag_times(log: Path) -> dict:
     return out
 
 
+def machine() -> str:
+    """Cores, memory and CPU model of this machine (the collector runs where the run ran)."""
+    cpu, mem = "unknown CPU", ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = re.search(r"^model name\s*:\s*(.+)$", info, re.M).group(1).strip()
+        kb = int(re.search(r"^MemTotal:\s*(\d+)", Path("/proc/meminfo").read_text(), re.M).group(1))
+        mem = f", {kb / 2**20:.0f} GiB"
+    except (OSError, AttributeError):
+        pass
+    return f"{os.cpu_count()} cores{mem}, {cpu}"
+
+
 def collect(res: Path, dest: Path, *, command: str, log: Path | None = None) -> list[Path]:
     """Replace dest with the small raw outputs of the finished run in res; return the files written."""
     if not (res / "summary.csv").exists():
@@ -107,7 +120,7 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | None = None) -> 
         (tmp / "dag.json").write_text(json.dumps(dag_times(log), indent=1) + "\n")
     commit = _git_head(res)
     (tmp / "COMMAND").write_text(
-        f"command: {command}\ncommit: {commit}\nresults: {res}\n"
+        f"command: {command}\ncommit: {commit}\nresults: {res}\nmachine: {machine()}\n"
         f"collected: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
         f"python docs/collect_run.py {res} {dest.name}" + (f" --log {log}" if log else "") + "\n")
     shutil.rmtree(dest, ignore_errors=True)

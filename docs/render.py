@@ -164,6 +164,58 @@ def references(run: str) -> str:
     return "; ".join(parts) + ".\n"
 
 
+def config(run: str) -> dict:
+    return js(run, "config.json")
+
+
+def budget_sentence(run: str) -> str:
+    """The run's token budgets, from its resolved config and the extraction sidecars."""
+    c = config(run)
+    tr, te = js(run, "extract/train.json"), js(run, "extract/test.json")
+    d = dense(run)
+    return (f"{tr['n_windows']} train windows ({int(tr['n_tokens']):,} text tokens) and {te['n_windows']} test windows "
+            f"({int(te['n_tokens']):,} tokens) of {c['data']['seq_len']} tokens; perplexity cells on the first "
+            f"{tokens_windows(d)}; clustering on {n(c['cluster']['max_patterns_per_layer'])} train patterns per layer, "
+            f"at most {c['cluster']['max_iter']} iterations; train-split metrics on a seeded sample of "
+            f"{n(c['eval'].get('max_train_tokens'))} tokens per layer, test metrics on the whole stored test split.\n")
+
+
+def extraction_sentence(run: str) -> str:
+    t = js(run, "thresholds.json")
+    target = float(t["sparsity"])
+    errs = [abs(layer["achieved_sparsity"] - target) for per in t["projections"].values() for layer in per]
+    te = js(run, "extract/test.json")
+    dens = [v for per in te["density"].values() for v in per]
+    tr = js(run, "extract/train.json")
+    return (f"Train thresholds hit the {target:.0%} sparsity target within {max(errs):.1e} for all {len(errs)} "
+            f"(layer, projection) pairs; held-out per-layer densities range from {min(dens):.3f} to {max(dens):.3f}. "
+            f"The train pattern store takes {int(tr['store_bytes']) / 1e6:.1f} MB against an n·d/8 ideal of "
+            f"{int(tr['ideal_bytes']) / 1e6:.1f} MB; the `down_in` magnitude store {int(tr['magnitude_bytes']) / 1e6:.0f} MB "
+            f"(train) and {int(te['magnitude_bytes']) / 1e6:.0f} MB (test), one byte per value; stores on disk "
+            f"(`du.tsv`): {store_sizes(run)}.\n")
+
+
+def lift_sentence(run: str, projection: str = "gate") -> str:
+    """APC's held-out recall over the same-density random control, per scope."""
+    s = table(run, "summary.csv")
+    s = s[(s.projection == projection) & (s.split == "test")]
+    parts = []
+    for scope, g in s.groupby("scope", sort=False):
+        apc = g[g.method == "apc"].set_index("k").recall
+        rnd = g[g.method == "random"].set_index("k").recall
+        lift = (apc - rnd).dropna()
+        if len(lift):
+            parts.append(f"{lift.min():.2f}–{lift.max():.2f} {scope.replace('_', '-')}")
+    pl = s[(s.scope == "per_layer") & (s.method == "apc")].set_index("k").recall
+    po = s[(s.scope == "pooled") & (s.method == "apc")].set_index("k").recall
+    both = (pl - po).dropna()
+    out = f"At equal density APC beats the random control by {' and '.join(parts)} in test recall"
+    if len(both):
+        out += (f"; per-layer centroids {'beat' if (both > 0).all() else 'do not always beat'} the paper's pooled "
+                f"ones at every K ({both.min():+.3f} to {both.max():+.3f})")
+    return out + ".\n"
+
+
 # ---------------------------------------------------------------- frontier
 
 def frontier(run: str) -> pd.DataFrame:
@@ -218,10 +270,14 @@ def batch_share(run: str) -> float:
     return float(shares[len(shares) // 2])
 
 
-def near(run: str, share: float) -> pd.DataFrame:
-    """Each line's point nearest to a compute share, sorted by perplexity."""
+def near(run: str, share: float, tol: float = 0.05) -> pd.DataFrame:
+    """Each line's point nearest to a compute share (lines with no point within `tol` left out), best first."""
     fr = frontier(run)
-    idx = [g.index[int(np.argmin(np.abs(g.compute_share.to_numpy(float) - share)))] for _, g in fr.groupby("line")]
+    idx = []
+    for _, g in fr.groupby("line"):
+        d = np.abs(g.compute_share.to_numpy(float) - share)
+        if d.min() <= tol:
+            idx.append(g.index[int(np.argmin(d))])
     return fr.loc[idx].sort_values("ppl")
 
 
@@ -232,28 +288,29 @@ def verdict_table(run: str, share: float = 0.6) -> str:
     return md(["line", "compute share", "perplexity [95 %]", "ratio to dense [95 %]"], rows)
 
 
-def _point(run: str, line_prefix: str, share: float):
-    rows = near(run, share)
-    rows = rows[rows.line.str.startswith(line_prefix)]
-    return rows.iloc[0] if len(rows) else None
-
-
 def verdict_sentence(run: str, share: float = 0.6) -> str:
-    """Which line is best on FLOPs, and how the predicted cluster line compares with it and with the neuron predictor."""
-    best = near(run, share).iloc[0]
+    """Which line is best on FLOPs, and how the best predicted cluster line compares with it and with the neuron
+    predictor of equal FLOPs (`neuron-{kind}-k{K}-x1` for `predicted-{kind}-m1.*.*-k{K}-*`)."""
+    n = near(run, share)
+    best = n.iloc[0]
     cross = _crossings(frontier(run))
     reach = cross["share_1.05"].dropna().sort_values()
-    pred = _point(run, "predicted-", share)
-    neuron = _point(run, "neuron-", share)
-    out = [f"At a compute share near {share:g} the best line is `{best.line}` ({ppl(best.ppl)}, "
-           f"{best.ratio:.2f}× dense)"]
+    out = [f"At a compute share near {share:g} the best line is `{best.line}` ({ppl(best.ppl)} at "
+           f"{best.compute_share:.2f}, {best.ratio:.2f}× dense)"]
     if len(reach):
-        out.append(f"; the first line to reach 1.05× dense is `{reach.index[0]}`, at a compute share of {reach.iloc[0]:.2f}")
-    if pred is not None:
-        out.append(f". The predicted cluster line (`{pred.line}`) is at {ppl(pred.ppl)}, {pred.ppl / best.ppl:.1f}× the best")
-        if neuron is not None:
-            verb = "beats" if pred.ppl < neuron.ppl else "does not beat"
-            out.append(f", and {verb} the neuron predictor of equal FLOPs (`{neuron.line}`, {ppl(neuron.ppl)})")
+        out.append(f"; the first line to reach 1.05× dense is `{reach.index[0]}`, at a compute share of "
+                   f"{reach.iloc[0]:.2f}")
+    preds = n[n.line.str.match(r"^predicted-\w+-m1\.")]
+    if len(preds):
+        pred = preds.iloc[0]
+        out.append(f". The best top-1 predicted cluster line there (`{pred.line}`) is at {ppl(pred.ppl)}, "
+                   f"{pred.ppl / best.ppl:.1f}× the best line")
+        m = re.match(r"^predicted-(\w+)-m1\..*-k(\d+)-s\d+$", pred.line)
+        neuron = n[n.line == f"neuron-{m.group(1)}-k{m.group(2)}-x1"] if m else n.iloc[:0]
+        if len(neuron):
+            nr = neuron.iloc[0]
+            verb = "beats" if pred.ppl < nr.ppl else "does not beat"
+            out.append(f", and {verb} the neuron predictor of equal FLOPs (`{nr.line}`, {ppl(nr.ppl)})")
     return "".join(out) + ".\n"
 
 
