@@ -216,6 +216,22 @@ def lift_sentence(run: str, projection: str = "gate") -> str:
     return out + ".\n"
 
 
+def paper_headline(run: str, pset: str = "paper", mode: str = "centroid_only") -> str:
+    """The best cell of a projection set in one mode, as a ratio to true sparse, and dense beside it."""
+    sp, d = sparse(run, pset), dense(run)
+    best = None
+    for c in _cells(run, pset):
+        m = c["modes"].get(mode)
+        if m is not None and (best is None or m["ppl"] < best[1]["ppl"]):
+            best = (c, m)
+    if best is None:
+        return ""
+    c, m = best
+    return (f"Under the paper's protocol (centroid masks on {', '.join(c['projections'])} in every layer) the best "
+            f"cell, {c['scope'].replace('_', '-')} {c['method']} K = {c['k']}, scores {ci(m)} `{mode}`: "
+            f"{ratio_ci(m, sp)} the true sparse masks ({ppl(sp['ppl'])}; dense {ppl(d['ppl'])}).\n")
+
+
 # ---------------------------------------------------------------- frontier
 
 def frontier(run: str) -> pd.DataFrame:
