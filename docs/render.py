@@ -384,6 +384,26 @@ def greedy_table(run: str, share: float = 0.6) -> str:
     return md(["lines (uniform / greedy)", "uniform: PPL (× dense)", "greedy: PPL (× dense)"], rows)
 
 
+def predictor_table(run: str) -> str:
+    """Test-split reports of the cluster-id and neuron predictors: accuracy, mask recall (the oracle's), precision."""
+    rows = []
+    for p in sorted((RESULTS / run / "predictors").glob("*.json")):
+        d = json.loads(p.read_text())
+        tot = d["total"]
+        if "cell" in d:
+            for m in tot["masks"]:
+                rows.append([f"cluster `{d['kind']}` top-{m['top_m']}, {d['cell']}", f"{m['centroid_density']:.2f}",
+                             f"{m['accuracy']:.3f}", f"{m['recall']:.3f} ({tot['oracle']['recall']:.3f})",
+                             f"{m['precision']:.3f}", f"{tot['params']:,}", f"{tot['flops_share']:.4f}"])
+        else:
+            for m in tot["masks"]:
+                rows.append([f"neuron rank {d['rank']} (×{d['factor']}, matched to `{d['matched']['kind']}` K = "
+                             f"{d['matched']['k']})", f"{m['centroid_density']:.2f}", "–", f"{m['recall']:.3f}",
+                             f"{m['precision']:.3f}", f"{tot['params']:,}", f"{tot['flops_share']:.4f}"])
+    return md(["predictor", "mask density", "top-m accuracy", "recall (oracle)", "precision", "params",
+               "FLOPs share of the FFN"], rows)
+
+
 # ---------------------------------------------------------------- budget
 
 def jobs(run: str) -> pd.DataFrame:
