@@ -113,7 +113,7 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | None = None) -> 
         f.write("bytes\tpath\n")
         for p in sorted(res.iterdir()):
             f.write(f"{_tree_bytes(p)}\t{p.name}\n")
-        for p in sorted(res.glob("patterns/*/*")) + sorted(res.glob("ffn_inputs/*")):
+        for p in sorted(res.glob("patterns/*")) + sorted(res.glob("patterns/*/*")) + sorted(res.glob("ffn_inputs/*")):
             if p.is_dir():
                 f.write(f"{_tree_bytes(p)}\t{p.relative_to(res).as_posix()}\n")
     if log is not None:
