@@ -84,7 +84,7 @@ def machine() -> str:
     return f"{os.cpu_count()} cores{mem}, {cpu}"
 
 
-def collect(res: Path, dest: Path, *, command: str, log: Path | None = None) -> list[Path]:
+def collect(res: Path, dest: Path, *, command: str, log: Path | None = None, note: str = "") -> list[Path]:
     """Replace dest with the small raw outputs of the finished run in res; return the files written."""
     if not (res / "summary.csv").exists():
         raise SystemExit(f"collect_run: {res} has no summary.csv: the run is not finished")
@@ -121,6 +121,7 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | None = None) -> 
     commit = _git_head(res)
     (tmp / "COMMAND").write_text(
         f"command: {command}\ncommit: {commit}\nresults: {res}\nmachine: {machine()}\n"
+        + (f"note: {note}\n" if note else "") +
         f"collected: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')} by "
         f"python docs/collect_run.py {res} {dest.name}" + (f" --log {log}" if log else "") + "\n")
     shutil.rmtree(dest, ignore_errors=True)
@@ -143,10 +144,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("run_name")
     ap.add_argument("--log", type=Path, default=None, help="Snakemake log (default: the checkout's newest)")
     ap.add_argument("--command", default="make run", help="the command that made the run")
+    ap.add_argument("--note", default="", help="one line on how the run was made (e.g. a machine shared with other work)")
     a = ap.parse_args(argv)
     res = a.results_dir.resolve()
     log = a.log or latest_log(res)
-    files = collect(res, DOCS / "results" / a.run_name, command=a.command, log=log)
+    files = collect(res, DOCS / "results" / a.run_name, command=a.command, log=log, note=a.note)
     print(f"{len(files)} files in docs/results/{a.run_name} (log: {log})", file=sys.stderr)
 
 

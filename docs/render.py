@@ -420,11 +420,13 @@ def budget_table(run: str) -> str:
 
 
 def dag(run: str) -> str:
+    """Jobs, DAG wall time and job-seconds of a collected run, and its note (how it was made) if any."""
+    note = command(run).get("note")
     d = js(run, "dag.json")
     m, s = divmod(int(round(d["wall_s"])), 60)
     j = jobs(run)
     return (f"{d.get('jobs_done', len(j))} jobs in {m} min {s:02d} s of DAG wall time, "
-            f"{j.s.sum():.0f} job-seconds")
+            f"{j.s.sum():.0f} job-seconds" + (f"; {note}" if note else ""))
 
 
 def store_sizes(run: str) -> str:

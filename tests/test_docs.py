@@ -15,10 +15,10 @@ PAGES = ["README.md"] + sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs")
 pytest.importorskip("cogapp")
 
 
-def _cog_check(root: Path) -> subprocess.CompletedProcess:
-    """`cog --check` over every page of a checkout (or a copy), importing that checkout's docs/render.py."""
+def _cog_check(root: Path, pages=PAGES) -> subprocess.CompletedProcess:
+    """`cog --check` over pages of a checkout (or a copy), importing that checkout's docs/render.py."""
     return subprocess.run([sys.executable, "-m", "cogapp", "--check", "-I", str(root / "docs"),
-                           *[str(root / p) for p in PAGES]], cwd=root, capture_output=True, text=True)
+                           *[str(root / p) for p in pages]], cwd=root, capture_output=True, text=True)
 
 
 def test_every_generated_block_is_current():
@@ -34,11 +34,12 @@ def test_a_changed_raw_number_makes_the_check_fail(tmp_path):
     for p in (ROOT / "docs").iterdir():
         (shutil.copytree if p.is_dir() else shutil.copy)(p, copy / "docs" / p.name)
     (copy / "src").symlink_to(ROOT / "src")
-    assert _cog_check(copy).returncode == 0
+    page = ["docs/kernels.md"]
+    assert _cog_check(copy, page).returncode == 0
     raw = copy / "docs/results/kernels-h200/gpu_mask_overhead_fused.txt"
     text = raw.read_text()
     assert "ratio 1.11" in text
     raw.write_text(text.replace("ratio 1.11", "ratio 1.19", 1))
-    r = _cog_check(copy)
+    r = _cog_check(copy, page)
     assert r.returncode != 0
     assert "kernels.md" in r.stdout + r.stderr
