@@ -52,5 +52,5 @@ docs: $(STAMP)
 	$(BIN)/cog -I docs -r $(DOCS_PAGES)
 
 collect: $(STAMP)
-	$(BIN)/python docs/collect_run.py results/$(RUN) $(RUN)
+	$(BIN)/python docs/collect_run.py results/$(RUN) $(RUN) --note "$(NOTE)"
 	$(BIN)/python docs/collect_plans.py
