@@ -1,6 +1,6 @@
 """Dry runs and plans of the documented presets, captured into docs/results/plans/ for `make docs` to render.
 
-    python docs/collect_plans.py [PRESET ...]      (default: default smoke mistral7b-wikitext2)
+    python docs/collect_plans.py [PRESET ...]      (default: default smoke frontier magnitude mistral7b-wikitext2)
 
 For each preset: `snakemake -n --forceall --quiet rules --config preset=P outdir=TMP` (the whole DAG, whatever is
 already on disk), written as jobs-P.tsv (job, count; a `total` row). For the Mistral preset also the storage plan
@@ -21,7 +21,7 @@ from pathlib import Path
 DOCS = Path(__file__).resolve().parent
 ROOT = DOCS.parent
 BIN = Path(sys.executable).parent
-PRESETS = ["default", "smoke", "mistral7b-wikitext2"]
+PRESETS = ["default", "smoke", "frontier", "magnitude", "mistral7b-wikitext2"]
 #: storage plans of the Mistral preset: as configured, and with every store whole over the paper's 163 test windows
 WHOLE = "{patterns: {train: null, test: null}, magnitudes: {train: null, test: null}, ffn_inputs: {train: null, test: null}}"
 PLANS = {"storage-mistral7b-wikitext2": [],
