@@ -17,8 +17,8 @@ from apc.extraction.magnitudes import MagnitudeWriter, magnitude_path
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
 from apc.common.rowstore import sample_rows
-from apc.extraction.thresholds import (AbsQuantileHistogram, kept_share_tables, load_histograms, save_histograms,
-                                      threshold_table)
+from apc.extraction.thresholds import (ZERO_THRESHOLD, AbsQuantileHistogram, kept_share_tables, load_histograms,
+                                      save_histograms, threshold_table)
 
 log = get_logger("apc.extraction.extract")
 
@@ -155,7 +155,6 @@ def extract_patterns(
     :func:`apc.common.rowstore.sample_rows` with ``sample_seed``); None keeps every token.
     """
     from apc.common.sites import ffn_sites
-    from apc.extraction.natural import ZERO_THRESHOLD
     from apc.extraction.routing import RoutingWriter, close_fitted, moe_summary, routing_path
 
     sites = ffn_sites(model)
