@@ -155,7 +155,7 @@ def extract_patterns(
     :func:`apc.common.rowstore.sample_rows` with ``sample_seed``); None keeps every token.
     """
     from apc.common.sites import ffn_sites
-    from apc.extraction.routing import RoutingWriter, close_fitted, moe_summary, routing_path
+    from apc.extraction.routing import RoutingWriter, moe_summary, routing_path
 
     sites = ffn_sites(model)
     experts = sites[0] if sites[0].expert is not None else None
@@ -206,7 +206,8 @@ def extract_patterns(
                                            experts.n_experts, {**meta, "split": split, "layer": layer})
         routers[layer].append(idx)
 
-    close = close_fitted if experts is not None else (lambda w: w.close())  # an expert keeps its routed rows
+    # an expert's store keeps the rows routed to it
+    close = (lambda w: w.close_written()) if experts is not None else (lambda w: w.close())
     try:
         with ProjectionCapture(model, projections, write, skip_first=skip_first,
                                routing=route if experts is not None else None):
