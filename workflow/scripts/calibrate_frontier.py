@@ -5,8 +5,8 @@ import torch
 
 from apc.common.atomic import write_json
 from apc.common.layout import density_label
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
 from apc.perplexity.calibrate import (block_allocation, cats_thresholds, error_curves, greedy_allocation, layer_mlps,
                                       sample_train_inputs, share_grid, teal_thresholds, wina_scales)
 

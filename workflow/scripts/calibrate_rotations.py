@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from apc.common.atomic import read_json, write_npy
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.perplexity.calibrate import pca_rotations, sample_train_inputs
 
 log = start(snakemake, "calibrate_rotations")

@@ -84,7 +84,7 @@ from torch import nn
 from apc.common.projections import PROJECTIONS
 from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
-from apc.clustering.device import exact_matmul
+from apc.common.device import exact_matmul
 from apc.clustering.distance import nearest
 from apc.clustering.product import product_masks
 from apc.perplexity import fused as _fused
