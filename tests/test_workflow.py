@@ -375,7 +375,10 @@ def test_mlflow_one_run_per_frontier_point(smoke):
         assert r.info.run_name == p.key and r.data.tags["mlflow.parentRunId"] == info["parent"]
         assert r.data.metrics["ppl"] == pytest.approx(table.loc[p.line, "ppl"])
         assert r.data.metrics["compute_share"] == pytest.approx(table.loc[p.line, "compute_share"])
-        assert r.data.metrics["union_b16"] == pytest.approx(table.loc[p.line, "union_b16"])
+        if np.isfinite(table.loc[p.line, "union_b16"]):
+            assert r.data.metrics["union_b16"] == pytest.approx(table.loc[p.line, "union_b16"])
+        else:  # GRIFFIN: one mask per window, and the smoke run has fewer than 16 windows
+            assert p.line == "griffin" and "union_b16" not in r.data.metrics
         assert r.data.metrics["down_share"] == pytest.approx(table.loc[p.line, "down_share"])
     assert by_key[f"frontier/down_in/oracle.per_layer.apc-k8-s0/0.6"].data.tags["apc.frontier_cells"] == \
         "down_in=down_in/per_layer/apc-k8-d0.6-s0"
