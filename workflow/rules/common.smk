@@ -99,6 +99,7 @@ def all_outputs():
         + FILES.refs
         + FILES.ppl
         + FILES.predictor_reports
+        + FILES.experts_reports
         + FILES.frontier
         + FILES.frontier_table
         + [L.summary(), L.plots(), L.mlflow_runs()]

@@ -24,7 +24,7 @@ from torch import nn
 
 from .experts import ExpertSet, expert_masks
 
-__all__ = ["AnalyticRouter", "OracleRouter", "representatives"]
+__all__ = ["AnalyticRouter", "OracleRouter", "ffn_weights", "representatives"]
 
 
 def representatives(bits: torch.Tensor, es: ExpertSet) -> torch.Tensor:
@@ -90,3 +90,18 @@ class OracleRouter(nn.Module):
 
     def flops_per_token(self) -> int:
         return 2 * 2 * self.d_model * int(self.gate.shape[0])
+
+
+def ffn_weights(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor, Callable]]:
+    """``[(gate_weight, up_weight, act)]`` per decoder layer of a gated (Llama-style) FFN: ``(d_ff, d_model)``
+    weights and the FFN's activation (``act_fn`` of the module holding ``gate``; SiLU if it has none)."""
+    from apc.common.sites import decoder_layers, ffn_sites
+
+    sites = ffn_sites(model)
+    if any(s.expert is not None for s in sites):
+        raise ValueError("neuron experts need a dense gated FFN per layer, not a mixture-of-experts model")
+    out = []
+    for site, layer in zip(sites, decoder_layers(model)):
+        act = next((m.act_fn for m in layer.modules() if hasattr(m, "act_fn") and callable(m.act_fn)), F.silu)
+        out.append((site["gate"].weight, site["up"].weight, act))
+    return out
