@@ -95,3 +95,24 @@ def test_oracle_covers_at_least_the_learned_router_on_train(tiny_llama, tmp_path
             assert tr["best"][k]["density"] == pytest.approx(sets[0].density(k))
         assert row["train"]["best"][2]["coverage"] >= row["train"]["best"][1]["coverage"]
     assert 0 < rep["total"]["oracle"][1]["coverage"] <= 1 and rep["router_flops_share"]["analytic"] > 0
+
+
+@pytest.mark.parametrize("router", ["analytic", "oracle"])
+def test_experts_point_lands_near_its_share_and_reads_the_union(tiny_llama, router):
+    from apc.common.neuron_experts import choose_k, parse_expert_line
+    from apc.perplexity.experts_line import score_experts_point
+
+    sets = [fit_experts(_bits(seed=l), 0.2, 4, device="cpu")[0] for l in range(3)]
+    reps = [representatives(_bits(seed=l), s).tolist() for l, s in enumerate(sets)]
+    ids = torch.randint(2, 128, (2, 17), generator=torch.Generator().manual_seed(6))
+    ids[:, 0] = 1
+    line = f"experts-{router}.s0.2-e4"
+    assert parse_expert_line(line) == {"router": router, "shared": 0.2, "n": 4}
+    d = score_experts_point(tiny_llama, ids, line, 0.6, bos=True, projection="down_in",
+                            thresholds={"down_in": [0.0] * 3}, sets=sets, reps=reps, batch_sizes=[4])
+    assert d["k"] == choose_k(len(sets[0].shared), sets[0].size, 4, 44, d["predictor_flops_share"], 0.6)
+    assert d["kept_share"] == pytest.approx(sets[0].density(d["k"]))
+    assert d["compute_share"] == pytest.approx(d["kept_share"] + d["predictor_flops_share"])
+    assert (d["predictor_flops_share"] > 0) == (router == "analytic")
+    b = d["batch"]["down_in"]["4"]
+    assert b["grouped"] == b["union"] and d["kept_share"] <= b["union"]["mean"] <= 1

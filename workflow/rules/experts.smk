@@ -43,3 +43,43 @@ rule fit_experts:
         L.benchmark("fit_experts", proj="{proj}", ecell="{ecell}")
     script:
         "../scripts/fit_experts.py"
+
+
+def experts_line_inputs(wc):
+    """The experts file (and, for the learned router, its predictors) of an experts line."""
+    d = parse_line(wc.line)
+    name = f"s{d['shared']}-e{d['n']}"
+    proj = C["experts"]["projection"]
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
+           "experts": L.experts(proj, name)}
+    if d["router"] == "learned":
+        ins["router"] = L.experts_router(proj, name)
+    return ins
+
+
+# Neuron-experts lines of the frontier: one job per line scores every kept share (one model load).
+rule frontier_line_experts:
+    input:
+        unpack(experts_line_inputs),
+    output:
+        [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
+    params:
+        test_tokens=C["frontier"]["test_tokens"],
+        projections=lambda wc: frontier_psets(C)[wc.pset],
+        shares=C["frontier"]["kept_shares"],
+        seed=C["predict"]["seed"],
+        batch_sizes=C["frontier"]["batch_sizes"],
+        device=C["device"],
+        dataset=dataset_name(C["data"]),
+    wildcard_constraints:
+        line=r"experts-[a-z]+\.s[0-9.]+-e\d+",
+    threads: 1
+    priority: 20
+    log:
+        L.log("frontier_line_experts", pset="{pset}", line="{line}"),
+    resources:
+        **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(C["frontier"]["kept_shares"])),
+    benchmark:
+        L.benchmark("frontier_line_experts", pset="{pset}", line="{line}")
+    script:
+        "../scripts/frontier_line_experts.py"

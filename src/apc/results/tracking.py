@@ -344,6 +344,40 @@ def cell_records(config: dict) -> tuple[list[_Record], dict | None]:
     return sorted(records, key=lambda r: r.cell_key), dense
 
 
+def expert_records(config: dict) -> list[_Record]:
+    """One record per neuron-experts cell (:mod:`apc.common.neuron_experts`), keyed ``experts/{proj}/s{S}-e{E}``:
+    the experts' sizes, train and test coverage and density of every router and k (mean over layers), the
+    router FLOPs shares; artifact: the cell's report.  Missing reports are skipped."""
+    from apc.results.inputs import sweep_files
+
+    files = sweep_files(config)
+    out = []
+    for cell, path in zip(files.expert_cells, map(Path, files.experts_reports)):
+        if not path.exists():
+            continue
+        d = read_json(path)
+        r = _Record(cell.key, cell.key)
+        r.param(projection=cell.proj, method="experts", shared=cell.shared, n_experts=cell.n)
+        for k in ("shared_share", "n_experts", "size", "width"):
+            r.metric(k, d.get(k))
+        for router, share in (d.get("router_flops_share") or {}).items():
+            r.metric(f"router_flops_share_{router}", share)
+        for router, by_k in (d.get("total") or {}).items():
+            for k, m in by_k.items():
+                for stat, v in m.items():
+                    r.metric(f"test_{router}_k{k}_{stat}", v)
+        rows = d.get("layers") or []
+        for router in (rows[0]["train"] if rows else {}):
+            for k in rows[0]["train"][router]:
+                vals = [x["train"][router][k]["coverage"] for x in rows]
+                r.metric(f"train_{router}_k{k}_coverage", sum(vals) / len(vals))
+        r.metric("fit_seconds", sum(x.get("seconds", 0.0) for x in rows))
+        r.times(None, path.stat().st_mtime)
+        r.artifacts.append((path, "experts"))
+        out.append(r)
+    return sorted(out, key=lambda r: r.cell_key)
+
+
 def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
     """One record per frontier point of the current config (sorted by key; missing points skipped).
 
@@ -526,6 +560,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
         except OSError as err:
             raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
     records, dense = cell_records(config)
+    records += expert_records(config)
     n_cells = len(records)
     records += frontier_records(config, dense)
 
