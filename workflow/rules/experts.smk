@@ -28,6 +28,7 @@ rule fit_experts:
         ks=C["experts"]["ks"],
         max_iter=C["experts"]["max_iter"],
         max_tokens=C["experts"]["max_tokens"],
+        markers=C["experts"]["markers"],
         seed=C["predict"]["seed"],
         fit=C["predict"]["fit"],
         device=C["device"],

@@ -15,9 +15,9 @@ manifest, model, _, device = job_model(snakemake)
 weights = ffn_weights(model)
 sets, learned, reps, report = fit_expert_cell(
     Path(i.ffn[0]).parent, Path(i.patterns[0]).parent, wc.proj, p.shared, p.n, ks=p.ks, max_iter=p.max_iter,
-    max_tokens=p.max_tokens, seed=p.seed, device=p.device, fit=p.fit, weights=lambda l: weights[l])
+    max_tokens=p.max_tokens, seed=p.seed, device=p.device, fit=p.fit, weights=lambda l: weights[l], markers=p.markers)
 meta = {"cell": p.cell_key, "model": manifest["name"], "projection": wc.proj, "requested_share": p.shared,
-        "layers": report["layers_fitted"], "max_iter": p.max_iter, "max_tokens": p.max_tokens}
+        "layers": report["layers_fitted"], "max_iter": p.max_iter, "max_tokens": p.max_tokens, "markers": report["markers"]}
 save_experts(o.experts, sets, meta, representatives=reps)
 save_predictors(o.router, learned, {"cell": p.cell_key, "kind": "linear", "target": "expert id"})
 write_json(o.report, {"cell": p.cell_key, **report, **cuda_peak_memory(resolve_device(p.device))})

@@ -189,28 +189,39 @@ def best_experts(score: torch.Tensor, k: int) -> torch.Tensor:
     return score.topk(int(k), dim=1).indices
 
 
-def coverage_sums(bits: torch.Tensor, es: ExpertSet, ids: torch.Tensor) -> dict:
+def coverage_sums(bits: torch.Tensor, es: ExpertSet, ids: torch.Tensor, mass: torch.Tensor | None = None) -> dict:
     """Sums over tokens of ``bits: (T, width)`` bool for experts ``ids: (T, k)`` chosen per token.
 
     ``{active, covered, shared, tokens, kept}``: active neurons, those inside shared ∪ chosen
     experts, those inside the shared set alone, token count and kept neurons (distinct chosen
-    experts only).  Coverage = covered / active; density = kept / (tokens * width).
+    experts only); with ``mass: (T, width)`` (``|x|``) also ``mass`` and ``mass_covered``.
+    Coverage = covered / active; density = kept / (tokens * width).
     """
     counts = expert_counts(bits, es)
-    shared = bits[:, torch.from_numpy(es.shared).to(bits.device)].float().sum(1)
+    shared_idx = torch.from_numpy(es.shared).to(bits.device)
+    shared = bits[:, shared_idx].float().sum(1)
     ids = ids.to(bits.device).long()
     chosen = torch.zeros_like(counts, dtype=torch.bool).scatter_(1, ids, True)
     covered = shared + (counts * chosen).sum(1)
     kept = len(es.shared) * bits.shape[0] + chosen.sum() * es.size
-    return {"active": float(bits.float().sum()), "covered": float(covered.sum()), "shared": float(shared.sum()),
-            "tokens": int(bits.shape[0]), "kept": float(kept)}
+    out = {"active": float(bits.float().sum()), "covered": float(covered.sum()), "shared": float(shared.sum()),
+           "tokens": int(bits.shape[0]), "kept": float(kept)}
+    if mass is not None:
+        m = mass.float()
+        per_expert = m @ _onehot(es, m.device)
+        out["mass"] = float(m.sum())
+        out["mass_covered"] = float(m[:, shared_idx].sum() + (per_expert * chosen).sum())
+    return out
 
 
 def best_share(sums: dict, width: int) -> dict:
-    """``{coverage, shared_coverage, density}`` from :func:`coverage_sums`' sums."""
+    """``{coverage, shared_coverage, density[, mass_coverage]}`` from :func:`coverage_sums`' sums."""
     act = max(sums["active"], 1.0)
-    return {"coverage": sums["covered"] / act, "shared_coverage": sums["shared"] / act,
-            "density": sums["kept"] / max(sums["tokens"] * width, 1)}
+    out = {"coverage": sums["covered"] / act, "shared_coverage": sums["shared"] / act,
+           "density": sums["kept"] / max(sums["tokens"] * width, 1)}
+    if "mass" in sums:
+        out["mass_coverage"] = sums["mass_covered"] / max(sums["mass"], 1e-30)
+    return out
 
 
 FORMAT = "apc-experts-v1"
