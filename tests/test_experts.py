@@ -116,3 +116,27 @@ def test_experts_point_lands_near_its_share_and_reads_the_union(tiny_llama, rout
     assert (d["predictor_flops_share"] > 0) == (router == "analytic")
     b = d["batch"]["down_in"]["4"]
     assert b["grouped"] == b["union"] and d["kept_share"] <= b["union"]["mean"] <= 1
+
+
+def test_experts_cells_get_tracking_records(tmp_path):
+    import yaml
+    from pathlib import Path
+    from apc.common.atomic import write_json
+    from apc.common.config import resolve
+    from apc.common.layout import Layout
+    from apc.results.tracking import expert_records
+
+    root = Path(__file__).resolve().parent.parent
+    raw = yaml.safe_load((root / "config.yaml").read_text())
+    c = resolve({**raw, "preset": "smoke", "outdir": str(tmp_path / "res")}, root=root)
+    cell = c["experts"]["cells"][0]
+    name = f"s{cell['shared']:g}-e{cell['n']}"
+    assert expert_records(c) == []  # no report yet
+    write_json(Layout(c["outdir"]).experts_report("down_in", name),
+               {"shared_share": 0.2, "n_experts": cell["n"], "size": 4, "width": 64, "router_flops_share": {"analytic": 0.01},
+                "total": {"best": {"1": {"coverage": 0.5, "density": 0.3}}},
+                "layers": [{"seconds": 1.0, "train": {"best": {"1": {"coverage": 0.6}}}}]})
+    (rec,) = expert_records(c)
+    metrics = {k: v for k, v, _ in rec.metrics}
+    assert rec.cell_key == f"experts/down_in/{name}" and metrics["test_best_k1_coverage"] == 0.5
+    assert metrics["train_best_k1_coverage"] == 0.6 and metrics["router_flops_share_analytic"] == 0.01
