@@ -92,6 +92,9 @@ def test_oracle_covers_at_least_the_learned_router_on_train(tiny_llama, tmp_path
             tr = row["train"]
             assert tr["best"][k]["coverage"] >= tr["learned"][k]["coverage"] - 1e-12
             assert tr["best"][k]["coverage"] >= tr["analytic"][k]["coverage"] - 1e-12
+            # the oracle router (top-k by true activation mass) covers at least the learned router's mass
+            assert tr["oracle"][k]["mass_coverage"] >= tr["learned"][k]["mass_coverage"] - 1e-9
+            assert tr["oracle"][k]["mass_coverage"] >= tr["analytic"][k]["mass_coverage"] - 1e-9
             assert tr["best"][k]["density"] == pytest.approx(sets[0].density(k))
         assert row["train"]["best"][2]["coverage"] >= row["train"]["best"][1]["coverage"]
     assert 0 < rep["total"]["oracle"][1]["coverage"] <= 1 and rep["router_flops_share"]["analytic"] > 0
