@@ -38,7 +38,7 @@ from ..common.atomic import read_json, read_npy, write_json, write_npy
 from .device import exact_matmul, resolve_device
 
 __all__ = ["ExpertSet", "expert_sizes", "fit_experts", "balanced_assign", "expert_counts", "best_experts",
-           "coverage_sums", "expert_masks", "best_share", "save_experts", "load_experts", "permuted_weights"]
+           "coverage_parts", "coverage_sums", "expert_masks", "best_share", "save_experts", "load_experts", "permuted_weights"]
 
 
 @dataclass
@@ -189,28 +189,39 @@ def best_experts(score: torch.Tensor, k: int) -> torch.Tensor:
     return score.topk(int(k), dim=1).indices
 
 
-def coverage_sums(bits: torch.Tensor, es: ExpertSet, ids: torch.Tensor, mass: torch.Tensor | None = None) -> dict:
-    """Sums over tokens of ``bits: (T, width)`` bool for experts ``ids: (T, k)`` chosen per token.
+def coverage_parts(bits: torch.Tensor, es: ExpertSet, mass: torch.Tensor | None = None) -> dict:
+    """What every choice of experts is scored from, computed once for ``bits: (T, width)`` bool (and
+    ``mass: (T, width)`` ``|x|``): per token and expert the active neurons ``counts (T, E)`` and mass
+    ``expert_mass (T, E)``, the shared set's ``shared (T,)`` and ``shared_mass (T,)``, and the totals."""
+    onehot = _onehot(es, bits.device)
+    b = bits.float()
+    shared_idx = torch.from_numpy(es.shared).to(bits.device)
+    out = {"counts": b @ onehot, "shared": b[:, shared_idx].sum(1), "active": float(b.sum()),
+           "tokens": int(bits.shape[0])}
+    if mass is not None:
+        m = mass.float()
+        out.update(expert_mass=m @ onehot, shared_mass=m[:, shared_idx].sum(1), mass=float(m.sum()))
+    return out
+
+
+def coverage_sums(bits: torch.Tensor | dict, es: ExpertSet, ids: torch.Tensor, mass: torch.Tensor | None = None) -> dict:
+    """Sums over tokens of ``bits: (T, width)`` bool (or its :func:`coverage_parts`) for experts
+    ``ids: (T, k)`` chosen per token.
 
     ``{active, covered, shared, tokens, kept}``: active neurons, those inside shared ∪ chosen
     experts, those inside the shared set alone, token count and kept neurons (distinct chosen
     experts only); with ``mass: (T, width)`` (``|x|``) also ``mass`` and ``mass_covered``.
     Coverage = covered / active; density = kept / (tokens * width).
     """
-    counts = expert_counts(bits, es)
-    shared_idx = torch.from_numpy(es.shared).to(bits.device)
-    shared = bits[:, shared_idx].float().sum(1)
-    ids = ids.to(bits.device).long()
-    chosen = torch.zeros_like(counts, dtype=torch.bool).scatter_(1, ids, True)
-    covered = shared + (counts * chosen).sum(1)
-    kept = len(es.shared) * bits.shape[0] + chosen.sum() * es.size
-    out = {"active": float(bits.float().sum()), "covered": float(covered.sum()), "shared": float(shared.sum()),
-           "tokens": int(bits.shape[0]), "kept": float(kept)}
-    if mass is not None:
-        m = mass.float()
-        per_expert = m @ _onehot(es, m.device)
-        out["mass"] = float(m.sum())
-        out["mass_covered"] = float(m[:, shared_idx].sum() + (per_expert * chosen).sum())
+    parts = bits if isinstance(bits, dict) else coverage_parts(bits, es, mass)
+    counts = parts["counts"]
+    chosen = torch.zeros_like(counts, dtype=torch.bool).scatter_(1, ids.to(counts.device).long(), True)
+    covered = parts["shared"].sum() + (counts * chosen).sum()
+    out = {"active": parts["active"], "covered": float(covered), "shared": float(parts["shared"].sum()),
+           "tokens": parts["tokens"], "kept": float(len(es.shared) * parts["tokens"] + chosen.sum() * es.size)}
+    if "mass" in parts:
+        out["mass"] = parts["mass"]
+        out["mass_covered"] = float(parts["shared_mass"].sum() + (parts["expert_mass"] * chosen).sum())
     return out
 
 

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 
 from ..clustering.device import resolve_device
-from ..clustering.experts import (ExpertSet, best_experts, best_share, coverage_sums, expert_counts, expert_masks,
-                                  fit_experts)
+from ..clustering.experts import (ExpertSet, best_experts, best_share, coverage_parts, coverage_sums, expert_counts,
+                                  expert_masks, fit_experts)
 from ..clustering.routers import AnalyticRouter, OracleRouter, representatives
 from ..common.progress import get_logger
 from .cell import layer_data, stored_layers
@@ -37,12 +37,12 @@ def router_coverage(bits: torch.Tensor, x: torch.Tensor, es: ExpertSet, routers:
     """``{router: {k: coverage_sums}}`` on ``bits: (T, W)`` bool patterns and ``x: (T, d_model)`` FFN inputs
     of the same tokens; ``routers``: name -> ``x -> (T, E)`` scores; ``best`` is always added.
     ``mass: (T, W)`` (``|down_in|``) adds the mass coverage."""
-    scores = {"best": expert_counts(bits, es)}
+    parts = coverage_parts(bits, es, mass)
+    scores = {"best": parts["counts"]}
     with torch.no_grad():
-        for name, r in routers.items():
-            scores[name] = r(x).to(bits.device)
-    return {name: {int(k): coverage_sums(bits, es, best_experts(s, k), mass) for k in ks}
-            for name, s in scores.items()}
+        for name, r in routers.items():  # the oracle's scores are the expert mass, when it is given
+            scores[name] = parts["expert_mass"] if isinstance(r, OracleRouter) and mass is not None else r(x).to(bits.device)
+    return {name: {int(k): coverage_sums(parts, es, best_experts(s, k)) for k in ks} for name, s in scores.items()}
 
 
 def ffn_mass(x: torch.Tensor, gate: torch.Tensor, up: torch.Tensor, act: Callable) -> torch.Tensor:
