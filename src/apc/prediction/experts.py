@@ -73,6 +73,9 @@ def fit_expert_cell(ffn_root, pattern_root, projection: str, share: float, n_exp
     test: {...}}`` with coverage, shared coverage and density, and ``report["total"]`` the test sums over layers.
     """
     dev = resolve_device(device)
+    ks = [int(k) for k in ks if int(k) <= int(n_experts)]  # more experts than there are: left out
+    if not ks:
+        raise ValueError(f"no k in the coverage report's ks is at most the {n_experts} experts")
     layers = stored_layers(ffn_root) if layers is None else list(layers)
     sets, learned, reps, rows, total = [], [], [], [], {}
     for l in layers:
