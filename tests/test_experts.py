@@ -127,7 +127,7 @@ def test_experts_cells_get_tracking_records(tmp_path):
     from apc.common.atomic import write_json
     from apc.common.config import resolve
     from apc.common.layout import Layout
-    from apc.results.tracking import expert_records
+    from apc.results.records import expert_records
 
     root = Path(__file__).resolve().parent.parent
     raw = yaml.safe_load((root / "config.yaml").read_text())

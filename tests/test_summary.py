@@ -166,12 +166,12 @@ def test_python_dash_m_apc(tree):
 
 def test_ratio_to_dense_pairs_the_first_windows_of_a_shorter_result():
     from apc.perplexity.intervals import bootstrap_ratio
-    from apc.results.summary import _interval_columns
+    from apc.results.summary import interval_columns
 
     dense = {"ppl": 10.0, "window_nll_sum": [2300.0, 2400.0, 2200.0, 2500.0], "window_tokens": [1000] * 4}
     short = {"ppl": 12.0, "ppl_lo": 11.0, "ppl_hi": 13.0, "window_nll_sum": [2500.0, 2450.0], "window_tokens": [1000] * 2}
-    cols = _interval_columns("ppl_x", short, dense)
+    cols = interval_columns("ppl_x", short, dense)
     want = bootstrap_ratio(short["window_nll_sum"], short["window_tokens"], [2300.0, 2400.0], [1000] * 2)
     assert (cols["ratio_x"], cols["ratio_x_lo"], cols["ratio_x_hi"]) == pytest.approx(want)
     longer = {**short, "window_nll_sum": [2500.0] * 5, "window_tokens": [1000] * 5}
-    assert "ratio_x" not in _interval_columns("ppl_x", longer, dense)  # no pairing on windows dense lacks
+    assert "ratio_x" not in interval_columns("ppl_x", longer, dense)  # no pairing on windows dense lacks

@@ -1,11 +1,10 @@
 from pathlib import Path
 
-from apc.clustering.device import resolve_device
+from apc.common.device import cuda_peak_memory, resolve_device
 from apc.clustering.experts import save_experts
 from apc.clustering.routers import ffn_weights
 from apc.common.atomic import write_json
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
 from apc.prediction import save_predictors
 from apc.prediction.experts import fit_expert_cell
 

@@ -2,8 +2,8 @@ import torch
 
 from apc.clustering.experts import load_experts
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
 from apc.perplexity.experts_line import score_experts_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors

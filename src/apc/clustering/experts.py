@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from ..common.atomic import read_json, read_npy, write_json, write_npy
-from .device import exact_matmul, resolve_device
+from ..common.device import exact_matmul, resolve_device
 
 __all__ = ["ExpertSet", "expert_sizes", "fit_experts", "balanced_assign", "expert_counts", "best_experts",
            "coverage_parts", "coverage_sums", "expert_masks", "best_share", "save_experts", "load_experts", "permuted_weights"]

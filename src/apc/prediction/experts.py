@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..clustering.device import resolve_device
+from ..common.device import resolve_device
 from ..clustering.experts import (ExpertSet, best_experts, best_share, coverage_parts, coverage_sums, expert_counts,
                                   expert_masks, fit_experts)
 from ..clustering.routers import AnalyticRouter, OracleRouter, representatives
