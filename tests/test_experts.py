@@ -141,5 +141,5 @@ def test_experts_cells_get_tracking_records(tmp_path):
                 "layers": [{"seconds": 1.0, "train": {"best": {"1": {"coverage": 0.6}}}}]})
     (rec,) = expert_records(c)
     metrics = {k: v for k, v, _ in rec.metrics}
-    assert rec.cell_key == f"experts/down_in/{name}" and metrics["test_best_k1_coverage"] == 0.5
+    assert rec.cell_key == f"experts/down_in/{name}" and rec.kind == "experts" and metrics["test_best_k1_coverage"] == 0.5
     assert metrics["train_best_k1_coverage"] == 0.6 and metrics["router_flops_share_analytic"] == 0.01

@@ -95,7 +95,7 @@ class Record:
 
     cell_key: str
     name: str
-    kind: str = "cell"  # tag apc.kind: "cell" or "frontier"
+    kind: str = "cell"  # tag apc.kind: "cell", "experts" or "frontier"
     tags: dict[str, str] = field(default_factory=dict)  # extra tags (a frontier point's clustering cells)
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
@@ -246,7 +246,7 @@ def expert_records(config: dict) -> list[Record]:
         if not path.exists():
             continue
         d = read_json(path)
-        r = Record(cell.key, cell.key)
+        r = Record(cell.key, cell.key, kind="experts")
         r.param(projection=cell.proj, method="experts", shared=cell.shared, n_experts=cell.n,
                 markers=d.get("markers"))
         for k in ("shared_share", "n_experts", "size", "width"):

@@ -23,6 +23,9 @@ Layout of the MLflow side
   ``apc.frontier_cells`` links it to the clustering cell(s) whose centroids it uses.  It holds
   the perplexity with interval and paired ratio to dense, tokens, kept share, predictor FLOPs
   share and compute share.  Frontier runs follow the same sync rules as cell runs.
+* One *experts* run per neuron-experts cell (:mod:`apc.common.neuron_experts`), child of the study, tag
+  ``apc.kind = "experts"``, named and keyed ``experts/{proj}/s{S}-e{E}``: the experts' sizes, held-out
+  coverage, mass coverage and density of every router and k, the router FLOPs shares.
 
 Sync ("replace on change")
 --------------------------
@@ -202,7 +205,7 @@ def check_tracking_uri(uri: str, experiment: str) -> None:
 def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: dict | None = None) -> dict:
     """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
 
-    Returns ``{"parent", "experiment_id", "study", "cells", "frontier", "created", "updated", "unchanged",
+    Returns ``{"parent", "experiment_id", "study", "cells", "experts", "frontier", "created", "updated", "unchanged",
     "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
     is unreachable or rejects a write; result files are only read, never written.
     """
@@ -221,8 +224,9 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
         except OSError as err:
             raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
     records, dense = cell_records(config)
-    records += expert_records(config)
     n_cells = len(records)
+    experts = expert_records(config)
+    records += experts
     records += frontier_records(config, dense)
 
     from filelock import FileLock, Timeout
@@ -241,7 +245,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
                 try:
                     result = _sync_locked(client, experiment, db, study_key(config), study, records, base_tags,
                                           str(out))
-                    result.update(cells=n_cells, frontier=len(records) - n_cells)
+                    result.update(cells=n_cells, experts=len(experts), frontier=len(records) - n_cells - len(experts))
                 except TrackingError:
                     raise
                 except Exception as err:  # noqa: BLE001 - MLflow raises many types
@@ -316,7 +320,7 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
 
     by_key: dict[tuple[str, str], list] = {}
     for run in runs:
-        if run.data.tags.get("apc.kind") in ("cell", "frontier"):
+        if run.data.tags.get("apc.kind") in ("cell", "experts", "frontier"):
             by_key.setdefault((run.data.tags["apc.kind"], run.data.tags.get("apc.cell_key", "")), []).append(run)
     counts = dict(created=0, updated=0, unchanged=0, restored=0, retired=0)
     for rec in records:
