@@ -1,15 +1,5 @@
-import re
-
 # Neuron experts (apc.clustering.experts): one job per (shared share, routed experts) cell fits the
 # experts and the learned router of every layer and reports each router's coverage on test.
-
-
-def experts_cell_params(wc):
-    """The cell of an experts job from its folder name ``s{shared}-e{n}``."""
-    m = re.fullmatch(r"s([0-9.]+)-e(\d+)", wc.ecell)
-    if m is None:
-        raise WorkflowError(f"not a neuron-experts cell: {wc.ecell!r} (expected s<shared>-e<n>)")
-    return {"shared": float(m[1]), "n": int(m[2])}
 
 
 rule fit_experts:
@@ -44,18 +34,6 @@ rule fit_experts:
         L.benchmark("fit_experts", proj="{proj}", ecell="{ecell}")
     script:
         "../scripts/fit_experts.py"
-
-
-def experts_line_inputs(wc):
-    """The experts file (and, for the learned router, its predictors) of an experts line."""
-    d = parse_line(wc.line)
-    name = f"s{d['shared']}-e{d['n']}"
-    proj = C["experts"]["projection"]
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
-           "experts": L.experts(proj, name)}
-    if d["router"] == "learned":
-        ins["router"] = L.experts_router(proj, name)
-    return ins
 
 
 # Neuron-experts lines of the frontier: one job per line scores every kept share (one model load).
