@@ -4,7 +4,7 @@
 
 Reads `summary.csv`, `ppl/**.json`, `frontier.csv` and `benchmarks/*.tsv` of the folder; with a
 Snakemake log it also prints the DAG's wall time.  Every perplexity comes with its token count and
-95 % bootstrap interval; ratios are paired on the windows both results scored.
+95 % block-bootstrap interval ("n/a" below 20 blocks); ratios are paired on the tokens both results scored.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from apc.perplexity.intervals import bootstrap_ratio  # noqa: E402
+from apc.perplexity.intervals import BLOCK_TOKENS, fmt_interval, ppl_ratio  # noqa: E402
 
 
 def ppl(x: float) -> str:
@@ -30,14 +30,15 @@ def ppl(x: float) -> str:
 
 
 def ci(d: dict) -> str:
+    if pd.isna(d.get("ppl_lo")) or pd.isna(d.get("ppl_hi")):
+        return f"{ppl(d['ppl'])} [n/a]"
     return f"{ppl(d['ppl'])} [{ppl(d['ppl_lo'])}, {ppl(d['ppl_hi'])}]"
 
 
 def ratio(m: dict, ref: dict) -> str:
-    n = min(len(m["window_nll_sum"]), len(ref["window_nll_sum"]))
-    r, lo, hi = bootstrap_ratio(m["window_nll_sum"][:n], m["window_tokens"][:n], ref["window_nll_sum"][:n],
-                                ref["window_tokens"][:n])
-    return f"{r:.3g} [{lo:.3g}, {hi:.3g}]"
+    n = min(len(m["token_nll"]), len(ref["token_nll"]))
+    r, lo, hi = ppl_ratio(m["token_nll"][:n], ref["token_nll"][:n], block=int(m.get("block_tokens", BLOCK_TOKENS)))
+    return fmt_interval(r, lo, hi)
 
 
 def gate_table(s: pd.DataFrame) -> None:
@@ -82,10 +83,12 @@ def ppl_tables(out: Path, s: pd.DataFrame) -> None:
         print(f"\n({dense['tokens']} tokens in {dense['windows']} windows per result)")
 
 
-def _cross(row, r: float) -> str:
-    v, lo, hi = row[f"share_{r:g}"], row[f"share_{r:g}_lo"], row[f"share_{r:g}_hi"]
+def _cross(row, name: str) -> str:
+    v, lo, hi = row[name], row[f"{name}_lo"], row[f"{name}_hi"]
     if pd.isna(v):
         return "not reached" + (f" (interval from {lo:.2f})" if not pd.isna(lo) else "")
+    if pd.isna(lo) and pd.isna(hi):
+        return f"{v:.2f} [n/a]"
     return f"{v:.2f} [{lo:.2f}, " + ("not reached" if pd.isna(hi) else f"{hi:.2f}") + "]"
 
 
@@ -96,19 +99,27 @@ def frontier_table(out: Path) -> None:
     if not path.exists():
         return
     fr = pd.read_csv(path)
-    print("\nFrontier on the real compute axis: PPL [95 %] @ compute share (kept share)\n")
+    has_kl = "kl" in fr and fr.kl.notna().any()
+    print("\nFrontier on the real compute axis: PPL [95 %]" + (" · KL from dense, nats [95 %] · top-1 agreement [95 %]"
+                                                               if has_kl else "") + " @ compute share (kept share)\n")
     n = max(len(g) for _, g in fr.groupby("line"))
-    print("| line | " + " | ".join(f"point {i + 1}" for i in range(n)) + " | 1.05× dense at | 1.25× dense at |")
-    print("| --- |" + " --- |" * (n + 2))
+    levels = [("share_1.05", "1.05× dense"), ("share_1.25", "1.25× dense")]
+    levels += [("share_kl0.05", "KL 0.05"), ("share_kl0.2", "KL 0.2")] if has_kl else []
+    print("| line | " + " | ".join(f"point {i + 1}" for i in range(n)) + " | "
+          + " | ".join(f"{t} at" for _, t in levels) + " |")
+    print("| --- |" + " --- |" * (n + len(levels)))
     cross = crossings(fr).set_index("line")
     for line, g in fr.groupby("line", sort=False):
         g = g.sort_values("compute_share")
-        cells = [f"{ppl(r.ppl)} [{ppl(r.ppl_lo)}, {ppl(r.ppl_hi)}] @ {r.compute_share:.2f} ({r.kept_share:.2f})"
+        cells = [ci(r._asdict()) + (f" · {fmt_interval(r.kl, r.kl_lo, r.kl_hi)} · {fmt_interval(r.top1, r.top1_lo, r.top1_hi)}"
+                                    if has_kl else "") + f" @ {r.compute_share:.2f} ({r.kept_share:.2f})"
                  for r in g.itertuples()]
         c = cross.loc[line]
-        print(f"| {line} | " + " | ".join(cells + [""] * (n - len(cells))) + f" | {_cross(c, 1.05)} | {_cross(c, 1.25)} |")
-    print(f"\n({int(fr.tokens.iloc[0])} tokens in {int(fr.windows.iloc[0])} windows per point; crossing shares "
-          "interpolated linearly between a line's points, [from the interval's lower, upper ratio bound])")
+        print(f"| {line} | " + " | ".join(cells + [""] * (n - len(cells))) + " | "
+              + " | ".join(_cross(c, name) for name, _ in levels) + " |")
+    units = f", {int(fr.units.iloc[0])} blocks" if "units" in fr and fr.units.notna().any() else ""
+    print(f"\n({int(fr.tokens.iloc[0])} tokens in {int(fr.windows.iloc[0])} windows per point{units}; crossing shares "
+          "interpolated linearly between a line's points, [from the interval's lower, upper bound])")
     sizes = sorted(int(c[len("union_b"):]) for c in fr.columns if c.startswith("union_b"))
     if sizes:
         shares = sorted(fr.loc[fr.family != "cats", "share"].unique())

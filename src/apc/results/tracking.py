@@ -14,15 +14,17 @@ Layout of the MLflow side
   study, named by its key (``gate/per_layer/apc-k32-s0``, tag ``apc.cell_key``).  It holds
   the clustering parameters and per-iteration history (metric steps), train and test
   coverage metrics, and for every projection set that masks its projection, every
-  perplexity mode's perplexity, interval, paired ratio to dense and kept share.  K, seed and
+  perplexity mode's perplexity, interval, paired ratio to dense, KL from dense, top-1 agreement
+  and kept share.  K, seed and
   density are metrics too, so charts plot them on numeric axes.  Start and end times are
   those of the cell's jobs.
 * One *frontier* run per point of the compute-quality frontier (:mod:`apc.common.frontier`),
   child of the study, tag ``apc.kind = "frontier"``, named and keyed by the point
   (``frontier/down_in/predicted-linear-m1.per_layer.apc-k128-s0/0.6``); tag
   ``apc.frontier_cells`` links it to the clustering cell(s) whose centroids it uses.  It holds
-  the perplexity with interval and paired ratio to dense, tokens, kept share, predictor FLOPs
-  share and compute share.  Frontier runs follow the same sync rules as cell runs.
+  the perplexity with interval and paired ratio to dense, the mean KL from dense and top-1
+  agreement with dense (``kl``, ``top1``, with intervals), tokens, resampling units, kept share,
+  predictor FLOPs share and compute share.  Frontier runs follow the same sync rules as cell runs.
 
 Sync ("replace on change")
 --------------------------
@@ -72,7 +74,7 @@ from apc.common.progress import get_logger
 
 log = get_logger("apc.results.tracking")
 
-SCHEMA_VERSION = "4"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "5"  # bump when the mapping files -> params/metrics changes (forces replacement)
 LOCK_TIMEOUT_S = 900.0
 _HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 _MAX_PARAMS_PER_BATCH = 100
@@ -264,7 +266,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _ppl_metrics(r: _Record, prefix: str, result: dict, dense: dict | None, proj: str | None = None) -> None:
-    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense and the kept share of ``proj``."""
+    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense, the KL from dense and top-1 agreement
+    (with intervals; a bound without an interval is not logged) and the kept share of ``proj``."""
     from apc.results.summary import _interval_columns
 
     for k, v in _interval_columns(prefix, result, dense).items():
@@ -349,8 +352,8 @@ def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
 
     Named and keyed ``frontier/{pset}/{line}/{share}`` (:class:`apc.common.frontier.Point`), tag
     ``apc.frontier_cells`` = the clustering cell keys the point uses (``proj=key``, ``;``-joined; empty
-    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense,
-    tokens, kept share, FLOPs share of each product, predictor FLOPs share, compute share, the batch
+    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense, KL from
+    dense and top-1 agreement (with intervals), tokens, units, kept share, FLOPs share of each product, predictor FLOPs share, compute share, the batch
     view (``union_b{B}``, ``grouped_b{B}``); artifacts: the point and the
     predictor reports it used.
     """
@@ -367,7 +370,7 @@ def frontier_records(config: dict, dense: dict | None) -> list[_Record]:
         r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
                 model=d.get("model"), dataset=d.get("dataset"))
         _ppl_metrics(r, "ppl", d, dense)
-        for k in ("share", "tokens", "windows", "kept_share", "ffn_flops_share", "predictor_flops_share",
+        for k in ("share", "tokens", "windows", "units", "kept_share", "ffn_flops_share", "predictor_flops_share",
                   "compute_share"):
             r.metric(k, d.get(k))
         from apc.results.frontier import point_columns
