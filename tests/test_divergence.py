@@ -75,6 +75,11 @@ def test_topk_reference_is_a_lower_bound_and_exact_when_the_bucket_is_one_token(
     assert full["logprobs"].shape == (48, VOCAB)
     res = score_windows(other, w, bos=True, progress=False, reference=full)
     assert res["token_kl"] == pytest.approx(exact["token_kl"], rel=1e-4, abs=1e-6)
+    # an exact run also measures the approximation: the top-8 KL from the exact reference's own top 8
+    checked = score(other, w, "dense", bos=True, reference=_reference(dense, w, "exact", tmp_path=tmp_path),
+                    check_top_k=8)
+    assert checked["kl_topk"] == pytest.approx(top8["token_kl"].mean(), rel=1e-5) and checked["kl_topk_k"] == 8
+    assert checked["kl_topk"] < checked["kl"]
 
 
 def test_reference_checks_windows_and_length(models, tmp_path):

@@ -17,7 +17,8 @@ manifest, model, tok, device = job_model(snakemake)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
 scoring = {"block_tokens": int(p.scoring["block_tokens"]),
-           "reference": load_reference(i.reference, len(windows) * (windows.shape[1] - 1), int(windows.shape[1]))}
+           "reference": load_reference(i.reference, len(windows) * (windows.shape[1] - 1), int(windows.shape[1])),
+           "check_top_k": int(p.scoring["kl_top_k"])}  # exact reference: the top-k approximation's error too
 table = read_json(i.thresholds)["projections"]
 thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None

@@ -24,6 +24,7 @@ if p.mode == "dense":  # the dense job keeps the reference every masked job meas
 else:
     scoring["reference"] = load_reference(snakemake.input.reference, len(windows) * (windows.shape[1] - 1),
                                           int(windows.shape[1]))
+    scoring["check_top_k"] = int(p.ppl["kl_top_k"])  # exact reference: the top-k approximation's error too
 
 if p.mode in ("dense", "sparse"):
     result.update(mode=p.mode, **score(model, windows, p.mode, bos=bos, projections=projections,

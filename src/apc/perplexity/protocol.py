@@ -56,7 +56,8 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
 def token_figures(res: dict, block: int = BLOCK_TOKENS) -> dict:
     """The per-token lists a result keeps (rounded for JSON) and its figures with block-bootstrap
     intervals: ``ppl_lo, ppl_hi, block_tokens, units, token_nll`` and, scored against a dense
-    reference, ``kl, kl_lo, kl_hi, top1, top1_lo, top1_hi, token_kl, token_top1``."""
+    reference, ``kl, kl_lo, kl_hi, top1, top1_lo, top1_hi, token_kl, token_top1`` (and ``kl_topk``
+    where the top-k approximation was checked)."""
     out = {"block_tokens": int(block), "units": n_units(len(res["token_nll"]), block)}
     out["ppl_lo"], out["ppl_hi"] = ppl_interval(res["token_nll"], block=block)
     out["token_nll"] = [round(float(v), 5) for v in res["token_nll"]]
@@ -66,12 +67,15 @@ def token_figures(res: dict, block: int = BLOCK_TOKENS) -> dict:
         out["kl_lo"], out["kl_hi"] = mean_interval(kl, block=block)
         out["top1_lo"], out["top1_hi"] = mean_interval(agree, block=block)
         out.update(token_kl=[round(float(v), 6) for v in kl], token_top1=[int(v) for v in agree])
+    if "token_kl_topk" in res:  # the top-k approximation's KL beside the exact one (mean only)
+        out["kl_topk"] = float(np.mean(res["token_kl_topk"]))
     return out
 
 
 def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
           seed: int = 0, detail: bool = False, kernel: str = "hooks", reference: dict | None = None,
-          keep_reference: tuple[str, int] | None = None, block_tokens: int = BLOCK_TOKENS, **masks) -> dict:
+          keep_reference: tuple[str, int] | None = None, block_tokens: int = BLOCK_TOKENS,
+          check_top_k: int | None = None, **masks) -> dict:
     """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
 
     Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
@@ -79,7 +83,9 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
     ``block_tokens`` scored tokens; NaN below 20 blocks); ``kept`` maps each masked projection to
     its kept share.  ``reference`` (the dense reference of these tokens) adds the divergence from
     dense, ``kl_reference`` naming it; ``keep_reference=(kind, top_k)`` returns this model's own
-    reference rows under ``reference`` (the dense job writes them).
+    reference rows under ``reference`` (the dense job writes them); ``check_top_k`` with an exact
+    ``reference`` adds ``kl_topk``, the mean KL through the dense top-k plus one bucket, and
+    ``kl_topk_k``, its k (the approximation's error on this result is ``kl - kl_topk``).
     ``detail`` adds ``layer_kept`` (``{proj: [kept share per layer]}``), ``input_kept`` (teal: the
     MLP input's, per layer), ``batch`` (the batch view, with ``batch_sizes`` among ``masks``) and
     ``id_counts`` (cluster modes: top-1 id counts per layer).  ``kernel="grouped"`` runs the cluster
@@ -103,8 +109,11 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
                                         thresholds=thresholds if masked else None, skip_first_position=bos,
                                         seed=seed, **masks)
     with install as handle:
-        res = score_windows(model, windows, bos=bos, reference=reference, keep_reference=keep_reference)
+        res = score_windows(model, windows, bos=bos, reference=reference, keep_reference=keep_reference,
+                            check_top_k=check_top_k if reference is not None and reference["kind"] == "exact" else None)
     figures = token_figures(res, block_tokens)
+    if "kl_topk" in figures:
+        figures["kl_topk_k"] = int(check_top_k)
     out = {"ppl": res["ppl"], "ppl_lo": figures.pop("ppl_lo"), "ppl_hi": figures.pop("ppl_hi"),
            **{k: res[k] for k in ("nll", "tokens", "windows", "window_nll_sum", "window_tokens")},
            "kept": handle.kept_fraction() if masked else {},

@@ -32,8 +32,8 @@ from apc.perplexity.divergence import reference_rows, token_divergence
 
 
 def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progress: bool = True,
-                  batch_size: int = 1, reference: dict | None = None, keep_reference: tuple[str, int] | None = None
-                  ) -> dict:
+                  batch_size: int = 1, reference: dict | None = None, keep_reference: tuple[str, int] | None = None,
+                  check_top_k: int | None = None) -> dict:
     """Score ``windows: (n_windows, seq_len)`` token ids with ``model(ids).logits``.
 
     Returns ``{"nll", "ppl", "tokens", "windows", "seq_len", "bos", "window_nll_sum",
@@ -44,6 +44,8 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
     ``token_kl: (tokens,)`` float64 KL(dense || this model) in nats and ``token_top1: (tokens,)``
     bool agreement with dense's top-1; ``keep_reference=(kind, top_k)`` adds ``reference``, this
     model's :func:`~apc.perplexity.divergence.reference_rows` of every scored token (numpy).
+    ``check_top_k`` (with an exact ``reference``) adds ``token_kl_topk``: the same KL through the
+    dense top-k plus one bucket (the approximation used where the exact reference is too large).
     ``bos=True`` requires the same token id in column 0 of every window.
     """
     windows = torch.as_tensor(windows)
@@ -63,7 +65,7 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
     starts = range(0, n, batch_size)
     it = _progress(starts, total=len(starts), desc="perplexity",
                    unit="window" if batch_size == 1 else f"batch({batch_size})") if progress else starts
-    per_token, kls, agrees, kept = [], [], [], {}
+    per_token, kls, kls_k, agrees, kept = [], [], [], [], {}
     with torch.inference_mode():
         for s in it:
             ids = windows[s : s + batch_size].to(device)
@@ -79,6 +81,10 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
                 kl, agree = token_divergence(logq, {k: reference[k][rows] for k in ("logprobs", "ids", "top1")})
                 kls.append(kl.cpu())
                 agrees.append(agree.cpu())
+                if check_top_k and check_top_k < logq.shape[-1]:
+                    exact = reference["logprobs"][rows]
+                    kl_k, _ = token_divergence(logq, reference_rows(exact.to(logq.device), "topk", check_top_k))
+                    kls_k.append(kl_k.cpu())
             if keep_reference is not None:  # written in place: the exact reference is n_tokens x vocab
                 for k, v in reference_rows(logq, *keep_reference).items():
                     v = v.cpu().numpy()
@@ -101,6 +107,8 @@ def score_windows(model: nn.Module, windows: torch.Tensor, *, bos: bool, progres
     }
     if reference is not None:
         out.update(token_kl=torch.cat(kls).numpy(), token_top1=torch.cat(agrees).numpy())
+        if kls_k:
+            out["token_kl_topk"] = torch.cat(kls_k).numpy()
     if keep_reference is not None:
         out["reference"] = kept
     return out

@@ -3,7 +3,8 @@
 Rows come from exactly the point files given (never a folder scan): perplexity, its 95 %
 block-bootstrap interval, the paired ratio to dense, the mean KL(dense || point) per token in nats
 and the top-1 agreement with dense (each with its interval; NaN bounds where the point has fewer
-than 20 blocks: "n/a"), token count, resampling units, kept share, the share of each
+than 20 blocks: "n/a"), ``kl_topk`` (with an exact reference: the same KL through the dense top-k
+plus one bucket, the approximation a large vocabulary uses), token count, resampling units, kept share, the share of each
 matrix product's multiply-adds run (mean over layers), the FFN FLOPs share, predictor FLOPs
 share, compute share (FFN + predictor), the batch view (``union_b{B}``: share of neurons at
 least one of B consecutive tokens keeps; ``grouped_b{B}``: cluster lines' distinct ids times
@@ -29,7 +30,7 @@ from apc.common.progress import get_logger
 log = get_logger("apc.results.frontier")
 
 COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi", "ratio", "ratio_lo", "ratio_hi",
-           "kl", "kl_lo", "kl_hi", "top1", "top1_lo", "top1_hi", "kl_reference",
+           "kl", "kl_lo", "kl_hi", "top1", "top1_lo", "top1_hi", "kl_reference", "kl_topk",
            "tokens", "windows", "units", "kept_share", "gate_share", "up_share", "down_share", "ffn_flops_share",
            "predictor_flops_share", "compute_share", "cells"]
 
@@ -58,7 +59,8 @@ def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.P
         d = read_json(path)
         iv = _interval_columns("ppl", d, dense)
         rows.append({"pset": d["pset"], "line": d["line"], "family": d["family"], "mode": d["mode"],
-                     "share": d["share"], **iv, "kl_reference": d.get("kl_reference"), "tokens": d["tokens"],
+                     "share": d["share"], **iv, "kl_reference": d.get("kl_reference"),
+                     "kl_topk": d.get("kl_topk", float("nan")), "tokens": d["tokens"],
                      "windows": d["windows"], "units": d.get("units"),
                      "kept_share": d["kept_share"], "ffn_flops_share": d.get("ffn_flops_share"),
                      "predictor_flops_share": d["predictor_flops_share"], "compute_share": d["compute_share"],
