@@ -157,7 +157,7 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
         times = pd.DataFrame(time_columns(points, time_table, d_model=d_model, d_ff=d_ff))
         df = pd.concat([df, times], axis=1)
     with atomic_path(path, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, na_rep="NaN")  # a figure without an interval: NaN, never a blank to misread
     log.info("frontier table: %d points -> %s", len(df), path)
     return df
 
