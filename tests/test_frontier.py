@@ -15,7 +15,9 @@ import torch
 import transformers
 import yaml
 
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+
+from apc.common.errors import ConfigError
 from apc.common.frontier import Point, frontier_cells, frontier_points, line_cell, lines, parse_line
 from apc.common.layout import Cell, Layout
 from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells

@@ -13,7 +13,8 @@ from apc.clustering import cluster
 from apc.clustering.cell import fit_cell
 from apc.clustering.sources import weighted_layer
 from apc.common.atomic import write_json
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+from apc.common.errors import ConfigError
 from apc.common.layout import Cell
 from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
 from apc.evaluation.evaluate import evaluate_cell

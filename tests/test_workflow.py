@@ -465,9 +465,9 @@ def test_every_store_is_within_ten_percent_of_its_plan(smoke):
     assert {"patterns/train/gate", "magnitudes/test/down_in", "ffn_inputs/train", "centroids", "predictors"} <= names
     for store in plan.stores:
         if store.name.startswith("model"):  # the cache folder is shared: measure the run's own model folder
-            from apc.common.storage import _tree_bytes
+            from apc.common.storage import tree_bytes
 
-            real = _tree_bytes(Path(json.loads((smoke / "model" / "manifest.json").read_text())["load_path"]))
+            real = tree_bytes(Path(json.loads((smoke / "model" / "manifest.json").read_text())["load_path"]))
         else:
             real = store.on_disk()
         assert abs(real - store.bytes) <= 0.1 * store.bytes, (store.name, real, store.bytes)

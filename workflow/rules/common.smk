@@ -13,12 +13,13 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
-from apc.common.config import ConfigError, load_schema, resolve
+from apc.common.config import load_schema, resolve
+from apc.common.errors import ConfigError
 from apc.common.frontier import frontier_psets, greedy_cells, line_cell, line_shares, parse_line
 from apc.common.layout import WILDCARDS as W, Cell, Layout
-from apc.common.projections import PROJECTIONS
+from apc.common.families import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
-from apc.common.rulekit import dataset_name
+from apc.rulekit import dataset_name
 from apc.common.storage import ffn_inputs_captured, storage_plan
 from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
@@ -62,7 +63,7 @@ def cluster_settings(method):
 
 def norms_input(method):
     """``{"norms": down_norms.npy}`` for a method fitted or scored with ``output`` weighting, else ``{}``."""
-    from apc.clustering import method_spec
+    from apc.common.methods import method_spec
 
     base, opts = method_spec(method, C["cluster"]["options"])
     return {"norms": L.down_norms()} if base == "apc_weighted" and opts.get("weighting") == "output" else {}

@@ -4,8 +4,8 @@ from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.frontier import parse_line
 from apc.common.layout import density_label
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
 from apc.perplexity.divergence import load_reference
 from apc.perplexity.frontier import score_point
 from apc.perplexity.protocol import select_windows

@@ -2,8 +2,8 @@ import torch
 
 from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
 from apc.perplexity.divergence import load_reference, save_reference
 from apc.perplexity.protocol import score, score_cells, select_windows
 

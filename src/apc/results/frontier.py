@@ -51,13 +51,13 @@ def point_columns(d: dict) -> dict[str, float]:
 
 def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per point file (columns :data:`COLUMNS`, ``cells`` as ``proj=key`` joined by ``;``)."""
-    from apc.results.summary import _interval_columns, reference_columns
+    from apc.results.summary import interval_columns, reference_columns
 
     _, dense = reference_columns(list(refs))
     rows = []
     for path in points:
         d = read_json(path)
-        iv = _interval_columns("ppl", d, dense)
+        iv = interval_columns("ppl", d, dense)
         rows.append({"pset": d["pset"], "line": d["line"], "family": d["family"], "mode": d["mode"],
                      "share": d["share"], **iv, "kl_reference": d.get("kl_reference"),
                      "kl_topk": d.get("kl_topk", float("nan")), "tokens": d["tokens"],
@@ -210,9 +210,9 @@ def _bars(g: pd.DataFrame, col: str, label: str) -> tuple[np.ndarray, np.ndarray
 def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: dict | None, path: Path) -> Path:
     """Perplexity (log y, 95 % interval bars) against the FFN compute share spent, one line per line
     of ``pset``; dense at share 1 and true sparse at its kept share as reference lines."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[table["pset"] == pset]
     for line, g in rows.groupby("line", sort=False):
@@ -234,15 +234,15 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     ax.set_title(f"compute-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_kl_frontier(table: pd.DataFrame, pset: str, path: Path) -> Path:
     """Mean KL(dense || masked) per token (log y, 95 % interval bars) against the FFN compute share
     spent, one line per line of ``pset``, with the decision table's KL levels as reference lines."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[(table["pset"] == pset) & np.isfinite(table["kl"].to_numpy(float))]
     for line, g in rows.groupby("line", sort=False):
@@ -260,7 +260,7 @@ def plot_kl_frontier(table: pd.DataFrame, pset: str, path: Path) -> Path:
     ax.set_title(f"divergence from dense against compute: {pset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path: Path,
@@ -268,9 +268,9 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
     """Perplexity (log y, 95 % interval bars) against the measured time share of each line's masked-FFN
     kernel (``column``: ``time_share_prefill`` at T = 4096 or ``time_share_decode`` at T = 1); lines
     without a kernel are left out; dense at time share 1."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[(table["pset"] == pset) & np.isfinite(table[column].to_numpy(float))]
     for line, g in rows.groupby("line", sort=False):
@@ -290,16 +290,16 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
     ax.set_title(f"time-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) -> Path:
     """Share of weight rows read against the batch size B, one line per method at kept share ``share``
     (the frontier share nearest to it per line): the union of B tokens' masks (solid) and, for cluster
     lines, the rows read when each id group reads its own (dashed)."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[table["pset"] == pset]
     sizes = sorted(int(c[len("union_b"):]) for c in rows.columns if c.startswith("union_b"))
@@ -319,7 +319,7 @@ def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) ->
     ax.set_title(f"batch view: {pset}, kept share ~ {share:g}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_share: float | None = None) -> list[Path]:

@@ -65,7 +65,7 @@ def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
 DIVERGENCE = ("kl", "top1")
 
 
-def _interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
+def interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
     """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, its paired ratio to dense, and its KL from
     dense and top-1 agreement with dense (``kl{rest}``, ``top1{rest}`` with ``_lo``, ``_hi``, where
     ``prefix`` is ``ppl{rest}``).
@@ -102,10 +102,10 @@ def reference_columns(ref_paths: Iterable[str | os.PathLike]) -> tuple[dict, dic
     dense = next((r for r in results if r.get("mode") == "dense"), None)
     ref: dict = {}
     if dense is not None:
-        ref.update(_interval_columns("ppl_dense", dense, None))
+        ref.update(interval_columns("ppl_dense", dense, None))
     for d in results:
         if d.get("mode") == "sparse":
-            ref.update(_interval_columns(f"ppl_sparse_{d['pset']}", d, dense))
+            ref.update(interval_columns(f"ppl_sparse_{d['pset']}", d, dense))
             for proj, kept in (d.get("kept") or {}).items():
                 ref[f"kept_sparse_{d['pset']}_{proj}"] = kept
     return ref, dense
@@ -120,7 +120,7 @@ def _ppl_columns(paths: Iterable[str | os.PathLike], dense: dict | None) -> tupl
         psets[d["pset"]] = list(d["projections"])
         row = rows.setdefault((d["scope"], d["method"], int(d["k"]), float(d["density"]), int(d["seed"])), {})
         for mode, md in (d.get("modes") or {}).items():
-            row.update(_interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
+            row.update(interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
             for proj, kept in (md.get("kept") or {}).items():
                 row[f"kept_{d['pset']}_{mode}_{proj}"] = kept
     if not rows:
