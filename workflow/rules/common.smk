@@ -87,9 +87,25 @@ def pset_projections(pset):
     return {**frontier_psets(C), **C["perplexity"]["psets"]}[pset]
 
 
-def ppl_settings(with_modes):
+def ppl_settings(with_modes, test_tokens=None):
+    """The perplexity settings of a scoring job (``test_tokens``: its budget, by default perplexity.test_tokens)."""
     p = C["perplexity"]
-    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+    return {"test_tokens": p["test_tokens"] if test_tokens is None else test_tokens, **scoring_settings(),
+            **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+
+
+def scoring_settings():
+    """How every scoring job measures: the interval's block and the KL's dense reference."""
+    p = C["perplexity"]
+    return {"block_tokens": p.get("block_tokens", 32), "kl_reference": p.get("kl_reference", "exact"),
+            "kl_top_k": p.get("kl_top_k", 64)}
+
+
+def reference_tokens():
+    """Test tokens the dense job scores and keeps as the KL's reference: the larger budget of the
+    perplexity cells and the frontier (null, the whole split, when either is)."""
+    budgets = [C["perplexity"]["test_tokens"], C["frontier"]["test_tokens"] if frontier_psets(C) else 0]
+    return None if None in budgets else max(budgets)
 
 
 def all_outputs():
@@ -357,7 +373,7 @@ def ppl_batch_of_cell(wc):
 def frontier_line_inputs(wc):
     """Inputs of one frontier line at every kept share: ``{name}_{proj}_{j}`` for share j."""
     d = parse_line(wc.line)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(), "reference": L.ppl_reference()}
     if d["family"] == "threshold":
         ins["kept"] = L.thresholds_kept()
     if d["family"] in ("cats", "teal"):
@@ -403,7 +419,7 @@ def experts_line_inputs(wc):
     name = f"s{d['shared']}-e{d['n']}"
     proj = C["experts"]["projection"]
     ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
-           "experts": L.experts(proj, name)}
+           "reference": L.ppl_reference(), "experts": L.experts(proj, name)}
     if d["router"] == "learned":
         ins["router"] = L.experts_router(proj, name)
     return ins

@@ -44,6 +44,7 @@ rule frontier_line_experts:
         [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
     params:
         test_tokens=C["frontier"]["test_tokens"],
+        scoring=scoring_settings(),
         projections=lambda wc: frontier_psets(C)[wc.pset],
         shares=C["frontier"]["kept_shares"],
         seed=C["predict"]["seed"],

@@ -48,12 +48,13 @@ def router_share(router: str, routers: list, d_model: int, d_ff: int) -> float:
 
 def score_experts_point(model: nn.Module, windows: torch.Tensor, line: str, share: float, *, bos: bool,
                         projection: str, thresholds: dict, sets: list[ExpertSet], reps=None, learned=None,
-                        seed: int = 0, batch_sizes=()) -> dict:
+                        seed: int = 0, batch_sizes=(), **scoring) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` under experts line ``line`` placed near compute share ``share``.
 
     Returns :func:`score`'s dict (with ``detail``) plus the frontier point's fields (``line, family,
     mode, share, kept_share, product_shares, ffn_flops_share, predictor_flops_share, compute_share``)
-    and the experts' ``router, k, n_experts, n_shared, expert_size``.
+    and the experts' ``router, k, n_experts, n_shared, expert_size``.  ``scoring`` passes through to
+    :func:`score` (the interval's block, the dense reference of the KL).
     """
     d = parse_expert_line(line)
     if d is None:
@@ -66,7 +67,7 @@ def score_experts_point(model: nn.Module, windows: torch.Tensor, line: str, shar
     cents = torch.stack([expert_masks(es) for es in sets])
     res = score(model, windows, "predicted", bos=bos, projections=[projection], thresholds=thresholds, seed=seed,
                 detail=True, batch_sizes=tuple(batch_sizes), centroids={projection: cents},
-                predictors={projection: routers}, top_m=k)
+                predictors={projection: routers}, top_m=k, **scoring)
     for per_b in (res.get("batch") or {}).values():
         for cell in per_b.values():
             cell["grouped"] = dict(cell["union"])  # contiguous expert blocks: the union is the grouped read

@@ -26,7 +26,7 @@ from apc.results.inputs import sweep_files
 __all__ = ["SCHEMA_VERSION", "SWEEP_KEYS", "Record", "shared_settings", "study_key", "cell_records",
            "frontier_records", "study_record"]
 
-SCHEMA_VERSION = "4"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "5"  # bump when the mapping files -> params/metrics changes (forces replacement)
 _MAX_PARAM_LEN = 6000
 _KEY_RE = re.compile(r"[^\w\-. /]")
 
@@ -159,7 +159,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _ppl_metrics(r: Record, prefix: str, result: dict, dense: dict | None, proj: str | None = None) -> None:
-    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense and the kept share of ``proj``."""
+    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense, the KL from dense and top-1 agreement
+    (with intervals; a bound without an interval is not logged) and the kept share of ``proj``."""
     from apc.results.summary import interval_columns
 
     for k, v in interval_columns(prefix, result, dense).items():
@@ -274,7 +275,8 @@ def frontier_records(config: dict, dense: dict | None) -> list[Record]:
 
     Named and keyed ``frontier/{pset}/{line}/{share}`` (:class:`apc.common.frontier.Point`), tag
     ``apc.frontier_cells`` = the clustering cell keys the point uses (``proj=key``, ``;``-joined; empty
-    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense,
+    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense, KL from
+    dense and top-1 agreement (with intervals), units,
     tokens, kept share, FLOPs share of each product, predictor FLOPs share, compute share, the batch
     view (``union_b{B}``, ``grouped_b{B}``); artifacts: the point and the
     predictor reports it used.
@@ -290,7 +292,7 @@ def frontier_records(config: dict, dense: dict | None) -> list[Record]:
         r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
                 model=d.get("model"), dataset=d.get("dataset"))
         _ppl_metrics(r, "ppl", d, dense)
-        for k in ("share", "tokens", "windows", "kept_share", "ffn_flops_share", "predictor_flops_share",
+        for k in ("share", "tokens", "windows", "units", "kept_share", "ffn_flops_share", "predictor_flops_share",
                   "compute_share"):
             r.metric(k, d.get(k))
         from apc.results.frontier import point_columns

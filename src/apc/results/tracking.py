@@ -14,15 +14,17 @@ Layout of the MLflow side
   study, named by its key (``gate/per_layer/apc-k32-s0``, tag ``apc.cell_key``).  It holds
   the clustering parameters and per-iteration history (metric steps), train and test
   coverage metrics, and for every projection set that masks its projection, every
-  perplexity mode's perplexity, interval, paired ratio to dense and kept share.  K, seed and
+  perplexity mode's perplexity, interval, paired ratio to dense, KL from dense, top-1 agreement
+  and kept share.  K, seed and
   density are metrics too, so charts plot them on numeric axes.  Start and end times are
   those of the cell's jobs.
 * One *frontier* run per point of the compute-quality frontier (:mod:`apc.common.frontier`),
   child of the study, tag ``apc.kind = "frontier"``, named and keyed by the point
   (``frontier/down_in/predicted-linear-m1.per_layer.apc-k128-s0/0.6``); tag
   ``apc.frontier_cells`` links it to the clustering cell(s) whose centroids it uses.  It holds
-  the perplexity with interval and paired ratio to dense, tokens, kept share, predictor FLOPs
-  share and compute share.  Frontier runs follow the same sync rules as cell runs.
+  the perplexity with interval and paired ratio to dense, the mean KL from dense and top-1
+  agreement with dense (``kl``, ``top1``, with intervals), tokens, resampling units, kept share,
+  predictor FLOPs share and compute share.  Frontier runs follow the same sync rules as cell runs.
 * One *experts* run per neuron-experts cell (:mod:`apc.common.neuron_experts`), child of the study, tag
   ``apc.kind = "experts"``, named and keyed ``experts/{proj}/s{S}-e{E}``: the experts' sizes, held-out
   coverage, mass coverage and density of every router and k, the router FLOPs shares.
