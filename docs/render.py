@@ -79,16 +79,22 @@ def md(header: list[str], rows: list[list]) -> str:
 
 
 def ratio(m: dict, ref: dict) -> tuple[float, float, float]:
-    """Paired bootstrap ratio of two perplexity results on the windows both scored."""
-    from apc.perplexity.intervals import bootstrap_ratio
+    """Paired block-bootstrap ratio of two perplexity results on the tokens both scored; the bounds are
+    NaN (n/a) below 20 blocks or for a result without per-token NLLs (one written before they were kept)."""
+    from apc.perplexity.intervals import BLOCK_TOKENS, ppl_of, ppl_ratio
 
+    if "token_nll" in m and "token_nll" in ref:
+        n = min(len(m["token_nll"]), len(ref["token_nll"]))
+        return ppl_ratio(m["token_nll"][:n], ref["token_nll"][:n], block=int(m.get("block_tokens", BLOCK_TOKENS)))
     n = min(len(m["window_nll_sum"]), len(ref["window_nll_sum"]))
-    return bootstrap_ratio(m["window_nll_sum"][:n], m["window_tokens"][:n], ref["window_nll_sum"][:n],
-                           ref["window_tokens"][:n])
+    r = ppl_of(m["window_nll_sum"][:n], m["window_tokens"][:n]) / ppl_of(ref["window_nll_sum"][:n], ref["window_tokens"][:n])
+    return r, float("nan"), float("nan")
 
 
 def ratio_ci(m: dict, ref: dict, digits: int = 3) -> str:
     r, lo, hi = ratio(m, ref)
+    if np.isnan(lo) or np.isnan(hi):
+        return f"{r:.{digits}g}× [n/a]"
     return f"{r:.{digits}g}× [{lo:.{digits}g}, {hi:.{digits}g}]"
 
 

@@ -13,6 +13,7 @@ from apc.perplexity.calibrate import (block_allocation, layer_mlps, pca_rotation
 from apc.perplexity.frontier import score_point
 from apc.perplexity.maskargs import Masks
 from apc.perplexity.masking import griffin_keep, install_interventions
+from apc.perplexity.protocol import score
 
 
 def _ids(n=2, seq=33, vocab=128, seed=0):
@@ -116,6 +117,15 @@ def test_griffin_mask_is_the_prompts_top_neurons_and_constant_after_it(tiny_llam
     res = score_point(tiny_llama, ids, "griffin", 0.5, bos=True, projections=["down_in"], thresholds=_zero(n), prompt=8)
     assert res["tokens"] == res["dense"]["tokens"] == 3 * (24 - 8)
     assert res["compute_share"] == pytest.approx(0.5) and res["dense"]["ppl"] != res["ppl"]
+    # the KL against the dense reference of every token picks the rows of the tokens after the prompt
+    full = score(tiny_llama, ids, "dense", bos=True, keep_reference=("exact", 0))
+    ref = {**{k: torch.from_numpy(v) for k, v in full["reference"].items()}, "kind": "exact", "top_k": 0}
+    later = score(tiny_llama, ids, "dense", bos=True, score_from=8, reference=ref)
+    assert later["tokens"] == 3 * 16 and later["kl"] == pytest.approx(0.0, abs=1e-9) and later["top1"] == 1.0
+    assert later["token_nll"] == pytest.approx(np.reshape(full["token_nll"], (3, 23))[:, 7:].reshape(-1), abs=1e-5)
+    masked = score_point(tiny_llama, ids, "griffin", 0.5, bos=True, projections=["down_in"], thresholds=_zero(n),
+                         prompt=8, scoring={"reference": ref})
+    assert masked["kl"] > 0 and masked["ppl"] == pytest.approx(res["ppl"])
 
 
 def test_block_allocation_meets_each_layers_compute_within_one_neuron(tiny_llama):

@@ -1,5 +1,6 @@
 # Shared helpers: resolve and validate the config, name outputs (apc.common.layout), expand the sweep.
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -86,9 +87,25 @@ def pset_projections(pset):
     return {**frontier_psets(C), **C["perplexity"]["psets"]}[pset]
 
 
-def ppl_settings(with_modes):
+def ppl_settings(with_modes, test_tokens=None):
+    """The perplexity settings of a scoring job (``test_tokens``: its budget, by default perplexity.test_tokens)."""
     p = C["perplexity"]
-    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+    return {"test_tokens": p["test_tokens"] if test_tokens is None else test_tokens, **scoring_settings(),
+            **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+
+
+def scoring_settings():
+    """How every scoring job measures: the interval's block and the KL's dense reference."""
+    p = C["perplexity"]
+    return {"block_tokens": p.get("block_tokens", 32), "kl_reference": p.get("kl_reference", "exact"),
+            "kl_top_k": p.get("kl_top_k", 64)}
+
+
+def reference_tokens():
+    """Test tokens the dense job scores and keeps as the KL's reference: the larger budget of the
+    perplexity cells and the frontier (null, the whole split, when either is)."""
+    budgets = [C["perplexity"]["test_tokens"], C["frontier"]["test_tokens"] if frontier_psets(C) else 0]
+    return None if None in budgets else max(budgets)
 
 
 def all_outputs():
@@ -100,6 +117,7 @@ def all_outputs():
         + FILES.refs
         + FILES.ppl
         + FILES.predictor_reports
+        + FILES.experts_reports
         + FILES.frontier
         + FILES.frontier_table
         + [L.summary(), L.plots(), L.mlflow_runs()]
@@ -355,7 +373,7 @@ def ppl_batch_of_cell(wc):
 def frontier_line_inputs(wc):
     """Inputs of one frontier line at every kept share: ``{name}_{proj}_{j}`` for share j."""
     d = parse_line(wc.line)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(), "reference": L.ppl_reference()}
     if d["family"] == "threshold":
         ins["kept"] = L.thresholds_kept()
     if d["family"] in ("cats", "teal", "wina"):
@@ -386,3 +404,24 @@ def frontier_line_cells(wc):
         cells = {q: line_cell(wc.line, q, float(share)) for q in frontier_psets(C)[wc.pset]}
         out.append({q: c.key for q, c in cells.items() if c is not None})
     return out
+
+
+# Neuron experts (workflow/rules/experts.smk)
+def experts_cell_params(wc):
+    """The cell of an experts job from its folder name ``s{shared}-e{n}``."""
+    m = re.fullmatch(r"s([0-9.]+)-e(\d+)", wc.ecell)
+    if m is None:
+        raise WorkflowError(f"not a neuron-experts cell: {wc.ecell!r} (expected s<shared>-e<n>)")
+    return {"shared": float(m[1]), "n": int(m[2])}
+
+
+def experts_line_inputs(wc):
+    """The experts file (and, for the learned router, its predictors) of an experts line."""
+    d = parse_line(wc.line)
+    name = f"s{d['shared']}-e{d['n']}"
+    proj = C["experts"]["projection"]
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
+           "reference": L.ppl_reference(), "experts": L.experts(proj, name)}
+    if d["router"] == "learned":
+        ins["router"] = L.experts_router(proj, name)
+    return ins

@@ -12,6 +12,7 @@ rule frontier_line:
         [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
     params:
         test_tokens=C["frontier"]["test_tokens"],
+        scoring=scoring_settings(),
         projections=lambda wc: frontier_psets(C)[wc.pset],
         shares=lambda wc: line_shares(C, wc.line),
         cells=frontier_line_cells,
@@ -21,7 +22,7 @@ rule frontier_line:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     wildcard_constraints:
-        line=r"(?!cats\b)[A-Za-z0-9_.\-]+",
+        line=r"(?!cats\b)(?!experts-)[A-Za-z0-9_.\-]+",
     threads: 1
     priority: 20
     log:
@@ -42,6 +43,7 @@ rule frontier_line_cats:
         [L.frontier_point("{pset}", "{line}", share) for share in CATS_SHARES],
     params:
         test_tokens=C["frontier"]["test_tokens"],
+        scoring=scoring_settings(),
         projections=lambda wc: frontier_psets(C)[wc.pset],
         shares=lambda wc: line_shares(C, wc.line),
         cells=frontier_line_cells,

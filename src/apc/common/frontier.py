@@ -29,6 +29,8 @@ line                                   mask (perplexity mode)
 ``neuron-{kind}-k{K}-x{f}``            top ``rho * width`` neurons of the low-rank neuron
                                        predictor whose FLOPs match the ``kind`` cluster
                                        predictor of K centroids, times ``f`` (``neuron_predicted``)
+``experts-{router}.s{S}-e{E}``         shared set plus the k routed experts the router scores
+                                       highest (``predicted``; :mod:`apc.common.neuron_experts`)
 =====================================  ===================================================
 
 Each cluster line at rho uses the clustering cell of density rho; those cells join the
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 
 from apc.common.layout import Cell, density_label
 from apc.common.maskspec import LineSpec
+from apc.common.neuron_experts import expert_lines
 
 __all__ = ["Point", "baseline_lines", "cats_share", "frontier_cells", "frontier_points", "frontier_psets",
            "greedy_cells", "greedy_method", "line_shares", "neuron_matches", "parse_line", "predictor_cells"]
@@ -53,7 +56,8 @@ def parse_line(line: str) -> dict:
     """``{"family", "mode", ...}`` of a line string; ``ValueError`` for an unknown one.
 
     Cluster lines add ``scope, method, k, seed``; ``predicted`` adds ``kind, top_m``;
-    ``neuron`` adds ``kind, k, factor``; ``teal`` adds ``allocation``.  The typed value is
+    ``neuron`` adds ``kind, k, factor``; ``teal`` adds ``allocation``; ``experts`` adds ``router,
+    shared, n``.  The typed value is
     :class:`apc.common.maskspec.LineSpec`.
     """
     return LineSpec.parse(line).fields()
@@ -181,5 +185,5 @@ def lines(config: dict) -> list[str]:
 
 def frontier_points(config: dict) -> list[Point]:
     """Every point: each pset x line x kept share."""
-    return [Point(pset, line, float(rho)) for pset in frontier_psets(config) for line in lines(config)
-            for rho in line_shares(config, line)]
+    return [Point(pset, line, float(rho)) for pset, projs in frontier_psets(config).items()
+            for line in lines(config) + expert_lines(config, projs) for rho in line_shares(config, line)]

@@ -17,6 +17,7 @@ family            perplexity mode     mask decided by   calibration (``frontier_
 ``oracle``        ``centroid_only``   ``before``        the cell's centroids
 ``predicted``     ``predicted``       ``before``        centroids and a cluster predictor
 ``neuron``        ``neuron_predicted`` ``before``       a neuron predictor
+``experts``       ``predicted``       ``before``        neuron experts and their router
 ================  ==================  ===============  ===========================================
 """
 
@@ -44,22 +45,24 @@ _LINE_RES = {
     "oracle": re.compile(r"oracle\." + _CELL_RE),
     "predicted": re.compile(r"predicted-(?P<kind>[a-z]+)-m(?P<top_m>\d+)\." + _CELL_RE),
     "neuron": re.compile(r"neuron-(?P<kind>[a-z]+)-k(?P<k>\d+)-x(?P<factor>\d+)"),
+    "experts": re.compile(r"experts-(?P<router>[a-z]+)\.s(?P<shared>[0-9.]+)-e(?P<n>\d+)"),
 }
 #: perplexity mode of each line family
 MODE = {"threshold": "threshold", "cats": "cats", "teal": "teal", "wina": "wina", "larosa": "larosa",
         "griffin": "griffin", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
-        "neuron": "neuron_predicted"}
+        "neuron": "neuron_predicted", "experts": "predicted"}
 #: what each family's ``down_in`` mask needs before it is decided (:mod:`apc.perplexity.accounting`)
 DECIDED_BY = {"threshold": "down_in", "cats": "gate", "teal": "input", "wina": "input", "larosa": "input"}
 _CALIBRATION = {"cats": "cats", "teal": "teal", "wina": "wina", "larosa": "larosa"}
-_INTS = ("k", "seed", "top_m", "factor")
+_INTS = ("k", "seed", "top_m", "factor", "n")
 
 
 @dataclass(frozen=True)
 class LineSpec:
     """One frontier line, parsed.  ``family`` and ``mode`` always; the other fields where the
     family has them (``None`` otherwise): ``allocation`` (teal), ``kind``/``top_m`` (predicted),
-    ``kind``/``k``/``factor`` (neuron), ``scope``/``method``/``k``/``seed`` (cluster lines)."""
+    ``kind``/``k``/``factor`` (neuron), ``scope``/``method``/``k``/``seed`` (cluster lines),
+    ``router``/``shared``/``n`` (neuron experts: :mod:`apc.common.neuron_experts`)."""
 
     line: str
     family: str
@@ -72,6 +75,9 @@ class LineSpec:
     k: int | None = None
     seed: int | None = None
     factor: int | None = None
+    router: str | None = None
+    shared: str | None = None
+    n: int | None = None
 
     @classmethod
     def parse(cls, line: str) -> "LineSpec":

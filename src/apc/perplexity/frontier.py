@@ -51,7 +51,7 @@ def line_masks(spec: LineSpec, share: float, *, projections, thresholds: dict, s
 
 def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, share: float, *, bos: bool,
                 projections, thresholds: dict, predictor_share: dict | None = None, seed: int = 0,
-                batch_sizes=(), dense: dict | None = None, **arrays) -> dict:
+                batch_sizes=(), dense: dict | None = None, scoring: dict | None = None, **arrays) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
     ``arrays`` (:func:`line_masks`): ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal,
@@ -64,13 +64,16 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
     ``detail``) plus ``line, family, mode, share, kept_share, product_shares`` (``{gate, up, down:
     [share per layer]}``), ``ffn_flops_share``, ``predictor_flops_share``, ``rotation_flops_share``,
     ``compute_share`` and, for griffin, ``dense`` (dense on the same tokens; pass a previous point's
-    ``dense`` of the same windows to reuse it) and ``score_from``.
+    ``dense`` of the same windows to reuse it) and ``score_from``.  ``scoring``: :func:`score`'s
+    ``block_tokens``, ``reference`` (the dense reference of every token, for the KL) and ``check_top_k``.
     """
     spec = line if isinstance(line, LineSpec) else LineSpec.parse(line)
     projections = list(projections)
     masks = line_masks(spec, share, projections=projections, thresholds=thresholds, seed=seed, **arrays)
     score_from = int(masks.prompt) if spec.family == "griffin" and masks.prompt else 1
-    res = score(model, windows, masks, bos=bos, detail=True, batch_sizes=tuple(batch_sizes), score_from=score_from)
+    scoring = dict(scoring or {})
+    res = score(model, windows, masks, bos=bos, detail=True, batch_sizes=tuple(batch_sizes), score_from=score_from,
+                **scoring)
     kept = sum(res["kept"][q] for q in projections) / len(projections)
     n_layers = len(next(iter(res["layer_kept"].values())))
     shares = product_shares(spec.family, res["layer_kept"], n_layers, res.get("input_kept"))
@@ -83,7 +86,9 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
            "rotation_flops_share": rot, "compute_share": flops + pshare + rot}
     if score_from > 1:
         if dense is None or dense.get("tokens") != res["tokens"]:
-            dense = score(model, windows, "dense", bos=bos, score_from=score_from)
-        out.update(score_from=score_from, dense={k: dense[k] for k in ("ppl", "ppl_lo", "ppl_hi", "nll", "tokens",
-                                                                       "windows", "window_nll_sum", "window_tokens")})
+            dense = score(model, windows, "dense", bos=bos, score_from=score_from,
+                          **({"block_tokens": scoring["block_tokens"]} if "block_tokens" in scoring else {}))
+        out.update(score_from=score_from, dense={k: dense[k] for k in (
+            "ppl", "ppl_lo", "ppl_hi", "nll", "tokens", "windows", "window_nll_sum", "window_tokens", "token_nll",
+            "block_tokens", "units")})
     return out

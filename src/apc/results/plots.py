@@ -95,6 +95,11 @@ def _metric_vs_k(ev: pd.DataFrame, metric: str, ref_col: str, path: Path) -> Pat
     return save_figure(fig, path)
 
 
+def _num(v) -> float:
+    """A bound read from a result: NaN where it is missing (no interval: "n/a")."""
+    return float("nan") if v is None else float(v)
+
+
 def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -> Path:
     df = pd.DataFrame(cells)
     scopes = sorted(df["scope"].unique())
@@ -106,7 +111,7 @@ def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -
             sub = df[(df["scope"] == scope) & (df["mode"] == mode)]
             for method, g in sub.groupby("method"):
                 s = g.groupby("k")[["ppl", "lo", "hi"]].mean().sort_index()
-                err = [(s["ppl"] - s["lo"]).clip(lower=0), (s["hi"] - s["ppl"]).clip(lower=0)]
+                err = [(s["ppl"] - s["lo"]).clip(lower=0).fillna(0), (s["hi"] - s["ppl"]).clip(lower=0).fillna(0)]
                 ax.errorbar(s.index, s["ppl"], yerr=err, fmt="-o", color=colors[method], ms=4, capsize=2,
                             label=method)
             if dense_ppl is not None:
@@ -122,8 +127,9 @@ def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         axes[0, -1].legend(handles, labels, fontsize=6, loc="best")
-    fig.suptitle(f"perplexity against K, masks on {pset} (bars: 95 % bootstrap interval over windows)",
-                 fontsize=10)
+    na = df["lo"].isna().any()
+    fig.suptitle(f"perplexity against K, masks on {pset} (bars: 95 % block-bootstrap interval"
+                 + ("; no bar: interval n/a, fewer than 20 blocks)" if na else ")"), fontsize=10)
     return save_figure(fig, path)
 
 
@@ -202,8 +208,7 @@ def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> 
             if md.get("ppl") is not None and np.isfinite(float(md["ppl"])):
                 by_pset.setdefault(d["pset"], []).append({
                     "scope": d["scope"], "method": d["method"], "k": int(d["k"]), "density": d["density"], "seed": d["seed"], "mode": mode,
-                    "ppl": float(md["ppl"]), "lo": float(md.get("ppl_lo", md["ppl"])),
-                    "hi": float(md.get("ppl_hi", md["ppl"]))})
+                    "ppl": float(md["ppl"]), "lo": _num(md.get("ppl_lo")), "hi": _num(md.get("ppl_hi"))})
     if not by_pset:
         log.info("plots: no perplexity cells; skipping perplexity plots")
     for pset, cells in sorted(by_pset.items()):

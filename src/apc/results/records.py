@@ -26,7 +26,7 @@ from apc.results.inputs import sweep_files
 __all__ = ["SCHEMA_VERSION", "SWEEP_KEYS", "Record", "shared_settings", "study_key", "cell_records",
            "frontier_records", "study_record"]
 
-SCHEMA_VERSION = "4"  # bump when the mapping files -> params/metrics changes (forces replacement)
+SCHEMA_VERSION = "5"  # bump when the mapping files -> params/metrics changes (forces replacement)
 _MAX_PARAM_LEN = 6000
 _KEY_RE = re.compile(r"[^\w\-. /]")
 
@@ -95,7 +95,7 @@ class Record:
 
     cell_key: str
     name: str
-    kind: str = "cell"  # tag apc.kind: "cell" or "frontier"
+    kind: str = "cell"  # tag apc.kind: "cell", "experts" or "frontier"
     tags: dict[str, str] = field(default_factory=dict)  # extra tags (a frontier point's clustering cells)
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
@@ -159,7 +159,8 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def _ppl_metrics(r: Record, prefix: str, result: dict, dense: dict | None, proj: str | None = None) -> None:
-    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense and the kept share of ``proj``."""
+    """``{prefix}``, ``_lo``, ``_hi``, the paired ratio to dense, the KL from dense and top-1 agreement
+    (with intervals; a bound without an interval is not logged) and the kept share of ``proj``."""
     from apc.results.summary import interval_columns
 
     for k, v in interval_columns(prefix, result, dense).items():
@@ -236,12 +237,46 @@ def cell_records(config: dict) -> tuple[list[Record], dict | None]:
     return sorted(records, key=lambda r: r.cell_key), dense
 
 
+def expert_records(config: dict) -> list[Record]:
+    """One record per neuron-experts cell (:mod:`apc.common.neuron_experts`), keyed ``experts/{proj}/s{S}-e{E}``:
+    the experts' sizes, train and test coverage and density of every router and k (mean over layers), the
+    router FLOPs shares; artifact: the cell's report.  Missing reports are skipped."""
+    files = sweep_files(config)
+    out = []
+    for cell, path in zip(files.expert_cells, map(Path, files.experts_reports)):
+        if not path.exists():
+            continue
+        d = read_json(path)
+        r = Record(cell.key, cell.key, kind="experts")
+        r.param(projection=cell.proj, method="experts", shared=cell.shared, n_experts=cell.n,
+                markers=d.get("markers"))
+        for k in ("shared_share", "n_experts", "size", "width"):
+            r.metric(k, d.get(k))
+        for router, share in (d.get("router_flops_share") or {}).items():
+            r.metric(f"router_flops_share_{router}", share)
+        for router, by_k in (d.get("total") or {}).items():
+            for k, m in by_k.items():
+                for stat, v in m.items():
+                    r.metric(f"test_{router}_k{k}_{stat}", v)
+        rows = d.get("layers") or []
+        for router in (rows[0]["train"] if rows else {}):
+            for k in rows[0]["train"][router]:
+                vals = [x["train"][router][k]["coverage"] for x in rows]
+                r.metric(f"train_{router}_k{k}_coverage", sum(vals) / len(vals))
+        r.metric("fit_seconds", sum(x.get("seconds", 0.0) for x in rows))
+        r.times(None, path.stat().st_mtime)
+        r.artifacts.append((path, "experts"))
+        out.append(r)
+    return sorted(out, key=lambda r: r.cell_key)
+
+
 def frontier_records(config: dict, dense: dict | None) -> list[Record]:
     """One record per frontier point of the current config (sorted by key; missing points skipped).
 
     Named and keyed ``frontier/{pset}/{line}/{share}`` (:class:`apc.common.frontier.Point`), tag
     ``apc.frontier_cells`` = the clustering cell keys the point uses (``proj=key``, ``;``-joined; empty
-    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense,
+    for threshold and random).  Metrics: perplexity with interval and paired ratio to dense, KL from
+    dense and top-1 agreement (with intervals), units,
     tokens, kept share, FLOPs share of each product, predictor FLOPs share, compute share, the batch
     view (``union_b{B}``, ``grouped_b{B}``); artifacts: the point and the
     predictor reports it used.
@@ -257,7 +292,7 @@ def frontier_records(config: dict, dense: dict | None) -> list[Record]:
         r.param(pset=d["pset"], line=d["line"], family=d["family"], mode=d["mode"], projections=d["projections"],
                 model=d.get("model"), dataset=d.get("dataset"))
         _ppl_metrics(r, "ppl", d, d.get("dense") or dense)  # griffin: dense on its own (later) tokens
-        for k in ("share", "tokens", "windows", "kept_share", "ffn_flops_share", "predictor_flops_share",
+        for k in ("share", "tokens", "windows", "units", "kept_share", "ffn_flops_share", "predictor_flops_share",
                   "rotation_flops_share", "compute_share"):
             r.metric(k, d.get(k))
         from apc.results.frontier import point_columns

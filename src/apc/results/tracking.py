@@ -14,15 +14,20 @@ Layout of the MLflow side
   study, named by its key (``gate/per_layer/apc-k32-s0``, tag ``apc.cell_key``).  It holds
   the clustering parameters and per-iteration history (metric steps), train and test
   coverage metrics, and for every projection set that masks its projection, every
-  perplexity mode's perplexity, interval, paired ratio to dense and kept share.  K, seed and
+  perplexity mode's perplexity, interval, paired ratio to dense, KL from dense, top-1 agreement
+  and kept share.  K, seed and
   density are metrics too, so charts plot them on numeric axes.  Start and end times are
   those of the cell's jobs.
 * One *frontier* run per point of the compute-quality frontier (:mod:`apc.common.frontier`),
   child of the study, tag ``apc.kind = "frontier"``, named and keyed by the point
   (``frontier/down_in/predicted-linear-m1.per_layer.apc-k128-s0/0.6``); tag
   ``apc.frontier_cells`` links it to the clustering cell(s) whose centroids it uses.  It holds
-  the perplexity with interval and paired ratio to dense, tokens, kept share, predictor FLOPs
-  share and compute share.  Frontier runs follow the same sync rules as cell runs.
+  the perplexity with interval and paired ratio to dense, the mean KL from dense and top-1
+  agreement with dense (``kl``, ``top1``, with intervals), tokens, resampling units, kept share,
+  predictor FLOPs share and compute share.  Frontier runs follow the same sync rules as cell runs.
+* One *experts* run per neuron-experts cell (:mod:`apc.common.neuron_experts`), child of the study, tag
+  ``apc.kind = "experts"``, named and keyed ``experts/{proj}/s{S}-e{E}``: the experts' sizes, held-out
+  coverage, mass coverage and density of every router and k, the router FLOPs shares.
 
 Sync ("replace on change")
 --------------------------
@@ -63,7 +68,7 @@ from pathlib import Path
 from typing import Iterator
 
 from apc.common.progress import get_logger
-from apc.results.records import Record, cell_records, frontier_records, study_key, study_record
+from apc.results.records import Record, cell_records, expert_records, frontier_records, study_key, study_record
 
 log = get_logger("apc.results.tracking")
 
@@ -202,7 +207,7 @@ def check_tracking_uri(uri: str, experiment: str) -> None:
 def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: dict | None = None) -> dict:
     """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
 
-    Returns ``{"parent", "experiment_id", "study", "cells", "frontier", "created", "updated", "unchanged",
+    Returns ``{"parent", "experiment_id", "study", "cells", "experts", "frontier", "created", "updated", "unchanged",
     "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
     is unreachable or rejects a write; result files are only read, never written.
     """
@@ -222,6 +227,8 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
             raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
     records, dense = cell_records(config)
     n_cells = len(records)
+    experts = expert_records(config)
+    records += experts
     records += frontier_records(config, dense)
 
     from filelock import FileLock, Timeout
@@ -240,7 +247,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
                 try:
                     result = _sync_locked(client, experiment, db, study_key(config), study, records, base_tags,
                                           str(out))
-                    result.update(cells=n_cells, frontier=len(records) - n_cells)
+                    result.update(cells=n_cells, experts=len(experts), frontier=len(records) - n_cells - len(experts))
                 except TrackingError:
                     raise
                 except Exception as err:  # noqa: BLE001 - MLflow raises many types
@@ -315,7 +322,7 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
 
     by_key: dict[tuple[str, str], list] = {}
     for run in runs:
-        if run.data.tags.get("apc.kind") in ("cell", "frontier"):
+        if run.data.tags.get("apc.kind") in ("cell", "experts", "frontier"):
             by_key.setdefault((run.data.tags["apc.kind"], run.data.tags.get("apc.cell_key", "")), []).append(run)
     counts = dict(created=0, updated=0, unchanged=0, restored=0, retired=0)
     for rec in records:
