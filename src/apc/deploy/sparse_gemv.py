@@ -46,8 +46,9 @@ else:
     _TRITON_ERROR = ""
 
 MAX_TOKENS = 16
-#: tile shapes ``(BK, BN, num_warps)`` for the input-sparse kernel (by rows-per-call ``BT``) and
-#: ``(BN, BK, num_warps)`` for the output-sparse kernel; ``benchmarks/bench_sparse_gemv.py`` sweeps them
+#: tile shapes ``(BK, BN, num_warps)`` for the input-sparse kernel (key ``in{BT}``, or ``in{BT}:{K}x{N}``
+#: for one weight shape) and ``(BN, BK, num_warps)`` for the output-sparse one (``out{BT}[:{N}x{K}]``);
+#: ``benchmarks/bench_sparse_gemv.py`` sweeps them
 CONFIG = {"in1": (32, 256, 4), "in16": (32, 128, 4), "out1": (16, 512, 4), "out16": (16, 512, 4)}
 
 
@@ -101,7 +102,7 @@ def in_sparse_gemv(x, w_t, threshold=None, scale=None, acc=None, backend="auto")
             raise ValueError("w_t must have contiguous rows (the transposed weight, made once per model)")
         x = x.contiguous()
         bt = _bt(t)
-        bk, bn, warps = CONFIG[f"in{bt}"]
+        bk, bn, warps = CONFIG.get(f"in{bt}:{k}x{n}", CONFIG[f"in{bt}"])
         _ts.in_sparse_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
             x, w_t, scale if scale is not None else x, acc, thr, t, k, n, x.stride(0), w_t.stride(0), acc.stride(0),
             HAS_SCALE=scale is not None, BT=bt, BK=bk, BN=bn, num_warps=warps)
@@ -131,7 +132,7 @@ def out_sparse_gemv(x, w, mask, acc=None, backend="auto") -> torch.Tensor:
         x = x.contiguous()
         m = mask.contiguous().view(torch.uint8)
         bt = _bt(t)
-        bn, bk, warps = CONFIG[f"out{bt}"]
+        bn, bk, warps = CONFIG.get(f"out{bt}:{n}x{k}", CONFIG[f"out{bt}"])
         _ts.out_sparse_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
             x, w, m, acc, t, k, n, m.shape[1], x.stride(0), w.stride(0), m.stride(0), acc.stride(0),
             BT=bt, BN=bn, BK=bk, num_warps=warps)
