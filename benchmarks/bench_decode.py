@@ -1,9 +1,10 @@
 """End-to-end decode time of every sparse FFN line: ms per output token, speed-up over dense, byte bound.
 
     PYTHONPATH=src python benchmarks/bench_decode.py --out decode.csv            # GPU, Mistral-7B shape
-    PYTHONPATH=src python benchmarks/bench_decode.py --device cpu --layers 2 --hidden 576 --ffn 1536 ...
+    PYTHONPATH=src python benchmarks/bench_decode.py --device cpu --model results/models/<SmolLM2 folder> \
+        --prompt 128 --new 32 --batches 1,4 --out decode_cpu.csv          # CPU, the embedded model
 
-Model: ``paper_shaped_model.MISTRAL_7B_V01`` (all 32 layers, random weights, bf16) built on the device by
+Model (GPU): ``paper_shaped_model.MISTRAL_7B_V01`` (all 32 layers, random weights, bf16) built on the device by
 :mod:`decode_model`; a static KV cache; each decode step captured as one CUDA graph, for dense and every
 line alike.  Workload: a random prompt of ``--prompt`` tokens per row, then ``--new`` tokens greedily, at
 each ``--batches`` size.  Lines (the FFN of every layer swapped), at FFN compute shares ``--shares``
@@ -42,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_model import Decoder, context_mean  # noqa: E402
+from decode_model import Decoder, context_mean, load_llama  # noqa: E402
 from paper_shaped_model import MISTRAL_7B_V01  # noqa: E402
 
 from apc.deploy import sparse_gemv as sg  # noqa: E402
@@ -368,6 +369,8 @@ def main(argv=None) -> int:
     ap.add_argument("--heads", type=int, default=MISTRAL_7B_V01["num_attention_heads"])
     ap.add_argument("--kv-heads", type=int, default=MISTRAL_7B_V01["num_key_value_heads"])
     ap.add_argument("--vocab", type=int, default=MISTRAL_7B_V01["vocab_size"])
+    ap.add_argument("--model", default="", help="a Llama-style safetensors folder to load instead of random weights "
+                    "(the shape options are then ignored)")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batches", type=_ints, default=[1, 4, 16])
@@ -395,7 +398,11 @@ def main(argv=None) -> int:
            "vocab_size": args.vocab}
     max_len = args.prompt + args.new
     t0 = time.perf_counter()
-    dec = Decoder(cfg, 1, max_len, device, dtype, seed=args.seed)
+    if args.model:
+        dec = load_llama(args.model, 1, max_len, device, dtype)
+        cfg = dec.cfg
+    else:
+        dec = Decoder(cfg, 1, max_len, device, dtype, seed=args.seed)
     params = [sg.SparseFFNWeights(lw["wgu"], lw["wgu"].t().contiguous(), lw["wd"].t().contiguous())
               for lw in dec.layers]
     scales = [sg.wina_scales(p) for p in params]

@@ -50,30 +50,49 @@ if triton is not None:
 
 
 class Decoder:
-    """Random-weight decoder: ``cfg`` a Mistral configuration dict, ``batch`` rows, cache of ``max_len``."""
+    """Decoder of a Mistral/Llama configuration dict ``cfg``, ``batch`` rows, a cache of ``max_len``; random
+    weights (normal, ``init_std``), or those of ``state`` (a Llama state dict with ``transformers``' names)."""
 
     def __init__(self, cfg: dict, batch: int, max_len: int, device="cuda", dtype=torch.bfloat16, seed=0,
-                 init_std=0.02):
+                 init_std=0.02, state: dict | None = None):
         self.cfg = cfg
         self.batch, self.max_len, self.device, self.dtype = batch, max_len, torch.device(device), dtype
         d, f = cfg["hidden_size"], cfg["intermediate_size"]
         self.nh, self.nkv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
-        self.hd = d // self.nh
+        self.hd = cfg.get("head_dim") or d // self.nh
         self.n_layers, self.eps = cfg["num_hidden_layers"], cfg["rms_norm_eps"]
         g = torch.Generator(device=self.device).manual_seed(seed)
 
         def rnd(*shape):
             return (torch.randn(*shape, generator=g, device=self.device, dtype=torch.float32) * init_std).to(dtype)
 
-        self.embed = rnd(cfg["vocab_size"], d)
-        self.lm_head = rnd(cfg["vocab_size"], d)
-        self.norm = torch.ones(d, device=self.device, dtype=dtype)
+        def get(name, *shape):  # a weight of the given state dict, else a random one
+            if state is None:
+                return rnd(*shape)
+            w = state[name]
+            if tuple(w.shape) != shape:
+                raise ValueError(f"{name}: shape {tuple(w.shape)}, the configuration wants {shape}")
+            return w.to(self.device, dtype)
+
+        def ones(name, n):
+            return torch.ones(n, device=self.device, dtype=dtype) if state is None else state[name].to(self.device, dtype)
+
+        v, qd, kvd = cfg["vocab_size"], self.nh * self.hd, self.nkv * self.hd
+        self.embed = get("model.embed_tokens.weight", v, d)
+        tied = state is not None and "lm_head.weight" not in state
+        self.lm_head = self.embed if tied else get("lm_head.weight", v, d)
+        self.norm = ones("model.norm.weight", d)
         self.layers = []
-        for _ in range(self.n_layers):
-            self.layers.append(dict(ln1=torch.ones(d, device=self.device, dtype=dtype),
-                                    ln2=torch.ones(d, device=self.device, dtype=dtype),
-                                    wqkv=rnd((self.nh + 2 * self.nkv) * self.hd, d), wo=rnd(d, self.nh * self.hd),
-                                    wgu=rnd(2 * f, d), wd=rnd(d, f)))
+        for i in range(self.n_layers):
+            pre = f"model.layers.{i}."
+            wqkv = torch.cat([get(pre + "self_attn.q_proj.weight", qd, d), get(pre + "self_attn.k_proj.weight", kvd, d),
+                              get(pre + "self_attn.v_proj.weight", kvd, d)]) if state is not None else rnd(qd + 2 * kvd, d)
+            wgu = torch.cat([get(pre + "mlp.gate_proj.weight", f, d), get(pre + "mlp.up_proj.weight", f, d)]) \
+                if state is not None else rnd(2 * f, d)
+            self.layers.append(dict(ln1=ones(pre + "input_layernorm.weight", d),
+                                    ln2=ones(pre + "post_attention_layernorm.weight", d),
+                                    wqkv=wqkv, wo=get(pre + "self_attn.o_proj.weight", d, qd),
+                                    wgu=wgu, wd=get(pre + "mlp.down_proj.weight", d, f)))
         inv = 1.0 / cfg["rope_theta"] ** (torch.arange(0, self.hd, 2, device=self.device, dtype=torch.float32) / self.hd)
         ang = torch.arange(max_len, device=self.device, dtype=torch.float32)[:, None] * inv[None, :]
         self.cos, self.sin = ang.cos().contiguous(), ang.sin().contiguous()
@@ -215,3 +234,22 @@ def context_mean(prompt: int, new: int) -> float:
     """Mean context length read by the attention over ``new`` steps after a ``prompt``."""
     return prompt + (new + 1) / 2.0
 
+
+
+def load_llama(folder, batch: int, max_len: int, device="cpu", dtype=torch.float32) -> Decoder:
+    """A :class:`Decoder` with the weights of a Llama-style safetensors folder (``config.json`` + weights)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    if cfg.get("model_type") not in ("llama", "mistral"):
+        raise ValueError(f"{folder}: model_type {cfg.get('model_type')!r}; a Llama/Mistral folder is needed")
+    theta = cfg.get("rope_theta") or (cfg.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+    cfg = {**cfg, "rope_theta": theta}
+    state = {}
+    for f in sorted(folder.glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    return Decoder(cfg, batch, max_len, device, dtype, state=state)

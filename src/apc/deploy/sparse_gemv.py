@@ -108,8 +108,11 @@ def in_sparse_gemv(x, w_t, threshold=None, scale=None, acc=None, backend="auto")
             HAS_SCALE=scale is not None, BT=bt, BK=bk, BN=bn, num_warps=warps)
         return acc
     score = x.float() if scale is None else x.float() * scale.float()
-    xm = torch.where(score.abs() > thr, x.float(), 0.0)
-    return acc.add_(xm @ w_t.float())
+    keep = score.abs() > thr
+    idx = keep.any(dim=0).nonzero().squeeze(1)  # the union's rows alone are read (gathered)
+    xm = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device)).index_select(1, idx)
+    rows = w_t.index_select(0, idx)
+    return acc.add_(xm @ rows if x.dtype == torch.float32 and rows.dtype == torch.float32 else xm.float() @ rows.float())
 
 
 def out_sparse_gemv(x, w, mask, acc=None, backend="auto") -> torch.Tensor:
