@@ -51,7 +51,7 @@ from apc.deploy import sparse_gemv as sg  # noqa: E402
 LINES = ("dense", "teal", "wina", "cats", "per_token", "cluster", "static")
 COLUMNS = ("device", "batch", "line", "compute_share", "kept_share", "union_share", "ms_per_token", "ms_min",
            "ms_max", "dense_ms", "speedup", "bound_ms", "bound_speedup", "time_over_bound", "tokens_match",
-           "tokens_checked", "timing")
+           "tokens_checked", "ffn_rel_err", "logit_rel_err", "timing")
 
 
 def _floats(s):
@@ -79,10 +79,11 @@ def _quantile(v: torch.Tensor, q: float) -> float:
 
 def calibrate(dec: Decoder, prompt: torch.Tensor, shares, params, scales) -> dict:
     """Per-layer thresholds and static masks at each share, from the FFN inputs over ``prompt (1, P)``."""
-    cal = {c: {"teal": [], "wina": [], "cats": [], "static": []} for c in shares}
+    cal: dict = {c: {"teal": [], "wina": [], "cats": [], "static": []} for c in shares}
     f = dec.cfg["intermediate_size"]
 
     def hook(i, x):
+        cal.setdefault("x", {})[i] = x[-16:].clone()  # FFN inputs for the kernel check at real shapes
         lw = dec.layers[i]
         g, u = F.linear(x, lw["wgu"]).chunk(2, dim=-1)
         a = F.silu(g)
@@ -268,20 +269,46 @@ def time_decode(dec: Decoder, snap, new: int, repeats: int) -> tuple[list[float]
 
 
 @torch.no_grad()
+def ffn_error(dec: Decoder, line: Line, cal: dict) -> float:
+    """Largest relative L2 error of the line's FFN against its torch reference on real FFN inputs
+    (the last prompt positions of the first, middle and last layer)."""
+    if line.fast is None:
+        return 0.0
+    errs = []
+    n_u = len(line.unions)
+    for i in sorted({0, dec.n_layers // 2, dec.n_layers - 1}):
+        x = cal["x"][i][-dec.batch:]
+        if x.shape[0] < dec.batch:
+            x = x.repeat(-(-dec.batch // x.shape[0]), 1)[:dec.batch]
+        a, b = line.fast(i, x).double(), line.ref(i, x).double()
+        errs.append(float((a - b).norm() / b.norm().clamp_min(1e-30)))
+    del line.unions[n_u:]
+    return max(errs)
+
+
+@torch.no_grad()
 def check_tokens(dec: Decoder, snap, line: Line, log: torch.Tensor, prompt: int, steps: int) -> tuple[int, int]:
-    """Teacher-forced torch reference of the same masked model: (matching tokens, tokens checked)."""
+    """Teacher-forced torch reference of the same masked model: (matching tokens, tokens checked, relative
+    L2 error of the first step's logits against the fast path's, eager)."""
+    dec.restore(snap)
+    dec.ffn = line.fast
+    dec.step()
+    fast_logits = dec.logits.double()
     dec.restore(snap)
     dec.ffn = line.ref
     match = total = 0
+    err = float("nan")
     for j in range(steps):
         if j:
             dec.tok.copy_(log[prompt + j - 1])
         dec.step()
+        if j == 0:
+            err = float((dec.logits.double() - fast_logits).norm() / fast_logits.norm())
         want = log[prompt + j]
         match += int((dec.log[prompt + j] == want).sum())
         total += want.numel()
     dec.ffn = line.fast
-    return match, total
+    return match, total, err
 
 
 def measure_bandwidth(device) -> float:
@@ -327,10 +354,12 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
     g, full = graph_ms()
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CUDA], acc_events=True) as prof:
         g.replay()
         torch.cuda.synchronize()
     cats = {"ffn_sparse": 0.0, "gemm": 0.0, "attention": 0.0, "other": 0.0}
+    top = sorted(((e.self_device_time_total / 1e3, e.count, e.key[:90]) for e in prof.key_averages()), reverse=True)
+    out["top_kernels"] = [f"{t:.3f} ms x{n} {k}" for t, n, k in top[:12]]
     for e in prof.key_averages():
         t = e.self_device_time_total / 1e3
         name = e.key.lower()
@@ -338,7 +367,7 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
             cats["ffn_sparse"] += t
         elif any(k in name for k in ("gemm", "gemv", "nvjet", "cutlass", "sm90")):
             cats["gemm"] += t
-        elif any(k in name for k in ("fmha", "attention", "flash", "efficient")):
+        elif any(k in name for k in ("fmha", "attention", "flash", "efficient", "attn")):
             cats["attention"] += t
         else:
             cats["other"] += t
@@ -431,7 +460,9 @@ def main(argv=None) -> int:
             line = Line(name, c, dec, params, cal, scales, gen)
             dec.ffn = line.fast
             times, kind, log = time_decode(dec, snap, args.new, args.repeats)
-            match, checked = check_tokens(dec, snap, line, log, args.prompt, args.check) if args.check else (0, 0)
+            match, checked, lerr = check_tokens(dec, snap, line, log, args.prompt, args.check) if args.check \
+                else (0, 0, float("nan"))
+            ferr = ffn_error(dec, line, cal)
             union = statistics.mean(line.unions) if line.unions else (1.0 if name == "dense" else float("nan"))
             ms = statistics.median(times)
             if name == "dense":
@@ -444,19 +475,20 @@ def main(argv=None) -> int:
                        ms_max=round(max(times), 4), dense_ms=round(dense_ms, 4), speedup=round(dense_ms / ms, 3),
                        bound_ms=round(bound_ms, 4), bound_speedup=round(dense_bytes / line_bytes, 3),
                        time_over_bound=round(ms / bound_ms, 3), tokens_match=match, tokens_checked=checked,
-                       timing=kind)
+                       ffn_rel_err=f"{ferr:.2e}", logit_rel_err=f"{lerr:.2e}", timing=kind)
             rows.append(row)
             print(f"B={b:2d} {name:9s} c={c:.1f} kept={row['kept_share']:.3f} union={row['union_share']:.3f} "
                   f"{ms:7.3f} ms/token [{min(times):.3f}-{max(times):.3f}]  speed-up {row['speedup']:.3f}x "
                   f"(bound {row['bound_speedup']:.3f}x, {bound_ms:.3f} ms; time/bound {row['time_over_bound']:.2f})  "
-                  f"tokens {match}/{checked}  {kind}", flush=True)
+                  f"tokens {match}/{checked} (ffn err {ferr:.1e}, logits err {lerr:.1e})  {kind}", flush=True)
             key = f"{name}:{b}:{c:g}"
             if device.type == "cuda" and key in profiles:
                 dec.ffn = line.fast
                 p = profile_step(dec, snap, key)
                 prof_rows.append(p)
                 print("  profile " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in p.items()), flush=True)
+                                               for k, v in p.items() if k != "top_kernels"), flush=True)
+                print("\n".join("    " + k for k in p["top_kernels"]), flush=True)
             dec.ffn = None
             del line
             if device.type == "cuda":

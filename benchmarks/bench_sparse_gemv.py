@@ -29,10 +29,11 @@ from bench_ffn_masks import Timer, measure_peaks  # noqa: E402
 
 from apc.deploy import sparse_gemv as sg  # noqa: E402
 
-IN_TILES = [(16, 256, 4), (32, 256, 4), (64, 128, 4), (32, 512, 4), (64, 256, 4), (16, 512, 4), (128, 128, 4),
-            (64, 256, 8)]
-IN16_TILES = [(32, 128, 4), (64, 128, 4), (32, 256, 4), (64, 64, 4), (16, 256, 4), (64, 256, 8)]
-OUT_TILES = [(16, 512, 4), (32, 256, 4), (8, 1024, 4), (16, 1024, 4), (32, 512, 4), (64, 256, 4), (32, 1024, 8)]
+#: (BK, BN, warps, ITERS): rows per step, columns, warps, steps per program
+IN_TILES = [(32, 512, 4, 1), (32, 512, 4, 2), (32, 512, 4, 4), (32, 512, 8, 4), (16, 1024, 4, 2), (32, 1024, 8, 2),
+            (64, 512, 8, 2), (16, 512, 4, 4), (32, 256, 4, 4), (64, 256, 4, 2), (128, 128, 4, 1), (32, 512, 4, 8)]
+IN16_TILES = [(64, 128, 4, 1), (64, 256, 8, 1), (64, 128, 4, 2), (64, 128, 4, 4), (32, 256, 8, 2), (64, 256, 8, 2)]
+OUT_TILES = [(16, 512, 4), (32, 256, 4), (16, 256, 4), (64, 128, 4), (32, 128, 4), (16, 128, 4)]
 
 
 def _ints(s):
@@ -63,7 +64,7 @@ def sweep(timer, d, f, dev, dtype):
                     continue
                 res.append((ms, tile))
             ms, tile = min(res)
-            best[key] = tile
+            best[key] = list(tile)
             sg.CONFIG[key] = tile
             print(f"sweep {key}: best {tile} {ms * 1e3:.1f} us  (" +
                   ", ".join(f"{tl}:{m * 1e3:.1f}" for m, tl in res) + ")", flush=True)

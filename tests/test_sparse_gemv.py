@@ -136,3 +136,16 @@ def test_bad_input_is_named():
         sg.out_sparse_gemv(x, torch.randn(8, D), torch.ones(2, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="must be \\(F, D\\)"):
         sg.prepare_ffn(torch.randn(FF, D), torch.randn(FF, D), torch.randn(FF, D))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("t", [1, 7])
+def test_in_sparse_gemv_several_steps_per_program(device, t, monkeypatch):
+    # tiles smaller than the weight, several row steps per program, ragged edges
+    monkeypatch.setitem(sg.CONFIG, "in1", (16, 32, 4, 3))
+    monkeypatch.setitem(sg.CONFIG, "in16", (16, 32, 4, 3))
+    dtype = _dtype(device)
+    x = _x(t, device, dtype)
+    w_t = torch.randn(D, FF, generator=torch.Generator().manual_seed(7)).to(device, dtype)
+    keep = x.double().abs() > 0.5
+    _close(sg.in_sparse_gemv(x, w_t, 0.5), x.double().masked_fill(~keep, 0) @ w_t.double(), dtype)

@@ -46,10 +46,10 @@ else:
     _TRITON_ERROR = ""
 
 MAX_TOKENS = 16
-#: tile shapes ``(BK, BN, num_warps)`` for the input-sparse kernel (key ``in{BT}``, or ``in{BT}:{K}x{N}``
+#: tile shapes ``(BK, BN, num_warps, ITERS)`` for the input-sparse kernel (key ``in{BT}``, or ``in{BT}:{K}x{N}``
 #: for one weight shape) and ``(BN, BK, num_warps)`` for the output-sparse one (``out{BT}[:{N}x{K}]``);
 #: ``benchmarks/bench_sparse_gemv.py`` sweeps them
-CONFIG = {"in1": (32, 256, 4), "in16": (32, 128, 4), "out1": (16, 512, 4), "out16": (16, 512, 4)}
+CONFIG = {"in1": (32, 512, 4, 1), "in16": (64, 128, 4, 1), "out1": (16, 512, 4), "out16": (32, 256, 4)}
 
 
 def _triton_ok(x: torch.Tensor, backend: str, what: str) -> bool:
@@ -102,10 +102,10 @@ def in_sparse_gemv(x, w_t, threshold=None, scale=None, acc=None, backend="auto")
             raise ValueError("w_t must have contiguous rows (the transposed weight, made once per model)")
         x = x.contiguous()
         bt = _bt(t)
-        bk, bn, warps = CONFIG.get(f"in{bt}:{k}x{n}", CONFIG[f"in{bt}"])
-        _ts.in_sparse_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+        bk, bn, warps, iters = CONFIG.get(f"in{bt}:{k}x{n}", CONFIG[f"in{bt}"])
+        _ts.in_sparse_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk * iters))](
             x, w_t, scale if scale is not None else x, acc, thr, t, k, n, x.stride(0), w_t.stride(0), acc.stride(0),
-            HAS_SCALE=scale is not None, BT=bt, BK=bk, BN=bn, num_warps=warps)
+            HAS_SCALE=scale is not None, BT=bt, BK=bk, BN=bn, ITERS=iters, num_warps=warps)
         return acc
     score = x.float() if scale is None else x.float() * scale.float()
     keep = score.abs() > thr

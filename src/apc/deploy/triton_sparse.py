@@ -8,7 +8,8 @@ its product.  Weights are read with ``evict_first`` (streamed), activations with
 * ``in_sparse_kernel``: ``acc[t, n] += sum_k keep[t, k] * x[t, k] * w_t[k, n]`` with ``w_t (K, N)``
   row-major (the transposed ``nn.Linear`` weight: a skipped input channel skips one contiguous row).
   ``keep = |x[t, k] * scale[k]| > thr`` (``HAS_SCALE``: WINA's per-channel scale; thr 0 skips zeros),
-  tested inside the load: no index list.
+  tested inside the load: no index list.  A program covers ``ITERS * BK`` rows (one atomic add per
+  output and program).
 * ``out_sparse_kernel``: ``acc[t, n] += keep_u[n] * sum_k x[t, k] * w[n, k]`` with ``w (N, K)``
   row-major (a dropped output neuron skips one contiguous row); ``keep_u`` the union over tokens of
   ``mask[t, n % NM]`` (``mask (T, NM) uint8``; with ``NM = N / 2`` one mask serves the stacked gate
@@ -25,40 +26,49 @@ import triton.language as tl
 
 @triton.jit
 def in_sparse_kernel(x_ptr, w_ptr, s_ptr, acc_ptr, thr, T, K, N, stride_x, stride_w, stride_acc,
-                     HAS_SCALE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr):
+                     HAS_SCALE: tl.constexpr, BT: tl.constexpr, BK: tl.constexpr, BN: tl.constexpr,
+                     ITERS: tl.constexpr):
+    # each program covers ITERS * BK input rows of one BN-wide column block: one atomic add per
+    # output per program
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
-    ks = pid_k * BK + tl.arange(0, BK)
-    kmask = ks < K
     ns = pid_n * BN + tl.arange(0, BN)
     nmask = ns < N
     if BT == 1:
-        xv = tl.load(x_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        score = xv
-        if HAS_SCALE:
-            score = xv * tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        keep = tl.abs(score) > thr
-        xv = tl.where(keep, xv, 0.0)
-        w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :], mask=keep[:, None] & nmask[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        out = tl.sum(w.to(tl.float32) * xv[:, None], axis=0)
-        tl.atomic_add(acc_ptr + ns, out, mask=nmask, sem="relaxed")
+        acc = tl.zeros((BN,), dtype=tl.float32)
+        for it in tl.static_range(ITERS):
+            ks = (pid_k * ITERS + it) * BK + tl.arange(0, BK)
+            kmask = ks < K
+            xv = tl.load(x_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            score = xv
+            if HAS_SCALE:
+                score = xv * tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            keep = tl.abs(score) > thr
+            xv = tl.where(keep, xv, 0.0)
+            w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :],
+                        mask=(keep & kmask)[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
+            acc += tl.sum(w.to(tl.float32) * xv[:, None], axis=0)
+        tl.atomic_add(acc_ptr + ns, acc, mask=nmask, sem="relaxed")
     else:
         ts = tl.arange(0, BT)
         tmask = ts < T
-        xt = tl.load(x_ptr + ts[:, None] * stride_x + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0,
-                     eviction_policy="evict_last").to(tl.float32)
-        score = xt
-        if HAS_SCALE:
-            sv = tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-            score = xt * sv[None, :]
-        keep = tl.abs(score) > thr
-        xt = tl.where(keep, xt, 0.0)
-        union = tl.max(keep.to(tl.int32), axis=0) > 0
-        w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :], mask=union[:, None] & nmask[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        out = tl.dot(xt.to(w.dtype), w, out_dtype=tl.float32)
-        tl.atomic_add(acc_ptr + ts[:, None] * stride_acc + ns[None, :], out, mask=tmask[:, None] & nmask[None, :],
+        acc = tl.zeros((BT, BN), dtype=tl.float32)
+        for it in tl.static_range(ITERS):
+            ks = (pid_k * ITERS + it) * BK + tl.arange(0, BK)
+            kmask = ks < K
+            xt = tl.load(x_ptr + ts[:, None] * stride_x + ks[None, :], mask=tmask[:, None] & kmask[None, :],
+                         other=0.0, eviction_policy="evict_last").to(tl.float32)
+            score = xt
+            if HAS_SCALE:
+                sv = tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+                score = xt * sv[None, :]
+            keep = (tl.abs(score) > thr) & tmask[:, None] & kmask[None, :]
+            xt = tl.where(keep, xt, 0.0)
+            union = tl.max(keep.to(tl.int32), axis=0) > 0
+            w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :],
+                        mask=union[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
+            acc = tl.dot(xt.to(w.dtype), w, acc, out_dtype=tl.float32)
+        tl.atomic_add(acc_ptr + ts[:, None] * stride_acc + ns[None, :], acc, mask=tmask[:, None] & nmask[None, :],
                       sem="relaxed")
 
 
@@ -77,12 +87,17 @@ def out_sparse_kernel(x_ptr, w_ptr, m_ptr, acc_ptr, T, K, N, NM, stride_x, strid
     ks = pid_k * BK + tl.arange(0, BK)
     kmask = ks < K
     w = tl.load(w_ptr + ns[:, None].to(tl.int64) * stride_w + ks[None, :], mask=union[:, None] & kmask[None, :],
-                other=0.0, eviction_policy="evict_first").to(tl.float32)
-    for t in tl.static_range(BT):
-        if t < T:
-            xv = tl.load(x_ptr + t * stride_x + ks, mask=kmask, other=0.0, eviction_policy="evict_last")
-            part = tl.sum(w * xv.to(tl.float32)[None, :], axis=1)
-            tl.atomic_add(acc_ptr + t * stride_acc + ns, part, mask=union, sem="relaxed")
+                other=0.0, eviction_policy="evict_first")
+    if BT == 1:
+        xv = tl.load(x_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last")
+        part = tl.sum(w.to(tl.float32) * xv.to(tl.float32)[None, :], axis=1)
+        tl.atomic_add(acc_ptr + ns, part, mask=union, sem="relaxed")
+    else:
+        xt = tl.load(x_ptr + ts[:, None] * stride_x + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0,
+                     eviction_policy="evict_last")
+        part = tl.dot(xt.to(w.dtype), tl.trans(w), out_dtype=tl.float32)
+        tl.atomic_add(acc_ptr + ts[:, None] * stride_acc + ns[None, :], part, mask=tmask[:, None] & union[None, :],
+                      sem="relaxed")
 
 
 @triton.jit
