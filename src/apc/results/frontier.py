@@ -279,8 +279,12 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
         ax.axhline(d, color="black", lw=1, label=f"dense ({d:.2f})")
         ax.axvline(1.0, color="black", lw=0.8, ls=":")
     ax.set_yscale("log")
-    tokens = "T = 4096 tokens" if column.endswith("prefill") else "T = 1 token"
-    ax.set_xlabel(f"FFN time share of the line's masked kernel ({tokens}; measured, over dense)")
+    if column.startswith("time_share_decode") and "time_share_decode_b16" in table.columns:
+        b = column.rsplit("_b", 1)[1] if "_b" in column else "1"
+        ax.set_xlabel(f"decode step time over the dense model's (batch {b}; whole model, measured)")
+    else:
+        tokens = "T = 4096 tokens" if column.endswith("prefill") else "T = 1 token"
+        ax.set_xlabel(f"FFN time share of the line's masked kernel ({tokens}; measured, over dense)")
     ax.set_ylabel("perplexity (test, 95 % CI)")
     ax.set_title(f"time-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
@@ -329,6 +333,11 @@ def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_
     if "time_share_prefill" in table.columns and np.isfinite(table["time_share_prefill"].to_numpy(float)).any():
         out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_{pset}.png")
                 for pset in sorted(table["pset"].unique())]
+    for b in DECODE_BATCHES:  # a decode table: whole decode steps at batch 1 and 16
+        col = "time_share_decode" if b == 1 else f"time_share_decode_b{b}"
+        if "time_share_decode_b16" in table.columns and np.isfinite(table[col].to_numpy(float)).any():
+            out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_b{b}_{pset}.png", column=col)
+                    for pset in sorted(table["pset"].unique())]
     if any(c.startswith("union_b") for c in table.columns):
         shares = sorted(table.loc[table["family"] != "cats", "share"].unique())
         share = batch_share if batch_share is not None else (shares[len(shares) // 2] if shares else 0.6)
