@@ -1,6 +1,8 @@
 # Two commands do all the set-up on a fresh machine:
 #   make run    create .venv, install, run the whole workflow on the embedded default, write the HTML report
 #   make test   create .venv if missing, run the test suite
+#   make docs   redraw the docs' plots and re-render every generated block of README.md and docs/*.md
+#               from the raw outputs committed under docs/results/ (make collect refreshes docs/results/default)
 PYTHON ?= python3
 VENV ?= .venv
 CORES ?= all
@@ -8,7 +10,7 @@ REPORT ?= results/report.html
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.apc-installed
 
-.PHONY: run test env dry-run report ui clean-results
+.PHONY: run test env dry-run report ui clean-results docs collect
 
 env: $(STAMP)
 
@@ -41,3 +43,14 @@ ui: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q $(ARGS)
+
+DOCS_PAGES := README.md $(wildcard docs/*.md)
+RUN ?= default
+
+docs: $(STAMP)
+	$(BIN)/python docs/render.py plots
+	$(BIN)/cog -I docs -r $(DOCS_PAGES)
+
+collect: $(STAMP)
+	$(BIN)/python docs/collect_run.py results/$(RUN) $(RUN) --note "$(NOTE)"
+	$(BIN)/python docs/collect_plans.py

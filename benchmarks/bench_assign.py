@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from apc.clustering.apc import capped_update  # noqa: E402
 from apc.clustering.common import compute_dtype, default_block_rows, density_to_count  # noqa: E402
 from apc.clustering.data import PackedPatterns  # noqa: E402
-from apc.clustering.device import exact_matmul, resolve_device  # noqa: E402
+from apc.common.device import exact_matmul, resolve_device  # noqa: E402
 from apc.clustering.distance import overlap  # noqa: E402
 from apc.clustering.engine import assign_pass, resolve_accumulate  # noqa: E402
 from apc.clustering.kernels import FP8_ONE, INT8_ONE, unpack_operand  # noqa: E402

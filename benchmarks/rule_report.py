@@ -260,7 +260,7 @@ def _target_ks(configfile: str, preset: str) -> list[int]:
     import yaml
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-    from apc.clustering.registry import method_spec
+    from apc.common.methods import method_spec
     from apc.common.config import resolve
     from apc.common.sweep import cluster_cells
 

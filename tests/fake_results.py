@@ -14,7 +14,7 @@ import yaml
 
 from apc.common.atomic import atomic_path, write_json, write_npy
 from apc.common.config import resolve
-from apc.perplexity.intervals import bootstrap_ppl, ppl_of
+from apc.perplexity.intervals import ppl_interval, ppl_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,12 +114,14 @@ def build_fake_results(
 
 
 def _ppl_result(rng, nll: float, windows: int = 4, tokens: int = 511) -> dict:
-    """A perplexity result with per-window NLL sums around ``nll`` nats per token."""
-    sums = [float(x) for x in rng.normal(nll, 0.1, size=windows) * tokens]
+    """A perplexity result with per-token NLLs around ``nll`` nats (and their per-window sums)."""
+    per_token = np.round(rng.normal(nll, 1.0, size=windows * tokens), 5)
+    sums = [float(x) for x in per_token.reshape(windows, tokens).sum(axis=1)]
     t = [tokens] * windows
-    lo, hi = bootstrap_ppl(sums, t)
+    lo, hi = ppl_interval(per_token)
     return {"ppl": ppl_of(sums, t), "ppl_lo": lo, "ppl_hi": hi, "nll": sum(sums) / sum(t), "tokens": sum(t),
-            "windows": windows, "window_nll_sum": sums, "window_tokens": t, "started_at": 1.7e9,
+            "windows": windows, "window_nll_sum": sums, "window_tokens": t, "block_tokens": 32,
+            "units": windows * tokens // 32, "token_nll": per_token.tolist(), "started_at": 1.7e9,
             "finished_at": 1.7e9 + 5, "wall_time_s": round(float(rng.uniform(1, 4)), 3)}
 
 

@@ -3,7 +3,9 @@ import re
 import pytest
 import yaml
 
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+
+from apc.common.errors import ConfigError
 from conftest import ROOT
 
 RAW = yaml.safe_load((ROOT / "config.yaml").read_text())

@@ -10,7 +10,7 @@ import torch
 
 from apc.clustering import load_centroids
 from apc.common.layout import Cell, Layout
-from apc.extraction.natural import ZERO_THRESHOLD
+from apc.extraction.thresholds import ZERO_THRESHOLD
 from apc.extraction.patterns import PatternReader
 from apc.extraction.routing import RoutingReader
 from conftest import ROOT, DagRun, snakemake, start_early, started

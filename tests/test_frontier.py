@@ -15,7 +15,9 @@ import torch
 import transformers
 import yaml
 
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+
+from apc.common.errors import ConfigError
 from apc.common.frontier import Point, frontier_cells, frontier_points, line_cell, lines, parse_line
 from apc.common.layout import Cell, Layout
 from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
@@ -178,6 +180,9 @@ def _point(path: Path, line, share, ppl_nll, kept, pshare, cells=None):
     d = {"pset": "down_in", "projections": ["down_in"], "line": line, "family": parse_line(line)["family"],
          "mode": parse_line(line)["mode"], "share": share, "ppl": ppl, "ppl_lo": ppl * 0.9, "ppl_hi": ppl * 1.1,
          "tokens": 46, "windows": 2, "window_nll_sum": sums, "window_tokens": tokens, "kept_share": kept,
+         "token_nll": [ppl_nll] * 23 + [ppl_nll + 0.1] * 23, "block_tokens": 32, "units": 1,
+         "kl": 0.3 * (1 - share), "kl_lo": float("nan"), "kl_hi": float("nan"), "top1": share, "top1_lo": float("nan"),
+         "top1_hi": float("nan"), "kl_reference": "exact",
          "predictor_flops_share": pshare, "compute_share": kept + pshare, "cells": cells or {},
          "started_at": 1.7e9, "finished_at": 1.7e9 + 3}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -190,7 +195,7 @@ def _fake_frontier(tmp_path, shares=(0.4, 0.6, 0.8)):
     cfg["frontier"]["kept_shares"] = list(shares)
     lay, files = Layout(cfg["outdir"]), sweep_files(cfg)
     dense = {"mode": "dense", "ppl": float(np.exp(2.0)), "window_nll_sum": [46.0, 46.0], "window_tokens": [23, 23],
-             "ppl_lo": 7.0, "ppl_hi": 8.0}
+             "ppl_lo": 7.0, "ppl_hi": 8.0, "token_nll": [2.0] * 46}
     Path(lay.ppl_dense()).parent.mkdir(parents=True, exist_ok=True)
     Path(lay.ppl_dense()).write_text(json.dumps(dense))
     Path(lay.ppl_sparse("down_in")).write_text(json.dumps({**dense, "mode": "sparse", "pset": "down_in",
@@ -213,9 +218,30 @@ def test_frontier_table_and_plot_read_exactly_their_points(tmp_path):
     assert df.iloc[0]["ratio"] == pytest.approx(first["ppl"] / np.exp(2.0))
     oracle = df[df["line"] == "oracle.per_layer.apc-k8-s0"].iloc[0]
     assert oracle["cells"] == f"down_in=down_in/per_layer/apc-k8-d{oracle['share']:g}-s0"
+    # 46 tokens are one block of 32: no interval (NaN), never a fake one
+    assert df["ratio_lo"].isna().all() and df["kl_lo"].isna().all() and (df["units"] == 1).all()
+    assert np.allclose(df["kl"], 0.3 * (1 - df["share"])) and (df["kl_reference"] == "exact").all()
     pngs = make_frontier_plots(tmp_path / "plots", Path(cfg["outdir"]) / "frontier.csv", files.frontier_refs)
-    assert [p.name for p in pngs][:1] == ["frontier_down_in.png"] and pngs[0].stat().st_size > 5000
+    assert [p.name for p in pngs][:2] == ["frontier_down_in.png", "frontier_kl_down_in.png"]
+    assert all(p.stat().st_size > 5000 for p in pngs[:2])
     assert frontier_rows([], files.frontier_refs).empty
+
+
+def test_crossings_read_the_ratio_and_the_kl_levels():
+    from apc.results.frontier import crossings
+
+    nan = float("nan")
+    table = pd.DataFrame({"pset": "down_in", "line": ["a"] * 3 + ["b"] * 2, "family": "teal",
+                          "compute_share": [0.4, 0.6, 0.8, 0.4, 0.8], "ratio": [1.5, 1.2, 1.04, 2.0, 1.9],
+                          "ratio_lo": [1.4, 1.1, 1.0, 1.9, 1.8], "ratio_hi": [nan] * 5,
+                          "kl": [0.5, 0.1, 0.02, 0.9, 0.3], "kl_lo": [0.4, 0.05, 0.01, 0.8, 0.25],
+                          "kl_hi": [0.6, 0.15, 0.03, 1.0, 0.35]})
+    c = crossings(table).set_index("line")
+    assert c.loc["a", "share_kl0.2"] == pytest.approx(0.4 + 0.2 * 0.3 / 0.4)
+    assert c.loc["a", "share_kl0.05"] == pytest.approx(0.6 + 0.2 * 0.05 / 0.08)
+    assert c.loc["a", "share_kl0.05_lo"] == pytest.approx(0.6) and c.loc["a", "share_kl0.2_hi"] > c.loc["a", "share_kl0.2"]
+    assert np.isnan(c.loc["b", "share_kl0.2"]) and np.isnan(c.loc["b", "share_kl0.05"])  # never reached: n/a
+    assert c.loc["a", "share_1.25"] == pytest.approx(0.4 + 0.2 * 0.25 / 0.3) and np.isnan(c.loc["a", "share_1.25_hi"])
 
 
 def test_mlflow_frontier_runs_are_replaced_and_retired(tmp_path):
@@ -243,6 +269,9 @@ def test_mlflow_frontier_runs_are_replaced_and_retired(tmp_path):
     key = "frontier/down_in/oracle.per_layer.apc-k8-s0/0.6"
     assert runs[key].data.tags["apc.frontier_cells"] == "down_in=down_in/per_layer/apc-k8-d0.6-s0"
     assert runs[key].data.tags["mlflow.parentRunId"] == first["parent"]
+    metrics = runs[key].data.metrics
+    assert metrics["kl"] == pytest.approx(0.3 * 0.4) and metrics["top1"] == 0.6 and metrics["units"] == 1
+    assert "kl_lo" not in metrics and "ratio_lo" not in metrics  # no interval: no metric, never a fake one
     smaller = {**cfg, "frontier": {**cfg["frontier"], "kept_shares": [0.6]}}
     shrunk = sync_results(smaller, tracking_uri=uri, experiment="t", git_info=git)
     gone_cells = len(cluster_cells(cfg)) - len(cluster_cells(smaller))  # the frontier's cells at 0.4 and 0.8

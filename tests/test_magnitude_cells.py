@@ -13,7 +13,8 @@ from apc.clustering import cluster
 from apc.clustering.cell import fit_cell
 from apc.clustering.sources import weighted_layer
 from apc.common.atomic import write_json
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+from apc.common.errors import ConfigError
 from apc.common.layout import Cell
 from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
 from apc.evaluation.evaluate import evaluate_cell
@@ -210,9 +211,9 @@ def test_score_cell_product_random_control_uses_the_mask_density(store, tiny_lla
     assert only["random"]["density"]["down_in"] == pytest.approx(0.5)  # without centroid_only: G x the row mean
 
 
-def test_ratios_to_sparse_pair_the_windows_of_each_cell(tmp_path):
+def test_ratios_to_sparse_pair_the_tokens_of_each_cell(tmp_path):
     from apc.common.atomic import read_json
-    from apc.perplexity.intervals import bootstrap_ratio
+    from apc.perplexity.intervals import ppl_ratio
     from apc.results.ratios import best_per_method, ratios_to_sparse
     from fake_results import build_fake_results
 
@@ -223,7 +224,7 @@ def test_ratios_to_sparse_pair_the_windows_of_each_cell(tmp_path):
     for _, row in table.iterrows():
         d = read_json(tmp_path / "ppl" / "down_in" / row["scope"] / f"{row['method']}-k{row['k']}-d0.6-s0.json")
         m = d["modes"]["centroid_only"]
-        want = bootstrap_ratio(m["window_nll_sum"], m["window_tokens"], sparse["window_nll_sum"], sparse["window_tokens"])
+        want = ppl_ratio(m["token_nll"], sparse["token_nll"], block=32)
         assert (row["ratio_sparse"], row["ratio_sparse_lo"], row["ratio_sparse_hi"]) == pytest.approx(want)
         assert row["ppl"] == m["ppl"] and row["groups"] == 1
     best = best_per_method(table, max_share=1.0)

@@ -74,7 +74,7 @@ def test_rule_scripts_log_their_peak_host_rss(tmp_path):
     """rulekit's exit hook writes the line the report reads."""
     import logging
 
-    from apc.common import rulekit
+    from apc import rulekit
 
     log = logging.getLogger("apc.test_peak")
     handler = logging.FileHandler(tmp_path / "job.log")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from apc.common.rulekit import check_library_source
+from apc.rulekit import check_library_source
 from conftest import ROOT
 
 
@@ -17,7 +17,7 @@ def test_job_refuses_a_library_from_another_checkout(monkeypatch, tmp_path):
 def test_jobs_on_a_multi_gpu_machine_take_free_gpus_in_turn(tmp_path, monkeypatch):
     import torch
 
-    from apc.common import rulekit
+    from apc import rulekit
 
     chosen = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -42,7 +42,7 @@ def test_thread_count_reaches_torch_imported_after_start():
     import sys
 
     code = ("import sys, types\n"
-            "from apc.common.rulekit import start\n"
+            "from apc.rulekit import start\n"
             "sm = types.SimpleNamespace(log=[], threads=1, wildcards=types.SimpleNamespace(), "
             "params=types.SimpleNamespace())\n"
             "start(sm, 'probe')\n"

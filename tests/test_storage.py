@@ -6,7 +6,8 @@ import torch
 import yaml
 
 from apc.clustering.sources import sample_layer, weighted_layer
-from apc.common.config import ConfigError, resolve
+from apc.common.config import resolve
+from apc.common.errors import ConfigError
 from apc.common.rowstore import sample_rows
 from apc.common.storage import GB, storage_plan
 from apc.extraction.extract import calibrate_thresholds, extract_patterns

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -164,14 +165,24 @@ def test_python_dash_m_apc(tree):
     assert len(res.stdout.strip().splitlines()) == 3
 
 
-def test_ratio_to_dense_pairs_the_first_windows_of_a_shorter_result():
-    from apc.perplexity.intervals import bootstrap_ratio
-    from apc.results.summary import _interval_columns
+def test_ratio_to_dense_pairs_the_first_tokens_of_a_shorter_result():
+    from apc.perplexity.intervals import ppl_ratio
+    from apc.results.summary import interval_columns
 
-    dense = {"ppl": 10.0, "window_nll_sum": [2300.0, 2400.0, 2200.0, 2500.0], "window_tokens": [1000] * 4}
-    short = {"ppl": 12.0, "ppl_lo": 11.0, "ppl_hi": 13.0, "window_nll_sum": [2500.0, 2450.0], "window_tokens": [1000] * 2}
-    cols = _interval_columns("ppl_x", short, dense)
-    want = bootstrap_ratio(short["window_nll_sum"], short["window_tokens"], [2300.0, 2400.0], [1000] * 2)
+    rng = np.random.default_rng(0)
+    tok = rng.normal(2.4, 1.0, 4000)
+    dense = {"ppl": 10.0, "window_nll_sum": list(tok.reshape(4, 1000).sum(1)), "window_tokens": [1000] * 4,
+             "token_nll": list(tok)}
+    own = tok[:2000] + 0.2
+    short = {"ppl": 12.0, "ppl_lo": 11.0, "ppl_hi": 13.0, "window_nll_sum": list(own.reshape(2, 1000).sum(1)),
+             "window_tokens": [1000] * 2, "token_nll": list(own), "block_tokens": 32,
+             "kl": 0.1, "kl_lo": 0.08, "kl_hi": 0.12, "top1": 0.9, "top1_lo": 0.88, "top1_hi": 0.92}
+    cols = interval_columns("ppl_x", short, dense)
+    want = ppl_ratio(own, tok[:2000], block=32)
     assert (cols["ratio_x"], cols["ratio_x_lo"], cols["ratio_x_hi"]) == pytest.approx(want)
+    assert cols["ratio_x_lo"] == pytest.approx(np.exp(0.2)) == cols["ratio_x_hi"]  # a constant shift, paired
+    assert (cols["kl_x"], cols["kl_x_lo"], cols["top1_x_hi"]) == (0.1, 0.08, 0.92)
+    few = interval_columns("ppl_x", {**short, "token_nll": list(own[:600])}, dense)  # 18 blocks: n/a
+    assert np.isnan(few["ratio_x_lo"]) and np.isnan(few["ratio_x_hi"])
     longer = {**short, "window_nll_sum": [2500.0] * 5, "window_tokens": [1000] * 5}
-    assert "ratio_x" not in _interval_columns("ppl_x", longer, dense)  # no pairing on windows dense lacks
+    assert "ratio_x" not in interval_columns("ppl_x", longer, dense)  # no pairing on windows dense lacks

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from apc.extraction.capture import ProjectionCapture
-from apc.clustering.sources import _sample_index, sample_layer, weighted_layer, weighted_pooled
+from apc.clustering.sources import sample_index, sample_layer, weighted_layer, weighted_pooled
 from apc.clustering import (
     PackedPatterns,
     WeightedPatterns,
@@ -195,7 +195,7 @@ def test_weighted_cells_from_the_store(tmp_path, tiny_llama):
     raw = MagnitudeReader(magnitude_path(tmp_path, "train", "down_in", 1)).values()
     w_mag = torch.cat(list(mag.weight_chunks(6)))
     torch.testing.assert_close(torch.cat(list(out.weight_chunks(6))), w_mag * torch.from_numpy(norms[1]))
-    torch.testing.assert_close(w_mag, torch.from_numpy(raw[_sample_index(32, 20, 7)]))
+    torch.testing.assert_close(w_mag, torch.from_numpy(raw[sample_index(32, 20, 7)]))
     pool = weighted_pooled([pattern_path(tmp_path, "train", "down_in", l) for l in range(3)], None, 0)
     assert pool.n == 3 * 32 and torch.equal(pool.weight_range(32, 64), torch.from_numpy(
         MagnitudeReader(magnitude_path(tmp_path, "train", "down_in", 1)).values()))

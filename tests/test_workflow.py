@@ -136,14 +136,20 @@ def test_perplexity_results(smoke):
     assert dense["windows"] == 2 and dense["tokens"] == 2 * 127 and np.isfinite(dense["ppl"])
     sparse = json.loads((smoke / "ppl" / "sparse-gate.json").read_text())
     assert abs(sparse["kept"]["gate"] - 0.5) < 0.05 and sparse["tokens"] == dense["tokens"]
+    assert len(dense["token_nll"]) == dense["tokens"] and "kl" not in dense and sparse["kl"] > 0
+    with np.load(smoke / "ppl" / "dense-reference.npz") as ref:  # the dense log-probs every masked job reads
+        assert ref["logprobs"].shape == (dense["tokens"], 49152) and ref["ids"].shape == (dense["tokens"], 0)
     assert len(pcells) == 2 * 4  # both scopes x (apc, kmeans, random at K=8 + static)
     for pset, cell in pcells:
         r = json.loads(Path(Layout(smoke).ppl_cell(pset, cell)).read_text())
         assert set(r["modes"]) == {"centroid", "centroid_only", "random"}
         for mode in r["modes"].values():
             assert np.isfinite(mode["ppl"]) and mode["tokens"] == dense["tokens"]
-            assert mode["ppl_lo"] <= mode["ppl"] <= mode["ppl_hi"]
+            # 254 tokens are 7 blocks of 32: fewer than 20, so no interval (NaN), never a fake one
+            assert mode["units"] == 7 and np.isnan(mode["ppl_lo"]) and np.isnan(mode["kl_hi"])
             assert len(mode["window_nll_sum"]) == mode["windows"] == 2 and sum(mode["window_tokens"]) == mode["tokens"]
+            assert len(mode["token_nll"]) == len(mode["token_kl"]) == len(mode["token_top1"]) == mode["tokens"]
+            assert mode["kl"] > 0 and 0 < mode["top1"] < 1 and mode["kl_reference"] == "exact"
         only = r["modes"]["centroid_only"]["kept"]["gate"]
         if cell.method != "kmeans":  # density-capped: every centroid, hence every mask, has the same density
             assert only == pytest.approx(r["centroid_density"]["gate"], abs=1e-9)
@@ -184,7 +190,9 @@ def test_mlflow_one_run_per_cell_summary_plots_and_report(smoke, tmp_path):
     assert run.data.metrics["k"] == 8.0
     ppl = json.loads(Path(Layout(smoke).ppl_cell("gate", Cell("", "pooled", "apc", 8, 0.6, 0))).read_text())
     assert run.data.metrics["ppl_gate_centroid_only"] == pytest.approx(ppl["modes"]["centroid_only"]["ppl"])
-    assert "ratio_gate_centroid_only_lo" in run.data.metrics  # recall and perplexity side by side
+    assert "ratio_gate_centroid_only" in run.data.metrics  # recall and perplexity side by side
+    assert "ratio_gate_centroid_only_lo" not in run.data.metrics  # 7 blocks: no interval, no metric
+    assert run.data.metrics["kl_gate_centroid_only"] == pytest.approx(ppl["modes"]["centroid_only"]["kl"])
 
     summary = pd.read_csv(smoke / "summary.csv")
     assert len(summary) == 2 * len(cells)
@@ -313,7 +321,9 @@ def test_frontier_points_table_and_plot(smoke):
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
     assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
-    assert (table["tokens"] == dense["tokens"]).all() and (table["ppl_lo"] <= table["ppl"]).all()
+    assert (table["tokens"] == dense["tokens"]).all() and table["ppl_lo"].isna().all()  # 7 blocks: n/a
+    assert (table["kl"] > 0).all() and (table["top1"] < 1).all() and table["kl_hi"].isna().all()
+    assert (smoke / "plots" / "frontier_kl_down_in.png").stat().st_size > 5000
     row = table.set_index("line")
     # FLOPs per product: what each method must run to decide its mask
     before = table[table["family"].isin(["oracle", "predicted", "neuron", "random"])]
@@ -368,6 +378,7 @@ def test_mlflow_one_run_per_frontier_point(smoke):
         r = by_key[p.key]
         assert r.info.run_name == p.key and r.data.tags["mlflow.parentRunId"] == info["parent"]
         assert r.data.metrics["ppl"] == pytest.approx(table.loc[p.line, "ppl"])
+        assert r.data.metrics["kl"] == pytest.approx(table.loc[p.line, "kl"])
         assert r.data.metrics["compute_share"] == pytest.approx(table.loc[p.line, "compute_share"])
         assert r.data.metrics["union_b16"] == pytest.approx(table.loc[p.line, "union_b16"])
         assert r.data.metrics["down_share"] == pytest.approx(table.loc[p.line, "down_share"])
@@ -454,9 +465,9 @@ def test_every_store_is_within_ten_percent_of_its_plan(smoke):
     assert {"patterns/train/gate", "magnitudes/test/down_in", "ffn_inputs/train", "centroids", "predictors"} <= names
     for store in plan.stores:
         if store.name.startswith("model"):  # the cache folder is shared: measure the run's own model folder
-            from apc.common.storage import _tree_bytes
+            from apc.common.storage import tree_bytes
 
-            real = _tree_bytes(Path(json.loads((smoke / "model" / "manifest.json").read_text())["load_path"]))
+            real = tree_bytes(Path(json.loads((smoke / "model" / "manifest.json").read_text())["load_path"]))
         else:
             real = store.on_disk()
         assert abs(real - store.bytes) <= 0.1 * store.bytes, (store.name, real, store.bytes)

@@ -125,7 +125,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import yaml
 
-    from apc.common.config import ConfigError, resolve
+    from apc.common.config import resolve
+
+    from apc.common.errors import ConfigError
     from apc.common.storage import free_bytes, storage_plan
 
     root = Path(args.configfile).resolve().parent

@@ -13,12 +13,13 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
-from apc.common.config import ConfigError, load_schema, resolve
+from apc.common.config import load_schema, resolve
+from apc.common.errors import ConfigError
 from apc.common.frontier import frontier_psets, greedy_cells, line_cell, line_shares, parse_line
 from apc.common.layout import WILDCARDS as W, Cell, Layout
-from apc.common.projections import PROJECTIONS
+from apc.common.families import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
-from apc.common.rulekit import dataset_name
+from apc.rulekit import dataset_name
 from apc.common.storage import ffn_inputs_captured, storage_plan
 from apc.extraction.corpus import split_settings
 from apc.results.inputs import sweep_files
@@ -62,7 +63,7 @@ def cluster_settings(method):
 
 def norms_input(method):
     """``{"norms": down_norms.npy}`` for a method fitted or scored with ``output`` weighting, else ``{}``."""
-    from apc.clustering import method_spec
+    from apc.common.methods import method_spec
 
     base, opts = method_spec(method, C["cluster"]["options"])
     return {"norms": L.down_norms()} if base == "apc_weighted" and opts.get("weighting") == "output" else {}
@@ -85,9 +86,25 @@ def pset_projections(pset):
     return {**frontier_psets(C), **C["perplexity"]["psets"]}[pset]
 
 
-def ppl_settings(with_modes):
+def ppl_settings(with_modes, test_tokens=None):
+    """The perplexity settings of a scoring job (``test_tokens``: its budget, by default perplexity.test_tokens)."""
     p = C["perplexity"]
-    return {"test_tokens": p["test_tokens"], **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+    return {"test_tokens": p["test_tokens"] if test_tokens is None else test_tokens, **scoring_settings(),
+            **({"modes": p["modes"], "kernel": p.get("kernel", "hooks")} if with_modes else {})}
+
+
+def scoring_settings():
+    """How every scoring job measures: the interval's block and the KL's dense reference."""
+    p = C["perplexity"]
+    return {"block_tokens": p.get("block_tokens", 32), "kl_reference": p.get("kl_reference", "exact"),
+            "kl_top_k": p.get("kl_top_k", 64)}
+
+
+def reference_tokens():
+    """Test tokens the dense job scores and keeps as the KL's reference: the larger budget of the
+    perplexity cells and the frontier (null, the whole split, when either is)."""
+    budgets = [C["perplexity"]["test_tokens"], C["frontier"]["test_tokens"] if frontier_psets(C) else 0]
+    return None if None in budgets else max(budgets)
 
 
 def all_outputs():
@@ -354,7 +371,7 @@ def ppl_batch_of_cell(wc):
 def frontier_line_inputs(wc):
     """Inputs of one frontier line at every kept share: ``{name}_{proj}_{j}`` for share j."""
     d = parse_line(wc.line)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds()}
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(), "reference": L.ppl_reference()}
     if d["family"] == "threshold":
         ins["kept"] = L.thresholds_kept()
     if d["family"] in ("cats", "teal"):

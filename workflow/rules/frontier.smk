@@ -12,6 +12,7 @@ rule frontier_line:
         [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
     params:
         test_tokens=C["frontier"]["test_tokens"],
+        scoring=scoring_settings(),
         projections=lambda wc: frontier_psets(C)[wc.pset],
         shares=lambda wc: line_shares(C, wc.line),
         cells=frontier_line_cells,
@@ -41,6 +42,7 @@ rule frontier_line_cats:
         [L.frontier_point("{pset}", "{line}", share) for share in CATS_SHARES],
     params:
         test_tokens=C["frontier"]["test_tokens"],
+        scoring=scoring_settings(),
         projections=lambda wc: frontier_psets(C)[wc.pset],
         shares=lambda wc: line_shares(C, wc.line),
         cells=frontier_line_cells,

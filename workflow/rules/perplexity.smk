@@ -1,6 +1,7 @@
 # Stage 4: perplexity on the held-out test split, dense, true sparse and under centroid masks
 # (apc.perplexity.protocol); cells are scored in batches (one model load each) and split into one
-# file per cell.
+# file per cell.  The dense job also keeps the dense next-token log-probabilities (the reference),
+# from which every masked job measures its KL from dense and top-1 agreement on the same tokens.
 
 
 rule perplexity_dense:
@@ -9,8 +10,9 @@ rule perplexity_dense:
         tokens=L.tokens("test"),
     output:
         L.ppl_dense(),
+        L.ppl_reference(),
     params:
-        ppl=ppl_settings(with_modes=False),
+        ppl=ppl_settings(with_modes=False, test_tokens=reference_tokens()),
         device=C["device"],
         dataset=dataset_name(C["data"]),
         mode="dense",
@@ -20,7 +22,7 @@ rule perplexity_dense:
     log:
         L.log("perplexity_dense"),
     resources:
-        **model_job(ppl_tokens()),
+        **model_job(reference_tokens()),
     benchmark:
         L.benchmark("perplexity_dense")
     script:
@@ -32,6 +34,7 @@ rule perplexity_sparse:
         model=L.manifest(),
         tokens=L.tokens("test"),
         thresholds=L.thresholds(),
+        reference=L.ppl_reference(),
     output:
         L.ppl_sparse("{pset}"),
     params:
@@ -58,6 +61,7 @@ rule perplexity_batch:
         model=L.manifest(),
         tokens=L.tokens("test"),
         thresholds=L.thresholds(),
+        reference=L.ppl_reference(),
     output:
         L.ppl_batch("{pset}", "{batch}"),
     params:

@@ -5,9 +5,9 @@ import torch
 
 from apc.common.atomic import write_json
 from apc.common.layout import density_label
-from apc.common.rulekit import job_model, start
+from apc.rulekit import job_model, start
 from apc.extraction.ffn_inputs import FfnInputReader, ffn_input_path
-from apc.extraction.model import cuda_peak_memory
+from apc.common.device import cuda_peak_memory
 from apc.perplexity.calibrate import (cats_thresholds, error_curves, greedy_allocation, layer_mlps, share_grid,
                                       teal_thresholds)
 

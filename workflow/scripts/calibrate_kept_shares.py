@@ -1,5 +1,5 @@
 from apc.common.atomic import write_json
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.extraction.extract import kept_shares_from_histograms
 
 log = start(snakemake, "calibrate_kept_shares")

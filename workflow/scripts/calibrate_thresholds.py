@@ -1,11 +1,12 @@
 import torch
 
 from apc.common.atomic import read_npy, write_json
-from apc.common.sites import check_projections, model_family
+from apc.common.families import check_projections
+from apc.common.sites import model_family
 from apc.extraction.extract import calibrate_thresholds
-from apc.extraction.model import cuda_peak_memory
+from apc.common.device import cuda_peak_memory
 from apc.extraction.natural import natural_thresholds
-from apc.common.rulekit import job_model, start
+from apc.rulekit import job_model, start
 
 start(snakemake, "calibrate_thresholds")
 ex = snakemake.params.extract

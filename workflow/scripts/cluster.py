@@ -1,10 +1,9 @@
 from apc.clustering import save_centroids
 from apc.clustering.cell import fit_cell
-from apc.clustering.device import resolve_device
 from apc.common.atomic import read_json, read_npy
 from apc.common.layout import density_label
-from apc.common.rulekit import start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import start
+from apc.common.device import cuda_peak_memory, resolve_device
 
 log = start(snakemake, "cluster")
 wc, cfg = snakemake.wildcards, snakemake.params.cluster

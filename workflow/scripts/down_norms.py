@@ -1,5 +1,5 @@
 from apc.common.atomic import read_json, write_npy
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.extraction.magnitudes import down_column_norms
 from apc.extraction.model import load_model
 

@@ -3,7 +3,7 @@ import pandas as pd
 from apc.clustering import load_centroids
 from apc.common.atomic import atomic_path, read_npy
 from apc.common.layout import Cell
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.evaluation.evaluate import evaluate_cell
 
 log = start(snakemake, "evaluate")

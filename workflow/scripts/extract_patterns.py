@@ -5,8 +5,8 @@ import torch
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.extraction.extract import extract_patterns
 from apc.extraction.ffn_inputs import FfnInputCapture
-from apc.extraction.model import cuda_peak_memory
-from apc.common.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
+from apc.rulekit import job_model, start
 
 start(snakemake, "extract_patterns")
 split = snakemake.wildcards.split

@@ -1,7 +1,6 @@
-from apc.clustering.device import resolve_device
-from apc.extraction.model import cuda_peak_memory
+from apc.common.device import cuda_peak_memory, resolve_device
 from apc.common.atomic import write_json
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.prediction import save_predictors, train_cluster_cell
 from apc.prediction.summary import summarize_report
 

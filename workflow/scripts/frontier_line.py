@@ -4,8 +4,9 @@ from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.frontier import parse_line
 from apc.common.layout import density_label
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
+from apc.perplexity.divergence import load_reference
 from apc.perplexity.frontier import score_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
@@ -15,6 +16,9 @@ p, wc, i = snakemake.params, snakemake.wildcards, snakemake.input
 manifest, model, tok, device = job_model(snakemake)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
+scoring = {"block_tokens": int(p.scoring["block_tokens"]),
+           "reference": load_reference(i.reference, len(windows) * (windows.shape[1] - 1), int(windows.shape[1])),
+           "check_top_k": int(p.scoring["kl_top_k"])}  # exact reference: the top-k approximation's error too
 table = read_json(i.thresholds)["projections"]
 thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None
@@ -63,6 +67,6 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
             kw["predictor_share"][q] = read_json(i[f"report_{q}_{j}"])["total"]["flops_share"]
     log.info("frontier %s/%s at kept share %g", wc.pset, wc.line, share)
     result = score_point(model, windows, wc.line, share, bos=tok.bos_token_id is not None, projections=projections,
-                         thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, **kw)
+                         thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, **scoring, **kw)
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,
                      "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in links.items() if c}, **result, **cuda_peak_memory(device)})

@@ -1,5 +1,5 @@
 from apc.common.atomic import read_json
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.results.frontier import write_frontier_table
 
 log = start(snakemake, "frontier_table")

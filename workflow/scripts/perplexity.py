@@ -2,8 +2,9 @@ import torch
 
 from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
-from apc.common.rulekit import job_model, start
-from apc.extraction.model import cuda_peak_memory
+from apc.rulekit import job_model, start
+from apc.common.device import cuda_peak_memory
+from apc.perplexity.divergence import load_reference, save_reference
 from apc.perplexity.protocol import score, score_cells, select_windows
 
 log = start(snakemake, "perplexity")
@@ -17,10 +18,20 @@ if projections:
     table = read_json(snakemake.input.thresholds)["projections"]
     thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 result = {"model": manifest["name"], "dataset": p.dataset, "seq_len": int(windows.shape[1])}
+scoring = {"block_tokens": int(p.ppl["block_tokens"])}
+if p.mode == "dense":  # the dense job keeps the reference every masked job measures its divergence against
+    scoring["keep_reference"] = (p.ppl["kl_reference"], int(p.ppl["kl_top_k"]))
+else:
+    scoring["reference"] = load_reference(snakemake.input.reference, len(windows) * (windows.shape[1] - 1),
+                                          int(windows.shape[1]))
+    scoring["check_top_k"] = int(p.ppl["kl_top_k"])  # exact reference: the top-k approximation's error too
 
 if p.mode in ("dense", "sparse"):
     result.update(mode=p.mode, **score(model, windows, p.mode, bos=bos, projections=projections,
-                                       thresholds=thresholds))
+                                       thresholds=thresholds, **scoring))
+    if p.mode == "dense":
+        save_reference(snakemake.output[1], result.pop("reference"), kind=p.ppl["kl_reference"],
+                       seq_len=int(windows.shape[1]))
     if p.mode == "sparse":
         result.update(pset=snakemake.wildcards.pset, projections=projections)
 else:  # a batch of cells, one model load; the perplexity_cell rule splits it into one file per cell
@@ -42,7 +53,7 @@ else:  # a batch of cells, one model load; the perplexity_cell rule splits it in
         specs.append({"centroids": centroids, "seed": int(cell["seed"]), "groups": groups, "assign_weights": assign_weights})
     log.info("scoring %d cells of %s with one model load", len(cells), snakemake.wildcards.pset)
     scored = score_cells(model, windows, p.ppl["modes"], bos=bos, projections=projections, thresholds=thresholds,
-                         cells=specs, kernel=p.ppl.get("kernel", "hooks"))
+                         cells=specs, kernel=p.ppl.get("kernel", "hooks"), **scoring)
     result.update(pset=snakemake.wildcards.pset, projections=projections, cells=[
         {**result, "pset": snakemake.wildcards.pset, "projections": projections, **cell, "groups": spec["groups"],
          "centroid_density": {q: float(c.double().mean()) * spec["groups"][q] for q, c in spec["centroids"].items()},

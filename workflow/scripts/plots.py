@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.results.frontier import make_frontier_plots
 from apc.results.plots import make_plots
 

@@ -1,5 +1,5 @@
 from apc.common.atomic import write_json, write_npy
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.extraction.corpus import load_split, make_windows
 from apc.extraction.model import load_tokenizer
 

@@ -1,5 +1,5 @@
 from apc.extraction.model import prepare_model
-from apc.common.rulekit import start
+from apc.rulekit import start
 
 start(snakemake, "prepare_model")
 prepare_model(snakemake.params.model, snakemake.output[0])

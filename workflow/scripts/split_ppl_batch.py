@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from apc.common.atomic import read_json, write_json
-from apc.common.rulekit import check_library_source
+from apc.rulekit import check_library_source
 from apc.perplexity.batches import batch_entry
 
 check_library_source()  # no torch here: this step only copies one cell out of its batch file

@@ -1,4 +1,4 @@
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.results.summary import write_summary
 
 log = start(snakemake, "summary")

@@ -1,5 +1,5 @@
 from apc.common.atomic import read_json, write_json
-from apc.common.rulekit import start
+from apc.rulekit import start
 from apc.results.tracking import git_info, sync_results
 
 log = start(snakemake, "track")

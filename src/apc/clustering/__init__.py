@@ -7,7 +7,7 @@ Entry point: :func:`cluster` with a registered method name (``apc``,
 
 from .common import ClusterResult, density_to_count, top_n_mask
 from .data import PackedPatterns, WeightedPatterns
-from .device import resolve_device
+from ..common.device import resolve_device
 from .distance import activation_aware_distance, hamming_distance, nearest, pairwise_distance
 from .registry import available_methods, cluster, fixed_k, get_method, method_spec, register
 from . import apc as _apc, baselines as _baselines, kmeans as _kmeans  # noqa: F401  (register the built-ins)

@@ -27,7 +27,7 @@ def fit_cell(patterns_dir: str | Path, proj: str, scope: str, method: str, k: in
 
     ``method``: the cell's method name; ``options``: its ``cluster.options`` entry, whose
     ``method`` field, when present, names the registered method of a variant
-    (:func:`apc.clustering.method_spec`).  ``apc_weighted`` fits on the stored magnitudes
+    (:func:`apc.common.methods.method_spec`).  ``apc_weighted`` fits on the stored magnitudes
     (same sampled rows as the binary methods) weighted by ``options["weighting"]``;
     ``output`` weighting needs ``column_norms``, ``(n_layers, width)`` down-projection
     column norms.  ``layers``: ``"all"`` or a list (per-layer scope; pooled always uses every layer).

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from .data import PackedPatterns
-from .device import resolve_device
+from ..common.device import resolve_device
 from .kernels import top_n_rows
 
 __all__ = [

@@ -22,7 +22,7 @@ import contextlib
 import torch
 
 from ..extraction.patterns import unpack_torch
-from .device import exact_matmul
+from ..common.device import exact_matmul
 from .distance import overlap as float_overlap
 from .kernels import FP8_ONE, INT8_ONE, unpack_operand
 

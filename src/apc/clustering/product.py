@@ -31,7 +31,7 @@ import torch
 from .apc import apc
 from .common import ClusterResult, check_inputs
 from .data import PackedPatterns
-from .device import exact_matmul
+from ..common.device import exact_matmul
 from .distance import overlap
 from .registry import register
 

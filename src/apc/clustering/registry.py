@@ -4,7 +4,8 @@ A method is a function ``fn(patterns, k, *, density, seed, max_iter, device,
 chunk_size, **options) -> ClusterResult``.  Decorate it with
 ``@register("name")`` in a module imported by :mod:`apc.clustering` (or
 import your module before calling :func:`cluster`), then name it in the
-config.
+config.  The names and fixed K live in :mod:`apc.common.methods` (no torch),
+which the config check and the sweep read; a built-in method is listed there too.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Callable, TypeVar
 
 import torch
 
+from apc.common import methods as _names
+from apc.common.methods import available_methods, fixed_k, method_spec
+
 __all__ = ["register", "get_method", "available_methods", "fixed_k", "cluster", "method_spec"]
 
 F = TypeVar("F", bound=Callable)
 _METHODS: dict[str, Callable] = {}
-_FIXED_K: dict[str, int] = {}
 _BUILTINS = ("apc", "kmeans", "baselines", "product")
 
 
@@ -34,9 +37,8 @@ def register(name: str, *, fixed_k: int | None = None) -> Callable[[F], F]:
     def deco(fn: F) -> F:
         if name in _METHODS and _METHODS[name] is not fn:
             raise ValueError(f"clustering method {name!r} is already registered")
+        _names.declare(name, fixed_k)
         _METHODS[name] = fn
-        if fixed_k is not None:
-            _FIXED_K[name] = int(fixed_k)
         return fn
 
     return deco
@@ -45,38 +47,6 @@ def register(name: str, *, fixed_k: int | None = None) -> Callable[[F], F]:
 def _load_builtins() -> None:
     for mod in _BUILTINS:
         importlib.import_module(f"{__package__}.{mod}")
-
-
-def available_methods() -> tuple[str, ...]:
-    """Names of the registered methods, sorted."""
-    _load_builtins()
-    return tuple(sorted(_METHODS))
-
-
-def fixed_k(name: str) -> int | None:
-    """The K that method ``name`` is fixed to, or None when it takes any K."""
-    get_method(name)
-    return _FIXED_K.get(name)
-
-
-def method_spec(name: str, options: dict | None = None) -> tuple[str, dict]:
-    """``(registered method, its options)`` of the config method ``name``.
-
-    ``options`` is the config's ``cluster.options`` table.  An entry there with a
-    ``method`` field is a *variant*: a name of its own for a registered method
-    with fixed options (``apc_wout: {method: apc_weighted, weighting: output}``),
-    so two settings of one method sit side by side as two plain cell names.
-    Any other entry holds the options of the registered method of that name.
-    ``ValueError`` naming the key when neither resolves to a registered method.
-    """
-    entry = dict((options or {}).get(name) or {})
-    base = entry.pop("method", name)
-    _load_builtins()
-    if base not in _METHODS:
-        where = f"cluster.options.{name}.method" if base != name else "cluster.methods"
-        raise ValueError(f"config key '{where}': unknown method {base!r} "
-                         f"(registered: {', '.join(sorted(_METHODS))}; a variant names one in its 'method' field)")
-    return base, entry
 
 
 def get_method(name: str) -> Callable:

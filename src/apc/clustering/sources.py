@@ -29,13 +29,13 @@ def layer_files(root: str | Path, split: str, projection: str, layers: list[int]
 def sample_layer(path: str | Path, max_n: int | None, seed: int) -> PackedPatterns:
     """Patterns of one layer file; a seeded uniform sample of ``max_n`` rows (kept in order) if given."""
     reader = PatternReader(path)
-    idx = _sample_index(reader.n_tokens, max_n, seed)
+    idx = sample_index(reader.n_tokens, max_n, seed)
     if idx is None:
         return PackedPatterns.from_readers([reader])
     return PackedPatterns([reader.packed(idx)], reader.width, sources=[f"{path} (sample of {max_n})"])
 
 
-def _sample_index(n: int, max_n: int | None, seed: int) -> np.ndarray | None:
+def sample_index(n: int, max_n: int | None, seed: int) -> np.ndarray | None:
     """Sorted seeded sample of ``max_n`` of ``n`` rows, or None for all rows."""
     if max_n is None or max_n >= n:
         return None
@@ -72,7 +72,7 @@ def weighted_layer(path: str | Path, max_n: int | None, seed: int, *, weighting:
         scale = [np.asarray(column_norms)[layer]]
     elif weighting != "magnitude":
         raise ValueError(f"weighting must be 'magnitude' or 'output', got {weighting!r}")
-    idx = _sample_index(mags.n_tokens, max_n, seed)
+    idx = sample_index(mags.n_tokens, max_n, seed)
     if at is None:
         bits = reader.packed(idx) if idx is not None else reader.packed()
     else:

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from apc.common.families import Family
+from apc.common.families import Family, UnsupportedArchitecture, projection_tensor
 
 _TAPS: "weakref.WeakKeyDictionary[nn.Module, ExpertTaps]" = weakref.WeakKeyDictionary()
 
@@ -148,8 +148,6 @@ def _taps(experts: nn.Module, block: nn.Module) -> ExpertTaps:
 
 
 def _check_experts(experts: nn.Module, model_name: str) -> None:
-    from apc.common.sites import UnsupportedArchitecture
-
     gu, down = getattr(experts, "gate_up_proj", None), getattr(experts, "down_proj", None)
     ok = (isinstance(gu, torch.Tensor) and isinstance(down, torch.Tensor) and gu.dim() == 3 and down.dim() == 3
           and hasattr(experts, "num_experts") and hasattr(experts, "act_fn")
@@ -175,18 +173,14 @@ class ExpertSite:
         return f"ExpertSite(layer={self.layer}, expert={self.expert})"
 
     def tensor(self, proj: str):
-        from apc.common.sites import Site
-
-        return Site.tensor(self, proj)
+        return projection_tensor(self.family, proj)
 
     def module(self, proj: str) -> nn.Module:
         self.tensor(proj)
         return self.experts
 
     def __getitem__(self, role: str) -> nn.Module:
-        from apc.common.sites import UnsupportedArchitecture
-
-        raise UnsupportedArchitecture(f"an expert site has no {role!r} module: its experts are fused 3-D "
+            raise UnsupportedArchitecture(f"an expert site has no {role!r} module: its experts are fused 3-D "
                                       "parameters, reached through observe() and replace()")
 
     def width(self, proj: str) -> int:
@@ -235,16 +229,12 @@ class ExpertSite:
         return int(getattr(router, "top_k", getattr(self.block, "top_k", 0)))
 
     def on_ffn_input(self, fn):
-        from apc.common.sites import UnsupportedArchitecture
-
-        raise UnsupportedArchitecture("FFN-input predictors are not available for mixture-of-experts sites "
+            raise UnsupportedArchitecture("FFN-input predictors are not available for mixture-of-experts sites "
                                       "(each expert sees only its routed tokens)")
 
 
 def expert_sites(model: nn.Module, family: Family, layers: nn.ModuleList, resolve) -> list[ExpertSite]:
     """One :class:`ExpertSite` per (layer, expert), index ``layer * n_experts + expert``."""
-    from apc.common.sites import UnsupportedArchitecture
-
     sites: list[ExpertSite] = []
     n_experts = None
     for i, layer in enumerate(layers):

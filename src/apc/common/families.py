@@ -118,3 +118,25 @@ def family_of_model_type(model_type: str | None) -> Family | None:
 def unsupported_projections(family: Family, projections) -> list[str]:
     """The names in ``projections`` that ``family`` does not have."""
     return [p for p in projections if p not in family.projections]
+
+
+class UnsupportedArchitecture(ValueError):
+    """The model's FFN matches no row of the layout table."""
+
+
+def projection_tensor(family: Family, proj: str) -> Tensor:
+    """The :class:`Tensor` of projection ``proj`` in ``family``; :class:`UnsupportedArchitecture` if it has none."""
+    try:
+        return family.projections[proj]
+    except KeyError:
+        raise UnsupportedArchitecture(f"projection {proj!r} is not in this {family.name} FFN "
+                                      f"({family.models}); its projections are "
+                                      f"{', '.join(family.projections)}") from None
+
+
+def check_projections(family: Family, projections, key: str = "extract.projections") -> None:
+    """``ValueError`` (one line naming ``key``) unless ``family`` has every projection in ``projections``."""
+    bad = unsupported_projections(family, projections)
+    if bad:
+        raise ValueError(f"config key '{key}': {', '.join(bad)} not in this {family.name} FFN "
+                         f"({family.models}); its projections are {', '.join(family.projections)}")

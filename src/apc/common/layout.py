@@ -160,6 +160,10 @@ class Layout:
     def ppl_dense(self) -> str:
         return self._p("ppl", "dense.json")
 
+    def ppl_reference(self) -> str:
+        """The dense model's next-token log-probabilities on the scored test tokens (the KL's reference)."""
+        return self._p("ppl", "dense-reference.npz")
+
     def ppl_sparse(self, pset: str) -> str:
         return self._p("ppl", f"sparse-{pset}.json")
 

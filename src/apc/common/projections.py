@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from apc.common.families import PROJECTIONS, Tensor, family_named
-from apc.common.sites import UnsupportedArchitecture, decoder_layers, ffn_sites, model_family
+from apc.common.families import PROJECTIONS, Tensor, UnsupportedArchitecture, family_named
+from apc.common.sites import decoder_layers, ffn_sites, model_family
 
 __all__ = ["PROJECTIONS", "TABLE", "UnsupportedArchitecture", "decoder_layers", "mlp_projections", "projection",
            "projection_module", "projection_width", "site_widths"]

@@ -99,6 +99,18 @@ class RowStoreWriter:
     def _extra_meta(self) -> dict:
         return {}
 
+    def close_written(self) -> dict:
+        """:meth:`close` after cutting the declared rows to those written (a store whose row count is
+        known only at its end: the tokens routed to one expert)."""
+        if self._row != self.n_tokens:
+            self._mm.flush()
+            written = np.array(self._mm[: self._row])
+            del self._mm
+            np.save(self.tmp, written)  # the same hidden temporary, now exactly the written rows
+            self._mm = np.load(self.tmp, mmap_mode="r+")
+            self.n_tokens = self._row
+        return self.close()
+
     def close(self) -> dict:
         """Flush, rename into place and write the sidecar; return the sidecar dict."""
         if self._row != self.n_tokens:

@@ -14,11 +14,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from apc.common.families import FAMILIES, Family, Tensor, unsupported_projections
-
-
-class UnsupportedArchitecture(ValueError):
-    """The model's FFN matches no row of the layout table."""
+from apc.common.expert_sites import expert_sites, use_eager_experts
+from apc.common.families import FAMILIES, Family, Tensor, UnsupportedArchitecture, projection_tensor
 
 
 def _get(obj, path: str):
@@ -76,14 +73,6 @@ def model_family(model: nn.Module) -> Family:
         f"expected one of {known}")
 
 
-def check_projections(family: Family, projections, key: str = "extract.projections") -> None:
-    """``ValueError`` (one line naming ``key``) unless ``family`` has every projection in ``projections``."""
-    bad = unsupported_projections(family, projections)
-    if bad:
-        raise ValueError(f"config key '{key}': {', '.join(bad)} not in this {family.name} FFN "
-                         f"({family.models}); its projections are {', '.join(family.projections)}")
-
-
 # -- dense sites (one nn.Module per role) ------------------------------------------------------
 
 
@@ -125,12 +114,7 @@ class Site:
         return f"Site({self.family.name}, layer={self.layer}, expert={self.expert})"
 
     def tensor(self, proj: str) -> Tensor:
-        try:
-            return self.family.projections[proj]
-        except KeyError:
-            raise UnsupportedArchitecture(f"projection {proj!r} is not in this {self.family.name} FFN "
-                                          f"({self.family.models}); its projections are "
-                                          f"{', '.join(self.family.projections)}") from None
+        return projection_tensor(self.family, proj)
 
     def module(self, proj: str) -> nn.Module:
         """The module whose input or output holds ``proj``."""
@@ -234,8 +218,6 @@ def ffn_sites(model: nn.Module) -> list[Site]:
     """Every FFN site of ``model`` in order (layers, then experts within a layer)."""
     family = model_family(model)
     if family.experts:
-        from apc.common.expert_sites import expert_sites
-
         return expert_sites(model, family, decoder_layers(model), _resolve)
     sites = []
     for i, layer in enumerate(decoder_layers(model)):
@@ -256,7 +238,5 @@ def prepare_for_sites(model: nn.Module) -> nn.Module:
     except UnsupportedArchitecture:
         return model  # the error comes where its sites are asked for
     if family.experts:
-        from apc.common.expert_sites import use_eager_experts
-
         use_eager_experts(model)
     return model

@@ -37,6 +37,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from apc.common.frontier import frontier_psets, neuron_matches, predictor_cells
+from apc.common.layout import Layout
+from apc.common.methods import method_spec
+from apc.common.sweep import cluster_cells
+
 __all__ = ["ModelShape", "Store", "Plan", "storage_plan", "model_shape", "split_tokens", "free_bytes",
            "ASSUMED_SPLIT_TOKENS", "DEFAULT_SHAPE"]
 
@@ -76,7 +81,7 @@ class Store:
 
     def on_disk(self) -> int:
         """Bytes of this store's files that exist now (0 before its job)."""
-        return sum(_tree_bytes(Path(p)) for p in self.paths)
+        return sum(tree_bytes(Path(p)) for p in self.paths)
 
 
 @dataclass
@@ -126,7 +131,7 @@ def _gb(n: int) -> str:
     return f"{n / GB:,.3f}" if n < 10 * GB else f"{n / GB:,.1f}"
 
 
-def _tree_bytes(path: Path) -> int:
+def tree_bytes(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     total = 0
@@ -190,8 +195,6 @@ def split_tokens(config: dict, split: str, meta: dict | None = None) -> tuple[in
 
 def _cell_rows(config: dict, cell) -> int:
     """Centroid rows per set of a clustering cell: K, or G x K for a product cell."""
-    from apc.clustering.registry import method_spec
-
     base, opts = method_spec(cell.method, config["cluster"]["options"])
     return int(cell.k) * (int(opts.get("groups", 2)) if base == "apc_product" else 1)
 
@@ -203,8 +206,6 @@ def ffn_inputs_captured(config: dict) -> bool:
 
 def _predictor_params(config: dict, shape: ModelShape) -> tuple[int, list[str]]:
     """Float32 parameters of every predictor of the frontier (all layers) and their files' names."""
-    from apc.common.frontier import frontier_psets, neuron_matches, predictor_cells
-
     p, d, f = config["predict"], shape.d_model, shape.d_ff
     total, names = 0, []
     for cell, kind in predictor_cells(config):
@@ -233,9 +234,6 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
     read from the output folder when not given; without them the shape comes from ``model.shape`` and
     whole splits are assumed (:func:`split_tokens`).  ``root`` anchors a relative ``model.name_or_path``.
     """
-    from apc.common.layout import Layout
-    from apc.common.sweep import cluster_cells
-
     out = config["outdir"]
     lay = Layout(out)
     if manifest is None:
@@ -313,6 +311,4 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
 
 
 def _predictor_cells(config: dict):
-    from apc.common.frontier import predictor_cells
-
     return predictor_cells(config)

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-from apc.common.config import ConfigError
+import hashlib
+
+from apc.common.errors import ConfigError
+from apc.common.frontier import frontier_cells
 from apc.common.layout import Cell
+from apc.common.methods import fixed_k, method_spec
 
 
 def densities(config: dict) -> list[float]:
@@ -13,16 +17,12 @@ def densities(config: dict) -> list[float]:
 
 
 def _fixed_k(config: dict, method: str) -> int | None:
-    from apc.clustering import fixed_k, method_spec
-
     return fixed_k(method_spec(method, config["cluster"]["options"])[0])
 
 
 def cluster_cells(config: dict) -> list[Cell]:
     """Every clustering cell: the grid (:func:`grid_cells`), then the frontier's cells not in it
     (:func:`apc.common.frontier.frontier_cells`)."""
-    from apc.common.frontier import frontier_cells
-
     grid = grid_cells(config)
     known = set(grid)
     return grid + [c for c in frontier_cells(config) if c not in known]
@@ -35,7 +35,7 @@ def grid_cells(config: dict) -> list[Cell]:
 
     A method with a fixed K (the static mask: 1) runs once with it, whatever ``cluster.k`` says.
     A ``cluster.cells`` entry without ``density`` or ``seed`` means every configured density and the
-    first seed.  Methods may be variants (:func:`apc.clustering.method_spec`).
+    first seed.  Methods may be variants (:func:`apc.common.methods.method_spec`).
     """
     c = config["cluster"]
     cells = []
@@ -118,8 +118,6 @@ def perplexity_batches(config: dict) -> list[tuple[str, str, list[Cell]]]:
 
 
 def _batch_id(pset: str, cells: list[Cell]) -> str:
-    import hashlib
-
     blob = "|".join([pset, *(f"{c.scope}/{c.name}" for c in cells)])
     return "b" + hashlib.sha256(blob.encode()).hexdigest()[:10]
 

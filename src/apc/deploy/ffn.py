@@ -132,7 +132,7 @@ def _act_code(act) -> int | None:
     return None
 
 
-def _use_triton(x: torch.Tensor, act, backend: str, kernel: str) -> bool:
+def use_triton(x: torch.Tensor, act, backend: str, kernel: str) -> bool:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
     if backend == "torch":
@@ -420,7 +420,7 @@ def per_token_ffn(x, w_gate, w_up, w_down, mask, act="silu", backend="auto") -> 
     _check_mask(mask, x.shape[0], d_ff, x.device)
     if x.shape[0] == 0:
         return torch.zeros_like(x)
-    if _use_triton(x, act, backend, "per_token"):
+    if use_triton(x, act, backend, "per_token"):
         idx, counts = _union_index(mask)
         tm = mask.contiguous().view(torch.uint8)
         return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), token_mask=tm)
@@ -451,7 +451,7 @@ def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto"
         lo, hi = (int(v) for v in torch.aminmax(ids))
         if lo < 0 or hi >= gi.n_groups:
             raise ValueError(f"ids must lie in [0, {gi.n_groups}), got [{lo}, {hi}]")
-    if _use_triton(x, act, backend, "grouped"):
+    if use_triton(x, act, backend, "grouped"):
         if x.shape[0] == 1 and _FAST["gemv"]:
             try:
                 return _launch_gemv(x, w_gate, w_up, w_down, ids, gi.idx, gi.counts, _act_code(act))
@@ -475,7 +475,7 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
     if x.shape[0] == 0:
         return torch.zeros_like(x)
     keep = _cats_keep(a, threshold)
-    if _use_triton(x, act, backend, "cats"):
+    if use_triton(x, act, backend, "cats"):
         idx, counts = _union_index(keep)
         return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), a=a, thr=threshold)
     idx = keep.any(dim=0).nonzero().squeeze(1)

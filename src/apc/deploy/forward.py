@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 
 from apc.common.projections import decoder_layers
-from apc.deploy.ffn import GroupIndex, _use_triton, column_major, group_index, grouped_ffn
+from apc.deploy.ffn import GroupIndex, use_triton, column_major, group_index, grouped_ffn
 
 Choose = Callable[[int, torch.Tensor], tuple]
 
@@ -58,7 +58,7 @@ def _make_forward(layer: int, mlp, choose: Choose, backend: str, keep_first: boo
 
     def down_weight(x: torch.Tensor) -> torch.Tensor:
         w = mlp.down_proj.weight
-        if not _use_triton(x, mlp.act_fn, backend, "grouped"):
+        if not use_triton(x, mlp.act_fn, backend, "grouped"):
             return w
         key = (w.data_ptr(), w._version)  # the column-major copy, made once per weight version
         if cache.get("key") != key:

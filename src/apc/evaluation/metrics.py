@@ -37,7 +37,7 @@ import torch
 
 from apc.clustering.common import default_block_rows
 from apc.clustering.data import PackedPatterns, WeightedPatterns
-from apc.clustering.device import exact_matmul, resolve_device
+from apc.common.device import exact_matmul, resolve_device
 from apc.clustering.distance import overlap
 from apc.clustering.product import nearest_in_groups
 from apc.extraction.patterns import unpack_torch

@@ -17,8 +17,8 @@ from apc.extraction.magnitudes import MagnitudeWriter, magnitude_path
 from apc.extraction.patterns import PatternWriter, pattern_path
 from apc.common.progress import get_logger, progress
 from apc.common.rowstore import sample_rows
-from apc.extraction.thresholds import (AbsQuantileHistogram, kept_share_tables, load_histograms, save_histograms,
-                                      threshold_table)
+from apc.extraction.thresholds import (ZERO_THRESHOLD, AbsQuantileHistogram, kept_share_tables, load_histograms,
+                                      save_histograms, threshold_table)
 
 log = get_logger("apc.extraction.extract")
 
@@ -155,8 +155,7 @@ def extract_patterns(
     :func:`apc.common.rowstore.sample_rows` with ``sample_seed``); None keeps every token.
     """
     from apc.common.sites import ffn_sites
-    from apc.extraction.natural import ZERO_THRESHOLD
-    from apc.extraction.routing import RoutingWriter, close_fitted, moe_summary, routing_path
+    from apc.extraction.routing import RoutingWriter, moe_summary, routing_path
 
     sites = ffn_sites(model)
     experts = sites[0] if sites[0].expert is not None else None
@@ -207,7 +206,8 @@ def extract_patterns(
                                            experts.n_experts, {**meta, "split": split, "layer": layer})
         routers[layer].append(idx)
 
-    close = close_fitted if experts is not None else (lambda w: w.close())  # an expert keeps its routed rows
+    # an expert's store keeps the rows routed to it
+    close = (lambda w: w.close_written()) if experts is not None else (lambda w: w.close())
     try:
         with ProjectionCapture(model, projections, write, skip_first=skip_first,
                                routing=route if experts is not None else None):

@@ -246,15 +246,6 @@ def load_model(manifest: dict | str | Path, dtype: str | None = None, device: st
     return prepare_for_sites(model), tok
 
 
-def cuda_peak_memory(device) -> dict:
-    """``{"cuda_max_memory_allocated_bytes": n}`` (summed over GPUs) when ``device`` is CUDA, else ``{}``:
-    for sidecars, so a real run sizes the ``gpu`` requests."""
-    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
-        return {}
-    return {"cuda_max_memory_allocated_bytes": sum(torch.cuda.max_memory_allocated(i)
-                                                   for i in range(torch.cuda.device_count()))}
-
-
 def load_tokenizer(manifest: dict | str | Path):
     """The tokenizer of the model described by ``manifest`` (dict or path)."""
     from transformers import AutoTokenizer

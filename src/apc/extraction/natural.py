@@ -12,19 +12,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from apc.common.progress import get_logger
 from apc.extraction.capture import ProjectionCapture
 from apc.extraction.extract import forward_windows
-from apc.extraction.thresholds import AbsQuantileHistogram, save_histograms
+from apc.extraction.thresholds import ZERO_THRESHOLD, AbsQuantileHistogram, save_histograms
 
 log = get_logger("apc.extraction.natural")
-
-#: The smallest positive float32 (a subnormal): ``|x| >= ZERO_THRESHOLD`` iff ``x != 0`` for float32 ``x``.
-ZERO_THRESHOLD = float(np.nextafter(np.float32(0), np.float32(1)))
 
 #: ``extract.threshold`` values: the sparsity quantile of |x| per site, or exact zeros.
 THRESHOLD_RULES = ("quantile", "zero")

@@ -12,8 +12,8 @@ file per decoder layer says where every token went:
 * ``.json`` sidecar: model, split, layer, width (top_k), n_tokens, n_experts.
 
 The rows an expert gets are known only after the pass, so its writers are sized
-for every token and cut to the rows written (:func:`close_fitted`).  Only torch
-and numpy are used.
+for every token and cut to the rows written
+(:meth:`apc.common.rowstore.RowStoreWriter.close_written`).  Only torch and numpy are used.
 """
 
 from __future__ import annotations
@@ -59,18 +59,6 @@ class RoutingReader(RowStoreReader):
     def rows_of(self, expert: int) -> np.ndarray:
         """Token rows ``(n_routed,)`` int64 routed to ``expert``, ascending (row ``i`` = row ``i`` of its store)."""
         return np.flatnonzero((np.asarray(self._arr) == expert).any(axis=1))
-
-
-def close_fitted(writer: RowStoreWriter) -> dict:
-    """Close ``writer`` after cutting its declared rows to those written (an expert's routed tokens)."""
-    if writer._row != writer.n_tokens:
-        writer._mm.flush()
-        written = np.array(writer._mm[: writer._row])
-        del writer._mm
-        np.save(writer.tmp, written)  # the same hidden temporary, now exactly the written rows
-        writer._mm = np.load(writer.tmp, mmap_mode="r+")
-        writer.n_tokens = writer._row
-    return writer.close()
 
 
 def moe_summary(routing: dict[int, dict], density: dict[str, list[float]], n_experts: int, top_k: int) -> dict:

@@ -20,6 +20,9 @@ import os
 import numpy as np
 import torch
 
+#: The smallest positive float32 (a subnormal): ``|x| >= ZERO_THRESHOLD`` iff ``x != 0`` for float32 ``x``.
+ZERO_THRESHOLD = float(np.nextafter(np.float32(0), np.float32(1)))
+
 
 class AbsQuantileHistogram:
     """Histogram of |x| over float32 bit patterns for one (layer, projection)."""

@@ -21,7 +21,7 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str, share: float
                 thresholds: dict, keep_thresholds: dict | None = None, centroids: dict | None = None,
                 predictors: dict | None = None, predictor_share: dict | None = None, seed: int = 0,
                 gate_thresholds: dict | None = None, input_thresholds: list | None = None,
-                batch_sizes=(), assign_weights: dict | None = None) -> dict:
+                batch_sizes=(), assign_weights: dict | None = None, **scoring) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
     ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal: ``down_in``),
@@ -51,7 +51,7 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str, share: float
     else:
         kw.update(predictors=predictors, neuron_density={q: share for q in projections})
     res = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds, seed=seed,
-                detail=True, batch_sizes=tuple(batch_sizes), **kw)
+                detail=True, batch_sizes=tuple(batch_sizes), **scoring, **kw)
     kept = sum(res["kept"][q] for q in projections) / len(projections)
     n_layers = len(next(iter(res["layer_kept"].values())))
     shares = product_shares(d["family"], res["layer_kept"], n_layers, res.get("input_kept"))

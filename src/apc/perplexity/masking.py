@@ -73,7 +73,7 @@ from torch import nn
 from apc.common.projections import PROJECTIONS
 from apc.common.sites import ffn_sites
 from apc.clustering.common import density_to_count, top_n_mask
-from apc.clustering.device import exact_matmul
+from apc.common.device import exact_matmul
 from apc.clustering.distance import nearest
 from apc.clustering.lowp import ExactProduct, fp8_supported
 from apc.clustering.product import product_masks

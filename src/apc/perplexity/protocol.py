@@ -8,7 +8,10 @@
   and ``random`` (a same-density random mask; its density is the kept share measured in
   ``centroid_only`` when that mode runs, so the control matches the masks actually applied).
 
-Every result keeps the per-window NLL sums and token counts and a bootstrap interval.
+Every result keeps the per-window NLL sums and token counts, the per-token NLLs and a block-bootstrap
+interval (:mod:`apc.perplexity.intervals`); a masked result scored against the dense reference
+(:mod:`apc.perplexity.divergence`) also keeps, per token, its KL from dense and its top-1 agreement
+with dense, and their means with intervals.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from apc.common.progress import get_logger, progress
 from apc.extraction.corpus import check_budget
-from apc.perplexity.intervals import bootstrap_ppl
+from apc.perplexity.divergence import reference_label
+from apc.perplexity.intervals import BLOCK_TOKENS, fmt_interval, mean_interval, n_units, ppl_interval
 from apc.perplexity.grouped import install_grouped, supports_grouped
 from apc.perplexity.masking import install_interventions
 
@@ -48,12 +53,39 @@ def select_windows(windows: torch.Tensor, test_tokens: int | None, *, key: str =
     return windows[:n]
 
 
+def token_figures(res: dict, block: int = BLOCK_TOKENS) -> dict:
+    """The per-token lists a result keeps (rounded for JSON) and its figures with block-bootstrap
+    intervals: ``ppl_lo, ppl_hi, block_tokens, units, token_nll`` and, scored against a dense
+    reference, ``kl, kl_lo, kl_hi, top1, top1_lo, top1_hi, token_kl, token_top1`` (and ``kl_topk``
+    where the top-k approximation was checked)."""
+    out = {"block_tokens": int(block), "units": n_units(len(res["token_nll"]), block)}
+    out["ppl_lo"], out["ppl_hi"] = ppl_interval(res["token_nll"], block=block)
+    out["token_nll"] = [round(float(v), 5) for v in res["token_nll"]]
+    if "token_kl" in res:
+        kl, agree = np.asarray(res["token_kl"], np.float64), np.asarray(res["token_top1"], np.float64)
+        out.update(kl=float(kl.mean()), top1=float(agree.mean()))
+        out["kl_lo"], out["kl_hi"] = mean_interval(kl, block=block)
+        out["top1_lo"], out["top1_hi"] = mean_interval(agree, block=block)
+        out.update(token_kl=[round(float(v), 6) for v in kl], token_top1=[int(v) for v in agree])
+    if "token_kl_topk" in res:  # the top-k approximation's KL beside the exact one (mean only)
+        out["kl_topk"] = float(np.mean(res["token_kl_topk"]))
+    return out
+
+
 def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, projections=(), thresholds=None,
-          seed: int = 0, detail: bool = False, kernel: str = "hooks", **masks) -> dict:
+          seed: int = 0, detail: bool = False, kernel: str = "hooks", reference: dict | None = None,
+          keep_reference: tuple[str, int] | None = None, block_tokens: int = BLOCK_TOKENS,
+          check_top_k: int | None = None, **masks) -> dict:
     """Perplexity of ``model`` on ``windows`` under ``mode``'s masks (see :func:`install_interventions`).
 
     Returns ``ppl, ppl_lo, ppl_hi, nll, tokens, windows, window_nll_sum, window_tokens, kept,
-    started_at, finished_at, wall_time_s``; ``kept`` maps each masked projection to its kept share.
+    started_at, finished_at, wall_time_s`` and :func:`token_figures` (intervals over blocks of
+    ``block_tokens`` scored tokens; NaN below 20 blocks); ``kept`` maps each masked projection to
+    its kept share.  ``reference`` (the dense reference of these tokens) adds the divergence from
+    dense, ``kl_reference`` naming it; ``keep_reference=(kind, top_k)`` returns this model's own
+    reference rows under ``reference`` (the dense job writes them); ``check_top_k`` with an exact
+    ``reference`` adds ``kl_topk``, the mean KL through the dense top-k plus one bucket, and
+    ``kl_topk_k``, its k (the approximation's error on this result is ``kl - kl_topk``).
     ``detail`` adds ``layer_kept`` (``{proj: [kept share per layer]}``), ``input_kept`` (teal: the
     MLP input's, per layer), ``batch`` (the batch view, with ``batch_sizes`` among ``masks``) and
     ``id_counts`` (cluster modes: top-1 id counts per layer).  ``kernel="grouped"`` runs the cluster
@@ -77,25 +109,37 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str, *, bos: bool, proj
                                         thresholds=thresholds if masked else None, skip_first_position=bos,
                                         seed=seed, **masks)
     with install as handle:
-        res = score_windows(model, windows, bos=bos)
-    lo, hi = bootstrap_ppl(res["window_nll_sum"], res["window_tokens"])
-    out = {"ppl": res["ppl"], "ppl_lo": lo, "ppl_hi": hi,
+        res = score_windows(model, windows, bos=bos, reference=reference, keep_reference=keep_reference,
+                            check_top_k=check_top_k if reference is not None and reference["kind"] == "exact" else None)
+    figures = token_figures(res, block_tokens)
+    if "kl_topk" in figures:
+        figures["kl_topk_k"] = int(check_top_k)
+    out = {"ppl": res["ppl"], "ppl_lo": figures.pop("ppl_lo"), "ppl_hi": figures.pop("ppl_hi"),
            **{k: res[k] for k in ("nll", "tokens", "windows", "window_nll_sum", "window_tokens")},
            "kept": handle.kept_fraction() if masked else {},
+           **({"kl_reference": reference_label(reference)} if reference is not None else {}), **figures,
            "started_at": started, "finished_at": time.time(), "wall_time_s": time.perf_counter() - t0}
+    if keep_reference is not None:
+        out["reference"] = res["reference"]
     if detail:
         layers = handle.layer_stats()
         out.update(layer_kept=layers["kept"], input_kept=layers["input_kept"], batch=handle.batch_view(),
                    id_counts=handle.id_counts())
-    log.info("%s: ppl %.3f [%.3f, %.3f] over %d tokens in %d windows; kept %s", mode, out["ppl"], lo, hi,
-             out["tokens"], out["windows"], {k: round(v, 4) for k, v in out["kept"].items()})
+    log.info("%s: ppl %s over %d tokens in %d windows (%d units)%s; kept %s", mode,
+             fmt_interval(out["ppl"], out["ppl_lo"], out["ppl_hi"], "{:.3f}"), out["tokens"], out["windows"],
+             out["units"], "" if "kl" not in out else
+             f", KL {fmt_interval(out['kl'], out['kl_lo'], out['kl_hi'], '{:.4f}')} nats, top-1 "
+             f"{fmt_interval(out['top1'], out['top1_lo'], out['top1_hi'], '{:.3f}')}",
+             {k: round(v, 4) for k, v in out["kept"].items()})
     return out
 
 
 def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
                centroids: dict[str, torch.Tensor], seed: int, groups: dict[str, int] | None = None,
-               assign_weights: dict | None = None, kernel: str = "hooks") -> dict[str, dict]:
+               assign_weights: dict | None = None, kernel: str = "hooks", **scoring) -> dict[str, dict]:
     """Every requested cell mode, ``{mode: result of :func:`score`}``, in the order of ``modes``.
+
+    ``scoring``: :func:`score`'s ``reference`` and ``block_tokens``.
 
     ``centroids: {proj: (n_sets, G*K, width) bool}`` (n_sets 1 for pooled, n_layers per layer;
     G = ``groups[proj]`` for a product cell, else 1).  ``assign_weights: {proj: None | (n_layers,
@@ -112,19 +156,19 @@ def score_cell(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pro
     for mode in sorted(modes, key=CELL_MODES.index):
         if mode == "random":
             results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
-                                  seed=seed, random_density=density)
+                                  seed=seed, random_density=density, **scoring)
             results[mode].update(density=dict(density), density_source=source)
         else:
             results[mode] = score(model, windows, mode, bos=bos, projections=projections, thresholds=thresholds,
                                   seed=seed, centroids=centroids, groups=groups, assign_weights=assign_weights,
-                                  kernel=kernel)
+                                  kernel=kernel, **scoring)
         if mode == "centroid_only":
             density, source = dict(results[mode]["kept"]), "assigned centroids (centroid_only kept share)"
     return {m: results[m] for m in modes}
 
 
 def score_cells(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, projections, thresholds,
-                cells: Sequence[dict], kernel: str = "hooks") -> list[dict[str, dict]]:
+                cells: Sequence[dict], kernel: str = "hooks", **scoring) -> list[dict[str, dict]]:
     """:func:`score_cell` for each of ``cells`` with one model: a batch of cells per model load.
 
     ``cells``: dicts of :func:`score_cell`'s per-cell arguments (``centroids``, ``seed`` and
@@ -132,6 +176,6 @@ def score_cells(model: nn.Module, windows: torch.Tensor, modes, *, bos: bool, pr
     are removed before the next cell, so a cell's result does not depend on the batch it is in.
     """
     return [score_cell(model, windows, modes, bos=bos, projections=projections, thresholds=thresholds, kernel=kernel,
-                       **cell)
+                       **scoring, **cell)
             for cell in progress(cells, desc="perplexity cells", unit="cell", disable=len(cells) < 2)]
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from ..clustering.common import density_to_count, top_n_mask, top_n_masks
 from ..clustering.data import PackedPatterns
-from ..clustering.device import resolve_device
+from ..common.device import resolve_device
 from ..clustering.distance import nearest
 from ..evaluation.metrics import CoverageSums, metrics_from_sums
 from ..extraction.patterns import unpack_torch

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..clustering.data import PackedPatterns
-from ..clustering.device import resolve_device
+from ..common.device import resolve_device
 from ..extraction.patterns import pack_torch, unpack_torch
 from .models import ClusterPredictor, NeuronPredictor
 

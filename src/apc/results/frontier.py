@@ -1,14 +1,17 @@
 """The frontier table (one row per point) and the frontier plot of each projection set.
 
 Rows come from exactly the point files given (never a folder scan): perplexity, its 95 %
-bootstrap interval, the paired ratio to dense, token count, kept share, the share of each
+block-bootstrap interval, the paired ratio to dense, the mean KL(dense || point) per token in nats
+and the top-1 agreement with dense (each with its interval; NaN bounds where the point has fewer
+than 20 blocks: "n/a"), ``kl_topk`` (with an exact reference: the same KL through the dense top-k
+plus one bucket, the approximation a large vocabulary uses), token count, resampling units, kept share, the share of each
 matrix product's multiply-adds run (mean over layers), the FFN FLOPs share, predictor FLOPs
 share, compute share (FFN + predictor), the batch view (``union_b{B}``: share of neurons at
 least one of B consecutive tokens keeps; ``grouped_b{B}``: cluster lines' distinct ids times
 their density, capped at 1) and the clustering cell of the point.
 
 :func:`crossings` reads the table as a decision: the compute share at which each line reaches
-a given ratio to dense perplexity.
+a given ratio to dense perplexity, and a given mean KL from dense.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from apc.common.progress import get_logger
 log = get_logger("apc.results.frontier")
 
 COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi", "ratio", "ratio_lo", "ratio_hi",
-           "tokens", "windows", "kept_share", "gate_share", "up_share", "down_share", "ffn_flops_share",
+           "kl", "kl_lo", "kl_hi", "top1", "top1_lo", "top1_hi", "kl_reference", "kl_topk",
+           "tokens", "windows", "units", "kept_share", "gate_share", "up_share", "down_share", "ffn_flops_share",
            "predictor_flops_share", "compute_share", "cells"]
 
 
@@ -47,15 +51,17 @@ def point_columns(d: dict) -> dict[str, float]:
 
 def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """One row per point file (columns :data:`COLUMNS`, ``cells`` as ``proj=key`` joined by ``;``)."""
-    from apc.results.summary import _interval_columns, reference_columns
+    from apc.results.summary import interval_columns, reference_columns
 
     _, dense = reference_columns(list(refs))
     rows = []
     for path in points:
         d = read_json(path)
-        iv = _interval_columns("ppl", d, dense)
+        iv = interval_columns("ppl", d, dense)
         rows.append({"pset": d["pset"], "line": d["line"], "family": d["family"], "mode": d["mode"],
-                     "share": d["share"], **iv, "tokens": d["tokens"], "windows": d["windows"],
+                     "share": d["share"], **iv, "kl_reference": d.get("kl_reference"),
+                     "kl_topk": d.get("kl_topk", float("nan")), "tokens": d["tokens"],
+                     "windows": d["windows"], "units": d.get("units"),
                      "kept_share": d["kept_share"], "ffn_flops_share": d.get("ffn_flops_share"),
                      "predictor_flops_share": d["predictor_flops_share"], "compute_share": d["compute_share"],
                      "cells": ";".join(f"{q}={k}" for q, k in sorted((d.get("cells") or {}).items())),
@@ -65,20 +71,24 @@ def frontier_rows(points: Iterable[str | os.PathLike], refs: Iterable[str | os.P
     return pd.DataFrame(rows, columns=COLUMNS + extra)
 
 
-def crossings(table: pd.DataFrame, ratios=(1.05, 1.25)) -> pd.DataFrame:
+def crossings(table: pd.DataFrame, ratios=(1.05, 1.25), kls=(0.05, 0.2)) -> pd.DataFrame:
     """Per line of ``table``: the compute share at which its perplexity ratio to dense falls to each of
-    ``ratios``, interpolated linearly between its points ordered by compute share (and the same for
-    the interval's bounds: ``share_{r}_lo`` uses the lower ratio bound, so it is the earliest share
-    the interval allows).  NaN where the line never reaches the ratio.  Columns ``pset, line, family,
-    share_{r}, share_{r}_lo, share_{r}_hi`` per ratio r."""
+    ``ratios``, and its mean KL from dense to each of ``kls`` (nats), interpolated linearly between its
+    points ordered by compute share (and the same for the interval's bounds: ``share_{r}_lo`` uses
+    the lower bound, so it is the earliest share the interval allows).  NaN where the line never
+    reaches the level (or, for the bounds, where its points carry no interval).  Columns ``pset, line,
+    family``, then ``share_{r}, share_{r}_lo, share_{r}_hi`` per ratio r and ``share_kl{v}, ..._lo,
+    ..._hi`` per KL level v."""
+    levels = [(f"share_{r:g}", "ratio", r) for r in ratios] + [(f"share_kl{v:g}", "kl", v) for v in kls]
     rows = []
     for (pset, line), g in table.groupby(["pset", "line"], sort=False):
         g = g.sort_values("compute_share")
         x = g["compute_share"].to_numpy(float)
         row = {"pset": pset, "line": line, "family": g["family"].iloc[0]}
-        for r in ratios:
-            for suffix, col in (("", "ratio"), ("_lo", "ratio_lo"), ("_hi", "ratio_hi")):
-                row[f"share_{r:g}{suffix}"] = _first_crossing(x, g[col].to_numpy(float), r)
+        for name, col, level in levels:
+            for suffix in ("", "_lo", "_hi"):
+                y = g[col + suffix].to_numpy(float) if col + suffix in g else np.full(len(g), np.nan)
+                row[name + suffix] = _first_crossing(x, y, level)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -188,7 +198,7 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
         times = pd.DataFrame(time_columns(points, time_table, d_model=d_model, d_ff=d_ff))
         df = pd.concat([df, times], axis=1)
     with atomic_path(path, ".csv") as tmp:
-        df.to_csv(tmp, index=False)
+        df.to_csv(tmp, index=False, na_rep="NaN")  # a figure without an interval: NaN, never a blank to misread
     log.info("frontier table: %d points -> %s", len(df), path)
     return df
 
@@ -226,20 +236,31 @@ def _on_windows(ref: dict, n: int) -> float:
     return float(ref["ppl"])
 
 
+def _bars(g: pd.DataFrame, col: str, label: str) -> tuple[np.ndarray, np.ndarray, str]:
+    """``(y, yerr: (2, n), label)`` of column ``col`` with its ``_lo``, ``_hi`` bounds; a point without an
+    interval (NaN bounds: fewer than 20 blocks) gets no bar, and the label says "interval n/a"."""
+    y = g[col].to_numpy(float)
+    lo = g[f"{col}_lo"].to_numpy(float) if f"{col}_lo" in g else np.full(len(y), np.nan)
+    hi = g[f"{col}_hi"].to_numpy(float) if f"{col}_hi" in g else np.full(len(y), np.nan)
+    err = np.vstack([y - lo, hi - y])
+    missing = ~np.isfinite(err).all(axis=0)
+    err[:, missing] = 0.0
+    return y, np.clip(err, 0.0, None), label + (" (interval n/a)" if missing.any() else "")
+
+
 def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: dict | None, path: Path) -> Path:
     """Perplexity (log y, 95 % interval bars) against the FFN compute share spent, one line per line
     of ``pset``; dense at share 1 and true sparse at its kept share as reference lines."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[table["pset"] == pset]
     for line, g in rows.groupby("line", sort=False):
         g = g.sort_values("compute_share")
-        y = g["ppl"].to_numpy(float)
-        err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
+        y, err, label = _bars(g, "ppl", _label(line))
         ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
-        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line))
+        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=label)
     n = int(rows["windows"].max()) if len(rows) else 0
     if dense is not None:
         d = _on_windows(dense, n)
@@ -254,7 +275,33 @@ def plot_frontier(table: pd.DataFrame, pset: str, dense: dict | None, sparse: di
     ax.set_title(f"compute-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def plot_kl_frontier(table: pd.DataFrame, pset: str, path: Path) -> Path:
+    """Mean KL(dense || masked) per token (log y, 95 % interval bars) against the FFN compute share
+    spent, one line per line of ``pset``, with the decision table's KL levels as reference lines."""
+    from apc.results.plots import new_figure, save_figure
+
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
+    ax = axes[0, 0]
+    rows = table[(table["pset"] == pset) & np.isfinite(table["kl"].to_numpy(float))]
+    for line, g in rows.groupby("line", sort=False):
+        g = g.sort_values("compute_share")
+        y, err, label = _bars(g, "kl", _label(line))
+        ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
+        ax.errorbar(g["compute_share"], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=label)
+    for level in (0.05, 0.2):
+        ax.axhline(level, color="grey", lw=0.8, ls=":")
+    ref = rows["kl_reference"].dropna().unique() if "kl_reference" in rows else []
+    bound = "" if list(ref) in ([], ["exact"]) else f", {'/'.join(map(str, ref))} lower bound"
+    ax.set_yscale("log")
+    ax.set_xlabel("FFN compute share spent (multiply-adds each product really runs + predictor FLOPs)")
+    ax.set_ylabel(f"mean KL(dense || masked) per token, nats (test, 95 % CI{bound})")
+    ax.set_title(f"divergence from dense against compute: {pset}")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    return save_figure(fig, path)
 
 
 def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path: Path,
@@ -262,17 +309,16 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
     """Perplexity (log y, 95 % interval bars) against the measured time share of each line's masked-FFN
     kernel (``column``: ``time_share_prefill`` at T = 4096 or ``time_share_decode`` at T = 1); lines
     without a kernel are left out; dense at time share 1."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[(table["pset"] == pset) & np.isfinite(table[column].to_numpy(float))]
     for line, g in rows.groupby("line", sort=False):
         g = g.sort_values(column)
-        y = g["ppl"].to_numpy(float)
-        err = np.vstack([y - g["ppl_lo"].to_numpy(float), g["ppl_hi"].to_numpy(float) - y])
+        y, err, label = _bars(g, "ppl", _label(line))
         ls, marker = STYLES.get(g["family"].iloc[0], ("-", "o"))
-        ax.errorbar(g[column], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=_label(line))
+        ax.errorbar(g[column], y, yerr=err, marker=marker, ms=5, capsize=3, ls=ls, label=label)
     if dense is not None:
         n = int(rows["windows"].max()) if len(rows) else 0
         d = _on_windows(dense, n)
@@ -289,16 +335,16 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
     ax.set_title(f"time-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) -> Path:
     """Share of weight rows read against the batch size B, one line per method at kept share ``share``
     (the frontier share nearest to it per line): the union of B tokens' masks (solid) and, for cluster
     lines, the rows read when each id group reads its own (dashed)."""
-    from apc.results.plots import _figure, _save
+    from apc.results.plots import new_figure, save_figure
 
-    fig, axes = _figure(1, 1, w=7.5, h=5.0)
+    fig, axes = new_figure(1, 1, w=7.5, h=5.0)
     ax = axes[0, 0]
     rows = table[table["pset"] == pset]
     sizes = sorted(int(c[len("union_b"):]) for c in rows.columns if c.startswith("union_b"))
@@ -318,11 +364,12 @@ def plot_batch_view(table: pd.DataFrame, pset: str, share: float, path: Path) ->
     ax.set_title(f"batch view: {pset}, kept share ~ {share:g}")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=6, loc="lower right")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_share: float | None = None) -> list[Path]:
-    """``frontier_{pset}.png`` for every projection set of the frontier table at ``table_path``, and
+    """``frontier_{pset}.png`` for every projection set of the frontier table at ``table_path``,
+    ``frontier_kl_{pset}.png`` (KL from dense against compute share) where the table has KL, and
     ``batch_{pset}.png`` (the batch view at ``batch_share``, by default the middle kept share)."""
     table = pd.read_csv(table_path)
     references = [read_json(p) for p in refs]
@@ -330,6 +377,9 @@ def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_
     sparse = {r["pset"]: r for r in references if r.get("mode") == "sparse"}
     out = [plot_frontier(table, pset, dense, sparse.get(pset), Path(plot_dir) / f"frontier_{pset}.png")
            for pset in sorted(table["pset"].unique())]
+    if "kl" in table.columns and np.isfinite(table["kl"].to_numpy(float)).any():
+        out += [plot_kl_frontier(table, pset, Path(plot_dir) / f"frontier_kl_{pset}.png")
+                for pset in sorted(table["pset"].unique())]
     if "time_share_prefill" in table.columns and np.isfinite(table["time_share_prefill"].to_numpy(float)).any():
         out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_{pset}.png")
                 for pset in sorted(table["pset"].unique())]

@@ -29,7 +29,7 @@ log = get_logger("apc.results.plots")
 MODES = ("centroid", "centroid_only", "random")
 
 
-def _figure(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2):
+def new_figure(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2):
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(max(1, ncols) * w, max(1, nrows) * h), layout="constrained")
@@ -37,7 +37,7 @@ def _figure(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2):
     return fig, axes
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
@@ -67,7 +67,7 @@ def _metric_vs_k(ev: pd.DataFrame, metric: str, ref_col: str, path: Path) -> Pat
     tot = ev[ev["layer"] == "all"]
     scopes, projs = sorted(tot["scope"].unique()), sorted(tot["projection"].unique())
     colors = _colors(tot["method"].unique())
-    fig, axes = _figure(len(scopes), len(projs))
+    fig, axes = new_figure(len(scopes), len(projs))
     for i, scope in enumerate(scopes):
         for j, proj in enumerate(projs):
             ax = axes[i, j]
@@ -92,21 +92,26 @@ def _metric_vs_k(ev: pd.DataFrame, metric: str, ref_col: str, path: Path) -> Pat
     if handles:
         axes[0, -1].legend(handles, labels, fontsize=6, loc="best")
     fig.suptitle(f"{metric} against K (test solid, train dashed, dotted: random-mask expectation)", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
+
+
+def _num(v) -> float:
+    """A bound read from a result: NaN where it is missing (no interval: "n/a")."""
+    return float("nan") if v is None else float(v)
 
 
 def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -> Path:
     df = pd.DataFrame(cells)
     scopes = sorted(df["scope"].unique())
     colors = _colors(df["method"].unique())
-    fig, axes = _figure(len(scopes), len(MODES))
+    fig, axes = new_figure(len(scopes), len(MODES))
     for i, scope in enumerate(scopes):
         for j, mode in enumerate(MODES):
             ax = axes[i, j]
             sub = df[(df["scope"] == scope) & (df["mode"] == mode)]
             for method, g in sub.groupby("method"):
                 s = g.groupby("k")[["ppl", "lo", "hi"]].mean().sort_index()
-                err = [(s["ppl"] - s["lo"]).clip(lower=0), (s["hi"] - s["ppl"]).clip(lower=0)]
+                err = [(s["ppl"] - s["lo"]).clip(lower=0).fillna(0), (s["hi"] - s["ppl"]).clip(lower=0).fillna(0)]
                 ax.errorbar(s.index, s["ppl"], yerr=err, fmt="-o", color=colors[method], ms=4, capsize=2,
                             label=method)
             if dense_ppl is not None:
@@ -122,9 +127,10 @@ def _ppl_plot(pset: str, cells: list[dict], dense_ppl, sparse_ppl, path: Path) -
     handles, labels = axes[0, 0].get_legend_handles_labels()
     if handles:
         axes[0, -1].legend(handles, labels, fontsize=6, loc="best")
-    fig.suptitle(f"perplexity against K, masks on {pset} (bars: 95 % bootstrap interval over windows)",
-                 fontsize=10)
-    return _save(fig, path)
+    na = df["lo"].isna().any()
+    fig.suptitle(f"perplexity against K, masks on {pset} (bars: 95 % block-bootstrap interval"
+                 + ("; no bar: interval n/a, fewer than 20 blocks)" if na else ")"), fontsize=10)
+    return save_figure(fig, path)
 
 
 def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
@@ -133,7 +139,7 @@ def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
         return None
     sub["layer_i"] = sub["layer"].astype(int)
     projs, methods = sorted(sub["projection"].unique()), sorted(sub["method"].unique())
-    fig, axes = _figure(len(projs), len(methods), w=3.6, h=3.4)
+    fig, axes = new_figure(len(projs), len(methods), w=3.6, h=3.4)
     vmin, vmax = float(sub["recall"].min()), float(sub["recall"].max())
     if vmin == vmax:
         vmin, vmax = vmin - 1e-3, vmax + 1e-3
@@ -160,7 +166,7 @@ def _layer_heatmap(ev: pd.DataFrame, scope: str, path: Path) -> Path | None:
     if im is not None:
         fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="test recall")
     fig.suptitle(f"per-layer test recall, {scope} centroids", fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label_densities(df: pd.DataFrame) -> None:
@@ -202,8 +208,7 @@ def make_plots(plot_dir: str | os.PathLike, evals=(), refs=(), ppl_cells=()) -> 
             if md.get("ppl") is not None and np.isfinite(float(md["ppl"])):
                 by_pset.setdefault(d["pset"], []).append({
                     "scope": d["scope"], "method": d["method"], "k": int(d["k"]), "density": d["density"], "seed": d["seed"], "mode": mode,
-                    "ppl": float(md["ppl"]), "lo": float(md.get("ppl_lo", md["ppl"])),
-                    "hi": float(md.get("ppl_hi", md["ppl"]))})
+                    "ppl": float(md["ppl"]), "lo": _num(md.get("ppl_lo")), "hi": _num(md.get("ppl_hi"))})
     if not by_pset:
         log.info("plots: no perplexity cells; skipping perplexity plots")
     for pset, cells in sorted(by_pset.items()):

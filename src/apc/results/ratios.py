@@ -2,8 +2,8 @@
 
 ``python -m apc.results.ratios OUTDIR PSET [MODE]`` prints, for every perplexity cell of the
 run's current sweep (``OUTDIR/config.json``), the PPL of ``MODE`` (default ``centroid_only``),
-its kept share, and its ratio to ``ppl/sparse-PSET.json`` paired on windows with a 95 %
-bootstrap interval (:func:`apc.perplexity.intervals.bootstrap_ratio`), then the best cell of
+its kept share, and its ratio to ``ppl/sparse-PSET.json`` paired on tokens with a 95 %
+block-bootstrap interval (:func:`apc.perplexity.intervals.ppl_ratio`; "n/a" below 20 blocks), then the best cell of
 each method at a kept share of at most 0.6 (the goal of a ratio of at most 1.10).
 """
 
@@ -16,7 +16,7 @@ import pandas as pd
 
 from apc.common.atomic import read_json
 from apc.common.layout import Layout
-from apc.perplexity.intervals import bootstrap_ratio
+from apc.perplexity.intervals import BLOCK_TOKENS, ppl_ratio
 from apc.results.inputs import sweep_files
 
 __all__ = ["ratios_to_sparse", "best_per_method"]
@@ -35,8 +35,7 @@ def ratios_to_sparse(config: dict, pset: str, mode: str = "centroid_only") -> pd
             continue
         d = read_json(path)
         m = d["modes"][mode]
-        r, lo, hi = bootstrap_ratio(m["window_nll_sum"], m["window_tokens"], sparse["window_nll_sum"],
-                                    sparse["window_tokens"])
+        r, lo, hi = ppl_ratio(m["token_nll"], sparse["token_nll"], block=int(m.get("block_tokens", BLOCK_TOKENS)))
         groups = max((d.get("groups") or {}).values(), default=1)
         rows.append({"method": cell.method, "scope": cell.scope, "k": int(cell.k), "groups": groups,
                      "id_bits": groups * math.log2(int(cell.k)), "density": float(cell.density),
@@ -57,9 +56,14 @@ def main(argv: list[str]) -> None:
     sparse = read_json(Layout(outdir).ppl_sparse(pset))
     table = ratios_to_sparse(config, pset, mode)
     print(f"true sparse {pset}: PPL {sparse['ppl']:.3f} over {sparse['tokens']} tokens, kept {sparse['kept']}")
-    print(table.to_markdown(index=False, floatfmt=".3f"))
+    print(_markdown(table))
     print("\nbest at kept share <= 0.6:")
-    print(best_per_method(table).to_markdown(index=False, floatfmt=".3f"))
+    print(_markdown(best_per_method(table)))
+
+
+def _markdown(table: pd.DataFrame) -> str:
+    """The table in Markdown, a missing figure (no interval) printed "n/a"."""
+    return table.astype(object).where(table.notna(), None).to_markdown(index=False, floatfmt=".3f", missingval="n/a")
 
 
 if __name__ == "__main__":

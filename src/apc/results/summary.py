@@ -8,9 +8,11 @@ rows of ``eval/{proj}/{scope}/{method}-k{k}-s{seed}.csv``.  Columns:
 * from the clustering sidecar, when present: ``iterations``, ``converged``,
   ``cluster_wall_time_s``;
 * from each perplexity cell ``ppl/{pset}/{scope}/{method}-k{k}-s{seed}.json`` with the
-  same (scope, method, k, seed): ``ppl_{pset}_{mode}`` with its 95 % bootstrap interval
-  (``_lo``, ``_hi``), the paired ratio to dense on the same windows
-  (``ratio_{pset}_{mode}``, ``_lo``, ``_hi``) and the kept share of each projection,
+  same (scope, method, k, seed): ``ppl_{pset}_{mode}`` with its 95 % block-bootstrap interval
+  (``_lo``, ``_hi``; NaN below 20 blocks), the paired ratio to dense on the same tokens
+  (``ratio_{pset}_{mode}``, ``_lo``, ``_hi``), the mean KL from dense in nats and the top-1
+  agreement with dense (``kl_{pset}_{mode}``, ``top1_{pset}_{mode}``, each with ``_lo``, ``_hi``)
+  and the kept share of each projection,
   ``kept_{pset}_{mode}_{proj}``, on the rows of the projections that the set masks (a
   set masks its projections together, so its values repeat on each of their rows and
   are blank on the others);
@@ -35,7 +37,7 @@ import pandas as pd
 from apc.common.atomic import atomic_path, read_json
 from apc.common.layout import Cell
 from apc.common.progress import get_logger
-from apc.perplexity.intervals import bootstrap_ratio
+from apc.perplexity.intervals import BLOCK_TOKENS, ppl_of, ppl_ratio
 
 log = get_logger("apc.results.summary")
 
@@ -59,20 +61,38 @@ def read_eval(paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     return df
 
 
-def _interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
-    """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, and its paired ratio to dense.
+#: Figures of a masked result beside its perplexity: divergence from dense (:mod:`apc.perplexity.divergence`)
+DIVERGENCE = ("kl", "top1")
 
-    Every result scores the first windows of the same test split, so a result on fewer windows
-    than dense is paired with dense's first windows; on more windows there is no pairing and no ratio.
+
+def interval_columns(prefix: str, result: dict, dense: dict | None) -> dict:
+    """``{prefix}``, ``_lo``, ``_hi`` of a perplexity result, its paired ratio to dense, and its KL from
+    dense and top-1 agreement with dense (``kl{rest}``, ``top1{rest}`` with ``_lo``, ``_hi``, where
+    ``prefix`` is ``ppl{rest}``).
+
+    Every result scores the first windows of the same test split, so a result on fewer tokens than
+    dense is paired with dense's first tokens; on more there is no pairing and no ratio.  The ratio's
+    interval resamples the same blocks on both sides (:func:`apc.perplexity.intervals.ppl_ratio`);
+    NaN bounds where the result has fewer than 20 blocks or no per-token NLLs.
     """
+    rest = prefix[len("ppl"):]
     out = {prefix: result.get("ppl"), f"{prefix}_lo": result.get("ppl_lo"), f"{prefix}_hi": result.get("ppl_hi")}
     if dense is not None and "window_nll_sum" in result and "window_nll_sum" in dense:
         n = len(result["window_nll_sum"])
         if n <= len(dense["window_nll_sum"]):
-            r, lo, hi = bootstrap_ratio(result["window_nll_sum"], result["window_tokens"],
-                                        dense["window_nll_sum"][:n], dense["window_tokens"][:n])
-            name = "ratio" + prefix[len("ppl"):]
+            name = "ratio" + rest
+            if "token_nll" in result and "token_nll" in dense:
+                t = len(result["token_nll"])
+                r, lo, hi = ppl_ratio(result["token_nll"], dense["token_nll"][:t],
+                                      block=int(result.get("block_tokens", BLOCK_TOKENS)))
+            else:
+                r = ppl_of(result["window_nll_sum"], result["window_tokens"]) / \
+                    ppl_of(dense["window_nll_sum"][:n], dense["window_tokens"][:n])
+                lo = hi = float("nan")
             out.update({name: r, f"{name}_lo": lo, f"{name}_hi": hi})
+    for fig in DIVERGENCE:
+        if fig in result:
+            out.update({f"{fig}{rest}{s}": result.get(f"{fig}{s}") for s in ("", "_lo", "_hi")})
     return out
 
 
@@ -82,10 +102,10 @@ def reference_columns(ref_paths: Iterable[str | os.PathLike]) -> tuple[dict, dic
     dense = next((r for r in results if r.get("mode") == "dense"), None)
     ref: dict = {}
     if dense is not None:
-        ref.update(_interval_columns("ppl_dense", dense, None))
+        ref.update(interval_columns("ppl_dense", dense, None))
     for d in results:
         if d.get("mode") == "sparse":
-            ref.update(_interval_columns(f"ppl_sparse_{d['pset']}", d, dense))
+            ref.update(interval_columns(f"ppl_sparse_{d['pset']}", d, dense))
             for proj, kept in (d.get("kept") or {}).items():
                 ref[f"kept_sparse_{d['pset']}_{proj}"] = kept
     return ref, dense
@@ -100,13 +120,13 @@ def _ppl_columns(paths: Iterable[str | os.PathLike], dense: dict | None) -> tupl
         psets[d["pset"]] = list(d["projections"])
         row = rows.setdefault((d["scope"], d["method"], int(d["k"]), float(d["density"]), int(d["seed"])), {})
         for mode, md in (d.get("modes") or {}).items():
-            row.update(_interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
+            row.update(interval_columns(f"ppl_{d['pset']}_{mode}", md, dense))
             for proj, kept in (md.get("kept") or {}).items():
                 row[f"kept_{d['pset']}_{mode}_{proj}"] = kept
     if not rows:
         return pd.DataFrame(columns=GROUP_COLS), psets
     frame = pd.DataFrame([{**dict(zip(GROUP_COLS, key)), **v} for key, v in rows.items()])
-    cols = sorted(c for c in frame.columns if c.startswith(("ppl_", "ratio_")))
+    cols = sorted(c for c in frame.columns if c.startswith(("ppl_", "ratio_", "kl_", "top1_")))
     kept_cols = sorted(c for c in frame.columns if c.startswith("kept_"))
     return frame[[*GROUP_COLS, *cols, *kept_cols]], psets
 
@@ -143,7 +163,7 @@ def build_summary(evals, cluster_metas=(), refs=(), ppl_cells=()) -> pd.DataFram
     if len(ppl):
         df = df.merge(ppl, on=GROUP_COLS, how="left")
         for pset, projs in psets.items():
-            cols = [c for c in df.columns if c.startswith((f"ppl_{pset}_", f"ratio_{pset}_", f"kept_{pset}_"))]
+            cols = [c for c in df.columns if c.startswith(tuple(f"{f}_{pset}_" for f in ("ppl", "ratio", "kl", "top1", "kept")))]
             df.loc[~df["projection"].isin(projs), cols] = float("nan")
     for col, val in ref.items():
         df[col] = val

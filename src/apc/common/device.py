@@ -1,4 +1,4 @@
-"""Device selection and matrix-product precision for the clustering core."""
+"""Device selection, matrix-product precision and peak GPU memory: the one module that touches devices."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Iterator
 
 import torch
 
-__all__ = ["resolve_device", "exact_matmul"]
+__all__ = ["resolve_device", "exact_matmul", "cuda_peak_memory"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -50,3 +50,12 @@ def exact_matmul(device: torch.device, allow_tf32: bool = True) -> Iterator[None
         yield
     finally:
         torch.set_float32_matmul_precision(old)
+
+
+def cuda_peak_memory(device) -> dict:
+    """``{"cuda_max_memory_allocated_bytes": n}`` (summed over GPUs) when ``device`` is CUDA, else ``{}``:
+    for sidecars, so a real run sizes the ``gpu`` requests."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return {}
+    return {"cuda_max_memory_allocated_bytes": sum(torch.cuda.max_memory_allocated(i)
+                                                   for i in range(torch.cuda.device_count()))}

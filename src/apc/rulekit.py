@@ -120,7 +120,7 @@ def log_uncaught(path: str, handler: logging.Handler | None = None) -> None:
 
 def job_model(snakemake):
     """``(manifest, model, tokenizer, device)`` of a model-pass job: ``input.model`` loaded on ``params.device``."""
-    from apc.clustering.device import resolve_device
+    from apc.common.device import resolve_device
     from apc.common.atomic import read_json
     from apc.extraction.model import load_model
 
