@@ -110,12 +110,9 @@ def act_mul_kernel(acc_ptr, a_ptr, m_ptr, h_ptr, z_ptr, F, Z, stride_acc, stride
     if HAS_A:
         a = tl.load(a_ptr + t * stride_a + js, mask=jm, other=0.0).to(tl.float32)
         u = tl.load(row + js, mask=jm, other=0.0)
-        tl.store(row + js, tl.zeros_like(u), mask=jm)
     else:
         g = tl.load(row + js, mask=jm, other=0.0)
         u = tl.load(row + F + js, mask=jm, other=0.0)
-        tl.store(row + js, tl.zeros_like(g), mask=jm)
-        tl.store(row + F + js, tl.zeros_like(u), mask=jm)
         # round like a product in the input dtype would, before the activation
         g = g.to(h_ptr.dtype.element_ty).to(tl.float32)
         if ACT == 0:
@@ -128,7 +125,14 @@ def act_mul_kernel(acc_ptr, a_ptr, m_ptr, h_ptr, z_ptr, F, Z, stride_acc, stride
         m = tl.load(m_ptr + t * stride_m + js, mask=jm, other=0)
         h = tl.where(m != 0, h, 0.0)
     tl.store(h_ptr + t * stride_h + js, h.to(h_ptr.dtype.element_ty), mask=jm)
-    tl.store(z_ptr + t * stride_z + js, tl.zeros((BLOCK,), dtype=tl.float32), mask=js < Z)
+    # every thread's loads of acc are done (h depends on them) before any thread clears it: a thread
+    # may clear an element another thread read
+    tl.debug_barrier()
+    zero = tl.zeros((BLOCK,), dtype=tl.float32)
+    tl.store(row + js, zero, mask=jm)
+    if not HAS_A:
+        tl.store(row + F + js, zero, mask=jm)
+    tl.store(z_ptr + t * stride_z + js, zero, mask=js < Z)
 
 
 @triton.jit
@@ -138,4 +142,5 @@ def take_kernel(acc_ptr, out_ptr, N, stride_acc, stride_out, BLOCK: tl.constexpr
     nm = ns < N
     v = tl.load(acc_ptr + t * stride_acc + ns, mask=nm, other=0.0)
     tl.store(out_ptr + t * stride_out + ns, v.to(out_ptr.dtype.element_ty), mask=nm)
+    tl.debug_barrier()  # all loads done before any thread clears
     tl.store(acc_ptr + t * stride_acc + ns, tl.zeros_like(v), mask=nm)
