@@ -13,6 +13,7 @@ include: "workflow/rules/cluster.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/perplexity.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/experts.smk"
 include: "workflow/rules/frontier.smk"
 include: "workflow/rules/results.smk"
 

@@ -51,8 +51,12 @@ def test_lines_parse_and_name_their_cells(tmp_path):
     assert line_cell("threshold-self", "down_in", 0.4) is None
     with pytest.raises(ValueError, match="not a frontier line: 'predicted-linear'"):
         parse_line("predicted-linear")
+    assert parse_line("experts-analytic.s0.1-e16") == {"family": "experts", "mode": "predicted", "router": "analytic",
+                                                       "shared": "0.1", "n": 16}
     points = frontier_points(c)
-    assert len(points) == len(ls) * 3 and len(set(points)) == len(points)
+    n_experts = len(c["experts"]["cells"]) * len(c["experts"]["routers"])
+    assert n_experts >= 1 and sum(p.line.startswith("experts-") for p in points) == n_experts * 3
+    assert len(points) == (len(ls) + n_experts) * 3 and len(set(points)) == len(points)
     assert Point("down_in", "threshold-self", 0.6).key == "frontier/down_in/threshold-self/0.6"
 
 

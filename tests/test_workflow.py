@@ -317,7 +317,7 @@ def test_predictor_reports_have_sane_metrics(smoke):
 def test_frontier_points_table_and_plot(smoke):
     c, files = _frontier(smoke)
     dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-    assert len(files.points) == 9  # threshold, random, cats, teal, oracle, static, predicted, two neuron ranks
+    assert len(files.points) == 10  # threshold, random, cats, teal, oracle, static, predicted, two neuron ranks, experts
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
     assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
@@ -350,6 +350,11 @@ def test_frontier_points_table_and_plot(smoke):
         assert row.loc[line, "cells"] == "down_in=down_in/per_layer/apc-k8-d0.6-s0"
     assert row.loc["oracle.per_layer.apc-k8-s0", "predictor_flops_share"] == 0
     assert row.loc["predicted-linear-m1.per_layer.apc-k8-s0", "predictor_flops_share"] > 0
+    # the neuron-experts line: decided before the FFN, its grouped read is the union of contiguous blocks
+    ex = row.loc["experts-learned.s0.2-e32"]
+    assert ex["family"] == "experts" and ex["ffn_flops_share"] == pytest.approx(ex["kept_share"], abs=1e-9)
+    assert ex["grouped_b16"] == ex["union_b16"] and abs(ex["compute_share"] - 0.6) < 0.03
+    assert ex["cells"] == "down_in=experts/down_in/s0.2-e32" and ex["predictor_flops_share"] > 0
     # the predicted mask in the predicted mode is the mode the frontier claims
     for p, path in zip(files.points, files.frontier):
         d = json.loads(Path(path).read_text())

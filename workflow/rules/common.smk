@@ -1,5 +1,6 @@
 # Shared helpers: resolve and validate the config, name outputs (apc.common.layout), expand the sweep.
 import json
+import re
 import os
 import sys
 from pathlib import Path
@@ -116,6 +117,7 @@ def all_outputs():
         + FILES.refs
         + FILES.ppl
         + FILES.predictor_reports
+        + FILES.experts_reports
         + FILES.frontier
         + FILES.frontier_table
         + [L.summary(), L.plots(), L.mlflow_runs()]
@@ -400,3 +402,24 @@ def frontier_line_cells(wc):
         cells = {q: line_cell(wc.line, q, float(share)) for q in frontier_psets(C)[wc.pset]}
         out.append({q: c.key for q, c in cells.items() if c is not None})
     return out
+
+
+# Neuron experts (workflow/rules/experts.smk)
+def experts_cell_params(wc):
+    """The cell of an experts job from its folder name ``s{shared}-e{n}``."""
+    m = re.fullmatch(r"s([0-9.]+)-e(\d+)", wc.ecell)
+    if m is None:
+        raise WorkflowError(f"not a neuron-experts cell: {wc.ecell!r} (expected s<shared>-e<n>)")
+    return {"shared": float(m[1]), "n": int(m[2])}
+
+
+def experts_line_inputs(wc):
+    """The experts file (and, for the learned router, its predictors) of an experts line."""
+    d = parse_line(wc.line)
+    name = f"s{d['shared']}-e{d['n']}"
+    proj = C["experts"]["projection"]
+    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
+           "reference": L.ppl_reference(), "experts": L.experts(proj, name)}
+    if d["router"] == "learned":
+        ins["router"] = L.experts_router(proj, name)
+    return ins

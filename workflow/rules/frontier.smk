@@ -21,7 +21,7 @@ rule frontier_line:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     wildcard_constraints:
-        line=r"(?!cats\b)[A-Za-z0-9_.\-]+",
+        line=r"(?!cats\b)(?!experts-)[A-Za-z0-9_.\-]+",
     threads: 1
     priority: 20
     log:

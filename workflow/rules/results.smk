@@ -72,6 +72,7 @@ rule track:
         frontier=FILES.frontier,
         frontier_table=FILES.frontier_table,
         predictor_reports=FILES.predictor_reports,
+        experts_reports=FILES.experts_reports,
         summary=L.summary(),
         plots=L.plots(),
     output:

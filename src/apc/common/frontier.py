@@ -21,6 +21,8 @@ line                                   mask (perplexity mode)
 ``neuron-{kind}-k{K}-x{f}``            top ``rho * width`` neurons of the low-rank neuron
                                        predictor whose FLOPs match the ``kind`` cluster
                                        predictor of K centroids, times ``f`` (``neuron_predicted``)
+``experts-{router}.s{S}-e{E}``         shared set plus the k routed experts the router scores
+                                       highest (``predicted``; :mod:`apc.common.neuron_experts`)
 =====================================  ===================================================
 
 Each cluster line at rho uses the clustering cell of density rho; those cells join the
@@ -36,6 +38,7 @@ import re
 from dataclasses import dataclass
 
 from apc.common.layout import Cell, density_label
+from apc.common.neuron_experts import expert_lines
 
 __all__ = ["Point", "baseline_lines", "cats_share", "frontier_cells", "frontier_points", "frontier_psets",
            "greedy_cells", "greedy_method", "line_shares", "neuron_matches", "parse_line", "predictor_cells"]
@@ -49,10 +52,11 @@ _LINE_RES = {
     "oracle": re.compile(r"oracle\." + _CELL_RE),
     "predicted": re.compile(r"predicted-(?P<kind>[a-z]+)-m(?P<top_m>\d+)\." + _CELL_RE),
     "neuron": re.compile(r"neuron-(?P<kind>[a-z]+)-k(?P<k>\d+)-x(?P<factor>\d+)"),
+    "experts": re.compile(r"experts-(?P<router>[a-z]+)\.s(?P<shared>[0-9.]+)-e(?P<n>\d+)"),
 }
 #: perplexity mode of each line family
 MODE = {"threshold": "threshold", "cats": "cats", "teal": "teal", "random": "random_only", "oracle": "centroid_only", "predicted": "predicted",
-        "neuron": "neuron_predicted"}
+        "neuron": "neuron_predicted", "experts": "predicted"}
 
 
 def parse_line(line: str) -> dict:
@@ -64,7 +68,7 @@ def parse_line(line: str) -> dict:
     for family, rx in _LINE_RES.items():
         m = rx.fullmatch(line)
         if m:
-            d = {k: (int(v) if k in ("k", "seed", "top_m", "factor") else v) for k, v in m.groupdict().items()}
+            d = {k: (int(v) if k in ("k", "seed", "top_m", "factor", "n") else v) for k, v in m.groupdict().items()}
             if family == "teal":
                 d["allocation"] = d["allocation"] or "uniform"
             return {"family": family, "mode": MODE[family], **d}
@@ -193,5 +197,5 @@ def lines(config: dict) -> list[str]:
 
 def frontier_points(config: dict) -> list[Point]:
     """Every point: each pset x line x kept share."""
-    return [Point(pset, line, float(rho)) for pset in frontier_psets(config) for line in lines(config)
-            for rho in line_shares(config, line)]
+    return [Point(pset, line, float(rho)) for pset, projs in frontier_psets(config).items()
+            for line in lines(config) + expert_lines(config, projs) for rho in line_shares(config, line)]

@@ -153,6 +153,22 @@ class Layout:
         return self._p("predictors", proj, f"neuron-{match}-s{seed}-report.json")
 
     # -- stage 3: evaluation
+    def experts_dir(self, proj: str, name: str) -> str:
+        """Folder of a neuron-experts cell (:class:`apc.common.neuron_experts.ExpertCell` ``name``)."""
+        return self._p("experts", proj, name)
+
+    def experts(self, proj: str, name: str) -> str:
+        """``(L, width)`` permutations of a neuron-experts cell (sidecar ``experts.json``)."""
+        return self.experts_dir(proj, name) + "/experts.npy"
+
+    def experts_router(self, proj: str, name: str) -> str:
+        """The learned routers of a neuron-experts cell, one per layer."""
+        return self.experts_dir(proj, name) + "/router-learned.safetensors"
+
+    def experts_report(self, proj: str, name: str) -> str:
+        """Coverage report of a neuron-experts cell (train and held-out test, every router)."""
+        return self.experts_dir(proj, name) + "/report.json"
+
     def eval_table(self, c: Cell) -> str:
         return self._p("eval", c.proj, c.scope, f"{c.name}.csv")
 

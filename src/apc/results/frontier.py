@@ -110,7 +110,7 @@ def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
 
 #: The masked-FFN kernel (:mod:`apc.deploy`) that runs each line family; None: no kernel of its own
 KERNEL = {"oracle": "grouped", "predicted": "grouped", "neuron": "per_token", "random": "per_token", "cats": "cats",
-          "threshold": None, "teal": None}
+          "threshold": None, "teal": None, "experts": "grouped"}
 DECODE_TOKENS, PREFILL_TOKENS = 1, 4096
 
 
@@ -205,7 +205,7 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
 
 #: (line style, marker) per line family: one marker per family on every plot
 STYLES = {"threshold": (":", "v"), "cats": ("-", "D"), "teal": ("-", "s"), "random": (":", "x"),
-          "oracle": ("-", "o"), "predicted": ("--", "^"), "neuron": ("-.", "P")}
+          "oracle": ("-", "o"), "predicted": ("--", "^"), "neuron": ("-.", "P"), "experts": ("-", "*")}
 
 
 def _label(line: str) -> str:
@@ -223,6 +223,8 @@ def _label(line: str) -> str:
         return f"predicted {d['kind']} top-{d['top_m']} {d['method']} K={d['k']} ({d['scope']})"
     if d["family"] == "neuron":
         return f"neuron predictor x{d['factor']} ({d['kind']} K={d['k']} FLOPs)"
+    if d["family"] == "experts":
+        return f"neuron experts, {d['router']} router (shared {d['shared']}, E={d['n']})"
     return d["family"]
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from apc.common.frontier import Point, frontier_points, frontier_psets, neuron_matches, predictor_cells
 from apc.common.layout import Cell, Layout
+from apc.common.neuron_experts import ExpertCell, expert_cells
 from apc.common.sweep import cluster_cells, perplexity_cells
 
 
@@ -30,6 +31,8 @@ class SweepFiles:
     frontier_refs: list[str]
     predictor_reports: list[str]
     frontier_table: list[str]
+    expert_cells: list[ExpertCell] = None
+    experts_reports: list[str] = None
 
 
 def _predictor_reports(config: dict, lay: Layout) -> list[str]:
@@ -60,4 +63,6 @@ def sweep_files(config: dict) -> SweepFiles:
         frontier_refs=[lay.ppl_dense()] + [lay.ppl_sparse(p) for p in psets] if points else [],
         predictor_reports=_predictor_reports(config, lay) if points else [],
         frontier_table=[lay.frontier_table()] if points else [],
+        expert_cells=expert_cells(config),
+        experts_reports=[lay.experts_report(c.proj, c.name) for c in expert_cells(config)],
     )

@@ -95,7 +95,7 @@ class Record:
 
     cell_key: str
     name: str
-    kind: str = "cell"  # tag apc.kind: "cell" or "frontier"
+    kind: str = "cell"  # tag apc.kind: "cell", "experts" or "frontier"
     tags: dict[str, str] = field(default_factory=dict)  # extra tags (a frontier point's clustering cells)
     params: dict[str, str] = field(default_factory=dict)
     metrics: list[tuple[str, float, int]] = field(default_factory=list)  # (key, value, step)
@@ -235,6 +235,39 @@ def cell_records(config: dict) -> tuple[list[Record], dict | None]:
             r.artifacts.append((path, f"perplexity/{d['pset']}"))
         records.append(r)
     return sorted(records, key=lambda r: r.cell_key), dense
+
+
+def expert_records(config: dict) -> list[Record]:
+    """One record per neuron-experts cell (:mod:`apc.common.neuron_experts`), keyed ``experts/{proj}/s{S}-e{E}``:
+    the experts' sizes, train and test coverage and density of every router and k (mean over layers), the
+    router FLOPs shares; artifact: the cell's report.  Missing reports are skipped."""
+    files = sweep_files(config)
+    out = []
+    for cell, path in zip(files.expert_cells, map(Path, files.experts_reports)):
+        if not path.exists():
+            continue
+        d = read_json(path)
+        r = Record(cell.key, cell.key, kind="experts")
+        r.param(projection=cell.proj, method="experts", shared=cell.shared, n_experts=cell.n,
+                markers=d.get("markers"))
+        for k in ("shared_share", "n_experts", "size", "width"):
+            r.metric(k, d.get(k))
+        for router, share in (d.get("router_flops_share") or {}).items():
+            r.metric(f"router_flops_share_{router}", share)
+        for router, by_k in (d.get("total") or {}).items():
+            for k, m in by_k.items():
+                for stat, v in m.items():
+                    r.metric(f"test_{router}_k{k}_{stat}", v)
+        rows = d.get("layers") or []
+        for router in (rows[0]["train"] if rows else {}):
+            for k in rows[0]["train"][router]:
+                vals = [x["train"][router][k]["coverage"] for x in rows]
+                r.metric(f"train_{router}_k{k}_coverage", sum(vals) / len(vals))
+        r.metric("fit_seconds", sum(x.get("seconds", 0.0) for x in rows))
+        r.times(None, path.stat().st_mtime)
+        r.artifacts.append((path, "experts"))
+        out.append(r)
+    return sorted(out, key=lambda r: r.cell_key)
 
 
 def frontier_records(config: dict, dense: dict | None) -> list[Record]:

@@ -25,6 +25,9 @@ Layout of the MLflow side
   the perplexity with interval and paired ratio to dense, the mean KL from dense and top-1
   agreement with dense (``kl``, ``top1``, with intervals), tokens, resampling units, kept share,
   predictor FLOPs share and compute share.  Frontier runs follow the same sync rules as cell runs.
+* One *experts* run per neuron-experts cell (:mod:`apc.common.neuron_experts`), child of the study, tag
+  ``apc.kind = "experts"``, named and keyed ``experts/{proj}/s{S}-e{E}``: the experts' sizes, held-out
+  coverage, mass coverage and density of every router and k, the router FLOPs shares.
 
 Sync ("replace on change")
 --------------------------
@@ -65,7 +68,7 @@ from pathlib import Path
 from typing import Iterator
 
 from apc.common.progress import get_logger
-from apc.results.records import Record, cell_records, frontier_records, study_key, study_record
+from apc.results.records import Record, cell_records, expert_records, frontier_records, study_key, study_record
 
 log = get_logger("apc.results.tracking")
 
@@ -204,7 +207,7 @@ def check_tracking_uri(uri: str, experiment: str) -> None:
 def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: dict | None = None) -> dict:
     """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
 
-    Returns ``{"parent", "experiment_id", "study", "cells", "frontier", "created", "updated", "unchanged",
+    Returns ``{"parent", "experiment_id", "study", "cells", "experts", "frontier", "created", "updated", "unchanged",
     "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
     is unreachable or rejects a write; result files are only read, never written.
     """
@@ -224,6 +227,8 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
             raise TrackingError(f"cannot use MLflow tracking URI {tracking_uri!r}: {err}") from err
     records, dense = cell_records(config)
     n_cells = len(records)
+    experts = expert_records(config)
+    records += experts
     records += frontier_records(config, dense)
 
     from filelock import FileLock, Timeout
@@ -242,7 +247,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
                 try:
                     result = _sync_locked(client, experiment, db, study_key(config), study, records, base_tags,
                                           str(out))
-                    result.update(cells=n_cells, frontier=len(records) - n_cells)
+                    result.update(cells=n_cells, experts=len(experts), frontier=len(records) - n_cells - len(experts))
                 except TrackingError:
                     raise
                 except Exception as err:  # noqa: BLE001 - MLflow raises many types
@@ -317,7 +322,7 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
 
     by_key: dict[tuple[str, str], list] = {}
     for run in runs:
-        if run.data.tags.get("apc.kind") in ("cell", "frontier"):
+        if run.data.tags.get("apc.kind") in ("cell", "experts", "frontier"):
             by_key.setdefault((run.data.tags["apc.kind"], run.data.tags.get("apc.cell_key", "")), []).append(run)
     counts = dict(created=0, updated=0, unchanged=0, restored=0, retired=0)
     for rec in records:
