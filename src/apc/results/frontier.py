@@ -122,7 +122,7 @@ def _groups(d: dict) -> int:
 
 #: The ``bench_decode.py`` line that runs each line family (a decode table); None: no kernel of its own
 DECODE_LINE = {"oracle": "cluster", "predicted": "cluster", "neuron": "per_token", "random": "per_token",
-               "cats": "cats", "teal": "teal", "wina": "wina", "threshold": None}
+               "cats": "cats", "teal": "teal", "wina": "wina", "experts": "cluster", "threshold": None}
 DECODE_BATCHES = (1, 16)
 
 
