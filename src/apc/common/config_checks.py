@@ -73,7 +73,7 @@ def check_settings(config: dict, root: str | Path = ".") -> None:
     table = (config.get("frontier") or {}).get("time_table")
     if table and not (Path(table) if Path(table).is_absolute() else root / table).is_file():
         raise ConfigError(f"config key 'frontier.time_table': no such file {table!r} (a benchmarks/bench_ffn_masks.py "
-                          "table, or null)")
+                          "or benchmarks/bench_decode.py table, or null)")
     if data["source"] == "huggingface" and not data.get("hf_path"):
         raise ConfigError("config key 'data.hf_path': source 'huggingface' needs a dataset path, e.g. wikitext")
     for key in ("train_tokens", "test_tokens"):

@@ -121,11 +121,26 @@ def _groups(d: dict) -> int:
     return max(1, int(round(np.mean([np.count_nonzero(c) for c in counts])))) if counts else 1
 
 
+#: The ``bench_decode.py`` line that runs each line family (a decode table); None: no kernel of its own
+DECODE_LINE = {"oracle": "cluster", "predicted": "cluster", "neuron": "per_token", "random": "per_token",
+               "cats": "cats", "teal": "teal", "wina": "wina", "experts": "cluster", "threshold": None}
+DECODE_BATCHES = (1, 16)
+
+
 def time_columns(points: Iterable[str | os.PathLike], table, *, d_model: int, d_ff: int) -> list[dict]:
-    """Per point file: ``time_share_decode`` (T = 1) and ``time_share_prefill`` (T = 4096), the measured time
-    of its family's kernel over the dense FFN's at its kept share and group count, read from a
-    ``benchmarks/bench_ffn_masks.py`` table at the model's FFN shapes (:func:`apc.deploy.roofline.time_share`).
-    NaN where the family has no kernel or the table lacks the shape or token count (logged)."""
+    """Per point file, the time shares of its family's kernel, and ``time_table`` naming the table used.
+
+    A ``benchmarks/bench_ffn_masks.py`` table (FFN kernels alone, at the model's FFN shapes, read with
+    :func:`apc.deploy.roofline.time_share`): ``time_share_decode`` (T = 1) and ``time_share_prefill``
+    (T = 4096), the kernel's time over the dense FFN's at the point's kept share and group count.
+    A ``benchmarks/bench_decode.py`` table (whole decode steps, :mod:`apc.deploy.decode_table`):
+    ``time_share_decode`` (batch 1) and ``time_share_decode_b16`` (batch 16), the step's time over the
+    dense model's at the point's FFN compute share.  NaN where the family has no kernel or the table
+    lacks the shape, batch or token count (logged)."""
+    from apc.deploy.decode_table import is_decode_table
+
+    if isinstance(table, (str, os.PathLike)) and str(table).endswith(".csv") and is_decode_table(table):
+        return _decode_time_columns(points, table)
     from apc.deploy.roofline import load_table, time_share
 
     rows = load_table(table)
@@ -144,6 +159,32 @@ def time_columns(points: Iterable[str | os.PathLike], table, *, d_model: int, d_
             except ValueError as err:
                 log.warning("no time share for %s at %d tokens: %s", d["line"], tokens, err)
                 cols[name] = float("nan")
+        cols["time_table"] = f"ffn:{Path(table).name}" if isinstance(table, (str, os.PathLike)) else "ffn"
+        out.append(cols)
+    return out
+
+
+def _decode_time_columns(points, table) -> list[dict]:
+    from apc.deploy.decode_table import decode_time_share, load_decode_table
+
+    rows = load_decode_table(table)
+    out = []
+    for path in points:
+        d = read_json(path)
+        line = DECODE_LINE.get(d["family"])
+        if line == "cluster" and parse_line(d["line"]).get("method") == "static":
+            line = "static"
+        share = d.get("ffn_flops_share")
+        share = float(d["compute_share"] if share is None else share)
+        cols = {}
+        for b in DECODE_BATCHES:
+            name = "time_share_decode" if b == 1 else f"time_share_decode_b{b}"
+            try:
+                cols[name] = float("nan") if line is None else decode_time_share(rows, line, share, b)
+            except ValueError as err:
+                log.warning("no decode time share for %s at batch %d: %s", d["line"], b, err)
+                cols[name] = float("nan")
+        cols["time_table"] = f"decode:{Path(table).name}"
         out.append(cols)
     return out
 
@@ -304,8 +345,12 @@ def plot_time_frontier(table: pd.DataFrame, pset: str, dense: dict | None, path:
         ax.axhline(d, color="black", lw=1, label=f"dense ({d:.2f})")
         ax.axvline(1.0, color="black", lw=0.8, ls=":")
     ax.set_yscale("log")
-    tokens = "T = 4096 tokens" if column.endswith("prefill") else "T = 1 token"
-    ax.set_xlabel(f"FFN time share of the line's masked kernel ({tokens}; measured, over dense)")
+    if column.startswith("time_share_decode") and "time_share_decode_b16" in table.columns:
+        b = column.rsplit("_b", 1)[1] if "_b" in column else "1"
+        ax.set_xlabel(f"decode step time over the dense model's (batch {b}; whole model, measured)")
+    else:
+        tokens = "T = 4096 tokens" if column.endswith("prefill") else "T = 1 token"
+        ax.set_xlabel(f"FFN time share of the line's masked kernel ({tokens}; measured, over dense)")
     ax.set_ylabel("perplexity (test, 95 % CI)")
     ax.set_title(f"time-quality frontier: {pset}")
     ax.grid(True, which="both", alpha=0.3)
@@ -358,6 +403,11 @@ def make_frontier_plots(plot_dir: str | os.PathLike, table_path, refs=(), batch_
     if "time_share_prefill" in table.columns and np.isfinite(table["time_share_prefill"].to_numpy(float)).any():
         out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_{pset}.png")
                 for pset in sorted(table["pset"].unique())]
+    for b in DECODE_BATCHES:  # a decode table: whole decode steps at batch 1 and 16
+        col = "time_share_decode" if b == 1 else f"time_share_decode_b{b}"
+        if "time_share_decode_b16" in table.columns and np.isfinite(table[col].to_numpy(float)).any():
+            out += [plot_time_frontier(table, pset, dense, Path(plot_dir) / f"frontier_time_b{b}_{pset}.png", column=col)
+                    for pset in sorted(table["pset"].unique())]
     if any(c.startswith("union_b") for c in table.columns):
         shares = sorted(table.loc[table["family"] != "cats", "share"].unique())
         share = batch_share if batch_share is not None else (shares[len(shares) // 2] if shares else 0.6)
