@@ -293,21 +293,41 @@ def batch_share(run: str) -> float:
 
 
 def near(run: str, share: float, tol: float = 0.05) -> pd.DataFrame:
-    """Each line's point nearest to a compute share (lines with no point within `tol` left out), best first."""
+    """Each line's point nearest to a compute share (lines with no point within `tol` left out), best first by
+    the ratio to dense on its own tokens (a GRIFFIN point scores only the tokens after its prompt)."""
     fr = frontier(run)
     idx = []
     for _, g in fr.groupby("line"):
         d = np.abs(g.compute_share.to_numpy(float) - share)
         if d.min() <= tol:
             idx.append(g.index[int(np.argmin(d))])
-    return fr.loc[idx].sort_values("ppl")
+    return fr.loc[idx].sort_values("ratio")
+
+
+def iv(v: float, lo: float, hi: float, fmt: str = "{:.3g}") -> str:
+    """`v [lo, hi]`, or `v [n/a]` where the run has too few blocks for an interval; `–` where v is missing."""
+    if pd.isna(v):
+        return "–"
+    if pd.isna(lo) or pd.isna(hi):
+        return f"{fmt.format(v)} [n/a]"
+    return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
 
 
 def verdict_table(run: str, share: float = 0.6) -> str:
-    """The short verdict: every frontier line at the compute share nearest `share`, best first."""
-    rows = [[f"`{r.line}`", f"{r.compute_share:.2f}", ci(r._asdict()), f"{r.ratio:.2f}× [{r.ratio_lo:.2f}, {r.ratio_hi:.2f}]"]
-            for r in near(run, share).itertuples()]
-    return md(["line", "compute share", "perplexity [95 %]", "ratio to dense [95 %]"], rows)
+    """The short verdict: every frontier line at the compute share nearest `share`, best first, with its token
+    count, perplexity, ratio to dense, KL from dense and top-1 agreement (95 % block-bootstrap intervals)."""
+    rows = []
+    for r in near(run, share).itertuples():
+        d = r._asdict()
+        row = [f"`{r.line}`", f"{r.compute_share:.2f}", f"{int(r.tokens):,}", ci(d),
+               iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×")]
+        if "kl" in d:
+            row += [iv(r.kl, r.kl_lo, r.kl_hi), iv(r.top1, r.top1_lo, r.top1_hi, "{:.3f}")]
+        rows.append(row)
+    head = ["line", "compute share", "tokens", "perplexity [95 %]", "ratio to dense [95 %]"]
+    if "kl" in frontier(run).columns:
+        head += ["KL from dense, nats [95 %]", "top-1 agreement [95 %]"]
+    return md(head, rows)
 
 
 def verdict_sentence(run: str, share: float = 0.6) -> str:
@@ -326,7 +346,7 @@ def verdict_sentence(run: str, share: float = 0.6) -> str:
     if len(preds):
         pred = preds.iloc[0]
         out.append(f". The best top-1 predicted cluster line there (`{pred.line}`) is at {ppl(pred.ppl)}, "
-                   f"{pred.ppl / best.ppl:.1f}× the best line")
+                   f"{pred.ratio / best.ratio:.1f}× the best line's ratio to dense")
         m = re.match(r"^predicted-(\w+)-m1\..*-k(\d+)-s\d+$", pred.line)
         neuron = n[n.line == f"neuron-{m.group(1)}-k{m.group(2)}-x1"] if m else n.iloc[:0]
         if len(neuron):
