@@ -708,6 +708,321 @@ def disk_vs_plan(run: str, plan_rel: str, du_rel: str) -> str:
             + f"\n(Planned pattern stores: {patt_train:.2f} GB train, {patt_test:.2f} GB test.)\n")
 
 
+# ---------------------------------------------------------------- KL and the ranking of the lines
+
+def _kl_lines(run: str, share: float) -> pd.DataFrame:
+    n = near(run, share)
+    return n[n.kl.notna()] if "kl" in n else n.iloc[:0]
+
+
+def _swaps(a: list[str], b: list[str]) -> list[tuple[str, str]]:
+    """Pairs of lines that two orderings put the other way round."""
+    pos = {l: i for i, l in enumerate(b)}
+    return [(x, y) for i, x in enumerate(a) for y in a[i + 1:] if pos[x] > pos[y]]
+
+
+def best_by_metric(run: str, shares=(0.4, 0.6, 0.8)) -> str:
+    """Per compute share: the best line by the perplexity ratio to dense and the best by KL from dense (95 %
+    block-bootstrap intervals), and whether the two metrics order the lines there the same way."""
+    rows = []
+    for s in shares:
+        n = _kl_lines(run, s)
+        by_r, by_kl = n.sort_values("ratio"), n.sort_values("kl")
+        a, b = by_r.iloc[0], by_kl.iloc[0]
+        sw = _swaps(list(by_r.line), list(by_kl.line))
+        same = "yes" if not sw else "no: " + "; ".join(f"`{x}` / `{y}`" for x, y in sw)
+        rows.append([f"≈ {s:g}", len(n), f"`{a.line}` @ {a.compute_share:.2f}: {iv(a.ratio, a.ratio_lo, a.ratio_hi, '{:.2f}×')}",
+                     f"`{b.line}` @ {b.compute_share:.2f}: {iv(b.kl, b.kl_lo, b.kl_hi)} nats", same])
+    return md(["compute share", "lines", "best by perplexity (ratio to dense)", "best by KL from dense",
+               "same order on both metrics"], rows)
+
+
+def ranking_sentence(run: str, shares=(0.4, 0.6, 0.8)) -> str:
+    """Whether perplexity and KL rank the lines the same way at each share, and which pairs they swap."""
+    same, diff = [], []
+    for s in shares:
+        n = _kl_lines(run, s)
+        sw = _swaps(list(n.sort_values("ratio").line), list(n.sort_values("kl").line))
+        (diff if sw else same).append((s, len(n), sw))
+    out = []
+    if same:
+        out.append("Perplexity and KL rank the lines the same way at compute " + ", ".join(f"{s:g} ({k} lines)" for s, k, _ in same))
+    for s, k, sw in diff:
+        out.append(f"at {s:g} they swap " + ", ".join(f"`{x}` and `{y}`" for x, y in sw) + f" (of {k} lines)")
+    return "; ".join(out) + ".\n"
+
+
+_CLUSTER = r"^(oracle|predicted)[-.].*apc"
+
+
+def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
+    """Per compute share: the best line, the best token-cluster line (oracle or predicted APC) and the best
+    experts line, each as ratio to dense and KL, and how many times the best line's they are."""
+    rows = []
+    for s in shares:
+        n = near(run, s)
+        best = n.iloc[0]
+        cells = [f"≈ {s:g}", f"`{best.line}`: {best.ratio:.3g}×, KL {best.kl:.3g}"]
+        for pat in (_CLUSTER, r"^experts-"):
+            g = n[n.line.str.match(pat)]
+            if g.empty:
+                cells.append("–")
+                continue
+            r = g.iloc[0]
+            cells.append(f"`{r.line}` @ {r.compute_share:.2f}: {r.ratio:.3g}× ({r.ratio / best.ratio:.2f}× the best), "
+                         f"KL {r.kl:.3g} ({r.kl / best.kl:.1f}× the best)")
+        rows.append(cells)
+    return md(["compute share", "best line (ratio to dense, KL)", "best token-cluster line", "best experts line"], rows)
+
+
+def kl_crossing_sentence(run: str, kls=(0.05, 0.2)) -> str:
+    """Which lines reach each mean KL level within their points, and at what compute share."""
+    cross = _crossings(frontier(run))
+    out = []
+    for v in kls:
+        c = f"share_kl{v:g}"
+        got = cross[cross[c].notna()].sort_values(c)
+        lines = ", ".join(f"`{l}` at {r[c]:.2f} [{r[c + '_lo']:.2f}, {r[c + '_hi']:.2f}]" for l, r in got.iterrows())
+        out.append(f"a mean KL of {v:g} nats: " + (lines or "no line"))
+        
+    return "Within their points the lines reach " + "; ".join(out) + ".\n"
+
+
+def topk_error_sentence(run: str) -> str:
+    """How far the top-k KL (a lower bound) falls below the exact KL over the frontier points of a run."""
+    fr = frontier(run).dropna(subset=["kl", "kl_topk"])
+    fr = fr[fr.kl > 0]
+    rel = 1 - fr.kl_topk / fr.kl
+    gap = fr.kl - fr.kl_topk
+    return (f"Over the {len(fr)} frontier points of `{run}` the top-64 KL is {rel.min():.1%} to {rel.max():.1%} below "
+            f"the exact KL (median {rel.median():.1%}; absolute gaps {gap.min():.2g} to {gap.max():.2g} nats).\n")
+
+
+def units_sentence(run: str) -> str:
+    fr = frontier(run)
+    r = fr[fr.line == "teal"].iloc[0]
+    return f"{int(r.tokens):,} scored tokens in {int(r.units)} blocks"
+
+
+def _no_window_intervals(fr: pd.DataFrame) -> pd.DataFrame:
+    """A table collected before the block bootstrap (no `units` column) resampled windows: its bounds are not
+    intervals (2 windows on the default), so they are dropped and print as n/a."""
+    if "units" in fr.columns:
+        return fr
+    fr = fr.copy()
+    for c in [c for c in fr.columns if c.endswith("_lo") or c.endswith("_hi")]:
+        fr[c] = np.nan
+    return fr
+
+
+def lines_table(run: str, lines=("teal", "wina", "griffin", "larosa", "teal-block", "teal-layer-greedy")) -> str:
+    """Each named line's points: compute share (rotation share where counted), tokens, perplexity, ratio to dense,
+    and KL / top-1 where the run has them (95 % block-bootstrap intervals; n/a for a run without blocks)."""
+    fr = _no_window_intervals(frontier(run))
+    has_kl = "kl" in fr.columns
+    rows = []
+    for line in lines:
+        for r in fr[fr.line == line].sort_values("compute_share").itertuples():
+            d = r._asdict()
+            row = [f"`{line}`", f"{r.compute_share:.3f}", f"{d.get('rotation_flops_share', 0) or 0:.3f}", f"{int(r.tokens):,}",
+                   iv(r.ppl, r.ppl_lo, r.ppl_hi, "{:.2f}"),
+                   iv(d.get("ratio", np.nan), d.get("ratio_lo", np.nan), d.get("ratio_hi", np.nan), "{:.2f}×")]
+            if has_kl:
+                row += [iv(r.kl, r.kl_lo, r.kl_hi), iv(r.top1, r.top1_lo, r.top1_hi, "{:.3f}")]
+            rows.append(row)
+    head = ["line", "compute share", "of it rotation", "tokens", "perplexity [95 %]", "ratio to dense [95 %]"]
+    return md(head + (["KL, nats [95 %]", "top-1 [95 %]"] if has_kl else []), rows)
+
+
+# ---------------------------------------------------------------- neuron experts
+
+def _nearest(fr: pd.DataFrame, line: str, share: float):
+    g = fr[fr.line == line]
+    return None if g.empty else g.iloc[int(np.argmin(np.abs(g.compute_share.to_numpy(float) - share)))]
+
+
+def experts_table(run: str = "experts-grid", share: float = 0.6, ref: str = "teal") -> str:
+    """Every expert line of a grid at the compute share nearest `share`, beside the reference line, the token-cluster
+    predicted line and the static mask: perplexity, its ratio to the reference's, and the rows read at B = 16."""
+    fr = _no_window_intervals(table(run, "frontier.csv"))
+    names = sorted(l for l in fr.line.unique() if l.startswith("experts-"))
+    names += [l for l in fr.line.unique() if re.match(r"^predicted-linear-m1\.", l) or "static" in l] + [ref]
+    base = _nearest(fr, ref, share)
+    rows = []
+    for l in names:
+        r = _nearest(fr, l, share)
+        rows.append([f"`{l}`", f"{r.compute_share:.3f}", iv(r.ppl, r.ppl_lo, r.ppl_hi, "{:.2f}"), f"{r.ppl / base.ppl:.2f}",
+                     f"{r.union_b16:.3f}"])
+    rows.sort(key=lambda row: float(row[3]))
+    return md(["line", "compute share", "perplexity [95 %]", f"÷ `{ref}`", "rows read at B = 16"], rows)
+
+
+def experts_goals(grid: str = "experts-grid", run: str = "default", share: float = 0.6) -> str:
+    """The expert goals and the kernel condition at compute `share`, met or not, with their figures: the best
+    deployable (non-oracle) expert line against the best training-free line, and the rows read at B = 16."""
+    out = []
+    for name in (run, grid):
+        fr = table(name, "frontier.csv")
+        exp = [l for l in fr.line.unique() if l.startswith("experts-") and "oracle" not in l]
+        train_free = [l for l in fr.line.unique() if l in ("teal", "wina", "griffin", "cats", "larosa", "teal-block")]
+        best = min((_nearest(fr, l, share) for l in train_free), key=lambda r: r.ppl)
+        e = min((_nearest(fr, l, share) for l in exp), key=lambda r: r.ppl)
+        q = e.ppl / best.ppl
+        b16 = min(_nearest(fr, l, share).union_b16 for l in exp)
+        out.append([f"`{name}`", f"`{e.line}` {ppl(e.ppl)} @ {e.compute_share:.2f} against `{best.line}` {ppl(best.ppl)} "
+                    f"@ {best.compute_share:.2f}: {q:.2f}×", "met" if q <= 1.25 else "not met",
+                    "met" if q <= 1.5 else "not met: no expert kernel built", f"{b16:.3f}", "met" if b16 <= 0.8 else "not met"])
+    return md(["run", "best deployable expert line ÷ best training-free line", "≤ 1.25×", "kernel condition ≤ 1.5×",
+               "fewest rows read at B = 16", "≤ 0.8"], out)
+
+
+def coverage_sentence(run: str = "experts-grid", cell: str = "s0.2-e16", k: int = 8) -> str:
+    c = table(run, "coverage_test.csv")
+    c = c[(c.cell == cell) & (c.k == k)].set_index("router")
+    return (f"Held-out mass coverage of cell {cell} at k = {k}: " + ", ".join(
+        f"{r} {c.loc[r, 'mass_coverage']:.3f}" for r in ("learned", "analytic", "oracle") if r in c.index) + ".\n")
+
+
+def time_share_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "time_share_decode") -> str:
+    fr = frontier(run)
+    if column not in fr:
+        return f"The run has no `{column}` column.\n"
+    cells = []
+    for l in lines:
+        r = _nearest(fr, l, share)
+        if r is not None:
+            cells.append(f"`{l}` {r[column]:.2f}" if not pd.isna(r[column]) else f"`{l}` n/a")
+    return f"`{column}` at compute ≈ {share:g}: " + ", ".join(cells) + ".\n"
+
+
+# ---------------------------------------------------------------- end-to-end decode
+
+def decode(run: str) -> pd.DataFrame:
+    return table(run, "decode.csv")
+
+
+def kernels(run: str) -> pd.DataFrame:
+    return table(run, "kernels.csv")
+
+
+def device_line(run: str) -> str:
+    """The header comment of the kernel table: the device, its copy bandwidth (and product rate)."""
+    for rel in ("kernels.log", "kernels.csv"):
+        for line in path(run, rel).read_text().splitlines():
+            if "copy bandwidth" in line:
+                return line.lstrip("# ").split("; ")[-1].strip()
+    return "–"
+
+
+def tests_line(run: str, rel: str = "kernel_tests.log") -> str:
+    return path(run, rel).read_text().strip().splitlines()[-1].strip()
+
+
+def _dec(df: pd.DataFrame, batch: int, line: str, share: float):
+    g = df[(df.batch == batch) & (df.line == line) & np.isclose(df.compute_share, share)]
+    return g.iloc[0]
+
+
+def decode_cell(run: str, batch: int, line: str, share: float) -> str:
+    d = decode(run)
+    r, base = _dec(d, batch, line, share), _dec(d, batch, "dense", 1.0)
+    return (f"{r.speedup:.3f}× dense ({base.ms_per_token:.3f} → {r.ms_per_token:.3f} ms/token; "
+            f"bound {r.bound_speedup:.3f}×)")
+
+
+def decode_table(run: str) -> str:
+    """The decode table: ms per output token (median, min–max), speed-up over dense, its byte bound, the time over
+    the line's own byte bound, the teacher-forced token match and the FFN's error against its torch reference."""
+    rows = []
+    for r in decode(run).sort_values(["batch"], kind="stable").itertuples():
+        rows.append([r.batch, r.line, f"{r.compute_share:g}", f"{r.kept_share:.2f}", f"{r.union_share:.3f}",
+                     f"{r.ms_per_token:.3f} ({r.ms_min:.3f}–{r.ms_max:.3f})", f"{r.speedup:.3f}×", f"{r.bound_speedup:.3f}×",
+                     f"{r.time_over_bound:.2f}", f"{r.tokens_match}/{r.tokens_checked}", f"{float(r.ffn_rel_err):.1e}"])
+    return md(["batch", "line", "FFN compute", "kept", "union", "ms/token (min–max)", "speed-up", "bound",
+               "time/bound", "tokens", "FFN err"], rows)
+
+
+def kernel_table(run: str) -> str:
+    """One FFN layer's kernels: µs (median of CUDA-graph replays), over dense, the byte bound and the time over it."""
+    rows = [[r.kernel, r.tokens, f"{r.rho:g}", f"{r.union:.3f}", f"{r.ms * 1e3:.1f}", f"{r.ratio:.3f}",
+             f"{r.bound_ms * 1e3:.1f}", f"{r.time_over_bound:.3f}"] for r in kernels(run).itertuples()]
+    return md(["kernel", "T", "rho", "union", "µs", "/ dense", "bound µs", "/ bound"], rows)
+
+
+def _stop_batch(d: pd.DataFrame, line: str, share: float) -> str:
+    for b in sorted(d.batch.unique()):
+        if _dec(d, b, line, share).speedup < 1:
+            return str(b)
+    return f"beyond {d.batch.max()}"
+
+
+def decode_goals(run: str = "decode_h200") -> str:
+    """The decode goals, met or not, with their figures and bounds."""
+    k, d = kernels(run), decode(run)
+    kk = lambda name, t, rho: k[(k.kernel == name) & (k.tokens == t) & np.isclose(k.rho, rho)].iloc[0]
+    rows = []
+    for rho in (0.4, 0.6):
+        r = kk("teal", 1, rho)
+        rows.append([f"TEAL kernel, T = 1, within 1.25× of its bound, rho {rho:g}",
+                     f"{r.ms * 1e3:.1f} µs against {r.bound_ms * 1e3:.1f} µs: {r.time_over_bound:.2f}×",
+                     "met" if r.time_over_bound <= 1.25 else "not met"])
+    pt = [kk("per_token", 1, rho) for rho in (0.4, 0.6, 0.8)]
+    ok = [r.ratio <= 1.25 * r.rho for r in pt]
+    rows.append([f"per-token kernel, T = 1, within 1.25 rho of dense ({kk('dense', 1, 1.0).ms * 1e3:.1f} µs)",
+                 " / ".join(f"{r.ratio:.3f}" for r in pt) + " of dense at rho 0.4 / 0.6 / 0.8 (goal "
+                 + " / ".join(f"{1.25 * r.rho:.2f}" for r in pt) + ")",
+                 ", ".join(f"{'met' if o else 'not met'} at {r.rho:g}" for o, r in zip(ok, pt))])
+    t = _dec(d, 1, "teal", 0.6)
+    rows.append(["TEAL at FFN compute 0.6, batch 1, ≥ 1.35× dense", decode_cell(run, 1, "teal", 0.6),
+                 "met" if t.speedup >= 1.35 else "not met"])
+    big = d.batch.max()
+    cells = []
+    for line in [l for l in d.line.unique() if l != "dense"]:
+        g = d[(d.batch == big) & (d.line == line)].sort_values("compute_share")
+        cells.append(f"{line} " + " / ".join(f"{r.speedup:.3f}× (bound {r.bound_speedup:.3f}×)" for r in g.itertuples()))
+    rows.append([f"batch {big}: every line at compute " + " / ".join(f"{c:g}" for c in sorted(d[d.line == 'teal'].compute_share.unique())),
+                 "; ".join(cells), "–"])
+    stops = []
+    for line in [l for l in d.line.unique() if l != "dense"]:
+        stops.append(f"{line} " + " / ".join(_stop_batch(d, line, c) for c in sorted(d[d.line == line].compute_share.unique())))
+    rows.append(["first batch at which a line is slower than dense (per compute share)", "; ".join(stops), "–"])
+    return md(["goal", "measured", "met"], rows)
+
+
+def profile_table(run: str = "decode_h200") -> str:
+    """One decode step (CUDA graph, batch 1) split into FFN, attention block, the rest and launch gaps (ms)."""
+    rows = []
+    for c in js(run, "profile.json"):
+        ffn = f"{c['ffn_ms']:.3f}" + (f" (sparse kernels {c['k_ffn_sparse_ms']:.3f})" if c["k_ffn_sparse_ms"] else "")
+        rows.append([c["cell"], f"{c['full_ms']:.3f}", ffn, f"{c['attn_ms']:.3f}", f"{c['rest_ms']:.3f}", f"{c['gaps_ms']:.3f}"])
+    return md(["cell (line:batch:compute)", "step ms", "FFN", "attention block", "rest (embedding, final norm, LM head)",
+               "launch gaps"], rows)
+
+
+def attention_bound_sentence(run: str = "decode_h200", line: str = "teal", share: float = 0.6, layers: int = 32) -> str:
+    """What the line's step would take with its FFN at the byte bound (the kernel table's dense bound per layer times
+    the share, over `layers` layers) and everything else as profiled, and the speed-up over dense that leaves."""
+    k = kernels(run)
+    per_layer = float(k[(k.kernel == "dense") & (k.tokens == 1)].bound_ms.iloc[0])
+    prof = {c["cell"]: c for c in js(run, "profile.json")}
+    dense_c, c = prof["dense:1:1"], prof[f"{line}:1:{share:g}"]
+    ffn_bound = share * per_layer * layers
+    step = c["attn_ms"] + c["rest_ms"] + c["gaps_ms"] + ffn_bound
+    return (f"`{line}`'s FFN at compute {share:g} takes {c['ffn_ms']:.2f} ms of the step against a byte bound of "
+            f"{ffn_bound:.2f} ms ({share:g} × {layers} layers × {per_layer * 1e3:.1f} µs); with its FFN at that bound and the "
+            f"rest as profiled ({c['attn_ms']:.2f} ms attention block, {c['rest_ms']:.2f} ms rest, {c['gaps_ms']:.2f} ms gaps) "
+            f"the step would take {step:.2f} ms, {dense_c['full_ms'] / step:.2f}× dense's {dense_c['full_ms']:.2f} ms")
+
+
+def decode_range(run: str, column: str, batch: int | None = None, exclude=("dense",), fmt: str = "{:.2g}") -> str:
+    d = decode(run)
+    d = d[~d.line.isin(exclude)]
+    if batch is not None:
+        d = d[d.batch == batch]
+    v = d[column].astype(float)
+    return f"{fmt.format(v.min())} to {fmt.format(v.max())}"
+
+
 # ---------------------------------------------------------------- plots
 
 def draw_plots() -> list[Path]:
