@@ -775,6 +775,40 @@ def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
     return md(["compute share", "best line (ratio to dense, KL)", "best token-cluster line", "best experts line"], rows)
 
 
+def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 0.8)) -> str:
+    """The README's finding in two sentences: the best line per compute share on perplexity and on KL, whether the
+    metrics agree, where the best token-cluster and experts lines stand, and TEAL's decode speed-up at batch 1 and 16."""
+    best_r, best_k = [], []
+    for s in shares:
+        n = _kl_lines(run, s)
+        best_r.append(n.sort_values("ratio").iloc[0])
+        best_k.append(n.sort_values("kl").iloc[0])
+    agree = all(not _swaps(list(_kl_lines(run, s).sort_values("ratio").line), list(_kl_lines(run, s).sort_values("kl").line))
+                for s in shares)
+    at = " / ".join(f"{s:g}" for s in shares)
+    names_r, names_k = {r.line for r in best_r}, {r.line for r in best_k}
+    if len(names_r) == 1 and names_r == names_k:
+        head = f"`{best_r[0].line}` is the best line at compute {at}"
+    else:
+        head = ("The best lines at compute " + at + " are " + " / ".join(f"`{r.line}`" for r in best_r) + " on perplexity and "
+                + " / ".join(f"`{r.line}`" for r in best_k) + " on KL")
+    head += (", at " + " / ".join(iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×") for r in best_r) + " dense perplexity and KL "
+             + " / ".join(iv(r.kl, r.kl_lo, r.kl_hi) for r in best_k) + " nats")
+    out = head + ("; perplexity and KL rank the lines the same way at all three shares." if agree
+                  else "; perplexity and KL rank some lines differently ([docs/divergence.md](docs/divergence.md)).")
+    n6 = near(run, 0.6)
+    best = n6.iloc[0]
+    for label, pat in (("token-cluster", _CLUSTER), ("experts", r"^experts-")):
+        g = n6[n6.line.str.match(pat)]
+        if len(g):
+            r = g.iloc[0]
+            out += (f" At 0.6 the best {label} line (`{r.line}`) is {r.ratio / best.ratio:.1f}× the best line's perplexity "
+                    f"ratio and {r.kl / best.kl:.1f}× its KL.")
+    out += (f" On an H200, TEAL at FFN compute 0.6 decodes a Mistral-7B-shaped model at {decode_cell(decode_run, 1, 'teal', 0.6)} "
+            f"at batch 1, and at {decode_cell(decode_run, 16, 'teal', 0.6)} at batch 16.")
+    return out + "\n"
+
+
 def kl_crossing_sentence(run: str, kls=(0.05, 0.2)) -> str:
     """Which lines reach each mean KL level within their points, and at what compute share."""
     cross = _crossings(frontier(run))
