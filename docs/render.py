@@ -1064,7 +1064,9 @@ def draw_plots() -> list[Path]:
     from apc.results.frontier import make_frontier_plots
 
     out = []
-    for run_dir in sorted(p for p in RESULTS.iterdir() if (p / "frontier.csv").exists()):
+    # only collected runs (docs/collect_run.py: a frontier table beside the reference perplexities); the loose
+    # tables of partial reruns (expert grids, line reruns) have no plots
+    for run_dir in sorted(p for p in RESULTS.iterdir() if (p / "frontier.csv").exists() and (p / "ppl/dense.json").exists()):
         refs = [run_dir / "ppl/dense.json"] + sorted((run_dir / "ppl").glob("sparse-*.json"))
         out += make_frontier_plots(run_dir / "plots", run_dir / "frontier.csv", refs=[r for r in refs if r.exists()])
     return out
