@@ -711,11 +711,12 @@ def disk_vs_plan(run: str, plan_rel: str, du_rel: str) -> str:
 # ---------------------------------------------------------------- plots
 
 def draw_plots() -> list[Path]:
-    """Redraw every run's frontier plots from its committed frontier table and reference perplexities."""
+    """Redraw the frontier plots of every collected run (a folder with a frontier table and a dense perplexity;
+    the partial runs beside them carry only tables) from those committed files."""
     from apc.results.frontier import make_frontier_plots
 
     out = []
-    for run_dir in sorted(p for p in RESULTS.iterdir() if (p / "frontier.csv").exists()):
+    for run_dir in sorted(p for p in RESULTS.iterdir() if (p / "frontier.csv").exists() and (p / "ppl/dense.json").exists()):
         refs = [run_dir / "ppl/dense.json"] + sorted((run_dir / "ppl").glob("sparse-*.json"))
         out += make_frontier_plots(run_dir / "plots", run_dir / "frontier.csv", refs=[r for r in refs if r.exists()])
     return out
