@@ -794,8 +794,14 @@ def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 
                 + " / ".join(f"`{r.line}`" for r in best_k) + " on KL")
     head += (", at " + " / ".join(iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×") for r in best_r) + " dense perplexity and KL "
              + " / ".join(iv(r.kl, r.kl_lo, r.kl_hi) for r in best_k) + " nats")
-    out = head + ("; perplexity and KL rank the lines the same way at all three shares." if agree
-                  else "; perplexity and KL rank some lines differently ([docs/divergence.md](docs/divergence.md)).")
+    swaps = [(s, _swaps(list(_kl_lines(run, s).sort_values("ratio").line), list(_kl_lines(run, s).sort_values("kl").line)))
+             for s in shares]
+    same_best = all(a.line == b.line for a, b in zip(best_r, best_k))
+    out = head + ("; the two metrics pick the same best line at every share" if same_best else "")
+    out += ("; perplexity and KL rank the lines the same way at all three shares." if agree else
+            "; otherwise they order the lines the same way except " + "; ".join(
+                f"at {s:g} " + ", ".join(f"`{x}` / `{y}`" for x, y in sw) for s, sw in swaps if sw)
+            + " ([docs/divergence.md](docs/divergence.md)).")
     n6 = near(run, 0.6)
     best = n6.iloc[0]
     for label, pat in (("token-cluster", _CLUSTER), ("experts", r"^experts-")):
@@ -1060,7 +1066,8 @@ def decode_range(run: str, column: str, batch: int | None = None, exclude=("dens
 # ---------------------------------------------------------------- plots
 
 def draw_plots() -> list[Path]:
-    """Redraw every run's frontier plots from its committed frontier table and reference perplexities."""
+    """Redraw the frontier plots of every collected run (a folder with a frontier table and a dense perplexity;
+    the partial runs beside them carry only tables) from those committed files."""
     from apc.results.frontier import make_frontier_plots
 
     out = []
