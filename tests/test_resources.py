@@ -49,8 +49,9 @@ def test_every_model_or_cuda_rule_declares_gpu(tmp_path):
     scripts = rules_and_scripts()
     gpu_rules = {r for r, s in scripts.items() if uses_cuda(s)}
     assert {"calibrate_thresholds", "extract_patterns", "cluster", "evaluate", "perplexity_batch", "frontier_line"} <= gpu_rules
-    # `all`, plus the rules only some sweeps need (the `output` weighting's column norms)
-    run = dry_run(tmp_path, "--cores", "16", "--", "all", f"{tmp_path}/out/model/down_norms.npy")
+    # `all`, plus the rules only some sweeps need (the `output` weighting's column norms, LaRoSA's rotations)
+    run = dry_run(tmp_path, "--cores", "16", "--", "all", f"{tmp_path}/out/model/down_norms.npy",
+                  f"{tmp_path}/out/frontier_rotations.npy")
     assert run.returncode == 0, run.stderr[-2000:]
     res = job_resources(run.stdout)
     assert set(scripts) <= set(res), set(scripts) - set(res)
