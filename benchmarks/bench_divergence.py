@@ -18,30 +18,19 @@ depend on the masks.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 from apc.common.atomic import read_json  # noqa: E402
 from apc.extraction.model import load_model  # noqa: E402
 from apc.perplexity.divergence import load_reference, save_reference  # noqa: E402
 from apc.perplexity.scoring import score_windows  # noqa: E402
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv=None) -> None:
@@ -65,12 +54,12 @@ def main(argv=None) -> None:
             save_reference(Path(tmp) / f"{kind}.npz", res["reference"], kind=kind, seq_len=windows.shape[1])
         exact = load_reference(Path(tmp) / "exact.npz", n, windows.shape[1])
         topk = load_reference(Path(tmp) / "topk.npz", n, windows.shape[1])
-        t = {"plain": _median(lambda: score_windows(model, windows, **kw), a.repeats),
-             "exact": _median(lambda: score_windows(model, windows, reference=exact, **kw), a.repeats),
-             "checked": _median(lambda: score_windows(model, windows, reference=exact, check_top_k=a.top_k, **kw),
+        t = {"plain": median_seconds(lambda: score_windows(model, windows, **kw), a.repeats),
+             "exact": median_seconds(lambda: score_windows(model, windows, reference=exact, **kw), a.repeats),
+             "checked": median_seconds(lambda: score_windows(model, windows, reference=exact, check_top_k=a.top_k, **kw),
                                 a.repeats),
-             "topk": _median(lambda: score_windows(model, windows, reference=topk, **kw), a.repeats),
-             "load": _median(lambda: load_reference(Path(tmp) / "exact.npz", n, windows.shape[1]), a.repeats)}
+             "topk": median_seconds(lambda: score_windows(model, windows, reference=topk, **kw), a.repeats),
+             "load": median_seconds(lambda: load_reference(Path(tmp) / "exact.npz", n, windows.shape[1]), a.repeats)}
         size = (Path(tmp) / "exact.npz").stat().st_size
     res = score_windows(model, windows, reference=exact, check_top_k=a.top_k, **kw)
     print(f"{n} scored tokens, vocabulary {exact['logprobs'].shape[1]}, exact reference {size / 2**20:.0f} MiB, "

@@ -12,30 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from timing import median_seconds  # noqa: E402  (benchmarks/timing.py)
 
 from apc.clustering.common import default_block_rows  # noqa: E402
 from apc.clustering.data import PackedPatterns, WeightedPatterns  # noqa: E402
 from apc.clustering.engine import assign_pass  # noqa: E402
 from apc.extraction.magnitudes import MagnitudeCodec  # noqa: E402
-
-
-def _median(fn, repeats: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -63,8 +52,8 @@ def main() -> None:
         assign_pass(data, c, assign, dist, kind="activation", chunk_size=args.chunk, block_rows=block,
                     dtype=torch.float32)
 
-    t_bin = _median(lambda: one_pass(plain), args.repeats)
-    t_w = _median(lambda: one_pass(weighted), args.repeats)
+    t_bin = median_seconds(lambda: one_pass(plain), args.repeats)
+    t_w = median_seconds(lambda: one_pass(weighted), args.repeats)
     print(json.dumps({"n": args.n, "d": args.d, "k": args.k, "binary_pass_s": round(t_bin, 4),
                       "weighted_pass_s": round(t_w, 4), "weighted_over_binary": round(t_w / t_bin, 3),
                       "store_bytes_per_value": {"bits": 1 / 8, "magnitude_codes": 1}}))

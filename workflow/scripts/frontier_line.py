@@ -7,7 +7,7 @@ from apc.common.maskspec import LineSpec
 from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
 from apc.perplexity.calibrate import layer_mlps, wina_scales
-from apc.perplexity.divergence import load_reference
+from apc.perplexity.divergence import masked_scoring
 from apc.perplexity.frontier import score_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
@@ -17,9 +17,7 @@ p, wc, i = snakemake.params, snakemake.wildcards, snakemake.input
 manifest, model, tok, device = job_model(snakemake)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
-scoring = {"block_tokens": int(p.scoring["block_tokens"]),
-           "reference": load_reference(i.reference, len(windows) * (windows.shape[1] - 1), int(windows.shape[1])),
-           "check_top_k": int(p.scoring["kl_top_k"])}  # exact reference: the top-k approximation's error too
+scoring = masked_scoring(i.reference, windows, block_tokens=p.scoring["block_tokens"], kl_top_k=p.scoring["kl_top_k"])
 table = read_json(i.thresholds)["projections"]
 thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None

@@ -4,7 +4,7 @@ from apc.clustering.experts import load_experts
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
-from apc.perplexity.divergence import load_reference
+from apc.perplexity.divergence import masked_scoring
 from apc.perplexity.experts_line import score_experts_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
@@ -14,9 +14,7 @@ p, wc, i = snakemake.params, snakemake.wildcards, snakemake.input
 manifest, model, tok, device = job_model(snakemake)
 windows = select_windows(torch.from_numpy(read_npy(i.tokens)), p.test_tokens, key="frontier.test_tokens")
 projections = list(p.projections)
-scoring = {"block_tokens": int(p.scoring["block_tokens"]),
-           "reference": load_reference(i.reference, len(windows) * (windows.shape[1] - 1), int(windows.shape[1])),
-           "check_top_k": int(p.scoring["kl_top_k"])}  # as frontier_line: KL from dense, top-1, block intervals
+scoring = masked_scoring(i.reference, windows, block_tokens=p.scoring["block_tokens"], kl_top_k=p.scoring["kl_top_k"])
 if len(projections) != 1:
     raise ValueError(f"an experts line masks one projection, the set {wc.pset!r} has {projections}")
 proj = projections[0]

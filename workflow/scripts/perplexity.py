@@ -4,7 +4,7 @@ from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
-from apc.perplexity.divergence import load_reference, save_reference
+from apc.perplexity.divergence import masked_scoring, save_reference
 from apc.perplexity.protocol import score, score_cells, select_windows
 
 log = start(snakemake, "perplexity")
@@ -18,13 +18,12 @@ if projections:
     table = read_json(snakemake.input.thresholds)["projections"]
     thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 result = {"model": manifest["name"], "dataset": p.dataset, "seq_len": int(windows.shape[1])}
-scoring = {"block_tokens": int(p.ppl["block_tokens"])}
 if p.mode == "dense":  # the dense job keeps the reference every masked job measures its divergence against
-    scoring["keep_reference"] = (p.ppl["kl_reference"], int(p.ppl["kl_top_k"]))
+    scoring = {"block_tokens": int(p.ppl["block_tokens"]),
+               "keep_reference": (p.ppl["kl_reference"], int(p.ppl["kl_top_k"]))}
 else:
-    scoring["reference"] = load_reference(snakemake.input.reference, len(windows) * (windows.shape[1] - 1),
-                                          int(windows.shape[1]))
-    scoring["check_top_k"] = int(p.ppl["kl_top_k"])  # exact reference: the top-k approximation's error too
+    scoring = masked_scoring(snakemake.input.reference, windows, block_tokens=p.ppl["block_tokens"],
+                             kl_top_k=p.ppl["kl_top_k"])
 
 if p.mode in ("dense", "sparse"):
     result.update(mode=p.mode, **score(model, windows, p.mode, bos=bos, projections=projections,

@@ -90,6 +90,15 @@ def load_reference(path: str | os.PathLike, n_tokens: int, seq_len: int) -> dict
     return {**rows, "kind": kind, "top_k": int(rows["ids"].shape[1])}
 
 
+def masked_scoring(path: str | os.PathLike, windows, *, block_tokens: int, kl_top_k: int) -> dict:
+    """Scoring options of a masked job against the dense reference at ``path``: ``windows (n, T)`` token ids
+    (every position after the first is scored), block-bootstrap unit ``block_tokens``, and with an exact
+    reference the error of its top-``kl_top_k`` approximation too."""
+    n, seq_len = int(windows.shape[0]), int(windows.shape[1])
+    return {"block_tokens": int(block_tokens), "reference": load_reference(path, n * (seq_len - 1), seq_len),
+            "check_top_k": int(kl_top_k)}
+
+
 def reference_label(ref: dict) -> str:
     """``exact`` or ``top{k}`` (a lower bound), as results name the KL they carry."""
     return "exact" if ref["kind"] == "exact" else f"top{ref['top_k']}"
