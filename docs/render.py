@@ -398,16 +398,23 @@ def cluster_vs_neuron(run: str, share: float = 0.6) -> str:
     return md(["cell", "oracle", "predicted cluster", "neuron predictor", "lower perplexity"], rows)
 
 
-def greedy_table(run: str, share: float = 0.6) -> str:
-    """Uniform against greedy allocation, each as perplexity and ratio to dense, for the lines that have both."""
+def allocation_table(run: str, share: float = 0.6) -> str:
+    """Uniform against the other allocations at the same mean, for each line that has them: the cross-layer
+    `layer-greedy` (cluster cells and TEAL) and TEAL's own per-block split (`teal-block`); PPL and ratio to dense."""
     fr = frontier(run)
-    pairs = [(l, l.replace("-k", "_greedy-k")) for l in fr.line.unique() if l.startswith("oracle.") and "_greedy" not in l]
-    pairs = [(a, b) for a, b in pairs if b in set(fr.line)] + ([("teal", "teal-greedy")] if "teal-greedy" in set(fr.line) else [])
+    have = set(fr.line)
     rows = []
-    for a, b in pairs:
-        ra, rb = _at(fr, a, share), _at(fr, b, share)
-        rows.append([f"`{a}` / `{b}`", f"{ppl(ra.ppl)} ({ra.ratio:.2f}×)", f"{ppl(rb.ppl)} ({rb.ratio:.2f}×)"])
-    return md(["lines (uniform / greedy)", "uniform: PPL (× dense)", "greedy: PPL (× dense)"], rows)
+    for a in [l for l in fr.line.unique() if l.startswith("oracle.") and "_layer_greedy" not in l] + ["teal"]:
+        alts = {"layer-greedy": "teal-layer-greedy" if a == "teal" else a.replace("-k", "_layer_greedy-k"),
+                "block": "teal-block" if a == "teal" else None}
+        if not any(b in have for b in alts.values()):
+            continue
+        cells = [f"`{a}`"]
+        for b in (a, alts["layer-greedy"], alts["block"]):
+            r = _at(fr, b, share) if b in have else None
+            cells.append("–" if r is None else f"{ppl(r.ppl)} ({iv(r.ratio, r.ratio_lo, r.ratio_hi, '{:.2f}×')})")
+        rows.append(cells)
+    return md(["line", "uniform: PPL (× dense [95 %])", "layer-greedy", "block (TEAL's own)"], rows)
 
 
 def predictor_table(run: str) -> str:
@@ -721,61 +728,71 @@ def _swaps(a: list[str], b: list[str]) -> list[tuple[str, str]]:
     return [(x, y) for i, x in enumerate(a) for y in a[i + 1:] if pos[x] > pos[y]]
 
 
-def best_by_metric(run: str, shares=(0.4, 0.6, 0.8)) -> str:
+def kendall_tau(a: list[str], b: list[str]) -> float:
+    """Kendall's τ between two orderings of the same lines (1: the same order, -1: reversed)."""
+    k = len(a)
+    return 1.0 if k < 2 else 1 - 4 * len(_swaps(a, b)) / (k * (k - 1))
+
+
+def _agreement(n: pd.DataFrame, top: int = 5) -> tuple[float, list[tuple[str, str]]]:
+    """τ between the perplexity and the KL order of the lines in `n`, and the pairs swapped among the `top` best
+    by perplexity (the ones a reader acts on; swaps further down are mostly within each other's intervals)."""
+    by_r, by_kl = list(n.sort_values("ratio").line), list(n.sort_values("kl").line)
+    head = by_r[:top]
+    return kendall_tau(by_r, by_kl), _swaps(head, [l for l in by_kl if l in head])
+
+
+def best_by_metric(run: str, shares=(0.4, 0.6, 0.8), top: int = 5) -> str:
     """Per compute share: the best line by the perplexity ratio to dense and the best by KL from dense (95 %
-    block-bootstrap intervals), and whether the two metrics order the lines there the same way."""
+    block-bootstrap intervals), Kendall's τ between the two orders of all lines, and the swaps among the `top` best."""
     rows = []
     for s in shares:
         n = _kl_lines(run, s)
-        by_r, by_kl = n.sort_values("ratio"), n.sort_values("kl")
-        a, b = by_r.iloc[0], by_kl.iloc[0]
-        sw = _swaps(list(by_r.line), list(by_kl.line))
-        same = "yes" if not sw else "no: " + "; ".join(f"`{x}` / `{y}`" for x, y in sw)
+        a, b = n.sort_values("ratio").iloc[0], n.sort_values("kl").iloc[0]
+        tau, sw = _agreement(n, top)
+        same = ("the same" if not sw else "swapped: " + "; ".join(f"`{x}` / `{y}`" for x, y in sw))
         rows.append([f"≈ {s:g}", len(n), f"`{a.line}` @ {a.compute_share:.2f}: {iv(a.ratio, a.ratio_lo, a.ratio_hi, '{:.2f}×')}",
-                     f"`{b.line}` @ {b.compute_share:.2f}: {iv(b.kl, b.kl_lo, b.kl_hi)} nats", same])
+                     f"`{b.line}` @ {b.compute_share:.2f}: {iv(b.kl, b.kl_lo, b.kl_hi)} nats", f"{tau:.2f}", same])
     return md(["compute share", "lines", "best by perplexity (ratio to dense)", "best by KL from dense",
-               "same order on both metrics"], rows)
+               "Kendall τ, all lines", f"order of the {top} best"], rows)
 
 
-def ranking_sentence(run: str, shares=(0.4, 0.6, 0.8)) -> str:
-    """Whether perplexity and KL rank the lines the same way at each share, and which pairs they swap."""
-    same, diff = [], []
+def ranking_sentence(run: str, shares=(0.4, 0.6, 0.8), top: int = 5) -> str:
+    """Whether perplexity and KL rank the lines the same way at each share: τ over all lines, swaps among the best."""
+    parts = []
     for s in shares:
         n = _kl_lines(run, s)
-        sw = _swaps(list(n.sort_values("ratio").line), list(n.sort_values("kl").line))
-        (diff if sw else same).append((s, len(n), sw))
-    out = []
-    if same:
-        out.append("Perplexity and KL rank the lines the same way at compute " + ", ".join(f"{s:g} ({k} lines)" for s, k, _ in same))
-    for s, k, sw in diff:
-        out.append(f"at {s:g} they swap " + ", ".join(f"`{x}` and `{y}`" for x, y in sw) + f" (of {k} lines)")
-    return "; ".join(out) + ".\n"
+        tau, sw = _agreement(n, top)
+        parts.append(f"at {s:g}, τ = {tau:.2f} over {len(n)} lines, and the {min(top, len(n))} best by perplexity "
+                     + ("are in the same order by KL" if not sw else
+                        "swap " + ", ".join(f"`{x}` and `{y}`" for x, y in sw) + " by KL"))
+    return "Perplexity and KL order the lines alike (Kendall's τ between the two orders): " + "; ".join(parts) + ".\n"
 
 
 _CLUSTER = r"^(oracle|predicted)[-.].*apc"
 
 
 def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
-    """Per compute share: the best line, the best token-cluster line (oracle or predicted APC) and the best
-    experts line, each as ratio to dense and KL, and how many times the best line's they are."""
+    """Per compute share: the best line, and the best token-cluster and experts lines, each with an oracle choice
+    (the true pattern's centroid; the true top experts) and with a choice made before the FFN runs (a predictor or a
+    router): ratio to dense, and in brackets that ratio over the best line's."""
+    kinds = [("token clusters, oracle", r"^oracle[-.].*apc"), ("token clusters, predicted", r"^predicted[-.].*apc"),
+             ("experts, oracle router", r"^experts-oracle"), ("experts, learned or analytic router", r"^experts-(learned|analytic)")]
     rows = []
     for s in shares:
         n = near(run, s)
         best = n.iloc[0]
         cells = [f"≈ {s:g}", f"`{best.line}`: {best.ratio:.3g}×, KL {best.kl:.3g}"]
-        for pat in (_CLUSTER, r"^experts-"):
+        for _, pat in kinds:
             g = n[n.line.str.match(pat)]
-            if g.empty:
-                cells.append("–")
-                continue
-            r = g.iloc[0]
-            cells.append(f"`{r.line}` @ {r.compute_share:.2f}: {r.ratio:.3g}× ({r.ratio / best.ratio:.2f}× the best), "
-                         f"KL {r.kl:.3g} ({r.kl / best.kl:.1f}× the best)")
+            r = None if g.empty else g.iloc[0]
+            cells.append("–" if r is None else f"`{r.line}` @ {r.compute_share:.2f}: {r.ratio:.3g}× ({r.ratio / best.ratio:.2f}×), "
+                         f"KL {r.kl:.3g}")
         rows.append(cells)
-    return md(["compute share", "best line (ratio to dense, KL)", "best token-cluster line", "best experts line"], rows)
+    return md(["compute share", "best line (ratio to dense, KL)"] + [k for k, _ in kinds], rows)
 
 
-def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 0.8)) -> str:
+def found_sentence(run: str, decode_run: str | None = "decode_h200", shares=(0.4, 0.6, 0.8)) -> str:
     """The README's finding in two sentences: the best line per compute share on perplexity and on KL, whether the
     metrics agree, where the best token-cluster and experts lines stand, and TEAL's decode speed-up at batch 1 and 16."""
     best_r, best_k = [], []
@@ -783,8 +800,7 @@ def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 
         n = _kl_lines(run, s)
         best_r.append(n.sort_values("ratio").iloc[0])
         best_k.append(n.sort_values("kl").iloc[0])
-    agree = all(not _swaps(list(_kl_lines(run, s).sort_values("ratio").line), list(_kl_lines(run, s).sort_values("kl").line))
-                for s in shares)
+    agreement = [_agreement(_kl_lines(run, s)) for s in shares]
     at = " / ".join(f"{s:g}" for s in shares)
     names_r, names_k = {r.line for r in best_r}, {r.line for r in best_k}
     if len(names_r) == 1 and names_r == names_k:
@@ -794,14 +810,14 @@ def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 
                 + " / ".join(f"`{r.line}`" for r in best_k) + " on KL")
     head += (", at " + " / ".join(iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×") for r in best_r) + " dense perplexity and KL "
              + " / ".join(iv(r.kl, r.kl_lo, r.kl_hi) for r in best_k) + " nats")
-    swaps = [(s, _swaps(list(_kl_lines(run, s).sort_values("ratio").line), list(_kl_lines(run, s).sort_values("kl").line)))
-             for s in shares]
     same_best = all(a.line == b.line for a, b in zip(best_r, best_k))
     out = head + ("; the two metrics pick the same best line at every share" if same_best else "")
-    out += ("; perplexity and KL rank the lines the same way at all three shares." if agree else
-            "; otherwise they order the lines the same way except " + "; ".join(
-                f"at {s:g} " + ", ".join(f"`{x}` / `{y}`" for x, y in sw) for s, sw in swaps if sw)
-            + " ([docs/divergence.md](docs/divergence.md)).")
+    out += ("; Kendall's τ between the perplexity and the KL order of all lines is "
+            + " / ".join(f"{t:.2f}" for t, _ in agreement) + ", and the five best by perplexity "
+            + ("keep their order by KL at every share." if not any(sw for _, sw in agreement) else
+               "keep their order by KL except " + "; ".join(
+                   f"at {s:g} " + ", ".join(f"`{x}` / `{y}`" for x, y in sw) for s, (_, sw) in zip(shares, agreement) if sw)
+               + " ([docs/divergence.md](docs/divergence.md))."))
     n6 = near(run, 0.6)
     best = n6.iloc[0]
     for label, pat in (("token-cluster", _CLUSTER), ("experts", r"^experts-")):
@@ -810,6 +826,8 @@ def found_sentence(run: str, decode_run: str = "decode_h200", shares=(0.4, 0.6, 
             r = g.iloc[0]
             out += (f" At 0.6 the best {label} line (`{r.line}`) is {r.ratio / best.ratio:.1f}× the best line's perplexity "
                     f"ratio and {r.kl / best.kl:.1f}× its KL.")
+    if decode_run is None:
+        return out + "\n"
     out += (f" On an H200, TEAL at FFN compute 0.6 decodes a Mistral-7B-shaped model at {decode_cell(decode_run, 1, 'teal', 0.6)} "
             f"at batch 1, and at {decode_cell(decode_run, 16, 'teal', 0.6)} at batch 16.")
     return out + "\n"
@@ -855,6 +873,46 @@ def _no_window_intervals(fr: pd.DataFrame) -> pd.DataFrame:
     return fr
 
 
+def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str:
+    """Each point of `line` beside the reference lines at the same compute share (their ratio to dense, linear in
+    log ratio between their two nearest points; – outside their points) and at the same nominal share (the
+    `frontier.kept_shares` entry: the rotation's FLOPs, or a block split, not counted)."""
+    fr = frontier(run)
+    rows = []
+    for r in fr[fr.line == line].sort_values("compute_share").itertuples():
+        row = [f"{r.compute_share:.3f} ({r.share:g})", iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.3f}×")]
+        for ref in refs:
+            g = fr[fr.line == ref].sort_values("compute_share")
+            xs, ys = g.compute_share.to_numpy(float), np.log(g.ratio.to_numpy(float))
+            at = "–" if not len(g) or r.compute_share > xs.max() or r.compute_share < xs.min() else \
+                f"{np.exp(np.interp(r.compute_share, xs, ys)):.3f}×"
+            k = g[np.isclose(g.share.to_numpy(float), r.share)]
+            row += [at, "–" if k.empty else f"{k.ratio.iloc[0]:.3f}× @ {k.compute_share.iloc[0]:.2f}"]
+        rows.append(row)
+    head = [f"`{line}`: compute (nominal share)", "ratio to dense [95 %]"]
+    for ref in refs:
+        head += [f"`{ref}` at equal compute", f"`{ref}` at the same nominal share"]
+    return md(head, rows)
+
+
+def equal_compute_sentence(run: str, line: str = "larosa", ref: str = "teal") -> str:
+    """Whether `line` beats `ref` at the same nominal share and at equal compute, over the points where both exist."""
+    fr = frontier(run)
+    g = fr[fr.line == ref].sort_values("compute_share")
+    xs, ys = g.compute_share.to_numpy(float), np.log(g.ratio.to_numpy(float))
+    nominal, equal = [], []
+    for r in fr[fr.line == line].sort_values("compute_share").itertuples():
+        k = g[np.isclose(g.share.to_numpy(float), r.share)]
+        if len(k):
+            nominal.append((r.share, r.ratio < k.ratio.iloc[0]))
+        if xs.min() <= r.compute_share <= xs.max():
+            equal.append((r.compute_share, r.ratio < np.exp(np.interp(r.compute_share, xs, ys))))
+    say = lambda pts: ("better at " + ", ".join(f"{a:.2f}" for a, w in pts if w) if any(w for _, w in pts) else "better nowhere") + \
+        ("" if all(w for _, w in pts) else "; worse at " + ", ".join(f"{a:.2f}" for a, w in pts if not w))
+    return (f"Against `{ref}`, `{line}` is, at the same nominal share, {say(nominal)}; at equal compute "
+            f"(its extra FLOPs counted), {say(equal)}.\n")
+
+
 def lines_table(run: str, lines=("teal", "wina", "griffin", "larosa", "teal-block", "teal-layer-greedy")) -> str:
     """Each named line's points: compute share (rotation share where counted), tokens, perplexity, ratio to dense,
     and KL / top-1 where the run has them (95 % block-bootstrap intervals; n/a for a run without blocks)."""
@@ -881,7 +939,7 @@ def _nearest(fr: pd.DataFrame, line: str, share: float):
     return None if g.empty else g.iloc[int(np.argmin(np.abs(g.compute_share.to_numpy(float) - share)))]
 
 
-def experts_table(run: str = "experts-grid", share: float = 0.6, ref: str = "teal") -> str:
+def experts_table(run: str = "frontier-gpu", share: float = 0.6, ref: str = "teal") -> str:
     """Every expert line of a grid at the compute share nearest `share`, beside the reference line, the token-cluster
     predicted line and the static mask: perplexity, its ratio to the reference's, and the rows read at B = 16."""
     fr = _no_window_intervals(table(run, "frontier.csv"))
@@ -897,30 +955,70 @@ def experts_table(run: str = "experts-grid", share: float = 0.6, ref: str = "tea
     return md(["line", "compute share", "perplexity [95 %]", f"÷ `{ref}`", "rows read at B = 16"], rows)
 
 
-def experts_goals(grid: str = "experts-grid", run: str = "default", share: float = 0.6) -> str:
+def experts_goals(grid: str = "frontier-gpu", run: str = "default", share: float = 0.6) -> str:
     """The expert goals and the kernel condition at compute `share`, met or not, with their figures: the best
-    deployable (non-oracle) expert line against the best training-free line, and the rows read at B = 16."""
+    deployable (non-oracle) expert line against the best training-free line, the oracle router's best line as the
+    upper bound, and the rows read at B = 16."""
     out = []
     for name in (run, grid):
         fr = table(name, "frontier.csv")
         exp = [l for l in fr.line.unique() if l.startswith("experts-") and "oracle" not in l]
+        orc = [l for l in fr.line.unique() if l.startswith("experts-oracle")]
         train_free = [l for l in fr.line.unique() if l in ("teal", "wina", "griffin", "cats", "larosa", "teal-block")]
         best = min((_nearest(fr, l, share) for l in train_free), key=lambda r: r.ppl)
         e = min((_nearest(fr, l, share) for l in exp), key=lambda r: r.ppl)
         q = e.ppl / best.ppl
+        o = min((_nearest(fr, l, share) for l in orc), key=lambda r: r.ppl) if orc else None
         b16 = min(_nearest(fr, l, share).union_b16 for l in exp)
         out.append([f"`{name}`", f"`{e.line}` {ppl(e.ppl)} @ {e.compute_share:.2f} against `{best.line}` {ppl(best.ppl)} "
                     f"@ {best.compute_share:.2f}: {q:.2f}×", "met" if q <= 1.25 else "not met",
-                    "met" if q <= 1.5 else "not met: no expert kernel built", f"{b16:.3f}", "met" if b16 <= 0.8 else "not met"])
+                    "met" if q <= 1.5 else "not met: no expert kernel built",
+                    "–" if o is None else f"`{o.line}` {ppl(o.ppl)}: {o.ppl / best.ppl:.2f}×",
+                    f"{b16:.3f}", "met" if b16 <= 0.8 else "not met"])
     return md(["run", "best deployable expert line ÷ best training-free line", "≤ 1.25×", "kernel condition ≤ 1.5×",
-               "fewest rows read at B = 16", "≤ 0.8"], out)
+               "oracle router (upper bound) ÷ best", "fewest rows read at B = 16", "≤ 0.8"], out)
 
 
-def coverage_sentence(run: str = "experts-grid", cell: str = "s0.2-e16", k: int = 8) -> str:
+def coverage_sentence(run: str = "frontier-gpu", cell: str = "s0.2-e16", k: int = 8) -> str:
     c = table(run, "coverage_test.csv")
     c = c[(c.cell == cell) & (c.k == k)].set_index("router")
     return (f"Held-out mass coverage of cell {cell} at k = {k}: " + ", ".join(
         f"{r} {c.loc[r, 'mass_coverage']:.3f}" for r in ("learned", "analytic", "oracle") if r in c.index) + ".\n")
+
+
+def coverage_table(run: str, ks=None) -> str:
+    """Held-out coverage (share of active neurons inside shared ∪ chosen experts) per cell and router, at each k."""
+    c = table(run, "coverage_test.csv")
+    ks = sorted(c.k.unique()) if ks is None else ks
+    rows = []
+    for (cell, router), g in c.groupby(["cell", "router"], sort=True):
+        g = g.set_index("k")
+        rows.append([f"`{cell}`", router] + [f"{g.loc[k, 'coverage']:.3f} ({g.loc[k, 'density']:.2f})" if k in g.index else "–"
+                                             for k in ks])
+    return md(["cell", "router"] + [f"k = {k}: coverage (density)" for k in ks], rows)
+
+
+def router_sentence(run: str, share: float = 0.6) -> str:
+    """Per cell, the learned and the analytic router's perplexity at compute `share`."""
+    fr = frontier(run)
+    cells = sorted({m for m in fr.line.str.extract(r"^experts-\w+\.(s[\d.]+-e\d+)$")[0].dropna()})
+    parts = []
+    for cell in cells:
+        a, b = _nearest(fr, f"experts-learned.{cell}", share), _nearest(fr, f"experts-analytic.{cell}", share)
+        if a is not None and b is not None:
+            parts.append(f"{cell} {ppl(a.ppl)} against {ppl(b.ppl)}")
+    return f"Learned against analytic at compute ≈ {share:g}: " + "; ".join(parts) + ". "
+
+
+def batch_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "union_b16") -> str:
+    """One batch-view column at the point nearest `share` for each named line."""
+    fr = frontier(run)
+    cells = []
+    for l in lines:
+        r = _nearest(fr, l, share)
+        if r is not None:
+            cells.append(f"`{l}` {r[column]:.3f}" if not pd.isna(r[column]) else f"`{l}` n/a")
+    return f"`{column}` at compute ≈ {share:g}: " + ", ".join(cells) + ".\n"
 
 
 def time_share_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "time_share_decode") -> str:
