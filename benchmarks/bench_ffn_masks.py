@@ -207,18 +207,18 @@ def profile(case: dict, w, timer: Timer) -> dict[str, float]:
             idx = [gi.idx[g, :int(gi.counts[g])].long() for g in used]
             out["sort"] = timer(lambda: (torch.argsort(ids, stable=True), torch.bincount(ids)), t)[0]
             out["gather weights"] = timer(lambda: [(wg.index_select(0, i), wu.index_select(0, i),
-                                                    ffn._down_rows(wd_cm, i)) for i in idx], t)[0]
+                                                    ffn.down_rows(wd_cm, i)) for i in idx], t)[0]
             m = max(1, t // max(1, len(used)))
             xs = x[:m]
-            ws = [(wg.index_select(0, i), wu.index_select(0, i), ffn._down_rows(wd_cm, i)) for i in idx]
+            ws = [(wg.index_select(0, i), wu.index_select(0, i), ffn.down_rows(wd_cm, i)) for i in idx]
             out["products (pre-gathered)"] = timer(
                 lambda: [(F.silu(F.linear(xs, a)) * F.linear(xs, b)) @ c for a, b, c in ws], t)[0]
         else:
             mask = case["mask"]
             idx = mask.any(0).nonzero().squeeze(1)
             out["gather weights"] = timer(lambda: (wg.index_select(0, idx), wu.index_select(0, idx),
-                                                   ffn._down_rows(wd_cm, idx)), t)[0]
-            a, b, c = wg.index_select(0, idx), wu.index_select(0, idx), ffn._down_rows(wd_cm, idx)
+                                                   ffn.down_rows(wd_cm, idx)), t)[0]
+            a, b, c = wg.index_select(0, idx), wu.index_select(0, idx), ffn.down_rows(wd_cm, idx)
             out["products (pre-gathered)"] = timer(lambda: (F.silu(F.linear(x, a)) * F.linear(x, b)) @ c, t)[0]
         return out
     act = 0
@@ -226,33 +226,33 @@ def profile(case: dict, w, timer: Timer) -> dict[str, float]:
         gi, ids = case["gi"], case["ids"]
         idx, counts = gi.idx, gi.counts
         if t == 1 and ffn._FAST["gemv"]:
-            run = lambda st: ffn._launch_gemv(x, wg, wu, wd_cm, ids, idx, counts, act, stages=st)
+            run = lambda st: ffn.launch_gemv(x, wg, wu, wd_cm, ids, idx, counts, act, stages=st)
         else:
-            cfg = ffn._configs(t / min(gi.n_groups, t), x.dtype)
+            cfg = ffn.kernel_config(t / min(gi.n_groups, t), x.dtype)
             out["sort+schedule"] = timer(lambda: group_schedule(ids, gi.n_groups, cfg["BM"]), t)[0]
             order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
-            run = lambda st: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st, tune=True)
+            run = lambda st: ffn.launch_grouped(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st, tune=True)
     else:
         if kern == "cats":
             thr = case["thr"]
             out["gate product+act"] = timer(lambda: F.silu(F.linear(x, wg)), t)[0]
             a = F.silu(F.linear(x, wg))
-            out["union index"] = timer(lambda: ffn._union_index(ffn._cats_keep(a, thr)), t)[0]
-            idx, counts = ffn._union_index(ffn._cats_keep(a, thr))
+            out["union index"] = timer(lambda: ffn.union_index(ffn.cats_keep(a, thr)), t)[0]
+            idx, counts = ffn.union_index(ffn.cats_keep(a, thr))
             kw = dict(a=a, thr=thr)
         else:
             mask = case["mask"]
-            out["union index"] = timer(lambda: ffn._union_index(mask), t)[0]
-            idx, counts = ffn._union_index(mask)
+            out["union index"] = timer(lambda: ffn.union_index(mask), t)[0]
+            idx, counts = ffn.union_index(mask)
             kw = dict(token_mask=mask.view(torch.uint8))
         if t == 1 and ffn._FAST["gemv"]:
             kw1 = dict(kw, token_mask=kw["token_mask"][0]) if "token_mask" in kw else kw
-            run = lambda st: ffn._launch_gemv(x, wg, wu, wd_cm, ffn._zero_sel(x.device), idx, counts, act,
+            run = lambda st: ffn.launch_gemv(x, wg, wu, wd_cm, ffn.zero_selection(x.device), idx, counts, act,
                                               stages=st, **kw1)
         else:
-            cfg = ffn._configs(t, x.dtype)
-            order, blocks = ffn._single_schedule(t, cfg["BM"], x.device)
-            run = lambda st: ffn._launch(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st,
+            cfg = ffn.kernel_config(t, x.dtype)
+            order, blocks = ffn.single_schedule(t, cfg["BM"], x.device)
+            run = lambda st: ffn.launch_grouped(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st,
                                          tune=True, **kw)
     out["gate/up kernel"] = timer(lambda: run(("gate_up",)), t)[0]
     out["down kernel (+alloc)"] = timer(lambda: run(("down",)), t)[0]

@@ -175,7 +175,7 @@ def _top_n_rows(n, width, device, repeats):
             fn()
             torch.cuda.synchronize() if score.is_cuda else None
             ts.append(time.perf_counter() - t0)
-        cfg = getattr(fused._top_n_tuned(), "best_config", None) if name == "top-n fused" and score.is_cuda else None
+        cfg = getattr(fused.top_n_tuned(), "best_config", None) if name == "top-n fused" and score.is_cuda else None
         out.append((f"{name} {n}x{width}" + (f" ({cfg})" if cfg else ""), "", min(ts)))
     return out
 

@@ -339,7 +339,7 @@ def test_cuda_grouped_forward_equals_hook_path(tiny_llama):
 @pytest.mark.parametrize("t,d_ff", [(1, 704), (5, 14336), (1, 44)])
 def test_cuda_union_index_lists_the_union(t, d_ff):
     keep = torch.rand(t, d_ff, device="cuda") < 0.3
-    idx, counts = ffn._union_index(keep)
+    idx, counts = ffn.union_index(keep)
     want = keep.any(dim=0).nonzero().squeeze(1)
     assert int(counts[0]) == want.numel()
     assert torch.equal(idx[0, :want.numel()].long(), want)

@@ -190,10 +190,10 @@ def _fb_rows(x, w_gate, w_up, w_down, idx, act, token_mask=None):
     h = act(F.linear(x, gk)) * F.linear(x, uk)
     if token_mask is not None:
         h = h.masked_fill(~token_mask, 0)
-    return h @ _down_rows(w_down, idx)
+    return h @ down_rows(w_down, idx)
 
 
-def _down_rows(w_down: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+def down_rows(w_down: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """Kept columns of ``w_down (d_model, d_ff)`` as rows ``(n, d_model)``, gathered in the cheaper layout."""
     wt = w_down.t()
     return wt.index_select(0, idx) if wt.is_contiguous() else w_down.index_select(1, idx).t()
@@ -217,7 +217,7 @@ def _fb_grouped(x, w_gate, w_up, w_down, ids, gi: GroupIndex, act):
 # ----------------------------------------------------------------------------- Triton launch
 
 
-def _configs(rows_per_group: float, dtype) -> dict:
+def kernel_config(rows_per_group: float, dtype) -> dict:
     """Tile sizes by the mean rows per group (the M of each group's product)."""
     if rows_per_group <= 16:
         c = dict(BM=16, BN1=16, BK1=256, W1=4, S1=4, BN2=128, BK2=64, W2=4, S2=4)
@@ -233,7 +233,7 @@ def _configs(rows_per_group: float, dtype) -> dict:
 _SCHEDULES: dict = {}
 
 
-def _single_schedule(n_tokens: int, bm: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+def single_schedule(n_tokens: int, bm: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """One group holding all tokens in their order: ``(order (T,), blocks (3, B))``, cached."""
     key = (n_tokens, bm, str(device))
     if key not in _SCHEDULES:
@@ -283,8 +283,8 @@ def _fast_failed(name: str, exc: Exception) -> None:
               "using the general kernels instead")
 
 
-def _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, *, a=None, token_mask=None,
-            thr=None, stages=("gate_up", "down"), split=None, tune=False) -> torch.Tensor:
+def launch_grouped(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, *, a=None, token_mask=None,
+                   thr=None, stages=("gate_up", "down"), split=None, tune=False) -> torch.Tensor:
     """Run the two grouped kernels on a schedule; ``stages`` may leave one out (profiling); ``tune``:
     the autotuned tile shapes (row blocks of 64 or more) instead of ``cfg``'s."""
     d_model = x.shape[1]
@@ -339,7 +339,7 @@ def _sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
 
 
-def _launch_gemv(x, w_gate, w_up, w_down, sel, idx, counts, act_code, *, a=None, token_mask=None, thr=None,
+def launch_gemv(x, w_gate, w_up, w_down, sel, idx, counts, act_code, *, a=None, token_mask=None, thr=None,
                  stages=("gate_up", "down")) -> torch.Tensor:
     """One token (``x (1, d_model)``) on the neurons of group ``sel[0]`` of ``idx``/``counts``."""
     d_model = x.shape[1]
@@ -368,13 +368,14 @@ def _launch_gemv(x, w_gate, w_up, w_down, sel, idx, counts, act_code, *, a=None,
 _ZERO: dict = {}
 
 
-def _zero_sel(device) -> torch.Tensor:
+def zero_selection(device) -> torch.Tensor:
+    """The one-group selection ``(1,) int64`` zero on ``device`` (cached), for a single union of neurons."""
     if str(device) not in _ZERO:
         _ZERO[str(device)] = torch.zeros(1, dtype=torch.int64, device=device)
     return _ZERO[str(device)]
 
 
-def _union_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def union_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``keep (T, d_ff) bool`` -> the union's kept ids first in ``idx (1, d_ff) int32`` (entries past
     the count are unspecified) and ``counts (1,) int32``."""
     union = keep[0] if keep.shape[0] == 1 else keep.any(dim=0)
@@ -398,13 +399,13 @@ def _run_union(x, w_gate, w_up, w_down, idx, counts, act_code, **kw) -> torch.Te
     if x.shape[0] == 1 and _FAST["gemv"]:
         try:
             tm = kw.get("token_mask")
-            return _launch_gemv(x, w_gate, w_up, w_down, _zero_sel(x.device), idx, counts, act_code,
+            return launch_gemv(x, w_gate, w_up, w_down, zero_selection(x.device), idx, counts, act_code,
                                 a=kw.get("a"), token_mask=None if tm is None else tm[0], thr=kw.get("thr"))
         except Exception as exc:  # pragma: no cover - depends on the machine
             _fast_failed("gemv", exc)
-    cfg = _configs(x.shape[0], x.dtype)
-    order, blocks = _single_schedule(x.shape[0], cfg["BM"], x.device)
-    return _launch(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, tune=True, **kw)
+    cfg = kernel_config(x.shape[0], x.dtype)
+    order, blocks = single_schedule(x.shape[0], cfg["BM"], x.device)
+    return launch_grouped(x, w_gate, w_up, w_down, order, blocks, idx, counts, act_code, cfg, tune=True, **kw)
 
 
 # ----------------------------------------------------------------------------- public kernels
@@ -421,7 +422,7 @@ def per_token_ffn(x, w_gate, w_up, w_down, mask, act="silu", backend="auto") -> 
     if x.shape[0] == 0:
         return torch.zeros_like(x)
     if use_triton(x, act, backend, "per_token"):
-        idx, counts = _union_index(mask)
+        idx, counts = union_index(mask)
         tm = mask.contiguous().view(torch.uint8)
         return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), token_mask=tm)
     idx = mask.any(dim=0).nonzero().squeeze(1)
@@ -454,12 +455,12 @@ def grouped_ffn(x, w_gate, w_up, w_down, ids, groups, act="silu", backend="auto"
     if use_triton(x, act, backend, "grouped"):
         if x.shape[0] == 1 and _FAST["gemv"]:
             try:
-                return _launch_gemv(x, w_gate, w_up, w_down, ids, gi.idx, gi.counts, _act_code(act))
+                return launch_gemv(x, w_gate, w_up, w_down, ids, gi.idx, gi.counts, _act_code(act))
             except Exception as exc:  # pragma: no cover - depends on the machine
                 _fast_failed("gemv", exc)
-        cfg = _configs(x.shape[0] / min(gi.n_groups, x.shape[0]), x.dtype)
+        cfg = kernel_config(x.shape[0] / min(gi.n_groups, x.shape[0]), x.dtype)
         order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
-        return _launch(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg, tune=True)
+        return launch_grouped(x, w_gate, w_up, w_down, order, blocks, gi.idx, gi.counts, _act_code(act), cfg, tune=True)
     return _fb_grouped(x, w_gate, w_up, w_down, ids, gi, _act_fn(act))
 
 
@@ -474,21 +475,22 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
     a = fn(F.linear(x, w_gate))
     if x.shape[0] == 0:
         return torch.zeros_like(x)
-    keep = _cats_keep(a, threshold)
+    keep = cats_keep(a, threshold)
     if use_triton(x, act, backend, "cats"):
-        idx, counts = _union_index(keep)
+        idx, counts = union_index(keep)
         return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), a=a, thr=threshold)
     idx = keep.any(dim=0).nonzero().squeeze(1)
     h = a.index_select(1, idx) * F.linear(x, w_up.index_select(0, idx))
     h = h.masked_fill(~keep.index_select(1, idx), 0)
-    return h @ _down_rows(w_down, idx)
+    return h @ down_rows(w_down, idx)
 
 
 def cats_mask(x, w_gate, threshold: float, act="silu") -> torch.Tensor:
     """The CATS mask ``|act(x W_gate^T)| >= threshold`` (compared in float32): ``(T, d_ff) bool``."""
-    return _cats_keep(_act_fn(act)(F.linear(x, w_gate)), float(threshold))
+    return cats_keep(_act_fn(act)(F.linear(x, w_gate)), float(threshold))
 
 
-def _cats_keep(a: torch.Tensor, threshold: float) -> torch.Tensor:
+def cats_keep(a: torch.Tensor, threshold: float) -> torch.Tensor:
+    """CATS's kept neurons: ``a (T, d_ff)`` activated gate outputs -> ``(T, d_ff) bool`` where ``|a| >= threshold``."""
     # float32 comparison, as in the kernels: a bf16 comparison would round the threshold first
     return a.abs().float() >= threshold

@@ -80,7 +80,7 @@ def enabled(device: torch.device) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _top_n_tuned():
+def top_n_tuned():
     """The top-n kernel behind Triton's autotuner: the fastest of :data:`TOP_N_CONFIGS` per width."""
     triton, tk = _kernels()
 
@@ -166,7 +166,7 @@ def top_n_float(score: torch.Tensor, n_keep: int, config: tuple[int, int] | None
         block = triton.next_power_of_2(width)
         args = (score, out.view(torch.int8), n, width, score.stride(0), int(n_keep))
         if config is None and score.is_cuda:  # tuned per width on first use
-            _top_n_tuned()[lambda meta: (-(-n // meta["ROWS"]),)](*args, BLOCK=block)
+            top_n_tuned()[lambda meta: (-(-n // meta["ROWS"]),)](*args, BLOCK=block)
         else:
             rows, warps = config or (1, 4)
             rows = 1 << (max(1, min(rows, TOP_N_KEYS // block)).bit_length() - 1)  # a power of two
