@@ -103,6 +103,32 @@ def test_mistral_preset_plan_fits_150_gb(tmp_path):
         {f"store.{k}.{s}" for k in ("patterns", "magnitudes", "ffn_inputs") for s in ("train", "test")}
 
 
+def test_the_dense_reference_is_planned_from_the_scored_tokens_and_the_vocabulary(tmp_path):
+    # exact: every scored test token keeps its log-probabilities over the vocabulary (float32) and its top-1 (int64)
+    c = _config("smoke", tmp_path, model={"shape": {"n_layers": 2, "d_model": 8, "d_ff": 16, "vocab": 1000}})
+    seq = c["data"]["seq_len"]
+    budget = max(c["perplexity"]["test_tokens"], c["frontier"]["test_tokens"])
+    rows = min(c["data"]["test_tokens"] // seq, budget // seq) * (seq - 1)
+    ref = {s.name: s for s in storage_plan(c, root=ROOT).stores}["ppl/dense-reference"]
+    assert ref.bytes == rows * (1000 * 4 + 8) and ref.paths[0].endswith("ppl/dense-reference.npz")
+    # the loaded model's config.json outranks model.shape.vocab
+    model = tmp_path / "m"
+    model.mkdir()
+    (model / "config.json").write_text('{"vocab_size": 50}')
+    ref = {s.name: s for s in storage_plan(c, manifest={"load_path": str(model)}, root=ROOT).stores}["ppl/dense-reference"]
+    assert ref.bytes == rows * (50 * 4 + 8)
+    # top-k: k log-probabilities + the rest's bucket (float32), k ids (int32), the top-1 (int64), per token
+    c = _config("smoke", tmp_path, perplexity={**c["perplexity"], "kl_reference": "topk", "kl_top_k": 16})
+    ref = {s.name: s for s in storage_plan(c, root=ROOT).stores}["ppl/dense-reference"]
+    assert ref.bytes == rows * (17 * 4 + 16 * 4 + 8)
+    # the Mistral preset scores its whole test split against a top-64 reference
+    mc = _config("mistral7b-wikitext2", tmp_path)
+    m = {s.name: s for s in storage_plan(mc, root=ROOT).stores}
+    mseq = mc["data"]["seq_len"]
+    windows = m["tokens/test"].bytes // (mseq * 8)
+    assert m["ppl/dense-reference"].bytes == windows * (mseq - 1) * (65 * 4 + 64 * 4 + 8)
+
+
 def test_sample_larger_than_the_patterns_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="config key 'store.magnitudes.test'"):
         _config("smoke", tmp_path, store={"patterns": {"test": 100}, "magnitudes": {"test": 200}})

@@ -20,10 +20,15 @@ magnitudes/{split}/{proj}          n x L x w                                   `
 ffn_inputs/{split}                 n x L x d x 2                               ``store.ffn_inputs.{split}``
 centroids                          per cell: sets x rows x ceil(w / 8)         ``cluster.k`` (the sweep)
 predictors                         per layer: float32 parameters               ``frontier.cells``
+ppl/dense-reference (KL)           r x (V x 4 + 8) exact; r x (8k + 12) top-k  ``perplexity.test_tokens``,
+                                                                               ``frontier.test_tokens``
 =================================  ==========================================  ==========================
 
 ``n`` is ``min(store.*.{split}, tokens of the split)``, and the split's tokens are its windows
-times ``seq_len - 1`` (the BOS position is not stored).  A whole split (``data.*_tokens: null``)
+times ``seq_len - 1`` (the BOS position is not stored).  ``r`` is the scored test tokens of the dense
+reference (the larger of the perplexity and frontier budgets), ``V`` the vocabulary (the converted or
+local model's ``config.json``, else ``model.shape.vocab``, else :data:`ASSUMED_VOCAB`) and ``k``
+``perplexity.kl_top_k``.  A whole split (``data.*_tokens: null``)
 counts the windows ``prepare_data`` found once it has run, else :data:`ASSUMED_SPLIT_TOKENS`.
 The small files (thresholds, tables, perplexities, logs, MLflow) are not planned: kilobytes to a
 few megabytes.
@@ -43,10 +48,12 @@ from apc.common.methods import method_spec
 from apc.common.sweep import cluster_cells
 
 __all__ = ["ModelShape", "Store", "Plan", "storage_plan", "model_shape", "split_tokens", "free_bytes",
-           "ASSUMED_SPLIT_TOKENS", "DEFAULT_SHAPE"]
+           "ASSUMED_SPLIT_TOKENS", "ASSUMED_VOCAB", "DEFAULT_SHAPE", "vocab_size", "reference_rows"]
 
 #: Tokens assumed for a whole split (``null`` budget) until ``prepare_data`` has counted it.
 ASSUMED_SPLIT_TOKENS = 1_000_000
+#: Vocabulary assumed for the dense reference when neither the model's config.json nor ``model.shape.vocab`` says.
+ASSUMED_VOCAB = 32_000
 _DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GB = 1e9
 
@@ -193,6 +200,31 @@ def split_tokens(config: dict, split: str, meta: dict | None = None) -> tuple[in
     return windows, windows * (seq_len - 1), False
 
 
+def vocab_size(config: dict, manifest: dict | None = None) -> tuple[int, str]:
+    """``(vocabulary, where it came from)``: the loaded model's ``config.json`` (``vocab_size``, also under
+    ``text_config``), else ``model.shape.vocab``, else :data:`ASSUMED_VOCAB`."""
+    load = (manifest or {}).get("load_path")
+    cfg = _read_json(Path(load) / "config.json") if load else None
+    for c in (cfg, (cfg or {}).get("text_config")):
+        if isinstance(c, dict) and c.get("vocab_size"):
+            return int(c["vocab_size"]), "the model's config.json"
+    v = (config["model"].get("shape") or {}).get("vocab")
+    if v:
+        return int(v), "config key 'model.shape.vocab'"
+    return ASSUMED_VOCAB, f"an assumed vocabulary of {ASSUMED_VOCAB:,} (set 'model.shape.vocab' or run prepare_model)"
+
+
+def reference_rows(config: dict, test_windows: int) -> tuple[int, str]:
+    """``(scored tokens, sizing key)`` of the dense reference: the test windows of the larger of the
+    perplexity and frontier budgets (all ``test_windows`` when either is null), times ``seq_len - 1``."""
+    seq_len = int(config["data"]["seq_len"])
+    budgets = [config["perplexity"]["test_tokens"], config["frontier"]["test_tokens"] if frontier_psets(config) else 0]
+    if None in budgets:
+        return test_windows * (seq_len - 1), "perplexity.test_tokens"
+    key = "perplexity.test_tokens" if budgets[0] >= budgets[1] else "frontier.test_tokens"
+    return min(test_windows, max(1, int(max(budgets)) // seq_len)) * (seq_len - 1), key
+
+
 def _cell_rows(config: dict, cell) -> int:
     """Centroid rows per set of a clustering cell: K, or G x K for a product cell."""
     base, opts = method_spec(cell.method, config["cluster"]["options"])
@@ -258,10 +290,10 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
                                  f"{params / 1e9:.3g}B params x {_DTYPE_BYTES[m['dtype']]} B, in {m['cache_dir']}/hub",
                                  [str(Path(m["cache_dir"]) / "hub")]))
 
-    splits = {}
+    splits, split_windows = {}, {}
     for split in ("train", "test"):
         windows, n, assumed = split_tokens(config, split, (tokens_meta or {}).get(split))
-        splits[split] = n
+        splits[split], split_windows[split] = n, windows
         if assumed:
             plan.notes.append(f"the whole {split} split is assumed to hold {ASSUMED_SPLIT_TOKENS:,} tokens until "
                               f"prepare_data has counted it (data.{split}_tokens: null)")
@@ -307,6 +339,18 @@ def storage_plan(config: dict, *, manifest: dict | None = None, tokens_meta: dic
                                  f"{pred_params / 1e6:,.1f}M float32 parameters", [str(Path(out) / "predictors")]
                                  + [str(Path(lay.cell_dir(c)) / f"predictor-{k}.safetensors")
                                     for c, k in _predictor_cells(config)]))
+    ppl = config["perplexity"]
+    if ppl.get("kl_reference"):  # the dense next-token log-probabilities the KL is measured against
+        r, key = reference_rows(config, split_windows["test"])
+        if ppl["kl_reference"] == "exact":
+            vocab, vocab_from = vocab_size(config, manifest)
+            size, how = r * (vocab * 4 + 8), f"{r:,} tokens x ({vocab:,} x 4 + 8) B, exact"
+            if not vocab_from.startswith("the model"):
+                plan.notes.append(f"the dense reference's vocabulary is from {vocab_from}")
+        else:
+            k = int(ppl["kl_top_k"])
+            size, how = r * (8 * k + 12), f"{r:,} tokens x ({k + 1} x 4 + {k} x 4 + 8) B, top-{k}"
+        plan.stores.append(Store("ppl/dense-reference", size, key, how, [lay.ppl_reference()]))
     return plan
 
 
