@@ -259,7 +259,8 @@ def _cross(row, r: float) -> str:
 
 
 def frontier_table(run: str) -> str:
-    """Every line: PPL [95 %] @ compute share (kept share) per point, and where it reaches 1.05× / 1.25× dense."""
+    """Every line: PPL [95 %] @ compute share (kept share) per point, and the decision table's shares: where it
+    reaches 1.05× / 1.25× dense perplexity and, where the run has KL, a mean KL of 0.05 / 0.2 nats."""
     fr = frontier(run)
     n = max(len(g) for _, g in fr.groupby("line"))
     cross = _crossings(fr)
@@ -268,8 +269,18 @@ def frontier_table(run: str) -> str:
         g = g.sort_values("compute_share")
         cells = [f"{ci(r._asdict())} @ {r.compute_share:.2f} ({r.kept_share:.2f})" for r in g.itertuples()]
         c = cross.loc[line]
-        rows.append([line] + cells + [""] * (n - len(cells)) + [_cross(c, 1.05), _cross(c, 1.25)])
-    return md(["line"] + [f"point {i + 1}" for i in range(n)] + ["1.05× dense at", "1.25× dense at"], rows)
+        kl = [_cross_kl(c, v) for v in (0.05, 0.2)] if "kl" in fr else []
+        rows.append([line] + cells + [""] * (n - len(cells)) + [_cross(c, 1.05), _cross(c, 1.25)] + kl)
+    return md(["line"] + [f"point {i + 1}" for i in range(n)] + ["1.05× dense at", "1.25× dense at"]
+              + (["KL 0.05 at", "KL 0.2 at"] if "kl" in fr else []), rows)
+
+
+def _cross_kl(row, v: float) -> str:
+    c = f"share_kl{v:g}"
+    val, lo, hi = row[c], row[c + "_lo"], row[c + "_hi"]
+    if pd.isna(val):
+        return "not reached"
+    return f"{val:.2f} [{lo:.2f}, " + ("not reached" if pd.isna(hi) else f"{hi:.2f}") + "]" if not pd.isna(lo) else f"{val:.2f}"
 
 
 def batch_table(run: str) -> str:

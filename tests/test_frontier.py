@@ -259,6 +259,20 @@ def test_crossings_read_the_ratio_and_the_kl_levels():
     assert c.loc["a", "share_1.25"] == pytest.approx(0.4 + 0.2 * 0.25 / 0.3) and np.isnan(c.loc["a", "share_1.25_hi"])
 
 
+def test_the_decision_table_is_written_beside_the_frontier_and_reads_back(tmp_path):
+    from apc.results.frontier import crossings, write_decision_table
+
+    table = pd.DataFrame({"pset": "down_in", "line": ["a", "a"], "family": "teal", "compute_share": [0.4, 0.8],
+                          "ratio": [1.5, 1.0], "kl": [0.5, 0.01]})
+    path = tmp_path / "frontier_decision.csv"
+    write_decision_table(path, table)
+    back = pd.read_csv(path).set_index("line")
+    assert back.loc["a", "share_kl0.2"] == pytest.approx(0.4 + 0.4 * 0.3 / 0.49)
+    assert back.loc["a", "share_1.05"] == pytest.approx(crossings(table).set_index("line").loc["a", "share_1.05"])
+    assert np.isnan(back.loc["a", "share_1.05_lo"])  # the table carries no interval: its bounds reach nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frontier_decision.csv"]  # written atomically, no temporary left
+
+
 def test_mlflow_frontier_runs_are_replaced_and_retired(tmp_path):
     pytest.importorskip("mlflow")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

@@ -325,6 +325,8 @@ def test_frontier_points_table_and_plot(smoke):
     assert table["ppl_lo"].isna().all()  # 7 blocks (GRIFFIN: 6): n/a
     assert (table["kl"] > 0).all() and (table["top1"] < 1).all() and table["kl_hi"].isna().all()
     assert (smoke / "plots" / "frontier_kl_down_in.png").stat().st_size > 5000
+    decision = pd.read_csv(smoke / "frontier_decision.csv")  # the rule writes the decision beside the table
+    assert set(decision["line"]) == set(table["line"]) and {"share_1.05", "share_kl0.05", "share_kl0.2"} <= set(decision)
     row = table.set_index("line")
     # GRIFFIN scores the tokens after its prompt (a quarter of each window), the others every token
     assert (table["tokens"] == dense["tokens"]).sum() == len(table) - 1

@@ -74,7 +74,8 @@ rule frontier_table:
         **({"time_table": str(Path(workflow.basedir) / C["frontier"]["time_table"]), "model": L.manifest()}
            if C["frontier"]["time_table"] else {}),
     output:
-        report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
+        table=report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
+        decision=report(L.frontier_decision(), caption="../report/frontier_decision.rst", category="Frontier"),
     log:
         L.log("frontier_table"),
     resources:

@@ -1,6 +1,6 @@
 from apc.common.atomic import read_json
 from apc.rulekit import start
-from apc.results.frontier import write_frontier_table
+from apc.results.frontier import write_decision_table, write_frontier_table
 
 log = start(snakemake, "frontier_table")
 i = snakemake.input
@@ -9,4 +9,5 @@ if "time_table" in i.keys():
     widths = read_json(i.model)["widths"]
     kw = dict(time_table=i.time_table, d_model=int(widths["down"]), d_ff=int(widths["down_in"]))
     log.info("time shares from %s at d_model %d, d_ff %d", i.time_table, kw["d_model"], kw["d_ff"])
-write_frontier_table(snakemake.output[0], i.points, i.refs, **kw)
+table = write_frontier_table(snakemake.output.table, i.points, i.refs, **kw)
+write_decision_table(snakemake.output.decision, table)

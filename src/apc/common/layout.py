@@ -213,6 +213,10 @@ class Layout:
     def frontier_table(self) -> str:
         return self._p("frontier.csv")
 
+    def frontier_decision(self) -> str:
+        """Per line, the compute share at which it reaches 1.05x / 1.25x dense perplexity and 0.05 / 0.2 nats KL."""
+        return self._p("frontier_decision.csv")
+
     def frontier_plot(self, pset: str) -> str:
         """Written by the ``plots`` rule (inside :meth:`plots`)."""
         return self._p("plots", f"frontier_{pset}.png")

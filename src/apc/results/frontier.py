@@ -204,6 +204,16 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
     return df
 
 
+def write_decision_table(path: str | os.PathLike, table: pd.DataFrame) -> pd.DataFrame:
+    """Write :func:`crossings` of a frontier ``table`` to ``path`` (CSV): per line, the compute share at which it
+    reaches 1.05x and 1.25x dense perplexity and a mean KL of 0.05 and 0.2 nats, with the interval's shares."""
+    dec = crossings(table) if len(table) else pd.DataFrame(columns=["pset", "line", "family"])
+    with atomic_path(path, ".csv") as tmp:
+        dec.to_csv(tmp, index=False, na_rep="NaN")  # NaN: the line does not get there within its points
+    log.info("decision table: %d lines -> %s", len(dec), path)
+    return dec
+
+
 #: (line style, marker) per line family: one marker per family on every plot
 STYLES = {"threshold": (":", "v"), "cats": ("-", "D"), "teal": ("-", "s"), "wina": ("-", "p"), "larosa": ("-", "h"),
           "griffin": ("--", "X"), "random": (":", "x"),
