@@ -284,15 +284,16 @@ def _cross_kl(row, v: float) -> str:
 
 
 def batch_table(run: str) -> str:
-    """The batch view at the middle kept share: rows read by B tokens (union / grouped by cluster id)."""
+    """The batch view at the middle kept share: rows read by B tokens (union / grouped by cluster id); n/a where a
+    line's view needs more windows than the run scores (GRIFFIN's is over B sequences)."""
     fr = frontier(run)
     sizes = sorted(int(c[len("union_b"):]) for c in fr.columns if c.startswith("union_b"))
     mid = batch_share(run)
     rows = []
     for line, g in fr.groupby("line", sort=False):
         r = g.iloc[int(np.argmin(np.abs(g.share.to_numpy(float) - mid)))]
-        cells = [f"{r[f'union_b{b}']:.3f}" + ("" if pd.isna(r.get(f"grouped_b{b}")) else f" / {r[f'grouped_b{b}']:.3f}")
-                 for b in sizes]
+        cells = [("n/a" if pd.isna(r[f"union_b{b}"]) else f"{r[f'union_b{b}']:.3f}")
+                 + ("" if pd.isna(r.get(f"grouped_b{b}")) else f" / {r[f'grouped_b{b}']:.3f}") for b in sizes]
         rows.append([line, f"{r.kept_share:.2f}"] + cells)
     return md(["line", "kept"] + [f"B = {b}" for b in sizes], rows)
 
