@@ -885,6 +885,16 @@ def _no_window_intervals(fr: pd.DataFrame) -> pd.DataFrame:
     return fr
 
 
+def _ratio_at(g: pd.DataFrame, compute_share: float) -> float:
+    """A line's ratio to dense at `compute_share`, linear in log ratio between its two nearest points; NaN outside
+    its points."""
+    g = g.sort_values("compute_share")
+    xs, ys = g.compute_share.to_numpy(float), np.log(g.ratio.to_numpy(float))
+    if not len(g) or not xs.min() <= compute_share <= xs.max():
+        return float("nan")
+    return float(np.exp(np.interp(compute_share, xs, ys)))
+
+
 def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str:
     """Each point of `line` beside the reference lines at the same compute share (their ratio to dense, linear in
     log ratio between their two nearest points; – outside their points) and at the same nominal share (the
@@ -894,10 +904,9 @@ def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str
     for r in fr[fr.line == line].sort_values("compute_share").itertuples():
         row = [f"{r.compute_share:.3f} ({r.share:g})", iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.3f}×")]
         for ref in refs:
-            g = fr[fr.line == ref].sort_values("compute_share")
-            xs, ys = g.compute_share.to_numpy(float), np.log(g.ratio.to_numpy(float))
-            at = "–" if not len(g) or r.compute_share > xs.max() or r.compute_share < xs.min() else \
-                f"{np.exp(np.interp(r.compute_share, xs, ys)):.3f}×"
+            g = fr[fr.line == ref]
+            v = _ratio_at(g, r.compute_share)
+            at = "–" if np.isnan(v) else f"{v:.3f}×"
             k = g[np.isclose(g.share.to_numpy(float), r.share)]
             row += [at, "–" if k.empty else f"{k.ratio.iloc[0]:.3f}× @ {k.compute_share.iloc[0]:.2f}"]
         rows.append(row)
@@ -910,15 +919,15 @@ def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str
 def equal_compute_sentence(run: str, line: str = "larosa", ref: str = "teal") -> str:
     """Whether `line` beats `ref` at the same nominal share and at equal compute, over the points where both exist."""
     fr = frontier(run)
-    g = fr[fr.line == ref].sort_values("compute_share")
-    xs, ys = g.compute_share.to_numpy(float), np.log(g.ratio.to_numpy(float))
+    g = fr[fr.line == ref]
     nominal, equal = [], []
     for r in fr[fr.line == line].sort_values("compute_share").itertuples():
         k = g[np.isclose(g.share.to_numpy(float), r.share)]
         if len(k):
             nominal.append((r.share, r.ratio < k.ratio.iloc[0]))
-        if xs.min() <= r.compute_share <= xs.max():
-            equal.append((r.compute_share, r.ratio < np.exp(np.interp(r.compute_share, xs, ys))))
+        v = _ratio_at(g, r.compute_share)
+        if not np.isnan(v):
+            equal.append((r.compute_share, r.ratio < v))
     say = lambda pts: ("better at " + ", ".join(f"{a:.2f}" for a, w in pts if w) if any(w for _, w in pts) else "better nowhere") + \
         ("" if all(w for _, w in pts) else "; worse at " + ", ".join(f"{a:.2f}" for a, w in pts if not w))
     return (f"Against `{ref}`, `{line}` is, at the same nominal share, {say(nominal)}; at equal compute "
@@ -1022,27 +1031,26 @@ def router_sentence(run: str, share: float = 0.6) -> str:
     return f"Learned against analytic at compute ≈ {share:g}: " + "; ".join(parts) + ". "
 
 
-def batch_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "union_b16") -> str:
-    """One batch-view column at the point nearest `share` for each named line."""
+def _column_sentence(run: str, lines: list[str], share: float, column: str, fmt: str) -> str:
+    """One frontier column at the point nearest `share` for each named line (n/a where the point has none)."""
     fr = frontier(run)
     cells = []
     for l in lines:
         r = _nearest(fr, l, share)
         if r is not None:
-            cells.append(f"`{l}` {r[column]:.3f}" if not pd.isna(r[column]) else f"`{l}` n/a")
+            cells.append(f"`{l}` n/a" if pd.isna(r[column]) else f"`{l}` {fmt.format(r[column])}")
     return f"`{column}` at compute ≈ {share:g}: " + ", ".join(cells) + ".\n"
+
+
+def batch_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "union_b16") -> str:
+    """One batch-view column at the point nearest `share` for each named line."""
+    return _column_sentence(run, lines, share, column, "{:.3f}")
 
 
 def time_share_sentence(run: str, lines: list[str], share: float = 0.6, column: str = "time_share_decode") -> str:
-    fr = frontier(run)
-    if column not in fr:
+    if column not in frontier(run):
         return f"The run has no `{column}` column.\n"
-    cells = []
-    for l in lines:
-        r = _nearest(fr, l, share)
-        if r is not None:
-            cells.append(f"`{l}` {r[column]:.2f}" if not pd.isna(r[column]) else f"`{l}` n/a")
-    return f"`{column}` at compute ≈ {share:g}: " + ", ".join(cells) + ".\n"
+    return _column_sentence(run, lines, share, column, "{:.2f}")
 
 
 # ---------------------------------------------------------------- end-to-end decode

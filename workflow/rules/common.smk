@@ -17,6 +17,7 @@ os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get
 from apc.common.config import load_schema, resolve
 from apc.common.errors import ConfigError
 from apc.common.frontier import frontier_psets, greedy_cells, line_cell, line_shares, parse_line
+from apc.common.frontier import reference_tokens as frontier_reference_tokens
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.families import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
@@ -102,10 +103,8 @@ def scoring_settings():
 
 
 def reference_tokens():
-    """Test tokens the dense job scores and keeps as the KL's reference: the larger budget of the
-    perplexity cells and the frontier (null, the whole split, when either is)."""
-    budgets = [C["perplexity"]["test_tokens"], C["frontier"]["test_tokens"] if frontier_psets(C) else 0]
-    return None if None in budgets else max(budgets)
+    """Test tokens the dense job scores and keeps as the KL's reference (apc.common.frontier.reference_tokens)."""
+    return frontier_reference_tokens(C)
 
 
 def all_outputs():

@@ -84,6 +84,13 @@ def frontier_psets(config: dict) -> dict[str, list[str]]:
     return dict((config.get("frontier") or {}).get("pset") or {})
 
 
+def reference_tokens(config: dict) -> int | None:
+    """Test tokens the dense job scores and keeps as the KL's reference: the larger budget of the perplexity
+    cells and the frontier (None, the whole split, when either is)."""
+    budgets = [config["perplexity"]["test_tokens"], config["frontier"]["test_tokens"] if frontier_psets(config) else 0]
+    return None if None in budgets else max(budgets)
+
+
 def _seed(config: dict) -> int:
     return int(config["predict"]["seed"])
 

@@ -42,7 +42,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apc.common.frontier import frontier_psets, neuron_matches, predictor_cells
+from apc.common.frontier import frontier_psets, neuron_matches, predictor_cells, reference_tokens
 from apc.common.layout import Layout
 from apc.common.methods import method_spec
 from apc.common.sweep import cluster_cells
@@ -215,14 +215,14 @@ def vocab_size(config: dict, manifest: dict | None = None) -> tuple[int, str]:
 
 
 def reference_rows(config: dict, test_windows: int) -> tuple[int, str]:
-    """``(scored tokens, sizing key)`` of the dense reference: the test windows of the larger of the
-    perplexity and frontier budgets (all ``test_windows`` when either is null), times ``seq_len - 1``."""
+    """``(scored tokens, sizing key)`` of the dense reference: the test windows of
+    :func:`apc.common.frontier.reference_tokens` (all ``test_windows`` for a whole split), times ``seq_len - 1``."""
     seq_len = int(config["data"]["seq_len"])
-    budgets = [config["perplexity"]["test_tokens"], config["frontier"]["test_tokens"] if frontier_psets(config) else 0]
-    if None in budgets:
+    budget = reference_tokens(config)
+    if budget is None:
         return test_windows * (seq_len - 1), "perplexity.test_tokens"
-    key = "perplexity.test_tokens" if budgets[0] >= budgets[1] else "frontier.test_tokens"
-    return min(test_windows, max(1, int(max(budgets)) // seq_len)) * (seq_len - 1), key
+    key = "perplexity.test_tokens" if budget == config["perplexity"]["test_tokens"] else "frontier.test_tokens"
+    return min(test_windows, max(1, int(budget) // seq_len)) * (seq_len - 1), key
 
 
 def _cell_rows(config: dict, cell) -> int:
