@@ -39,18 +39,18 @@ def _mlp_tensors(model, ids):
 def test_accounting_hand_counts():
     n = 3
     ones = {"down_in": [1.0] * n}
-    assert ffn_share(product_shares("oracle", ones, n)) == 1.0
+    assert ffn_share(product_shares("before", ones, n)) == 1.0
     rho = [0.3, 0.5, 0.8]
-    cats = product_shares("cats", {"down_in": rho}, n)
+    cats = product_shares("gate", {"down_in": rho}, n)
     assert cats["gate"] == [1.0] * n and cats["up"] == rho and cats["down"] == rho
     assert ffn_share(cats) == pytest.approx(np.mean([(1 + 2 * r) / 3 for r in rho]))
-    teal = product_shares("teal", {"down_in": [1.0] * n}, n, input_kept=rho)
+    teal = product_shares("input", {"down_in": [1.0] * n}, n, input_kept=rho)
     assert ffn_share(teal) == pytest.approx(np.mean([(2 * r + 1) / 3 for r in rho]))
-    thr = product_shares("threshold", {"down_in": rho}, n)
+    thr = product_shares("down_in", {"down_in": rho}, n)
     assert ffn_share(thr) == pytest.approx(np.mean([(2 + r) / 3 for r in rho]))
-    assert ffn_share(product_shares("predicted", {"down_in": rho}, n)) == pytest.approx(np.mean(rho))
+    assert ffn_share(product_shares("before", {"down_in": rho}, n)) == pytest.approx(np.mean(rho))
     with pytest.raises(ValueError, match="input"):
-        product_shares("teal", {"down_in": rho}, n)
+        product_shares("input", {"down_in": rho}, n)
 
 
 def test_cats_and_teal_measured_shares_match_hand_counts(tiny_llama):
@@ -71,7 +71,7 @@ def test_cats_and_teal_measured_shares_match_hand_counts(tiny_llama):
         hook.remove()
     hand = [float((seen[l].abs() >= t).float().mean()) for l, t in enumerate(t_gate)]
     assert cats["kept"]["down_in"] == pytest.approx(hand, abs=1e-6)
-    shares = product_shares("cats", cats["kept"], n_layers)
+    shares = product_shares("gate", cats["kept"], n_layers)
     assert ffn_share(shares, product_weights(tiny_llama)) == pytest.approx(np.mean([(1 + 2 * r) / 3 for r in hand]))
 
     # a TEAL input mask alone (down_in threshold 0): (2 sigma_in + 1) / 3
@@ -84,7 +84,7 @@ def test_cats_and_teal_measured_shares_match_hand_counts(tiny_llama):
     sigma = teal["input_kept"]
     # the first layer's input is the same in the dense and the masked pass
     assert sigma[0] == pytest.approx(float((tensors[0][0].abs() >= t_in[0]).float().mean()), abs=1e-6)
-    shares = product_shares("teal", teal["kept"], n_layers, teal["input_kept"])
+    shares = product_shares("input", teal["kept"], n_layers, teal["input_kept"])
     assert ffn_share(shares) == pytest.approx(np.mean([(2 * s + 1) / 3 for s in sigma]))
 
 

@@ -140,7 +140,7 @@ def test_mask_rows_kinds_against_torch(dtype):
     t, t2 = 0.05, 0.08
     a = x.float().abs()
     p = a >= t
-    wants = {"pattern": p, "threshold": a >= t2, "keep": keep & p, "centroids": cents[ids].any(dim=1)}
+    wants = {"pattern": p, "at_least": a >= t2, "keep": keep & p, "centroids": cents[ids].any(dim=1)}
     for kind, want in wants.items():
         for seq in (0, 7):
             acc = torch.zeros(2, dtype=torch.float64, device=DEV)

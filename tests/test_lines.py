@@ -5,38 +5,21 @@ import numpy as np
 import pytest
 import torch
 
-from apc.common.maskspec import LineSpec
+from apc.lines import LineSpec
 from apc.common.projections import decoder_layers
-from apc.perplexity.accounting import ffn_share, product_shares, rotation_share
+from apc.lines.larosa import rotation_share
+from apc.perplexity.accounting import ffn_share, product_shares
 from apc.perplexity.calibrate import (block_allocation, layer_mlps, pca_rotations, share_grid, teal_thresholds,
                                       wina_scales)
 from apc.perplexity.frontier import score_point
 from apc.perplexity.maskargs import Masks
-from apc.perplexity.masking import griffin_keep, install_interventions
+from apc.lines.griffin import griffin_keep
+from lines.contract import ids, logits, mlp_inputs
+from apc.perplexity.masking import install_interventions
 from apc.perplexity.protocol import score
 
 
-def _ids(n=2, seq=33, vocab=128, seed=0):
-    ids = torch.randint(1, vocab, (n, seq), generator=torch.Generator().manual_seed(seed))
-    ids[:, 0] = 1  # a BOS column
-    return ids
-
-
-def _logits(model, ids):
-    with torch.no_grad():
-        return model(ids).logits
-
-
-def _mlp_inputs(model, ids):
-    """Per layer, the dense pass's MLP input with the BOS column dropped: ``(n, d_model)``."""
-    got = {}
-    hooks = [layer.mlp.gate_proj.register_forward_pre_hook(
-        lambda m, a, l=l: got.__setitem__(l, a[0][:, 1:].reshape(-1, a[0].shape[-1])))
-        for l, layer in enumerate(decoder_layers(model))]
-    _logits(model, ids)
-    for h in hooks:
-        h.remove()
-    return [got[l] for l in range(len(got))]
+_ids, _logits, _mlp_inputs = ids, logits, mlp_inputs
 
 
 def _zero(n):
@@ -148,4 +131,4 @@ def test_block_allocation_meets_each_layers_compute_within_one_neuron(tiny_llama
     got = np.mean([(2 * a + m) / 3 for a, m in zip(t["input_kept"], t["mid_kept"])])
     assert got == pytest.approx(0.6, abs=0.02)
     assert LineSpec.parse("teal-block").allocation == "block" and LineSpec.parse("teal-block").decided_by == "input"
-    assert ffn_share(product_shares("wina", {"down_in": [0.5]}, 1, [0.5])) == pytest.approx(0.5)
+    assert ffn_share(product_shares("input", {"down_in": [0.5]}, 1, [0.5])) == pytest.approx(0.5)

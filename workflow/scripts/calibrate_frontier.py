@@ -1,14 +1,13 @@
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from apc.common.atomic import write_json
 from apc.common.layout import density_label
 from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
-from apc.perplexity.calibrate import (block_allocation, cats_thresholds, error_curves, greedy_allocation, layer_mlps,
-                                      sample_train_inputs, share_grid, teal_thresholds, wina_scales)
+from apc.lines import parse
+from apc.perplexity.calibrate import error_curves, greedy_allocation, layer_mlps, sample_train_inputs, share_grid
 
 log = start(snakemake, "calibrate_frontier")
 p = snakemake.params
@@ -23,48 +22,22 @@ out = {"model": manifest["name"], "calibration_tokens": int(len(samples[0])), "n
        "allocation_step": float(p.step)}
 
 
-def train_share(t: dict) -> float:
-    """The compute share ``(2 input kept + down_in kept) / 3`` the thresholds reach on the sample."""
-    return float(np.mean([(2 * a + b) / 3 for a, b in zip(t["input_kept"], t["mid_kept"])]))
-
-
+settings = {"allocation_step": float(p.step)}
 with torch.no_grad():
-    if p.cats_shares:
-        out["cats"] = {density_label(s): t for s, t in cats_thresholds(mlps, samples, p.cats_shares).items()}
+    if p.cats_shares:  # the training-free lines' calibrations (apc.lines), one section each
+        out["cats"] = parse("cats").impl.calibrate(mlps, samples, p.cats_shares, settings)
     grid = share_grid(float(p.step))
     out["teal"] = {}
     for allocation in p.teal_allocation:
-        if allocation == "layer-greedy":
-            errors = error_curves(mlps, samples, grid, "teal")
-            out["teal_errors"] = {"grid": grid.tolist(), "errors": errors.tolist()}
-        table = {}
-        if allocation == "block":  # layer by layer: one greedy path (and its cache) serves every budget
-            splits = [[block_allocation(mlp, h, float(s), grid, cache) for s in p.kept_shares]
-                      for mlp, h, cache in ((mlp, h, {}) for mlp, h in zip(mlps, samples))]
-        for j, share in enumerate(map(float, p.kept_shares)):
-            if allocation == "block":
-                split = [per_layer[j] for per_layer in splits]
-                shares, mid = [b["input_share"] for b in split], [b["mid_share"] for b in split]
-                t = teal_thresholds(mlps, samples, shares, mid)
-                table[density_label(share)] = {"shares": shares, "mid_shares": mid, "split": split, **t,
-                                               "train_compute_share": train_share(t)}
-            else:
-                kept = greedy_allocation(errors, grid, share, width) if allocation == "layer-greedy" else \
-                    np.full(len(mlps), int(round(share * width)))
-                shares = (kept / width).tolist()
-                t = teal_thresholds(mlps, samples, shares)
-                table[density_label(share)] = {"shares": shares, "kept_neurons": kept.tolist(), **t,
-                                               "train_compute_share": train_share(t)}
-            log.info("teal %s at %g: train compute share %.4f", allocation, share,
-                     table[density_label(share)]["train_compute_share"])
+        spec = parse("teal" if allocation == "uniform" else f"teal-{allocation}")
+        table = spec.impl.calibrate(mlps, samples, p.kept_shares, settings, lines=[spec])
+        if "errors" in table:
+            out["teal_errors"] = table.pop("errors")
+        for label, t in table.items():
+            log.info("%s at %s: train compute share %.4f", spec.line, label, t["train_compute_share"])
         out["teal"][allocation] = table
     if p.wina:
-        scales = wina_scales(mlps)
-        out["wina"] = {}
-        for share in map(float, p.kept_shares):
-            t = teal_thresholds(mlps, samples, [share] * len(mlps), scales=scales)
-            out["wina"][density_label(share)] = {**t, "train_compute_share": train_share(t)}
-            log.info("wina at %g: train compute share %.4f", share, out["wina"][density_label(share)]["train_compute_share"])
+        out["wina"] = parse("wina").impl.calibrate(mlps, samples, p.kept_shares, settings)
     if p.greedy_cells:
         errors = error_curves(mlps, samples, grid, "down_in")
         out["cluster"] = {"errors": errors.tolist(), "grid": grid.tolist(), "down_in": {}}

@@ -3,7 +3,7 @@ import torch
 from apc.clustering import load_centroids
 from apc.common.atomic import read_json, read_npy, write_json
 from apc.common.layout import density_label
-from apc.common.maskspec import LineSpec
+from apc.lines import parse
 from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
 from apc.perplexity.calibrate import layer_mlps, wina_scales
@@ -22,7 +22,7 @@ table = read_json(i.thresholds)["projections"]
 thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 kept = read_json(i.kept)["shares"] if "kept" in i.keys() else None
 calibration = read_json(i.calibration) if "calibration" in i.keys() else None
-line = LineSpec.parse(wc.line)
+line = parse(wc.line)
 neurons = {}  # a neuron predictor serves every share: load it once
 dense = None  # griffin: dense on the tokens after the prompt, the same at every share
 fixed = {}  # arrays of the line at every share

@@ -17,8 +17,8 @@ from the input  σ_in / σ_in / ρ               TEAL, WINA, LaRoSA: the MLP inp
 ==============  ===========================  =========================================
 
 GRIFFIN decides before the FFN on every token after its prompt (the prompt runs dense and is
-not scored).  LaRoSA's rotation ``Q^T h`` adds ``d_model²`` multiply-adds per token and layer
-(:func:`rotation_share`), beyond the products of its rotated weights.
+not scored).  What a line spends beyond the masked products (LaRoSA's rotation ``Q^T h``: ``d_model²``
+multiply-adds per token and layer) is its overhead share (:meth:`apc.lines.Line.overhead_share`).
 
 ρ is the measured kept share of ``down_in`` in that layer, σ_in the measured kept share of
 the MLP input.  A mask on a product's *output* (``gate``, ``up``, ``down``) chosen before
@@ -33,25 +33,24 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from apc.common.maskspec import DECIDED_BY
-
 PRODUCTS = ("gate", "up", "down")
 
 
-def product_shares(family: str, kept: Mapping[str, Sequence[float]], n_layers: int,
+def product_shares(decided: str, kept: Mapping[str, Sequence[float]], n_layers: int,
                    input_kept: Sequence[float] | None = None) -> dict[str, list[float]]:
     """``{product: [share of its multiply-adds run, per layer]}`` of one method.
 
-    ``kept: {projection: [kept share per layer]}`` of the masked projections (measured);
-    ``input_kept``: the MLP input's kept share per layer (families decided by the input).  Families
-    not in :data:`apc.common.maskspec.DECIDED_BY` decide before the FFN runs.
+    ``decided``: what the method's mask needs before it is decided (``before``, ``gate``, ``down_in`` or ``input``:
+    :attr:`apc.lines.Line.decided_by`); ``kept: {projection: [kept share per layer]}`` of the masked projections
+    (measured); ``input_kept``: the MLP input's kept share per layer (methods decided by the input).
     """
+    if decided not in ("before", "gate", "down_in", "input"):
+        raise ValueError(f"decided must be before, gate, down_in or input, got {decided!r}")
     shares = {prod: [1.0] * n_layers for prod in PRODUCTS}
-    decided = DECIDED_BY.get(family, "before")
     if decided != "before" and set(kept) != {"down_in"}:
-        raise ValueError(f"family {family!r} masks down_in only, got projections {sorted(kept)}")
+        raise ValueError(f"a mask decided by {decided!r} masks down_in only, got projections {sorted(kept)}")
     if decided == "input" and (input_kept is None or len(input_kept) != n_layers):
-        raise ValueError(f"family {family!r} needs the MLP input's kept share per layer ({n_layers} values)")
+        raise ValueError(f"a mask decided by the input needs the MLP input's kept share per layer ({n_layers} values)")
     for proj, per_layer in kept.items():
         if len(per_layer) != n_layers:
             raise ValueError(f"kept[{proj!r}] has {len(per_layer)} values, expected one per layer ({n_layers})")
@@ -84,14 +83,3 @@ def product_weights(model) -> dict[str, float]:
 
     mods = mlp_projections(model)[0]
     return {prod: float(mods[prod].weight.numel()) for prod in PRODUCTS}
-
-
-
-def rotation_share(model) -> float:
-    """A ``d_model × d_model`` rotation of the MLP input per token, as a share of the gated FFN's
-    multiply-adds per token (layer 0's shapes): ``d_model² / (gate + up + down)``."""
-    from apc.common.projections import mlp_projections
-
-    mods = mlp_projections(model)[0]
-    d_model = float(mods["gate"].weight.shape[1])
-    return d_model * d_model / float(sum(mods[prod].weight.numel() for prod in PRODUCTS))

@@ -72,7 +72,7 @@ def score_experts_point(model: nn.Module, windows: torch.Tensor, line: str, shar
         for cell in per_b.values():
             cell["grouped"] = dict(cell["union"])  # contiguous expert blocks: the union is the grouped read
     n_layers = len(sets)
-    shares = product_shares("predicted", res["layer_kept"], n_layers)
+    shares = product_shares("before", res["layer_kept"], n_layers)
     flops = ffn_share(shares, product_weights(model))
     return {**res, "line": line, "family": "experts", "mode": "predicted", "share": float(share),
             "kept_share": float(res["kept"][projection]), "product_shares": shares, "ffn_flops_share": flops,

@@ -16,37 +16,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from apc.common.maskspec import LineSpec
-from apc.perplexity.accounting import ffn_share, product_shares, product_weights, rotation_share
+from dataclasses import fields
+
+from apc.lines import LineSpec, parse
+from apc.perplexity.accounting import ffn_share, product_shares, product_weights
 from apc.perplexity.maskargs import Masks
 from apc.perplexity.protocol import score
 
-#: what each family reads from the point's arrays (besides thresholds), and the mode's fixed fields
-_ARRAYS = {"threshold": ("keep_thresholds",), "cats": ("gate_thresholds",),
-           "teal": ("keep_thresholds", "input_thresholds"),
-           "wina": ("keep_thresholds", "input_thresholds", "input_scale", "mid_scale"),
-           "larosa": ("rotations",), "griffin": ("prompt",), "random": (),
-           "oracle": ("centroids", "assign_weights"), "predicted": ("centroids", "predictors"),
-           "neuron": ("predictors",)}
+_MASK_FIELDS = {f.name for f in fields(Masks)}
 
 
 def line_masks(spec: LineSpec, share: float, *, projections, thresholds: dict, seed: int = 0, **arrays) -> Masks:
-    """The :class:`Masks` of line ``spec`` at kept share ``share``: the arrays its family reads, from ``arrays``
-    (``keep_thresholds, gate_thresholds, input_thresholds, input_scale, mid_scale, rotations, prompt,
-    centroids, assign_weights, predictors``; the others are ignored)."""
+    """The :class:`Masks` of line ``spec`` at kept share ``share``: the line's share-derived fields
+    (:meth:`apc.lines.Line.share_arrays`) and ``arrays`` (what :meth:`apc.lines.Line.arrays` read from its files;
+    keys that are not :class:`Masks` fields go to ``Masks.arrays``, the line's own)."""
     projections = tuple(projections)
-    kw = {k: arrays.get(k) for k in _ARRAYS[spec.family]}
-    if spec.family == "random":
-        kw["random_density"] = {q: share for q in projections}
-    elif spec.family == "predicted":
-        kw["top_m"] = spec.top_m
-    elif spec.family == "neuron":
-        kw["neuron_density"] = {q: share for q in projections}
-    elif spec.family == "larosa":
-        kw.update(input_share=share, keep_share=share)
-    elif spec.family == "griffin":
-        kw["keep_share"] = share
-    return Masks(spec.mode, projections=projections, thresholds=thresholds, seed=seed, line=spec, **kw)
+    arrays = {**{k: v for k, v in arrays.items() if v is not None},
+              **spec.impl.share_arrays(spec, share, projections=projections)}
+    kw = {k: v for k, v in arrays.items() if k in _MASK_FIELDS}
+    own = {k: v for k, v in arrays.items() if k not in _MASK_FIELDS}
+    return Masks(spec.mode, projections=projections, thresholds=thresholds, seed=seed, line=spec,
+                 **({"arrays": own} if own else {}), **kw)
 
 
 def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, share: float, *, bos: bool,
@@ -67,23 +57,25 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
     ``dense`` of the same windows to reuse it) and ``score_from``.  ``scoring``: :func:`score`'s
     ``block_tokens``, ``reference`` (the dense reference of every token, for the KL) and ``check_top_k``.
     """
-    spec = line if isinstance(line, LineSpec) else LineSpec.parse(line)
+    spec = line if isinstance(line, LineSpec) else parse(line)
+    impl = spec.impl
     projections = list(projections)
     masks = line_masks(spec, share, projections=projections, thresholds=thresholds, seed=seed, **arrays)
-    score_from = int(masks.prompt) if spec.family == "griffin" and masks.prompt else 1
+    score_from = int(masks.prompt) if impl.scope == "sequence" and masks.prompt else 1
     scoring = dict(scoring or {})
     res = score(model, windows, masks, bos=bos, detail=True, batch_sizes=tuple(batch_sizes), score_from=score_from,
                 **scoring)
     kept = sum(res["kept"][q] for q in projections) / len(projections)
     n_layers = len(next(iter(res["layer_kept"].values())))
-    shares = product_shares(spec.family, res["layer_kept"], n_layers, res.get("input_kept"))
+    shares = product_shares(impl.decided_by, res["layer_kept"], n_layers, res.get("input_kept"))
     weights = product_weights(model)
     flops = ffn_share(shares, weights)
-    rot = rotation_share(model) if spec.family == "larosa" else 0.0
+    rot = float(impl.overhead_share(spec, model, masks))
     pshare = float(sum((predictor_share or {}).get(q, 0.0) for q in projections))
     out = {**res, "line": spec.line, "family": spec.family, "mode": spec.mode, "share": float(share),
            "kept_share": kept, "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
-           "rotation_flops_share": rot, "compute_share": flops + pshare + rot}
+           "rotation_flops_share": rot, "compute_share": flops + pshare + rot,
+           "deployable": bool(impl.is_deployable(spec))}
     if score_from > 1:
         if dense is None or dense.get("tokens") != res["tokens"]:
             dense = score(model, windows, "dense", bos=bos, score_from=score_from,

@@ -36,7 +36,7 @@ TOP_N_MAX_WIDTH = 16384
 TOP_N_KEYS = 1 << 15
 #: (rows per program, warps) that :func:`top_n_float` chooses among on CUDA.
 TOP_N_CONFIGS = ((1, 4), (1, 8), (1, 16), (2, 4), (2, 8), (4, 4), (8, 4))
-KINDS = {"pattern": 0, "threshold": 1, "keep": 2, "centroids": 3}
+KINDS = {"pattern": 0, "at_least": 1, "keep": 2, "centroids": 3}
 
 
 _CPU = {"on": False}
@@ -104,7 +104,7 @@ def mask_rows(x: torch.Tensor, threshold: float, acc: torch.Tensor, *, seq: int 
               ids: torch.Tensor | None = None, and_pattern: bool = False, keep_out: bool = False):
     """Mask the rows of ``x: (n, width)`` (unit column stride) in one pass.
 
-    ``kind``: ``pattern`` (keep = ``|x| >= threshold``), ``threshold`` (``|x| >= keep_threshold``),
+    ``kind``: ``pattern`` (keep = ``|x| >= threshold``), ``at_least`` (``|x| >= keep_threshold``),
     ``keep`` (``keep: (n, width)`` bool) or ``centroids`` (the union of ``centroids: (K, width)`` bool
     rows ``ids: (n, m)`` int64); ``and_pattern`` intersects it with ``|x| >= threshold``.  With
     ``seq > 0`` the rows ``r`` with ``r % seq == 0`` (each sequence's first position) are kept whole and

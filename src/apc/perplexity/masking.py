@@ -1,76 +1,30 @@
-"""Forward hooks that apply FFN interventions to a decoder of any FFN family (the mask builders;
-their arguments and checks: :mod:`apc.perplexity.maskargs`).
+"""Forward hooks that apply FFN interventions to a decoder of any FFN family: the generic machinery (the
+statistics, the batch view by scope, hook installation, the fused route).
 
-For every FFN site ``l`` (a decoder layer, or a (layer, expert) of a mixture of
-experts: :mod:`apc.common.sites`) and configured projection (for a Llama-style
-FFN: ``gate``, ``up``, ``down`` = module outputs; ``down_in`` = input of
-``down_proj`` via a forward pre-hook), the hooked tensor ``x: (batch, seq,
-width)`` (an expert site: ``(n_routed, width)``) is replaced by
-``x.masked_fill(~keep, 0)`` where ``keep: (batch, seq, width) bool`` is
+For every FFN site ``l`` (a decoder layer, or a (layer, expert) of a mixture of experts:
+:mod:`apc.common.sites`) and configured projection (for a Llama-style FFN: ``gate``, ``up``, ``down`` = module
+outputs; ``down_in`` = input of ``down_proj`` via a forward pre-hook), the hooked tensor ``x: (batch, seq,
+width)`` (an expert site: ``(n_routed, width)``) is replaced by ``x.masked_fill(~keep, 0)``.  ``keep: (batch,
+seq, width) bool`` comes from a *mask rule* per (layer, projection):
 
-================  =============================================================
-mode              keep
-================  =============================================================
-``dense``         (no hooks installed)
-``sparse``        ``p``,  with ``p = |x| >= T[proj][l]`` (compared in float32)
-``centroid``      ``p & C[a]``  -- ``a`` = nearest centroid of the token's own
-                  oracle pattern ``p`` (:func:`nearest_centroid`)
-``centroid_only`` ``C[a]``  -- no threshold: every neuron inside the centroid is
-                  computed exactly; ``a`` still comes from the oracle ``p``
-``random``        ``p & r``  -- ``r`` has exactly ``round(d * width)`` ones per
-                  token, chosen uniformly (top-k of uniform noise drawn from a
-                  ``torch.Generator`` seeded with ``seed``, one per device)
-``random_only``   ``r`` alone: a pure random mask of share ``d``, no threshold
-                  (``random_density``; the frontier's random line)
-``threshold``     ``|x| >= T_rho[proj][l]`` -- magnitude thresholds calibrated for
-                  a kept share rho (``keep_thresholds``) on the masked tensor itself
-``cats``          ``|act(g)| >= T[l]`` on ``down_in``, ``g`` the ``gate_proj`` output of the
-                  same token (``gate_thresholds``; CATS)
-``teal``          ``|x| >= T_mid[l]`` on ``down_in`` (``keep_thresholds``), and the MLP input
-                  entering ``gate_proj``/``up_proj`` zeroed where ``|h| < T_in[l]``
-                  (``input_thresholds``; TEAL)
-``wina``          ``|x| * s_mid[l] >= T_mid[l]`` on ``down_in`` and the MLP input zeroed where
-                  ``|h| * s_in[l] < T_in[l]`` (``mid_scale``, ``input_scale``: the l2 norms of the
-                  weight columns that read each channel; WINA)
-``larosa``        the MLP input replaced by ``Q m(Q^T h)``, ``m`` keeping the top
-                  ``input_share`` of ``|Q^T h|`` per token (``rotations``), and the top
-                  ``keep_share`` of ``|x|`` on ``down_in`` per token (LaRoSA)
-``griffin``       per sequence: the first ``prompt`` positions dense; after them the
-                  top ``keep_share`` neurons by the l2 norm over the prompt of each
-                  position's normalised ``down_in`` (:func:`griffin_keep`; GRIFFIN)
-``predicted``     ``C[a_1] | ... | C[a_m]`` -- the ``top_m`` centroids scored
-                  highest by ``predictors[proj][l]`` from the MLP input; no
-                  oracle, no threshold (like ``centroid_only``)
-``neuron_predicted`` the ``density_to_count(d, width)`` neurons scored highest by
-                  ``predictors[proj][l]`` from the MLP input (``neuron_density``)
-================  =============================================================
+* a built-in mode (:data:`MODES`, :mod:`apc.perplexity.mode_rules`): ``dense`` (no hooks), ``sparse`` (the
+  pattern ``p = |x| >= T[proj][l]``), the cluster modes (``centroid``, ``centroid_only``, ``predicted``),
+  ``random`` / ``random_only`` and ``neuron_predicted``;
+* or a line's (:mod:`apc.lines`): its ``rule`` for the torch and the fused route, what it taps before deciding
+  (the gate's activation, the MLP input), its input mask (lines decided by the input) and extra hooks; a line of
+  ``sequence`` scope keeps one mask per sequence, decided from its dense prompt.
 
-``cats``, ``griffin`` and :data:`INPUT_MODES` mask ``down_in`` only.  Per layer, :meth:`Interventions.layer_stats`
-reports the kept share of every masked projection (and, in :data:`INPUT_MODES`, of the MLP input; ``griffin``:
-on the positions after the prompt), which
-:mod:`apc.perplexity.accounting` turns into the multiply-adds each product really runs.
-With ``batch_sizes``, the hooks also measure the *batch view* on the scored positions, in
-token order within each window: for B consecutive tokens, the share of neurons that at least
-one of them keeps (the weight rows a batch must read), and for cluster modes the sum of the
-distinct assigned centroids' densities, capped at 1 (the rows read when each id group reads its own).
+Per layer, :meth:`Interventions.layer_stats` reports the kept share of every masked projection (and, for lines
+decided by the input, of the MLP input), which :mod:`apc.perplexity.accounting` turns into the multiply-adds
+each product really runs.  With ``batch_sizes``, the hooks also measure the *batch view* on the scored
+positions, in token order within each window: for B consecutive tokens, the share of neurons that at least one
+of them keeps (the weight rows a batch must read), and for cluster modes the sum of the distinct assigned
+centroids' densities, capped at 1 (the rows read when each id group reads its own).  The pattern ``p``
+(``thresholds``) is computed in every mode for the ``active_fraction`` statistic.
 
-The predictor modes read the MLP input (the input of the FFN's first product,
-``gate_proj`` for a Llama-style FFN) through a forward pre-hook on that module,
-which runs before every hooked projection of its layer.  A predictor is any
-callable ``(n, d_model) float32 -> (n, S)``
-scores (``S = K`` centroids or ``S = width`` neurons); ``nn.Module`` predictors
-are moved to their layer's device.  The pattern ``p`` (``thresholds``) is still
-computed in every mode for the ``active_fraction`` statistic.
-
-``C`` for layer ``l`` is ``centroids[proj][l]`` when the set has ``L == n_layers``
-rows (per-layer scope) and ``centroids[proj][0]`` when ``L == 1`` (pooled).
-The random masks depend on the hook call order and tensor shapes, so a run is
-reproducible for the same seed, windows and batch size.
-
-With ``skip_first_position=True`` (a BOS token at column 0), position 0 of
-every forward call's input is left untouched in every mode and excluded from
-the statistics (an expert site leaves the rows of position-0 tokens untouched).
-This assumes full-sequence forwards (no KV-cache decoding).
+With ``skip_first_position=True`` (a BOS token at column 0), position 0 of every forward call's input is left
+untouched in every mode and excluded from the statistics (an expert site leaves the rows of position-0 tokens
+untouched).  This assumes full-sequence forwards (no KV-cache decoding).
 """
 
 from __future__ import annotations
@@ -81,35 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from apc.clustering.common import top_n_mask
 from apc.common.projections import PROJECTIONS
 from apc.common.sites import ffn_sites
-from apc.clustering.common import density_to_count, top_n_mask
-from apc.common.device import exact_matmul
-from apc.clustering.distance import nearest
-from apc.clustering.product import product_masks
+from apc.lines.base import Line
+from apc.lines.registry import all_lines, line_of_mode
 from apc.perplexity import fused as _fused
-from apc.perplexity.maskargs import (Masks, check_centroids, check_density, check_predictors, check_rotations,
-                                     check_scales, check_share, check_thresholds, check_vectors, site_width)
+from apc.perplexity.maskargs import Masks, check_thresholds, site_width
+from apc.perplexity.mode_rules import MODES, builtin_rules, nearest_centroid  # noqa: F401  (nearest_centroid: re-exported)
 
-MODES = ("dense", "sparse", "centroid", "centroid_only", "random", "random_only", "threshold", "predicted",
-         "neuron_predicted", "cats", "teal", "wina", "larosa", "griffin")
-#: modes that mask the MLP input entering gate_proj and up_proj (and report its kept share per layer)
-INPUT_MODES = ("teal", "wina", "larosa")
-#: modes that mask ``down_in`` only, on a Llama-style gated FFN
-_DOWN_IN_MODES = ("cats", "griffin") + INPUT_MODES
-_RANDOM_MODES = ("random", "random_only")
-_CENTROID_MODES = ("centroid", "centroid_only", "predicted")
-_PREDICTOR_MODES = ("predicted", "neuron_predicted")
-
-
-def nearest_centroid(p: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """Nearest centroid per pattern under d(p, c) = |p & ~c| (:func:`apc.clustering.nearest`).
-
-    ``p: (N, W)`` 0/1 float32, ``c: (K, W)`` 0/1 float32 -> ``(N,)`` int64; ties go to the
-    lowest index.  On CUDA the product runs in TF32, exact for 0/1 operands.
-    """
-    with exact_matmul(p.device):
-        return nearest(p, c, "activation")[0]
 
 
 class Interventions:
@@ -121,8 +55,10 @@ class Interventions:
     """
 
     def __init__(self, mode: str, projections: Sequence[str], width: Mapping[str, int], n_layers: int = 0,
-                 batch_sizes: Sequence[int] = ()):
+                 batch_sizes: Sequence[int] = (), *, input_masked: bool = False, scope: str = "token"):
         self.mode = mode
+        self.input_masked = bool(input_masked)  # the MLP input is masked too: its kept share is reported
+        self.scope = scope
         self.projections = tuple(projections)
         self.width = dict(width)
         self.n_layers = int(n_layers)
@@ -141,7 +77,7 @@ class Interventions:
         self._batch = {p: [{b: [0, 0, 0, 0] for b in self.batch_sizes} for _ in range(self.n_layers)]
                        for p in self.projections}
         self._id_counts = {p: [None] * self.n_layers for p in self.projections}  # top-1 cluster id histograms
-        self._seq_masks = {p: [[] for _ in range(self.n_layers)] for p in self.projections}  # griffin: (W,) per sequence
+        self._seq_masks = {p: [[] for _ in range(self.n_layers)] for p in self.projections}  # (W,) per sequence
         self._handles: list = []
         self._mlp_inputs: dict = {}
 
@@ -201,26 +137,26 @@ class Interventions:
     def layer_stats(self) -> dict:
         """Per layer: ``{"kept": {proj: [share per layer]}, "input_kept": [share per layer] | None}``.
 
-        ``input_kept`` is the kept share of the MLP input (:data:`INPUT_MODES` only).  Dense: every share is 1.
+        ``input_kept`` is the kept share of the MLP input (lines decided by the input only).  Dense: every share is 1.
         NaN where a hook never ran."""
         def share(num, den):
             return 1.0 if self.mode == "dense" else (float(num) / den if den else float("nan"))
 
         kept = {p: [share(self._counts(p, l)[0], t) for l, t in enumerate(self._layer_total[p])]
                 for p in self.projections}
-        inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.mode in INPUT_MODES else None
+        inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.input_masked else None
         return {"kept": kept, "input_kept": inp}
 
     def batch_view(self) -> dict:
         """Per projection and batch size B: ``union`` (mean share of a layer's neurons that at least one of
         B consecutive scored tokens keeps), ``grouped`` (cluster modes: the distinct assigned centroids'
         summed density, capped at 1; else None), each as ``{"mean": over layers, "layers": [...]}``;
-        ``groups`` counts the B-token groups per layer.  ``{}`` without ``batch_sizes``.  ``griffin``
-        keeps one mask per sequence: its ``union`` is over B consecutive sequences (their masks)."""
+        ``groups`` counts the B-token groups per layer.  ``{}`` without ``batch_sizes``.  A line of
+        ``sequence`` scope keeps one mask per sequence: its ``union`` is over B consecutive sequences."""
         out = {}
         for p in self.projections:
             out[p] = {}
-            if self.mode == "griffin":
+            if self.scope == "sequence":
                 out[p] = self._sequence_view(p)
                 continue
             for b in self.batch_sizes:
@@ -235,7 +171,7 @@ class Interventions:
         return out
 
     def _sequence_view(self, p: str) -> dict:
-        """:meth:`batch_view` of one projection when each sequence has one mask (``griffin``)."""
+        """:meth:`batch_view` of one projection when each sequence has one mask (``sequence`` scope)."""
         out = {}
         for b in self.batch_sizes:
             union, n = [], 0
@@ -266,9 +202,12 @@ def install_interventions(model: nn.Module, masks: Masks | str, *, skip_first_po
         masks = Masks(masks, **legacy)
     elif legacy:
         raise TypeError(f"install_interventions takes a Masks or a mode with keywords, not both ({sorted(legacy)})")
-    mode, projections, seed, top_m = masks.mode, masks.projections, masks.seed, masks.top_m
-    if mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(MODES)}")
+    mode, projections = masks.mode, masks.projections
+    line = masks.line.impl if masks.line is not None and type(masks.line.impl).rule is not Line.rule else \
+        line_of_mode(mode)
+    if mode not in MODES and line is None:
+        known = list(MODES) + sorted({impl.mode for impl in all_lines().values()} - set(MODES))
+        raise ValueError(f"unknown mode {mode!r}; expected one of {', '.join(known)}")
     bad = [p for p in projections if p not in PROJECTIONS]
     if bad:
         raise ValueError(f"unknown projection(s) {bad}; expected among {', '.join(PROJECTIONS)}")
@@ -280,88 +219,31 @@ def install_interventions(model: nn.Module, masks: Masks | str, *, skip_first_po
     width = {p: site_width(layers[0], p) for p in projections}
     if any(int(b) < 1 for b in batch_sizes):
         raise ValueError(f"batch_sizes must be >= 1, got {list(batch_sizes)}")
-    handle = Interventions(mode, projections, width, n_layers, batch_sizes)
+    handle = Interventions(mode, projections, width, n_layers, batch_sizes,
+                           input_masked=line is not None and line.decided_by == "input",
+                           scope=line.scope if line is not None else "token")
     if mode == "dense":
         return handle
-    if mode in _DOWN_IN_MODES and projections != ("down_in",):
-        raise ValueError(f"mode {mode!r} masks the down_proj input: projections must be ['down_in'], got {list(projections)}")
-    if mode in _DOWN_IN_MODES and any(site.family.name != "gated" or not site.positional for site in layers):
-        raise ValueError(f"mode {mode!r} needs a Llama-style gated FFN (gate_proj, up_proj, down_proj); this model's "
-                         f"is {layers[0].family.name} ({layers[0].family.models})")
-
+    if line is not None and line.gated:
+        if projections != ("down_in",):
+            raise ValueError(f"mode {mode!r} masks the down_proj input: projections must be ['down_in'], got "
+                             f"{list(projections)}")
+        if any(site.family.name != "gated" or not site.positional for site in layers):
+            raise ValueError(f"mode {mode!r} needs a Llama-style gated FFN (gate_proj, up_proj, down_proj); this "
+                             f"model's is {layers[0].family.name} ({layers[0].family.models})")
     thr = check_thresholds(masks.thresholds, projections, n_layers, mode)
-    cents = check_centroids(masks.centroids, projections, width, n_layers, layers) if mode in _CENTROID_MODES else {}
-    k_rand = check_density(masks.random_density, projections, width, "random_density") if mode in _RANDOM_MODES else {}
-    keep_thr = check_thresholds(masks.keep_thresholds, projections, n_layers, mode, "keep_thresholds") \
-        if mode in ("threshold", "teal", "wina") else {}
-    gate_thr = check_thresholds(masks.gate_thresholds, projections, n_layers, mode, "gate_thresholds") \
-        if mode == "cats" else {}
-    in_thr = check_thresholds({"input": masks.input_thresholds} if masks.input_thresholds is not None else None,
-                              ["input"], n_layers, mode, "input_thresholds")["input"] if mode in ("teal", "wina") else None
-    k_neuron = check_density(masks.neuron_density, projections, width, "neuron_density") \
-        if mode == "neuron_predicted" else {}
-    preds = check_predictors(masks.predictors, projections, layers, mode, cents, width, top_m) \
-        if mode in _PREDICTOR_MODES else {}
-    in_scale = mid_scale = rot = None
-    if mode == "wina":
-        in_scale = check_vectors(masks.input_scale, n_layers, layers[0].d_model, "input_scale", mode, layers,
-                                 lambda site: site.ffn_input_device)
-        mid_scale = check_vectors(masks.mid_scale, n_layers, width["down_in"], "mid_scale", mode, layers,
-                                  lambda site: site.device("down_in"))
-    if mode == "larosa":
-        rot = check_rotations(masks.rotations, n_layers, layers[0].d_model, layers)
-        k_in = density_to_count(check_share(masks.input_share, "input_share", mode), layers[0].d_model)
-    if mode in ("larosa", "griffin"):
-        k_neuron = {"down_in": density_to_count(check_share(masks.keep_share, "keep_share", mode), width["down_in"])}
-    prompt = None
-    if mode == "griffin":
-        prompt = int(masks.prompt) if masks.prompt is not None else 0
-        if prompt < 1 + int(skip_first_position):
-            raise ValueError(f"mode 'griffin' needs a prompt of at least {1 + int(skip_first_position)} positions, "
-                             f"got {masks.prompt}")
-    n_groups = {p: int((masks.groups or {}).get(p, 1)) for p in projections}
-    for p in projections:
-        if n_groups[p] < 1 or (p in cents and cents[p][0].shape[0] % n_groups[p]):
-            raise ValueError(f"groups[{p!r}] = {n_groups[p]} must be >= 1 and divide the centroid rows")
-    scales = check_scales(masks.assign_weights, projections, width, n_layers, layers)
-    generators: dict[torch.device, torch.Generator] = {}
-    mlp_in: dict[int, torch.Tensor] = {}
-    handle._mlp_inputs = mlp_in
-    acts = _activations(model, n_layers) if mode == "cats" else None
-
+    taps: dict[int, torch.Tensor] = {}
+    handle._mlp_inputs = taps
+    use_fused = lambda dev: fused is not False and _fused.enabled(dev) and (line is None or line.scope != "sequence")
     try:
-        if mode in _PREDICTOR_MODES:
-            for l, site in enumerate(layers):
-                handle._handles.append(site.on_ffn_input(lambda x, l=l: mlp_in.__setitem__(l, x)))
-        if mode == "cats":  # the gate's activation of the token decides; kept per layer for down_in
-            for l, mods in enumerate(layers):
-                handle._handles.append(mods["gate"].register_forward_hook(
-                    lambda m, args, out, l=l: mlp_in.__setitem__(l, acts[l](out))))
-        if mode in INPUT_MODES:  # the MLP input, masked once before gate_proj and up_proj
-            for l, mods in enumerate(layers):
-                if mode == "larosa":
-                    keep_in = _rotated_top_k(rot[l], k_in)
-                else:
-                    keep_in = _input_threshold(in_thr[l], None if in_scale is None else in_scale[l])
-                fn = _make_input_mask(handle, l, keep_in, skip_first_position)
-                for name in ("gate", "up"):
-                    handle._handles.append(mods[name].register_forward_pre_hook(
-                        lambda m, args, fn=fn, count=name == "gate": (fn(args[0], count),) + tuple(args[1:])))
+        if line is not None:
+            rules = _line_rules(model, line, masks, layers, width, handle, taps, skip_first_position, use_fused)
+        else:
+            rules = builtin_rules(masks, layers, width, n_layers, handle, taps, use_fused)
         for proj in projections:
             for l, site in enumerate(layers):
-                dev = site.device(proj)
-                if mode in _RANDOM_MODES and dev not in generators:
-                    generators[dev] = torch.Generator(device=dev).manual_seed(int(seed))
-                choose = _chooser(mode, l, mlp_in, cents=cents.get(proj, [None] * n_layers)[l],
-                                  k=k_rand.get(proj), gen=generators.get(dev),
-                                  keep_threshold=keep_thr.get(proj, [None] * n_layers)[l],
-                                  predictor=preds.get(proj, [None] * n_layers)[l], top_m=top_m,
-                                  k_neuron=k_neuron.get(proj), n_groups=n_groups[proj], scale=scales[proj][l],
-                                  gate_threshold=gate_thr.get(proj, [None] * n_layers)[l],
-                                  mid_scale=None if mid_scale is None else mid_scale[l],
-                                  fused=fused is not False and _fused.enabled(dev) and mode != "griffin")
-                fn = _make_apply(handle, proj, l, thr[proj][l], choose, skip_first_position and site.positional,
-                                 prompt=prompt)
+                fn = _make_apply(handle, proj, l, thr[proj][l], rules[proj][l], skip_first_position and site.positional,
+                                 sequence=rules.get("sequence"))
                 handle._handles.append(site.replace(proj, fn, skip_first_position))
     except BaseException:
         handle.remove()
@@ -369,145 +251,64 @@ def install_interventions(model: nn.Module, masks: Masks | str, *, skip_first_po
     return handle
 
 
-def _chooser(mode, layer, mlp_in, *, cents, k, gen, keep_threshold, predictor, top_m, k_neuron, n_groups=1,
-             scale=False, gate_threshold=None, mid_scale=None, fused=False):
-    """``(flat x (N, W), pattern p (N, W) bool, |x| (N, W) float32) -> keep (N, W) bool`` for one
-    (layer, projection).
-
-    Cluster modes also set ``choose.ids`` (``(N, m)`` int64 assigned centroid ids, or None) and
-    ``choose.density`` (``(K,)`` float32 centroid densities) for the batch view.  With ``fused``,
-    ``choose.spec(flat, threshold)`` gives the arguments of :func:`apc.perplexity.fused.mask_rows`
-    instead (the same mask, without the float32 ``|x|`` and the pattern as tensors)."""
-    density = cents.density() if cents is not None else None
-
-    def scores(n_rows: int) -> torch.Tensor:
-        h = mlp_in[layer]
-        h = h.reshape(-1, h.shape[-1])
-        if h.shape[0] != n_rows:
-            raise RuntimeError(f"layer {layer}: MLP input has {h.shape[0]} positions, the hooked tensor {n_rows}")
-        return predictor(h.float())
-
-    def gate_keep(n_rows: int) -> torch.Tensor:
-        g = mlp_in[layer]
-        g = g.reshape(-1, g.shape[-1])
-        if g.shape[0] != n_rows:
-            raise RuntimeError(f"layer {layer}: gate output has {g.shape[0]} positions, down_in {n_rows}")
-        return g.abs().float() >= gate_threshold
-
-    def random_keep(flat: torch.Tensor) -> torch.Tensor:
-        noise = torch.rand(flat.shape, generator=gen, device=flat.device)
-        if fused and 0 < k < flat.shape[1]:
-            r = _fused.top_n_float(noise, k)  # ties at the k-th value from the lowest position
-            if r is not None:
-                return r
-        return torch.zeros(flat.shape, dtype=torch.bool, device=flat.device).scatter_(
-            1, noise.topk(k, dim=1).indices, True)
-
-    def weighted_keep(p: torch.Tensor | None, absx: torch.Tensor | None) -> torch.Tensor:
-        """Centroid masks of product cells (by pattern) and of the weighted oracle (by |x|)."""
-        if scale is False:  # product cells: nearest centroid per group
-            return product_masks(p.float(), cents.float(), n_groups)
-        w = absx if scale is None else absx * scale  # oracle by least missed weight |x| (or |x| * column scale)
-        return product_masks(w, cents.float(), n_groups)
-
-    def choose(flat: torch.Tensor, p: torch.Tensor, absx: torch.Tensor) -> torch.Tensor:
-        choose.ids = None
-        if mode == "sparse":
-            return p
-        if mode == "cats":
-            return gate_keep(flat.shape[0])
-        if mode in ("centroid", "centroid_only"):
-            if scale is False and n_groups == 1:  # oracle by the pattern: nearest centroid
-                ids = nearest_centroid(p.float(), cents.float())
-                choose.ids = ids[:, None]
-                m = cents.rows.index_select(0, ids)
-            else:
-                m = weighted_keep(p, absx)
-            return m if mode == "centroid_only" else p & m
-        if mode in _RANDOM_MODES:
-            r = random_keep(flat)
-            return r & p if mode == "random" else r
-        if mode in ("threshold", "teal"):
-            return absx >= keep_threshold
-        if mode == "wina":
-            return absx * mid_scale >= keep_threshold
-        if mode == "larosa":
-            return top_n_mask(absx, k_neuron)
-        s = scores(flat.shape[0])
-        if mode == "predicted":
-            ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
-            choose.ids = ids
-            return cents.rows[ids].any(dim=1)
-        return top_n_mask(s, k_neuron)  # neuron_predicted
-
-    def spec(flat: torch.Tensor, threshold: float) -> dict:
-        choose.ids = None
-        if mode == "sparse":
-            return {"kind": "pattern"}
-        if mode in ("threshold", "teal"):
-            return {"kind": "threshold", "keep_threshold": keep_threshold}
-        if mode == "cats":
-            return {"kind": "keep", "keep": gate_keep(flat.shape[0])}
-        if mode == "wina":
-            return {"kind": "keep", "keep": flat.abs().float() * mid_scale >= keep_threshold}
-        if mode == "larosa":
-            absx = flat.abs().float()
-            keep = _fused.top_n_float(absx, k_neuron)
-            return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(absx, k_neuron)}
-        if mode in _RANDOM_MODES:
-            return {"kind": "keep", "keep": random_keep(flat), "and_pattern": mode == "random"}
-        if mode in ("centroid", "centroid_only"):
-            if scale is False and n_groups == 1:
-                ids = cents.nearest(flat, threshold)
-                choose.ids = ids[:, None]
-                return {"kind": "centroids", "centroids": cents.rows, "ids": choose.ids,
-                        "and_pattern": mode == "centroid"}
-            absx = flat.abs().float()
-            m = weighted_keep(absx >= threshold, absx)
-            return {"kind": "keep", "keep": m, "and_pattern": mode == "centroid"}
-        s = scores(flat.shape[0])
-        if mode == "predicted":
-            choose.ids = s.argmax(dim=1, keepdim=True) if top_m == 1 else s.topk(top_m, dim=1).indices
-            return {"kind": "centroids", "centroids": cents.rows, "ids": choose.ids}
-        keep = _fused.top_n_float(s, k_neuron)  # None for scores it does not take
-        return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(s, k_neuron)}
-
-    choose.ids, choose.density, choose.k_neuron = None, density, k_neuron
-    choose.spec = spec if fused else None
-    return choose
+def _line_rules(model, line, masks, layers, width, handle, taps, skip_first, use_fused) -> dict:
+    """The mask rules of a line (:mod:`apc.lines`) per projection and layer; installs its taps, input masks
+    and extra hooks on the way."""
+    state = line.prepare(masks, layers, width, model)
+    if line.tap == "ffn_input":
+        for l, site in enumerate(layers):
+            handle._handles.append(site.on_ffn_input(lambda x, l=l: taps.__setitem__(l, x)))
+    elif line.tap == "gate":  # the gate's activation of the token, kept per layer for the later hooks
+        acts = _activations(model, len(layers), masks.mode)
+        for l, mods in enumerate(layers):
+            handle._handles.append(mods["gate"].register_forward_hook(
+                lambda m, args, out, l=l: taps.__setitem__(l, acts[l](out))))
+    for l, mods in enumerate(layers):  # the MLP input, masked once before gate_proj and up_proj
+        keep_in = line.input_mask(state, l)
+        if keep_in is None:
+            continue
+        fn = _make_input_mask(handle, l, keep_in, skip_first)
+        for name in ("gate", "up"):
+            handle._handles.append(mods[name].register_forward_pre_hook(
+                lambda m, args, fn=fn, count=name == "gate": (fn(args[0], count),) + tuple(args[1:])))
+    handle._handles += list(line.extra_hooks(state, layers, handle))
+    rules = {p: [line.rule(state, l, p, taps, fused=use_fused(site.device(p))) for l, site in enumerate(layers)]
+             for p in masks.projections}
+    for p in masks.projections:
+        for r, site in zip(rules[p], layers):
+            r.use_fused = use_fused(site.device(p))
+    if line.scope == "sequence":
+        if hasattr(line, "check_prompt"):
+            line.check_prompt(state, skip_first)
+        rules["sequence"] = (line.dense_positions(state), lambda x, start: line.sequence_keep(state, x, start))
+    return rules
 
 
-def griffin_keep(x: torch.Tensor, prompt: int, k: int, start: int = 0) -> torch.Tensor:
-    """GRIFFIN's mask of ``x: (..., seq, W)``: all True on the first ``prompt`` positions; after them, per
-    sequence, the ``k`` neurons with the largest l2 norm over positions ``start..prompt-1`` of each
-    position's activation vector divided by its own l2 norm (one mask for every later position)."""
-    if x.shape[-2] <= prompt:
-        raise ValueError(f"mode 'griffin': a sequence of {x.shape[-2]} positions leaves none after a prompt of {prompt}")
-    a = x[..., start:prompt, :].float()
-    a = a / a.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-    score = a.norm(dim=-2)  # (..., W)
-    mask = top_n_mask(score.reshape(-1, score.shape[-1]), k).view(score.shape)
-    keep = torch.ones(x.shape, dtype=torch.bool, device=x.device)
-    keep[..., prompt:, :] = mask.unsqueeze(-2)
-    return keep
+def _fused_args(spec: dict) -> dict:
+    """:func:`apc.perplexity.fused.mask_rows`'s arguments of a rule's spec (``top_n`` resolved to a keep mask)."""
+    if spec.get("kind") != "top_n":
+        return spec
+    keep = _fused.top_n_float(spec["score"], spec["k"])  # None for scores it does not take
+    return {"kind": "keep", "keep": keep if keep is not None else top_n_mask(spec["score"], spec["k"])}
 
 
-def _make_apply(handle, proj, layer, threshold, choose, skip_first, prompt=None):
-    """Build ``x -> masked x`` for one (layer, projection); ``prompt`` (griffin): the dense positions."""
+def _make_apply(handle, proj, layer, threshold, choose, skip_first, sequence=None):
+    """Build ``x -> masked x`` for one (layer, projection); ``sequence``: ``(prompt, keep_fn)`` of a line of
+    ``sequence`` scope (its prompt runs dense and is left out of the statistics)."""
 
     def apply(x: torch.Tensor) -> torch.Tensor:
         handle.calls[proj] += 1
         w = x.shape[-1]
         flat = x.reshape(-1, w)
-        if choose.spec is not None and flat.stride(1) == 1:
+        if getattr(choose, "use_fused", False) and flat.stride(1) == 1:
             return fused_apply(x, flat)
         absx = flat.abs().float()  # |x| once, for the pattern and the modes that threshold it again
         p = absx >= threshold
-        if prompt is not None:  # griffin: the prompt runs dense and is left out of the statistics
-            keep = griffin_keep(x, prompt, choose.k_neuron, start=int(skip_first))
-            n_skip = prompt
+        if sequence is not None:
+            keep = sequence[1](x, int(skip_first))
+            n_skip = sequence[0]
         else:
-            keep = choose(flat, p, absx).view(x.shape)
+            keep = choose.keep(flat, p, absx).view(x.shape)
             n_skip = 1 if skip_first and x.dim() >= 2 else 0
         p = p.view(x.shape)
         if n_skip:
@@ -526,7 +327,7 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first, prompt=None)
     def fused_apply(x: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         handle.fused_calls += 1
         seq = x.shape[-2] if skip_first and x.dim() >= 2 else 0
-        args = choose.spec(flat, threshold)
+        args = _fused_args(choose.spec(flat, threshold))
         acc = handle._acc_for(proj, layer, flat.device)
         out = _fused.mask_rows(flat, threshold, acc, seq=seq, keep_out=bool(handle.batch_sizes), **args)
         keep_s = None
@@ -551,7 +352,7 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first, prompt=None)
                 0, top1, torch.ones_like(top1))
             prev = handle._id_counts[proj][layer]
             handle._id_counts[proj][layer] = counts if prev is None else prev + counts
-        if handle.batch_sizes and prompt is not None:  # one mask per sequence
+        if handle.batch_sizes and sequence is not None:  # one mask per sequence
             handle._seq_masks[proj][layer].append(keep_s[..., 0, :].reshape(-1, keep_s.shape[-1]).cpu())
         elif handle.batch_sizes:
             _batch_view(handle._batch[proj][layer], keep_s, ids, getattr(choose, "density", None))
@@ -584,31 +385,6 @@ def _batch_view(acc: dict, keep: torch.Tensor, ids: torch.Tensor | None, density
             cell[3] += g.shape[0]
 
 
-def _input_threshold(threshold: float, scale: torch.Tensor | None) -> Callable:
-    """``h -> (h masked, keep)``: ``h`` zeroed where ``|h| (* scale) < threshold`` (teal; wina with ``scale``)."""
-
-    def keep_in(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        a = h.abs().float()
-        keep = (a if scale is None else a * scale) >= threshold
-        return h.masked_fill(~keep, 0), keep
-
-    return keep_in
-
-
-def _rotated_top_k(q: torch.Tensor, k: int) -> Callable:
-    """``h -> (Q (top-k of Q^T h), keep)`` (larosa): per token, the ``k`` largest ``|Q^T h|`` kept.
-
-    ``Q (z masked)`` fed to gate_proj and up_proj gives ``W (Q z) = (W Q) z``: the products of the
-    rotated weights ``W Q`` with the sparse rotated input, computed here through the unrotated weights."""
-
-    def keep_in(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = h.float() @ q  # rows: Q^T h
-        keep = top_n_mask(z.abs().reshape(-1, z.shape[-1]), k).view(z.shape)
-        return (z.masked_fill(~keep, 0) @ q.T).to(h.dtype), keep
-
-    return keep_in
-
-
 def _make_input_mask(handle, layer, keep_in, skip_first):
     """Build ``(h, count) -> h masked`` for the MLP input of one layer (:data:`INPUT_MODES`): ``keep_in(h)``
     gives the masked input and its mask; gate_proj and up_proj read the same tensor, so the second call
@@ -634,7 +410,7 @@ def _make_input_mask(handle, layer, keep_in, skip_first):
     return mask
 
 
-def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
+def _activations(model: nn.Module, n_layers: int, mode: str) -> list[Callable]:
     """The activation function applied to each layer's gate output (``mlp.act_fn``)."""
     from apc.common.sites import decoder_layers
 
@@ -642,7 +418,7 @@ def _activations(model: nn.Module, n_layers: int) -> list[Callable]:
     for i, layer in enumerate(decoder_layers(model)):
         act = getattr(getattr(layer, "mlp", None), "act_fn", None)
         if act is None:
-            raise ValueError(f"mode 'cats' needs a gated MLP with an activation (mlp.act_fn); layer {i} has none")
+            raise ValueError(f"mode {mode!r} needs a gated MLP with an activation (mlp.act_fn); layer {i} has none")
         out.append(act)
     return out[:n_layers]
 
