@@ -182,6 +182,10 @@ class Line:
         """Whether the line's masks can be had at inference (False: an upper bound)."""
         return bool(self.deployable)
 
+    def decode_line(self, spec: LineSpec) -> str | None:
+        """The line of a decode table (:mod:`apc.deploy.decode_table`) that times this spec (None: none)."""
+        return self.decode
+
     def label(self, spec: LineSpec) -> str:
         """A short human label for legends and tables."""
         return spec.line

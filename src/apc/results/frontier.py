@@ -26,6 +26,7 @@ import pandas as pd
 from apc.common.atomic import atomic_path, read_json
 from apc.common.frontier import parse_line
 from apc.common.progress import get_logger
+from apc.lines import parse
 
 log = get_logger("apc.results.frontier")
 
@@ -109,9 +110,11 @@ def _first_crossing(x: np.ndarray, y: np.ndarray, level: float) -> float:
     return float("nan")
 
 
-#: The masked-FFN kernel (:mod:`apc.deploy`) that runs each line family; None: no kernel of its own
-KERNEL = {"oracle": "grouped", "predicted": "grouped", "neuron": "per_token", "random": "per_token", "cats": "cats",
-          "threshold": None, "teal": None, "wina": None, "larosa": None, "griffin": None, "experts": "grouped"}
+def _kernel(line: str) -> str | None:
+    """The masked-FFN kernel (:mod:`apc.deploy`) that runs a line (its registry entry); None: no kernel of its own."""
+    return parse(line).impl.kernel
+
+
 DECODE_TOKENS, PREFILL_TOKENS = 1, 4096
 
 
@@ -121,9 +124,12 @@ def _groups(d: dict) -> int:
     return max(1, int(round(np.mean([np.count_nonzero(c) for c in counts])))) if counts else 1
 
 
-#: The ``bench_decode.py`` line that runs each line family (a decode table); None: no kernel of its own
-DECODE_LINE = {"oracle": "cluster", "predicted": "cluster", "neuron": "per_token", "random": "per_token",
-               "cats": "cats", "teal": "teal", "wina": "wina", "experts": "cluster", "threshold": None}
+def _decode_line(line: str) -> str | None:
+    """The ``bench_decode.py`` line that times a line (its registry entry); None: no kernel of its own."""
+    spec = parse(line)
+    return spec.impl.decode_line(spec)
+
+
 DECODE_BATCHES = (1, 16)
 
 
@@ -147,7 +153,7 @@ def time_columns(points: Iterable[str | os.PathLike], table, *, d_model: int, d_
     out = []
     for path in points:
         d = read_json(path)
-        kernel = KERNEL.get(d["family"])
+        kernel = _kernel(d["line"])
         cols = {}
         for name, tokens in (("time_share_decode", DECODE_TOKENS), ("time_share_prefill", PREFILL_TOKENS)):
             if kernel is None:
@@ -171,9 +177,7 @@ def _decode_time_columns(points, table) -> list[dict]:
     out = []
     for path in points:
         d = read_json(path)
-        line = DECODE_LINE.get(d["family"])
-        if line == "cluster" and parse_line(d["line"]).get("method") == "static":
-            line = "static"
+        line = _decode_line(d["line"])
         share = d.get("ffn_flops_share")
         share = float(d["compute_share"] if share is None else share)
         cols = {}
