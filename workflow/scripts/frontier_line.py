@@ -55,7 +55,7 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
     if line.family == "cats":
         kw["gate_thresholds"] = {"down_in": calibrated("cats", share)}
     elif line.family in ("teal", "wina"):
-        t = calibrated(line.calibration, share)
+        t = calibrated(line.family, share)
         kw.update(keep_thresholds={"down_in": t["mid"]}, input_thresholds=t["input"])
     cents = {q: i[f"centroids_{q}_{j}"] for q in projections if f"centroids_{q}_{j}" in i.keys()}
     if cents:
