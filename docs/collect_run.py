@@ -109,10 +109,14 @@ def _files_of(other: str, repo: Path) -> dict[str, bytes]:
 
 
 def csv_difference(a: bytes, b: bytes) -> dict | None:
-    """Of two CSV files with one header and the same number of rows: rows compared, rows that differ, and per
-    column the number of rows whose cell text differs; None when the headers or row counts differ."""
-    ra = list(csv.reader(io.StringIO(a.decode(errors="replace"))))
-    rb = list(csv.reader(io.StringIO(b.decode(errors="replace"))))
+    """Of two CSV files with one header and the same number of rows (`#` comment lines left out): rows compared,
+    rows that differ, and per column the number of rows whose cell text differs; None when the headers or row
+    counts differ."""
+    def rows(data: bytes) -> list[list[str]]:
+        text = "".join(ln for ln in data.decode(errors="replace").splitlines(True) if not ln.startswith("#"))
+        return list(csv.reader(io.StringIO(text)))
+
+    ra, rb = rows(a), rows(b)
     if not ra or not rb or ra[0] != rb[0] or len(ra) != len(rb):
         return None
     head, rows = ra[0], list(zip(ra[1:], rb[1:]))
