@@ -303,10 +303,13 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | list[Path] | Non
     not given, else null unless given)."""
     if not (res / "summary.csv").exists() and not (res / "frontier.csv").exists():
         raise SystemExit(f"collect_run: {res} has neither summary.csv nor frontier.csv: the run is not finished")
+    head, state = git_state(res)
     if commit is None:
-        commit, state = git_state(res)
-        dirty = state if dirty is None else dirty
-    commit = full_commit(commit, res)
+        if head == "unknown":
+            raise SystemExit(f"collect_run: {res} is in no git checkout: name the run's commit with --commit")
+        commit, dirty = head, state if dirty is None else dirty
+    repo = res if head != "unknown" else ROOT
+    commit = full_commit(commit, repo)
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -355,7 +358,7 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | list[Path] | Non
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
     write_manifest(dest, commit=commit, dirty=dirty, command=command, machine_line=machine_line, collected_by=by,
-                   note=note, compare_to=compare_to, repo=res)
+                   note=note, compare_to=compare_to, repo=repo)
     return sorted(p for p in dest.rglob("*") if p.is_file())
 
 

@@ -178,3 +178,21 @@ def test_render_defaults_are_found():
     assert defaults, "no render function takes a docs/results run by default"
     seg = '<!-- [[[cog cog.out(R.%s()) ]]] -->\nx\n<!-- [[[end]]] -->' % next(iter(defaults))
     assert cited_runs(seg, RUNS, defaults) == defaults[next(iter(defaults))]
+
+
+def test_collect_writes_a_manifest_of_what_it_copied(tmp_path):
+    head = _git("rev-parse", "HEAD").stdout.strip()
+    if not head:
+        pytest.skip("not a git checkout")
+    res = tmp_path / "results"
+    (res / "ppl").mkdir(parents=True)
+    (res / "frontier.csv").write_text("line,share\nteal,0.6\n")
+    (res / "ppl" / "dense.json").write_text("{}\n")
+    dest = tmp_path / "docs" / "run1"
+    with pytest.raises(SystemExit, match="no git checkout"):
+        collect_run.collect(res, dest, command="make run", machine_line="test")
+    collect_run.collect(res, dest, command="make run", machine_line="test", commit=head[:10])
+    m = _manifest("run1", tmp_path / "docs")
+    assert m["commit"] == head and m["dirty"] is None and m["command"] == "make run"
+    assert set(m["files"]) == {"COMMAND", "frontier.csv", "ppl/dense.json", "jobs.csv", "du.tsv"}
+    assert collect_run.check_manifest(dest) == []
