@@ -824,7 +824,8 @@ def found_sentence(run: str, decode_run: str | None = "decode_h200", shares=(0.4
              + " / ".join(iv(r.kl, r.kl_lo, r.kl_hi) for r in best_k) + " nats")
     same_best = all(a.line == b.line for a, b in zip(best_r, best_k))
     out = head + ("; the two metrics pick the same best line at every share" if same_best else "")
-    out += ("; Kendall's τ between the perplexity and the KL order of all lines is "
+    out += ("; Kendall's τ between the perplexity and the KL order of the lines with a point within 0.05 of each "
+            "share (" + " / ".join(str(len(_kl_lines(run, s))) for s in shares) + f" of {frontier(run).line.nunique()}) is "
             + " / ".join(f"{t:.2f}" for t, _ in agreement) + ", and the five best by perplexity "
             + ("keep their order by KL at every share." if not any(sw for _, sw in agreement) else
                "keep their order by KL except " + "; ".join(
