@@ -1187,7 +1187,7 @@ def decode_range(run: str, column: str, batch: int | None = None, exclude=("dens
 def draw_plots() -> list[Path]:
     """Redraw the frontier plots of every collected run (a folder with a frontier table and a dense perplexity;
     the partial runs beside them carry only tables) from those committed files."""
-    from apc.results.frontier import make_frontier_plots
+    from apc.results.frontier_plots import make_frontier_plots
 
     out = []
     # only collected runs (docs/collect_run.py: a frontier table beside the reference perplexities); the loose
