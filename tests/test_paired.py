@@ -137,3 +137,26 @@ def test_decision_columns_never_call_an_upper_bound_best():
         assert dec.loc["oracle.per_layer.apc-k128-s0", f"verdict_{s}"] == "better, upper bound"
         assert dec.loc[dec[f"best_{s}"].iloc[0], f"verdict_{s}"] == "tie"  # teal and wina: no paired difference
         assert dec.loc["random", f"verdict_{s}"] == "worse"
+
+
+def test_the_decision_table_gets_the_paired_columns_and_the_pairs_file(tmp_path):
+    import json
+
+    from apc.results.frontier import paired_decision, with_deployable
+
+    a, paths = hard(), []
+    for line, shift in (("teal", 0.0), ("random", 2.0), ("oracle.per_layer.apc-k128-s0", -1.0)):
+        for share in (0.4, 0.6, 0.8):
+            p = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in point(a + shift, line, share).items()}
+            paths.append(tmp_path / f"{line}-{share}.json")
+            paths[-1].write_text(json.dumps(p))
+    dec = pd.DataFrame({"pset": ["down_in"] * 3, "line": ["teal", "random", "oracle.per_layer.apc-k128-s0"]})
+    out = paired_decision(dec, paths, tmp_path / "frontier_paired.csv").set_index("line")
+    assert list(out["deployable"]) == [True, True, False]
+    assert (out["best_0.6"] == "teal").all() and out.loc["teal", "verdict_0.6"] == "best"
+    assert out.loc["random", "d_log_ratio_0.6"] == pytest.approx(2.0) and out.loc["random", "verdict_0.6"] == "worse"
+    assert out.loc["oracle.per_layer.apc-k128-s0", "verdict_0.8"] == "better, upper bound"
+    pairs = pd.read_csv(tmp_path / "frontier_paired.csv")
+    assert len(pairs) == 3 * 3 and set(pairs["share"]) == {0.4, 0.6, 0.8}
+    table = with_deployable(pd.DataFrame({"pset": ["down_in"] * 2, "line": ["teal", "experts-oracle.s0.2-e32"]}))
+    assert list(table.columns) == ["pset", "line", "deployable"] and list(table["deployable"]) == [True, False]
