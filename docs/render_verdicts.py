@@ -195,16 +195,16 @@ def claim(v: dict, label: str = "line", metric: str = "log_ratio") -> str:
     fmt = "{:.2f}×" if c == "ratio" else "{:.3g}"
     what = "dense perplexity" if c == "ratio" else ("nats KL" if c == "kl" else "top-1 agreement")
     b, r = v["best"], v["runner_up"]
-    fig = lambda row: f"{interval(row[c], row[c + '_lo'], row[c + '_hi'], fmt)} {what} at {row.compute_share:.2f}"
+    fig = lambda row: f"{interval(row[c], row[c + '_lo'], row[c + '_hi'], fmt)} at {row.compute_share:.2f}"
     if r is None:
-        out = f"`{b.line}` is the only deployable {label} ({fig(b)})"
+        out = f"`{b.line}` is the only deployable {label} ({fig(b)} {what})"
     elif v["tie"]:
-        out = f"`{b.line}` and `{r.line}` tie as the best deployable {label} ({fig(b)}; {fig(r)}; {v['cmp']['text']})"
+        out = f"`{b.line}` and `{r.line}` tie as the best deployable {label} ({fig(b)} and {fig(r)} {what}; {v['cmp']['text']})"
     else:
-        out = f"`{b.line}` is the best deployable {label} ({fig(b)}; against the runner-up `{r.line}`: {v['cmp']['text']})"
+        out = f"`{b.line}` is the best deployable {label} ({fig(b)} {what}; against `{r.line}`, {v['cmp']['text']})"
     if v["bound"] is not None:
         u = v["bound"]
-        out += f"; the upper bound `{u.line}` (oracle, not deployable) is at {fig(u)}"
+        out += f"; the upper bound `{u.line}` (oracle, not deployable) is at {fig(u)} {what}"
     return out
 
 

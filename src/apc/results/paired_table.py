@@ -104,10 +104,13 @@ def decision_columns(pairs: pd.DataFrame, lines: pd.DataFrame, shares=SHARES, me
             for suf in ("", "_lo", "_hi"):
                 cols[f"d_{m}_{s:g}{suf}"] = []
         cols[f"verdict_{s:g}"] = []
-        for pset, line in zip(out["pset"], out["line"]):
+        ranked: dict[str, tuple[list[str], list[str]]] = {}  # per pset: the lines placed at s, the deployable ranked
+        for pset in out["pset"].unique():
             g = pairs[(pairs["pset"] == pset) & np.isclose(pairs["share"].to_numpy(float), s)]
             placed = list(dict.fromkeys(list(g["line"]) + list(g["against"])))
-            dep = _ranked(pairs, s, [l for l in placed if deployable(l)], metric, pset)
+            ranked[pset] = placed, _ranked(pairs, s, [l for l in placed if deployable(l)], metric, pset)
+        for pset, line in zip(out["pset"], out["line"]):
+            placed, dep = ranked[pset]
             best = dep[0] if dep else None
             cols[f"best_{s:g}"].append(best)
             for m in METRICS:
