@@ -127,9 +127,10 @@ def compare(run: str, share: float, a, b, metric: str = "log_ratio") -> dict:
         d, lo, hi, tokens = hit
         v = verdict(d, lo, hi, metric)
         if metric == "log_ratio":
-            text = f"perplexity ratio {interval(math.exp(d), math.exp(lo), math.exp(hi), '{:.3f}')}, paired"
+            text = f"perplexity ratio {interval(math.exp(d), math.exp(lo), math.exp(hi), '{:.3f}')}"
         else:
-            text = f"{metric} difference {interval(d, lo, hi, '{:.3g}', apart=(0.0,))}, paired"
+            text = f"{metric} difference {interval(d, lo, hi, '{:.3g}', apart=(0.0,))}"
+        text += f", paired at equal compute {share:g}"
         tok = int(min(a.tokens, b.tokens))
         return {"verdict": v, "paired": True,
                 "text": text + (f", on their {tokens:,} common tokens" if tokens < max(a.tokens, b.tokens) or tokens < tok else "")}
@@ -309,3 +310,35 @@ def nearest_within(fr: pd.DataFrame, line: str, share: float, tol: float = TOL):
     d = np.abs(g.compute_share.to_numpy(float) - share)
     i = int(np.argmin(d))
     return g.iloc[i] if d[i] <= tol + 1e-12 else None
+
+
+# ---------------------------------------------------------------- the decision table's paired columns
+
+def decision_table(run: str, share: float = 0.8) -> str:
+    """Every line the run's ``frontier_decision.csv`` places at compute ``share``, against the best deployable line
+    there: the ratio of their perplexities, the KL difference and the top-1 difference (this line minus the best,
+    paired 95 % intervals at equal compute) and the verdict; upper bounds labelled."""
+    dec = _R().table(run, "frontier_decision.csv")
+    s = f"{share:g}"
+    g = dec[dec[f"verdict_{s}"].fillna("n/a") != "n/a"].sort_values(f"d_log_ratio_{s}")
+    best = g[f"best_{s}"].dropna().iloc[0]
+    rows = []
+    for r in g.itertuples(index=False):
+        d = r._asdict()
+        col = lambda m: [d[f"d_{m}_{s}"], d[f"d_{m}_{s}_lo"], d[f"d_{m}_{s}_hi"]]
+        lr = col("log_ratio")
+        rows.append([f"`{r.line}`" + ("" if deployable(r.line) else " (upper bound)"),
+                     "–" if r.line == best else interval(*np.exp(lr), "{:.3f}×"),
+                     "–" if r.line == best else interval(*col("kl"), "{:.3g}", apart=(0.0,)),
+                     "–" if r.line == best else interval(*col("top1"), "{:.3f}", apart=(0.0,)), d[f"verdict_{s}"]])
+    return _R().md(["line", f"perplexity ÷ `{best}`", f"KL − `{best}`, nats", f"top-1 − `{best}`", "verdict"], rows)
+
+
+def paired_verdicts(run: str, shares=PAIRED_SHARES) -> str:
+    """The verdict at each compute share among the deployable lines of a run with a paired table, in one sentence."""
+    parts = []
+    for s in shares:
+        v = best_of(run, s)
+        if v is not None:
+            parts.append(f"at {s:g} {claim(v)}")
+    return "; ".join(parts)
