@@ -323,14 +323,13 @@ def decision_table(run: str, share: float = 0.8) -> str:
     g = dec[dec[f"verdict_{s}"].fillna("n/a") != "n/a"].sort_values(f"d_log_ratio_{s}")
     best = g[f"best_{s}"].dropna().iloc[0]
     rows = []
-    for r in g.itertuples(index=False):
-        d = r._asdict()
+    for _, d in g.iterrows():
         col = lambda m: [d[f"d_{m}_{s}"], d[f"d_{m}_{s}_lo"], d[f"d_{m}_{s}_hi"]]
-        lr = col("log_ratio")
-        rows.append([f"`{r.line}`" + ("" if deployable(r.line) else " (upper bound)"),
-                     "–" if r.line == best else interval(*np.exp(lr), "{:.3f}×"),
-                     "–" if r.line == best else interval(*col("kl"), "{:.3g}", apart=(0.0,)),
-                     "–" if r.line == best else interval(*col("top1"), "{:.3f}", apart=(0.0,)), d[f"verdict_{s}"]])
+        me = d["line"] == best
+        rows.append([f"`{d['line']}`" + ("" if deployable(d["line"]) else " (upper bound)"),
+                     "–" if me else paired_ratio_cell(run, share, d["line"], best),
+                     "–" if me else interval(*col("kl"), "{:.3g}", apart=(0.0,)),
+                     "–" if me else interval(*col("top1"), "{:.3f}", apart=(0.0,)), d[f"verdict_{s}"]])
     return _R().md(["line", f"perplexity ÷ `{best}`", f"KL − `{best}`, nats", f"top-1 − `{best}`", "verdict"], rows)
 
 
@@ -342,3 +341,10 @@ def paired_verdicts(run: str, shares=PAIRED_SHARES) -> str:
         if v is not None:
             parts.append(f"at {s:g} {claim(v)}")
     return "; ".join(parts)
+
+
+def run_gap(run: str, other: str) -> float:
+    """The largest relative difference of the perplexity of a frontier point between two runs of the same points."""
+    a, b = _R().frontier(run), _R().frontier(other)
+    m = a.merge(b, on=["pset", "line", "share"], suffixes=("", "_o"))
+    return float((m.ppl / m.ppl_o - 1).abs().max())
