@@ -3,8 +3,9 @@
     python docs/collect_run.py RESULTS_DIR RUN_NAME [--log SNAKEMAKE_LOG] [--command "make run"]
 
 Reads only under RESULTS_DIR (and the Snakemake log). Writes, replacing the folder's previous collection:
-config.json, summary.csv, frontier.csv, frontier_calibration.json, thresholds.json, ppl/ (dense, sparse and
-cell JSONs, not the batches), extract/{split}.json, predictors/ (test reports), jobs.csv (one row per
+config.json, summary.csv, frontier.csv, frontier_decision.csv, frontier_paired.csv (the paired comparisons),
+frontier_calibration.json, thresholds.json, ppl/ (dense, sparse and cell JSONs, not the batches),
+extract/{split}.json, predictors/ (test reports), jobs.csv (one row per
 `benchmarks/*.tsv`: rule, wall seconds, peak RSS), du.tsv (bytes of every top-level store), dag.json (the DAG's
 wall time from the log), coverage_test.csv (each neuron-expert cell's held-out coverage per router and k, from
 experts/*/*/report.json), plots/ (the frontier plots), COMMAND (the command, the commit of the checkout that holds
@@ -313,8 +314,8 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | list[Path] | Non
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in ("config.json", "summary.csv", "frontier.csv", "frontier_calibration.json", "thresholds.json",
-                 "mlflow_runs.json"):
+    for name in ("config.json", "summary.csv", "frontier.csv", "frontier_decision.csv", "frontier_paired.csv",
+                 "frontier_calibration.json", "thresholds.json", "mlflow_runs.json"):
         if (res / name).exists():
             _copy(res / name, tmp / name)
     if (res / "model/manifest.json").exists():

@@ -198,17 +198,48 @@ def write_frontier_table(path: str | os.PathLike, points, refs, time_table=None,
     if time_table is not None and len(df):
         times = pd.DataFrame(time_columns(points, time_table, d_model=d_model, d_ff=d_ff))
         df = pd.concat([df, times], axis=1)
+    df = with_deployable(df)
     with atomic_path(path, ".csv") as tmp:
         df.to_csv(tmp, index=False, na_rep="NaN")  # a figure without an interval: NaN, never a blank to misread
     log.info("frontier table: %d points -> %s", len(df), path)
     return df
 
 
-def write_decision_table(path: str | os.PathLike, table: pd.DataFrame) -> pd.DataFrame:
+def with_deployable(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with a ``deployable`` column after ``line`` (:func:`apc.results.paired.deployable`: False for the
+    upper bounds, oracle cluster masks and oracle expert routers)."""
+    from apc.results.paired import deployable
+
+    df = df.drop(columns=["deployable"], errors="ignore")
+    df.insert(int(df.columns.get_loc("line")) + 1 if "line" in df else 0, "deployable",
+              [deployable(l) for l in df["line"]] if "line" in df else [])
+    return df
+
+
+def write_decision_table(path: str | os.PathLike, table: pd.DataFrame, points=None,
+                         pairs_path: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write :func:`crossings` of a frontier ``table`` to ``path`` (CSV): per line, the compute share at which it
-    reaches 1.05x and 1.25x dense perplexity and a mean KL of 0.05 and 0.2 nats, with the interval's shares."""
+    reaches 1.05x and 1.25x dense perplexity and a mean KL of 0.05 and 0.2 nats, with the interval's shares;
+    with the ``points`` files, also the paired columns of :func:`paired_decision` (and the pairs at ``pairs_path``)."""
     dec = crossings(table) if len(table) else pd.DataFrame(columns=["pset", "line", "family"])
+    if points is not None and len(dec):
+        dec = paired_decision(dec, points, pairs_path)
     with atomic_path(path, ".csv") as tmp:
         dec.to_csv(tmp, index=False, na_rep="NaN")  # NaN: the line does not get there within its points
     log.info("decision table: %d lines -> %s", len(dec), path)
     return dec
+
+
+def paired_decision(dec: pd.DataFrame, points, pairs_path: str | os.PathLike | None = None) -> pd.DataFrame:
+    """``dec`` (one row per line) with :func:`apc.results.paired_table.decision_columns`: per line its paired
+    difference against the best deployable line at each compared share and the verdict; the table of every pair
+    (:func:`apc.results.paired_table.paired_table`) is written to ``pairs_path`` when given."""
+    from apc.results.paired_table import decision_columns, paired_table
+
+    pairs = paired_table([read_json(p) for p in points])
+    if pairs_path is not None:
+        with atomic_path(pairs_path, ".csv") as tmp:
+            pairs.to_csv(tmp, index=False, na_rep="NaN")
+        log.info("paired comparisons: %d pairs -> %s", len(pairs), pairs_path)
+    return dec.merge(decision_columns(pairs, dec), on=["pset", "line"], how="left")
+
