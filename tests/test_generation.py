@@ -69,7 +69,7 @@ def test_bad_prompt_requests_fail_clearly(windows, bad, match):
 
 
 def test_cached_greedy_equals_full_recompute(tiny_llama, prompts, dense):
-    full = greedy(tiny_llama, prompts, NEW, recompute=True, batch_size=5)
+    full = greedy(tiny_llama, prompts, NEW, route="recompute", batch_size=5)
     assert dense.shape == (24, NEW) and dense.dtype == torch.int64
     assert torch.equal(full, dense)
     # and an explicit argmax loop over full logits, one prompt
@@ -170,12 +170,12 @@ def test_prompt_built_masks_run_through_full_recompute(tiny_llama, prompts, dens
     masking = lambda: install_interventions(tiny_llama, masks, skip_first_position=False)  # noqa: E731
     with pytest.raises(ValueError, match="leaves none after a prompt"):  # its mask needs the prompt in the call
         greedy(tiny_llama, prompts, NEW, masking=masking)
-    res = generation_point(tiny_llama, prompts, dense, masking, recompute=True)
+    res = generation_point(tiny_llama, prompts, dense, masking, route="recompute")
     assert res["gen_agree"] < 1.0
     full = Masks("griffin", projections=("down_in",), thresholds=masks.thresholds, keep_share=1.0,
                  prompt=prompts.dense_positions)
     same = generation_point(tiny_llama, prompts, dense, lambda: install_interventions(
-        tiny_llama, full, skip_first_position=False), recompute=True)
+        tiny_llama, full, skip_first_position=False), route="recompute")
     assert same["gen_agree"] == 1.0
 
 
@@ -197,3 +197,18 @@ def test_samples_decode_side_by_side(prompts, dense):
     assert r["continuations"]["line"]["text"].startswith(" ".join(f"<{int(i)}>" for i in dense[idx[0], :4]))
     with pytest.raises(ValueError, match="no 'dense' entry"):
         decode_samples(Tok(), prompts, {"line": other}, idx)
+
+
+def test_the_prefill_route_masks_the_prefill_too(tiny_llama, prompts, dense):
+    handles = []
+
+    def masking():
+        handles.append(_random(tiny_llama, 0.5)())
+        return handles[-1]
+
+    greedy(tiny_llama, prompts, NEW, masking=masking, route="prefill")
+    # the first prompt_len - 1 positions went through the masks too, then one position per new token
+    assert handles[0].stats()["down_in"]["elements"] == prompts.n * (prompts.dense_positions + NEW) * WIDTH * N_LAYERS
+    assert not handles[0]._handles  # removed after the batch
+    with pytest.raises(ValueError, match="unknown route 'fast'"):
+        greedy(tiny_llama, prompts, NEW, masking=masking, route="fast")

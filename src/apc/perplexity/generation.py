@@ -23,11 +23,20 @@ Protocol (``docs/generation.md``):
   new token) and each generated token's -- runs masked on a one-position input ``(B, 1, width)``.  The
   masks must therefore not skip position 0 of a call (``skip_first_position=False`` for
   :func:`apc.perplexity.masking.install_interventions`: BOS is in the dense prefill anyway).
-* ``recompute=True``: no KV cache; every step runs the whole sequence so far (prompt and generated
-  tokens) under the masking context and keeps the last position's logits.  For masks built from the
-  prompt inside one forward call, which leave the prompt positions dense themselves (pass them
-  ``prompt_len - 1`` dense positions, :attr:`Prompts.dense_positions`, so the same positions are dense
-  as in the cached protocol); every other position of every step is masked.
+* **Masks chosen from the prompt** (a mask built per sequence from the prompt's activations inside one
+  forward call, which leaves the prompt positions dense itself; give it ``prompt_len - 1`` dense positions,
+  :attr:`Prompts.dense_positions`, so that the same positions run dense as above) cannot choose on a
+  one-position step.  ``route`` (:data:`ROUTES`) says how such masks run:
+
+  - ``"cached"`` (the default): the protocol above;
+  - ``"prefill"``: the masking context also covers the prefill (so the masks see the prompt and keep it
+    dense), then the same cached one-position steps: for masks that keep what they chose on the prefill
+    for later one-position calls;
+  - ``"recompute"``: no KV cache; every step runs the whole sequence so far (prompt and generated tokens)
+    under the masking context and keeps the last position's logits: every position but the mask's own
+    dense prompt is masked at every step.  About ``(prompt_len + new_tokens / 2)`` times the cached
+    route's FFN work.
+
 * **The dense continuation** (``masking=None``) is generated once and compared with every masked point's
   (:func:`generation_point`).
 
@@ -53,9 +62,11 @@ from torch import nn
 from apc.perplexity.intervals import LEVEL, N_BOOT, mean_interval
 from apc.perplexity.scoring import _input_device, _logits
 
-__all__ = ["Prompts", "select_prompts", "greedy", "agreement", "columns", "generation_point", "sample_indices",
+__all__ = ["ROUTES", "Prompts", "select_prompts", "greedy", "agreement", "columns", "generation_point", "sample_indices",
            "decode_samples", "COLUMNS"]
 
+#: how masked steps run (module docstring)
+ROUTES = ("cached", "prefill", "recompute")
 #: the columns :func:`columns` returns, in order
 COLUMNS = ("gen_prefix", "gen_prefix_lo", "gen_prefix_hi", "gen_agree", "gen_agree_lo", "gen_agree_hi",
            "gen_prompts", "gen_new_tokens")
@@ -130,17 +141,20 @@ def _last_logits(out) -> torch.Tensor:
 
 
 def greedy(model: nn.Module, prompts: Prompts | torch.Tensor, new_tokens: int = 32, *,
-           masking: Callable[[], ContextManager] | None = None, recompute: bool = False,
+           masking: Callable[[], ContextManager] | None = None, route: str = "cached",
            batch_size: int = 64) -> torch.Tensor:
     """Greedy continuations ``(n, new_tokens)`` int64 (CPU) of ``prompts`` (a :class:`Prompts` or ids
     ``(n, prompt_len)``), ``batch_size`` prompts per batch.
 
     ``masking``: called once per batch; the context manager it returns is entered after the dense prefill
-    of the first ``prompt_len - 1`` positions and covers every decode step (None: dense).  ``recompute``:
-    no KV cache, every step a forward of the whole sequence under ``masking`` (module docstring)."""
+    of the first ``prompt_len - 1`` positions and covers every decode step (None: dense).  ``route``
+    (:data:`ROUTES`): ``"prefill"`` enters it before the prefill, ``"recompute"`` uses no KV cache, every
+    step a forward of the whole sequence under ``masking`` (module docstring)."""
     ids = prompts.ids if isinstance(prompts, Prompts) else torch.as_tensor(prompts)
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise ValueError(f"greedy generation: prompts must be (n, prompt_len >= 2) token ids, got {tuple(ids.shape)}")
+    if route not in ROUTES:
+        raise ValueError(f"greedy generation: unknown route {route!r}; expected one of {', '.join(ROUTES)}")
     if int(new_tokens) < 1 or int(batch_size) < 1:
         raise ValueError(f"greedy generation: new_tokens and batch_size must be >= 1, got {new_tokens}, {batch_size}")
     device = _input_device(model)
@@ -149,18 +163,23 @@ def greedy(model: nn.Module, prompts: Prompts | torch.Tensor, new_tokens: int = 
     with torch.inference_mode():
         for s in range(0, ids.shape[0], int(batch_size)):
             batch = ids[s : s + int(batch_size)].long().to(device)
-            gen = _recompute(model, batch, int(new_tokens), context) if recompute else \
-                _cached(model, batch, int(new_tokens), context)
+            gen = _recompute(model, batch, int(new_tokens), context) if route == "recompute" else \
+                _cached(model, batch, int(new_tokens), context, prefill=route == "prefill")
             out.append(gen.cpu())
     return torch.cat(out)
 
 
-def _cached(model: nn.Module, ids: torch.Tensor, new_tokens: int, context) -> torch.Tensor:
-    """KV-cache greedy of one batch ``ids: (B, P)``: dense prefill of ``ids[:, :-1]``, then ``new_tokens``
-    one-position steps under ``context()``."""
-    cache = model(ids[:, :-1], use_cache=True, logits_to_keep=1).cache
-    step, gen = ids[:, -1:], []
-    with context():
+def _cached(model: nn.Module, ids: torch.Tensor, new_tokens: int, context, prefill: bool = False) -> torch.Tensor:
+    """KV-cache greedy of one batch ``ids: (B, P)``: prefill of ``ids[:, :-1]`` (dense, or under ``context()``
+    with ``prefill``), then ``new_tokens`` one-position steps under ``context()``."""
+    gen = []
+    with contextlib.ExitStack() as masks:
+        if prefill:
+            masks.enter_context(context())
+        cache = model(ids[:, :-1], use_cache=True, logits_to_keep=1).cache
+        if not prefill:
+            masks.enter_context(context())
+        step = ids[:, -1:]
         for _ in range(new_tokens):
             out = model(step, cache=cache, use_cache=True, logits_to_keep=1)
             cache = out.cache
@@ -213,7 +232,7 @@ def columns(result: dict) -> dict:
 
 
 def generation_point(model: nn.Module, prompts: Prompts, dense: torch.Tensor,
-                     masking: Callable[[], ContextManager] | None, *, recompute: bool = False, batch_size: int = 64,
+                     masking: Callable[[], ContextManager] | None, *, route: str = "cached", batch_size: int = 64,
                      n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
     """Greedy continuations of ``prompts`` under ``masking`` (:func:`greedy`) compared with ``dense: (n, N)``,
     dense's continuations of the same prompts (generated once, :func:`greedy` without masking).
@@ -225,7 +244,7 @@ def generation_point(model: nn.Module, prompts: Prompts, dense: torch.Tensor,
         raise ValueError(f"generation point: dense continuations {tuple(dense.shape)} do not match "
                          f"{prompts.n} prompts")
     t0 = time.perf_counter()
-    tokens = greedy(model, prompts, dense.shape[1], masking=masking, recompute=recompute, batch_size=batch_size)
+    tokens = greedy(model, prompts, dense.shape[1], masking=masking, route=route, batch_size=batch_size)
     wall = time.perf_counter() - t0
     return {**agreement(tokens, dense, n_boot=n_boot, level=level, seed=seed), "tokens": tokens,
             "wall_time_s": wall}
