@@ -8,7 +8,7 @@ Timed, each the median of ``--repeats`` runs after a warm-up, at ``--threads`` t
 and as this process's CPU seconds divided by the threads (``cpu_s``: what the wall time is on idle cores; the
 wall time grows when other processes share them, and the load average is recorded beside it):
 
-  dense       the dense continuations (once per job)
+  dense       the dense continuations (once per job, with the dense prefill kept for the points)
   cached      a masked point: KV cache, one-position masked steps (``random_only`` at ``--share`` on down_in)
   threshold   the same with a magnitude threshold of every layer's down_in (a position-wise line)
   recompute   with ``--recompute``: a masked point without a cache (every step the whole sequence: the route
@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from apc.common.atomic import read_npy, write_json  # noqa: E402
 from apc.common.config import resolve  # noqa: E402
-from apc.perplexity.generation import columns, generation_point, greedy, select_prompts  # noqa: E402
+from apc.perplexity.generation import columns, dense_prefill, generation_point, greedy, select_prompts  # noqa: E402
 from apc.perplexity.masking import install_interventions  # noqa: E402
 from apc.perplexity.protocol import select_windows  # noqa: E402
 
@@ -102,15 +102,20 @@ def main() -> None:
         return install_interventions(model, "threshold", projections=proj, thresholds=zero,
                                      keep_thresholds={"down_in": thr}, skip_first_position=False)
 
-    t_dense, dense = timed(lambda: greedy(model, prompts, args.new, batch_size=args.batch), args.repeats, args.threads)
+    def run_dense():
+        caches = dense_prefill(model, prompts, batch_size=args.batch)
+        return greedy(model, prompts, args.new, batch_size=args.batch, prefilled=caches), caches
+
+    t_dense, (dense, caches) = timed(run_dense, args.repeats, args.threads)
     rows = {"dense": t_dense}
     print(f"{'dense':10s} {t_dense['seconds']:7.2f} s wall, {t_dense['cpu_s']:7.2f} s cpu (once per job)", flush=True)
     points = [("cached", random_masks, "cached"), ("threshold", threshold_masks, "cached")]
     if args.recompute:
         points.append(("recompute", random_masks, "recompute"))
     for name, masking, route in points:
-        t, res = timed(lambda: generation_point(model, prompts, dense, masking, route=route, batch_size=args.batch),
-                       args.repeats, args.threads)
+        kept = caches if route == "cached" else None
+        t, res = timed(lambda: generation_point(model, prompts, dense, masking, route=route, batch_size=args.batch,
+                                                prefilled=kept), args.repeats, args.threads)
         rows[name] = {**t, **columns(res)}
         print(f"{name:10s} {t['seconds']:7.2f} s wall, {t['cpu_s']:7.2f} s cpu per point (load {t['load']:.1f}); "
               f"agree {res['gen_agree']:.3f}, prefix {res['gen_prefix']:.2f}", flush=True)

@@ -212,3 +212,18 @@ def test_the_prefill_route_masks_the_prefill_too(tiny_llama, prompts, dense):
     assert not handles[0]._handles  # removed after the batch
     with pytest.raises(ValueError, match="unknown route 'fast'"):
         greedy(tiny_llama, prompts, NEW, masking=masking, route="fast")
+
+
+def test_a_kept_dense_prefill_gives_the_same_tokens(tiny_llama, prompts, dense):
+    from apc.perplexity.generation import dense_prefill
+
+    caches = dense_prefill(tiny_llama, prompts, batch_size=10)
+    assert len(caches.caches) == 3 and all(c.get_seq_length() == prompts.dense_positions for c in caches.caches)
+    masked = greedy(tiny_llama, prompts, NEW, masking=_random(tiny_llama, 0.5), batch_size=10)
+    for _ in range(2):  # each use copies the caches: a second point starts from the same prefill
+        assert torch.equal(greedy(tiny_llama, prompts, NEW, batch_size=10, prefilled=caches), dense)
+        assert torch.equal(greedy(tiny_llama, prompts, NEW, masking=_random(tiny_llama, 0.5), batch_size=10,
+                                  prefilled=caches), masked)
+    assert all(c.get_seq_length() == prompts.dense_positions for c in caches.caches)
+    with pytest.raises(ValueError, match="not the dense prefill"):
+        greedy(tiny_llama, prompts, NEW, batch_size=8, prefilled=caches)

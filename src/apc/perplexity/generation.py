@@ -38,7 +38,8 @@ Protocol (``docs/generation.md``):
     route's FFN work.
 
 * **The dense continuation** (``masking=None``) is generated once and compared with every masked point's
-  (:func:`generation_point`).
+  (:func:`generation_point`); the dense prefill's KV caches (:func:`dense_prefill`) can be kept and copied
+  by every cached point, which then runs only its ``new_tokens`` masked steps.
 
 Per prompt (:func:`agreement`): ``prefix`` = the number of leading new tokens equal to dense's
 (``0..new_tokens``) and ``agree`` = the share of the ``new_tokens`` positions whose token equals
@@ -51,6 +52,7 @@ Their means over prompts carry percentile intervals of a seeded bootstrap over p
 from __future__ import annotations
 
 import contextlib
+import copy
 import time
 from dataclasses import dataclass
 from typing import Callable, ContextManager, Sequence
@@ -62,7 +64,7 @@ from torch import nn
 from apc.perplexity.intervals import LEVEL, N_BOOT, mean_interval
 from apc.perplexity.scoring import _input_device, _logits
 
-__all__ = ["ROUTES", "Prompts", "select_prompts", "greedy", "agreement", "columns", "generation_point", "sample_indices",
+__all__ = ["ROUTES", "Prompts", "select_prompts", "greedy", "Prefill", "dense_prefill", "agreement", "columns", "generation_point", "sample_indices",
            "decode_samples", "COLUMNS"]
 
 #: how masked steps run (module docstring)
@@ -142,14 +144,16 @@ def _last_logits(out) -> torch.Tensor:
 
 def greedy(model: nn.Module, prompts: Prompts | torch.Tensor, new_tokens: int = 32, *,
            masking: Callable[[], ContextManager] | None = None, route: str = "cached",
-           batch_size: int = 64) -> torch.Tensor:
+           batch_size: int = 64, prefilled: "Prefill | None" = None) -> torch.Tensor:
     """Greedy continuations ``(n, new_tokens)`` int64 (CPU) of ``prompts`` (a :class:`Prompts` or ids
     ``(n, prompt_len)``), ``batch_size`` prompts per batch.
 
     ``masking``: called once per batch; the context manager it returns is entered after the dense prefill
     of the first ``prompt_len - 1`` positions and covers every decode step (None: dense).  ``route``
     (:data:`ROUTES`): ``"prefill"`` enters it before the prefill, ``"recompute"`` uses no KV cache, every
-    step a forward of the whole sequence under ``masking`` (module docstring)."""
+    step a forward of the whole sequence under ``masking`` (module docstring).  ``prefilled``
+    (:func:`dense_prefill` of the same prompts and ``batch_size``; the cached route only): the dense prefill's
+    KV caches, copied for each batch instead of running the prefill again."""
     ids = prompts.ids if isinstance(prompts, Prompts) else torch.as_tensor(prompts)
     if ids.dim() != 2 or ids.shape[1] < 2:
         raise ValueError(f"greedy generation: prompts must be (n, prompt_len >= 2) token ids, got {tuple(ids.shape)}")
@@ -157,26 +161,59 @@ def greedy(model: nn.Module, prompts: Prompts | torch.Tensor, new_tokens: int = 
         raise ValueError(f"greedy generation: unknown route {route!r}; expected one of {', '.join(ROUTES)}")
     if int(new_tokens) < 1 or int(batch_size) < 1:
         raise ValueError(f"greedy generation: new_tokens and batch_size must be >= 1, got {new_tokens}, {batch_size}")
+    starts = range(0, ids.shape[0], int(batch_size))
+    if prefilled is not None and (route != "cached" or (prefilled.n, prefilled.prompt_len, prefilled.batch_size)
+                                  != (ids.shape[0], ids.shape[1], int(batch_size))):
+        raise ValueError(f"greedy generation: the prefilled caches ({prefilled.n} prompts of {prefilled.prompt_len} "
+                         f"tokens in batches of {prefilled.batch_size}) are not the dense prefill of these "
+                         f"{ids.shape[0]} prompts of {ids.shape[1]} in batches of {batch_size}, or the route "
+                         f"({route}) is not cached")
     device = _input_device(model)
     context = masking or contextlib.nullcontext
     out = []
     with torch.inference_mode():
-        for s in range(0, ids.shape[0], int(batch_size)):
+        for j, s in enumerate(starts):
             batch = ids[s : s + int(batch_size)].long().to(device)
-            gen = _recompute(model, batch, int(new_tokens), context) if route == "recompute" else \
-                _cached(model, batch, int(new_tokens), context, prefill=route == "prefill")
+            if route == "recompute":
+                gen = _recompute(model, batch, int(new_tokens), context)
+            else:
+                cache = None if prefilled is None else copy.deepcopy(prefilled.caches[j])
+                gen = _cached(model, batch, int(new_tokens), context, prefill=route == "prefill", cache=cache)
             out.append(gen.cpu())
     return torch.cat(out)
 
 
-def _cached(model: nn.Module, ids: torch.Tensor, new_tokens: int, context, prefill: bool = False) -> torch.Tensor:
+@dataclass(frozen=True)
+class Prefill:
+    """The dense KV caches of the first ``prompt_len - 1`` positions of ``n`` prompts, one per batch of
+    ``batch_size`` (:func:`dense_prefill`)."""
+
+    n: int
+    prompt_len: int
+    batch_size: int
+    caches: tuple
+
+
+def dense_prefill(model: nn.Module, prompts: Prompts, *, batch_size: int = 64) -> Prefill:
+    """The dense prefill of ``prompts`` in batches of ``batch_size``: computed once per job, copied by every
+    cached point (:func:`greedy`'s ``prefilled``)."""
+    device = _input_device(model)
+    with torch.inference_mode():
+        caches = tuple(model(prompts.ids[s : s + int(batch_size), :-1].long().to(device), use_cache=True,
+                             logits_to_keep=1).cache for s in range(0, prompts.n, int(batch_size)))
+    return Prefill(prompts.n, prompts.prompt_len, int(batch_size), caches)
+
+
+def _cached(model: nn.Module, ids: torch.Tensor, new_tokens: int, context, prefill: bool = False,
+            cache=None) -> torch.Tensor:
     """KV-cache greedy of one batch ``ids: (B, P)``: prefill of ``ids[:, :-1]`` (dense, or under ``context()``
-    with ``prefill``), then ``new_tokens`` one-position steps under ``context()``."""
+    with ``prefill``; skipped when ``cache`` holds it), then ``new_tokens`` one-position steps under ``context()``."""
     gen = []
     with contextlib.ExitStack() as masks:
         if prefill:
             masks.enter_context(context())
-        cache = model(ids[:, :-1], use_cache=True, logits_to_keep=1).cache
+        if cache is None:
+            cache = model(ids[:, :-1], use_cache=True, logits_to_keep=1).cache
         if not prefill:
             masks.enter_context(context())
         step = ids[:, -1:]
@@ -233,9 +270,10 @@ def columns(result: dict) -> dict:
 
 def generation_point(model: nn.Module, prompts: Prompts, dense: torch.Tensor,
                      masking: Callable[[], ContextManager] | None, *, route: str = "cached", batch_size: int = 64,
-                     n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+                     prefilled: Prefill | None = None, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
     """Greedy continuations of ``prompts`` under ``masking`` (:func:`greedy`) compared with ``dense: (n, N)``,
-    dense's continuations of the same prompts (generated once, :func:`greedy` without masking).
+    dense's continuations of the same prompts (generated once, :func:`greedy` without masking); ``prefilled``
+    (:func:`dense_prefill`, the cached route) reuses the dense prefill.
 
     Returns :func:`agreement`'s dict plus ``tokens: (n, N)`` int64 (the continuations) and ``wall_time_s``
     (the generation's)."""
@@ -244,7 +282,8 @@ def generation_point(model: nn.Module, prompts: Prompts, dense: torch.Tensor,
         raise ValueError(f"generation point: dense continuations {tuple(dense.shape)} do not match "
                          f"{prompts.n} prompts")
     t0 = time.perf_counter()
-    tokens = greedy(model, prompts, dense.shape[1], masking=masking, route=route, batch_size=batch_size)
+    tokens = greedy(model, prompts, dense.shape[1], masking=masking, route=route, batch_size=batch_size,
+                    prefilled=prefilled)
     wall = time.perf_counter() - t0
     return {**agreement(tokens, dense, n_boot=n_boot, level=level, seed=seed), "tokens": tokens,
             "wall_time_s": wall}
