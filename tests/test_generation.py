@@ -143,8 +143,8 @@ def _mode_masks(mode: str, prompt: int) -> Masks:
             "neuron_predicted": dict(predictors={"down_in": [scores_w] * N_LAYERS}, neuron_density={"down_in": .5}),
             "cats": dict(gate_thresholds={"down_in": [0.01] * N_LAYERS}),
             "teal": dict(keep_thresholds=t, input_thresholds=[0.3] * N_LAYERS),
-            "wina": dict(keep_thresholds=t, input_thresholds=[0.3] * N_LAYERS, input_scale=[torch.ones(D_MODEL)] * N_LAYERS,
-                         mid_scale=[torch.ones(WIDTH)] * N_LAYERS),
+            "wina": dict(keep_thresholds=t, input_thresholds=[0.3] * N_LAYERS,
+                         input_scale=[torch.ones(D_MODEL)] * N_LAYERS, mid_scale=[torch.ones(WIDTH)] * N_LAYERS),
             "larosa": dict(rotations=[q] * N_LAYERS, input_share=.5, keep_share=.5),
             "griffin": dict(keep_share=.5, prompt=prompt)}
     return Masks(mode, projections=("down_in",), thresholds=t, **args[mode])

@@ -64,8 +64,8 @@ from torch import nn
 from apc.perplexity.intervals import LEVEL, N_BOOT, mean_interval
 from apc.perplexity.scoring import _input_device, _logits
 
-__all__ = ["ROUTES", "Prompts", "select_prompts", "greedy", "Prefill", "dense_prefill", "agreement", "columns", "generation_point", "sample_indices",
-           "decode_samples", "COLUMNS"]
+__all__ = ["ROUTES", "COLUMNS", "Prompts", "select_prompts", "greedy", "Prefill", "dense_prefill", "agreement",
+           "columns", "generation_point", "sample_indices", "decode_samples"]
 
 #: how masked steps run (module docstring)
 ROUTES = ("cached", "prefill", "recompute")
@@ -270,7 +270,8 @@ def columns(result: dict) -> dict:
 
 def generation_point(model: nn.Module, prompts: Prompts, dense: torch.Tensor,
                      masking: Callable[[], ContextManager] | None, *, route: str = "cached", batch_size: int = 64,
-                     prefilled: Prefill | None = None, n_boot: int = N_BOOT, level: float = LEVEL, seed: int = 0) -> dict:
+                     prefilled: Prefill | None = None, n_boot: int = N_BOOT, level: float = LEVEL,
+                     seed: int = 0) -> dict:
     """Greedy continuations of ``prompts`` under ``masking`` (:func:`greedy`) compared with ``dense: (n, N)``,
     dense's continuations of the same prompts (generated once, :func:`greedy` without masking); ``prefilled``
     (:func:`dense_prefill`, the cached route) reuses the dense prefill.
