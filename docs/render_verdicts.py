@@ -22,6 +22,8 @@ import re
 import numpy as np
 import pandas as pd
 
+from apc.results.paired import deployable
+
 #: compute tolerance of a point-based verdict: a line takes part at share s through a point within TOL of s
 TOL = 0.05
 #: the shares the paired table compares lines at (:data:`apc.results.paired_table.SHARES`)
@@ -65,13 +67,6 @@ def interval(v: float, lo: float, hi: float, fmt: str = "{:.3g}", apart=(1.0,)) 
 
 
 # ---------------------------------------------------------------- reading
-
-def deployable(line: str) -> bool:
-    """:func:`apc.results.paired.deployable`: False for an upper bound (oracle masks, oracle expert routers)."""
-    from apc.results.paired import deployable as _deployable
-
-    return _deployable(line)
-
 
 def _R():
     import render

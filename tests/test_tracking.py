@@ -136,6 +136,7 @@ def test_one_run_per_cell_with_precision_and_perplexity_together(tmp_path, store
     (out / "plots").mkdir()
     (out / "plots" / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
     (out / "plots" / ".fake.png.tmp123.png").write_bytes(b"half-written")
+    (out / "plots" / "frontier.html").write_text("<html></html>")
 
     res = _sync(cfg, store)
     assert res["cells"] == len(desc["cells"]) == res["created"]
@@ -159,7 +160,7 @@ def test_one_run_per_cell_with_precision_and_perplexity_together(tmp_path, store
     assert client.get_experiment(res["experiment_id"]).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     art = {a.path for a in client.list_artifacts(study.info.run_id)}
     assert {"config.json", "thresholds.json", "plots", "perplexity"} <= art
-    assert [a.path for a in client.list_artifacts(study.info.run_id, "plots")] == ["plots/fake.png"]
+    assert [a.path for a in client.list_artifacts(study.info.run_id, "plots")] == ["plots/fake.png", "plots/frontier.html"]
 
     cells = _cells(runs)
     assert set(cells) == {"/".join([p, s, f"{m}-k{k}-d0.6-s{sd}"]) for p, s, m, k, sd in desc["cells"]}

@@ -71,7 +71,8 @@ def frontier_figure(rows: pd.DataFrame, pset: str, sparse_ratio: float | None = 
     """The Plotly figure of one projection set's rows (every line)."""
     import plotly.graph_objects as go
 
-    from apc.results.frontier_lines import FAMILY_STYLE, Y_CAP, deployable, line_family, line_label, line_style, pick_lines
+    from apc.results.frontier_lines import FAMILY_STYLE, Y_CAP, line_family, line_label, line_style, pick_lines
+    from apc.results.paired import deployable
 
     picked = set(pick_lines(rows))
     order = list(FAMILY_STYLE)

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from apc.common.maskspec import LineSpec
+from apc.results.paired import deployable
 
 #: (colour, marker) of each line family, in legend order; one colour and one marker per family on every plot
 FAMILY_STYLE = {
@@ -26,17 +27,6 @@ PICK_RULE = ("Drawn: dense, the best deployable line of each family and the best
              "that has one (hollow, dashed). Best = the lowest mean difference of log ratio to dense against the "
              "family's other candidates, each pair compared at 9 compute shares over the range both cover (linear "
              "interpolation). Every line: frontier.html.")
-
-
-def deployable(line: str) -> bool:
-    """Whether a line can run without the dense activations it predicts: False for the upper bounds, the cluster
-    oracle (each token's own best cluster) and neuron experts with an oracle router; a static mask is deployable."""
-    spec = LineSpec.parse(line)
-    if spec.family == "oracle":
-        return spec.method == "static"
-    if spec.family == "experts":
-        return spec.router != "oracle"
-    return True
 
 
 def line_family(line: str) -> str:

@@ -27,7 +27,8 @@ import pandas as pd
 
 from apc.common.atomic import read_json
 from apc.common.progress import get_logger
-from apc.results.frontier_lines import PICK_RULE, Y_CAP, deployable, line_label, line_style, pick_lines, sparse_ratio
+from apc.results.frontier_lines import PICK_RULE, Y_CAP, line_label, line_style, pick_lines, sparse_ratio
+from apc.results.paired import deployable
 from apc.results.plot_stamp import frontier_stamp, png_metadata
 
 log = get_logger("apc.results.frontier_plots")

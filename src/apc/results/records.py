@@ -333,7 +333,7 @@ def _decision_rows(path: str) -> dict[tuple[str, str], dict]:
 
 
 def study_record(config: dict, tmpdir: Path, cells: list[Record]) -> Record:
-    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots;
+    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots (PNG and HTML);
     its time span covers every job of its ``cells`` and references."""
     from apc.results.summary import reference_columns
 
@@ -377,6 +377,6 @@ def study_record(config: dict, tmpdir: Path, cells: list[Record]) -> Record:
             r.artifacts.append((table, None))
     plots = Path(lay.plots())
     if plots.is_dir():
-        for png in sorted(plots.glob("[!.]*.png")):
-            r.artifacts.append((png, "plots"))
+        for plot in sorted([*plots.glob("[!.]*.png"), *plots.glob("[!.]*.html")]):  # static plots, interactive HTML
+            r.artifacts.append((plot, "plots"))
     return r

@@ -15,7 +15,7 @@ Layout of the MLflow side
   projection set the least compute share a deployable line needs to reach 1.05x / 1.25x dense
   perplexity and 0.05 / 0.2 nats KL, the same for the upper bounds, each line's crossings and
   each point's compute share, ratio and KL), the lines reaching them as tags.  Artifacts: the
-  resolved config, thresholds, summary and plots.  A study run that would keep a metric the
+  resolved config, thresholds, summary and plots (PNG and HTML).  A study run that would keep a metric the
   current sweep no longer has is replaced (its children move to the new one); otherwise it is
   updated in place.
 * One *cell* run per clustering cell ``(projection, scope, method, K, seed)``, child of the
@@ -76,8 +76,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from apc.common.frontier import parse_line
 from apc.common.progress import get_logger
+from apc.results.paired import deployable
 from apc.results.records import Record, cell_records, expert_records, frontier_records, study_key, study_record
 
 log = get_logger("apc.results.tracking")
@@ -116,10 +116,10 @@ def runs_page(experiment_id: str) -> str:
 
 
 def upper_bound(line: str) -> bool:
-    """True for a line that reads the true activations to choose its mask (oracle masks, the oracle
-    router of the neuron experts): an upper bound on what a deployable method can reach."""
-    d = parse_line(line)
-    return d["family"] == "oracle" or d.get("router") == "oracle"
+    """True for a line that is not :func:`apc.results.paired.deployable` (oracle cluster masks, the oracle router of
+    the neuron experts: they read the true activations): an upper bound on what a deployable method can reach.
+    The static K = 1 mask is deployable."""
+    return not deployable(line)
 
 
 def study_headline(frontier: list[Record]) -> tuple[list[tuple[str, float]], dict[str, str]]:
