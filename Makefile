@@ -38,7 +38,11 @@ dry-run: $(STAMP)
 report: $(STAMP)
 	$(BIN)/snakemake --report $(REPORT) $(ARGS)
 
+# the runs table of each tracked run's experiment (mlflow_runs.json: runs_page, the model-training view; docs/tracking.md)
 ui: $(STAMP)
+	@for f in results/*/mlflow_runs.json; do [ -f "$$f" ] && $(BIN)/python -c "import json, sys; \
+	print('runs table of', sys.argv[1] + ': http://127.0.0.1:5000/' + json.load(open(sys.argv[1]))['runs_page'])" "$$f"; done; \
+	echo "any experiment's runs table: http://127.0.0.1:5000/#/experiments/<id>/runs?workflowType=machine_learning"
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db
 
 test: $(STAMP)

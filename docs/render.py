@@ -21,6 +21,9 @@ import pandas as pd
 DOCS = Path(__file__).resolve().parent
 RESULTS = DOCS / "results"
 sys.path.insert(0, str(DOCS.parent / "src"))
+sys.path.insert(0, str(DOCS))
+
+import render_verdicts as V  # noqa: E402  the verdicts: deployable lines, paired intervals, ties
 
 
 # ---------------------------------------------------------------- reading
@@ -93,9 +96,7 @@ def ratio(m: dict, ref: dict) -> tuple[float, float, float]:
 
 def ratio_ci(m: dict, ref: dict, digits: int = 3) -> str:
     r, lo, hi = ratio(m, ref)
-    if np.isnan(lo) or np.isnan(hi):
-        return f"{r:.{digits}g}× [n/a]"
-    return f"{r:.{digits}g}× [{lo:.{digits}g}, {hi:.{digits}g}]"
+    return V.interval(r, lo, hi, f"{{:.{digits}g}}").replace(" [", "× [", 1)  # bounds printed apart from 1
 
 
 # ---------------------------------------------------------------- the default run: references and clustering
@@ -318,65 +319,53 @@ def near(run: str, share: float, tol: float = 0.05) -> pd.DataFrame:
 
 def iv(v: float, lo: float, hi: float, fmt: str = "{:.3g}") -> str:
     """`v [lo, hi]`, or `v [n/a]` where the run has too few blocks for an interval; `–` where v is missing."""
-    if pd.isna(v):
-        return "–"
-    if pd.isna(lo) or pd.isna(hi):
-        return f"{fmt.format(v)} [n/a]"
-    return f"{fmt.format(v)} [{fmt.format(lo)}, {fmt.format(hi)}]"
+    return V.interval(v, lo, hi, fmt)
 
 
 def verdict_table(run: str, share: float = 0.6) -> str:
     """The short verdict: every frontier line at the compute share nearest `share`, best first, with its token
     count, perplexity, ratio to dense, KL from dense and top-1 agreement (95 % block-bootstrap intervals)."""
     rows = []
-    for r in near(run, share).itertuples():
+    n = V.near(run, share)
+    top = V.best_of(run, share)
+    paired = V.pairs(run) is not None and top is not None
+    for r in n.itertuples():
         d = r._asdict()
-        row = [f"`{r.line}`", f"{r.compute_share:.2f}", f"{int(r.tokens):,}", ci(d),
-               iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×")]
+        row = [f"`{r.line}`" + ("" if r.deployable else " (upper bound)"), f"{r.compute_share:.2f}", f"{int(r.tokens):,}",
+               ci(d), iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×")]
         if "kl" in d:
             row += [iv(r.kl, r.kl_lo, r.kl_hi), iv(r.top1, r.top1_lo, r.top1_hi, "{:.3f}")]
+        if paired:
+            row.append("–" if r.line == top["best"].line else V.paired_ratio_cell(run, share, r.line, top["best"].line))
         rows.append(row)
     head = ["line", "compute share", "tokens", "perplexity [95 %]", "ratio to dense [95 %]"]
     if "kl" in frontier(run).columns:
         head += ["KL from dense, nats [95 %]", "top-1 agreement [95 %]"]
+    if paired:
+        head.append(f"÷ `{top['best'].line}`, paired [95 %]")
     return md(head, rows)
 
 
 def verdict_sentence(run: str, share: float = 0.6) -> str:
-    """Which line is best on FLOPs, and how the best predicted cluster line compares with it and with the neuron
-    predictor of equal FLOPs (`neuron-{kind}-k{K}-x1` for `predicted-{kind}-m1.*.*-k{K}-*`)."""
-    n = near(run, share)
-    best = n.iloc[0]
-    cross = _crossings(frontier(run))
-    reach = cross["share_1.05"].dropna().sort_values()
-    out = [f"At a compute share near {share:g} the best line is `{best.line}` ({ppl(best.ppl)} at "
-           f"{best.compute_share:.2f}, {best.ratio:.2f}× dense)"]
-    if len(reach):
-        out.append(f"; the first line to reach 1.05× dense is `{reach.index[0]}`, at a compute share of "
-                   f"{reach.iloc[0]:.2f}")
-    preds = n[n.line.str.match(r"^predicted-\w+-m1\.")]
-    if len(preds):
-        pred = preds.iloc[0]
-        out.append(f". The best top-1 predicted cluster line there (`{pred.line}`) is at {ppl(pred.ppl)}, "
-                   f"{pred.ratio / best.ratio:.1f}× the best line's ratio to dense")
-        m = re.match(r"^predicted-(\w+)-m1\..*-k(\d+)-s\d+$", pred.line)
-        neuron = n[n.line == f"neuron-{m.group(1)}-k{m.group(2)}-x1"] if m else n.iloc[:0]
-        if len(neuron):
-            nr = neuron.iloc[0]
-            verb = "beats" if pred.ppl < nr.ppl else "does not beat"
-            out.append(f", and {verb} the neuron predictor of equal FLOPs (`{nr.line}`, {ppl(nr.ppl)})")
-    return "".join(out) + ".\n"
+    """Which deployable line is best at `share` (or which tie), which reaches 1.05× dense first (or which tie), and
+    the best top-1 predicted cluster line against the neuron predictor of equal FLOPs (:mod:`render_verdicts`)."""
+    v = V.best_of(run, share)
+    out = f"At compute {share:g} (points within {V.TOL:g}) {V.claim(v)}; {V.first_reach(run)}"
+    cn = V.cluster_vs_neuron_verdict(run, share)
+    return out + (f". At {share:g} {cn}" if cn else "") + ".\n"
 
 
 def best_per_share(run: str, shares=(0.4, 0.6, 0.8)) -> str:
-    """The best and the second-best line at each compute share."""
+    """The best and the next deployable line at each compute share (points within the verdicts' tolerance), and
+    whether the first is best or the two tie (:func:`render_verdicts.best_of`)."""
     rows = []
     for s in shares:
-        n = near(run, s)
-        a, b = n.iloc[0], n.iloc[1]
+        v = V.best_of(run, s)
+        a, b = v["best"], v["runner_up"]
         rows.append([f"≈ {s:g}", f"`{a.line}` @ {a.compute_share:.2f}: {ci(a)}, {a.ratio:.2f}× dense",
-                     f"`{b.line}` @ {b.compute_share:.2f}: {ci(b)}, {b.ratio:.2f}× dense"])
-    return md(["compute share", "best line", "next"], rows)
+                     "–" if b is None else f"`{b.line}` @ {b.compute_share:.2f}: {ci(b)}, {b.ratio:.2f}× dense",
+                     "–" if b is None else ("tie" if v["tie"] else "first is best") + f" ({v['cmp']['text']})"])
+    return md(["compute share", "best deployable line", "next", "verdict"], rows)
 
 
 def time_range(run: str, column: str, families=None) -> str:
@@ -760,12 +749,15 @@ def best_by_metric(run: str, shares=(0.4, 0.6, 0.8), top: int = 5) -> str:
     rows = []
     for s in shares:
         n = _kl_lines(run, s)
-        a, b = n.sort_values("ratio").iloc[0], n.sort_values("kl").iloc[0]
         tau, sw = _agreement(n, top)
         same = ("the same" if not sw else "swapped: " + "; ".join(f"`{x}` / `{y}`" for x, y in sw))
-        rows.append([f"≈ {s:g}", len(n), f"`{a.line}` @ {a.compute_share:.2f}: {iv(a.ratio, a.ratio_lo, a.ratio_hi, '{:.2f}×')}",
-                     f"`{b.line}` @ {b.compute_share:.2f}: {iv(b.kl, b.kl_lo, b.kl_hi)} nats", f"{tau:.2f}", same])
-    return md(["compute share", "lines", "best by perplexity (ratio to dense)", "best by KL from dense",
+        by = [V.best_of(run, s, metric=m) for m in ("log_ratio", "kl")]
+        cell = lambda v, c, fmt, unit: (f"`{v['best'].line}`" + (f" and `{v['runner_up'].line}` tie" if v["tie"] else "")
+                                        + f" @ {v['best'].compute_share:.2f}: "
+                                        + iv(v["best"][c], v["best"][c + "_lo"], v["best"][c + "_hi"], fmt) + unit)
+        rows.append([f"≈ {s:g}", len(n), cell(by[0], "ratio", "{:.2f}×", ""), cell(by[1], "kl", "{:.3g}", " nats"),
+                     f"{tau:.2f}", same])
+    return md(["compute share", "lines", "best deployable by perplexity (ratio to dense)", "best deployable by KL from dense",
                "Kendall τ, all lines", f"order of the {top} best"], rows)
 
 
@@ -788,12 +780,12 @@ def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
     """Per compute share: the best line, and the best token-cluster and experts lines, each with an oracle choice
     (the true pattern's centroid; the true top experts) and with a choice made before the FFN runs (a predictor or a
     router): ratio to dense, and in brackets that ratio over the best line's."""
-    kinds = [("token clusters, oracle", r"^oracle[-.].*apc"), ("token clusters, predicted", r"^predicted[-.].*apc"),
-             ("experts, oracle router", r"^experts-oracle"), ("experts, learned or analytic router", r"^experts-(learned|analytic)")]
+    kinds = [("token clusters, oracle (upper bound)", r"^oracle[-.].*apc"), ("token clusters, predicted", r"^predicted[-.].*apc"),
+             ("experts, oracle router (upper bound)", r"^experts-oracle"), ("experts, learned or analytic router", r"^experts-(learned|analytic)")]
     rows = []
     for s in shares:
         n = near(run, s)
-        best = n.iloc[0]
+        best = V.best_of(run, s)["best"]
         cells = [f"≈ {s:g}", f"`{best.line}`: {best.ratio:.3g}×, KL {best.kl:.3g}"]
         for _, pat in kinds:
             g = n[n.line.str.match(pat)]
@@ -801,46 +793,31 @@ def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
             cells.append("–" if r is None else f"`{r.line}` @ {r.compute_share:.2f}: {r.ratio:.3g}× ({r.ratio / best.ratio:.2f}×), "
                          f"KL {r.kl:.3g}")
         rows.append(cells)
-    return md(["compute share", "best line (ratio to dense, KL)"] + [k for k, _ in kinds], rows)
+    return md(["compute share", "best deployable line (ratio to dense, KL)"] + [k for k, _ in kinds], rows)
 
 
 def found_sentence(run: str, decode_run: str | None = "decode_h200", shares=(0.4, 0.6, 0.8)) -> str:
     """The README's finding in two sentences: the best line per compute share on perplexity and on KL, whether the
     metrics agree, where the best token-cluster and experts lines stand, and TEAL's decode speed-up at batch 1 and 16."""
-    best_r, best_k = [], []
-    for s in shares:
-        n = _kl_lines(run, s)
-        best_r.append(n.sort_values("ratio").iloc[0])
-        best_k.append(n.sort_values("kl").iloc[0])
+    by_r = [V.best_of(run, s) for s in shares]
+    by_k = [V.best_of(run, s, metric="kl") for s in shares]
+    at = lambda vs, label: "; ".join(f"at {s:g} {V.claim(v, label)}" for s, v in zip(shares, vs))
+    same = all(a["best"].line == b["best"].line and a["tie"] == b["tie"] for a, b in zip(by_r, by_k))
+    out = (f"Among the deployable lines (points within {V.TOL:g} of each compute share), on perplexity: "
+           + at(by_r, "line") + (". On KL the verdicts are the same" if same else ". On KL: " + at(by_k, "line by KL")))
     agreement = [_agreement(_kl_lines(run, s)) for s in shares]
-    at = " / ".join(f"{s:g}" for s in shares)
-    names_r, names_k = {r.line for r in best_r}, {r.line for r in best_k}
-    if len(names_r) == 1 and names_r == names_k:
-        head = f"`{best_r[0].line}` is the best line at compute {at}"
-    else:
-        head = ("The best lines at compute " + at + " are " + " / ".join(f"`{r.line}`" for r in best_r) + " on perplexity and "
-                + " / ".join(f"`{r.line}`" for r in best_k) + " on KL")
-    head += (", at " + " / ".join(iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.2f}×") for r in best_r) + " dense perplexity and KL "
-             + " / ".join(iv(r.kl, r.kl_lo, r.kl_hi) for r in best_k) + " nats")
-    same_best = all(a.line == b.line for a, b in zip(best_r, best_k))
-    out = head + ("; the two metrics pick the same best line at every share" if same_best else "")
-    out += ("; Kendall's τ between the perplexity and the KL order of all lines is "
-            + " / ".join(f"{t:.2f}" for t, _ in agreement) + ", and the five best by perplexity "
+    n_lines = frontier(run).line.nunique()
+    out += ("; Kendall's τ between the perplexity and the KL order of the lines within that tolerance is "
+            + " / ".join(f"{t:.2f} ({len(_kl_lines(run, s))} of {n_lines} lines)" for s, (t, _) in zip(shares, agreement))
+            + ", and the five best by perplexity "
             + ("keep their order by KL at every share." if not any(sw for _, sw in agreement) else
                "keep their order by KL except " + "; ".join(
                    f"at {s:g} " + ", ".join(f"`{x}` / `{y}`" for x, y in sw) for s, (_, sw) in zip(shares, agreement) if sw)
                + " ([docs/divergence.md](docs/divergence.md))."))
-    n6 = near(run, 0.6)
-    best = n6.iloc[0]
-    for label, pat in (("token-cluster", _CLUSTER), ("experts", r"^experts-")):
-        g = n6[n6.line.str.match(pat)]
-        if len(g):
-            r = g.iloc[0]
-            out += (f" At 0.6 the best {label} line (`{r.line}`) is {r.ratio / best.ratio:.1f}× the best line's perplexity "
-                    f"ratio and {r.kl / best.kl:.1f}× its KL.")
+    out += " " + V.family_claims(run, 0.6)
     if decode_run is None:
         return out + "\n"
-    out += (f" On an H200, TEAL at FFN compute 0.6 decodes a Mistral-7B-shaped model at {decode_cell(decode_run, 1, 'teal', 0.6)} "
+    out += (f" On an H200, TEAL at FFN compute 0.6 decodes a model of Mistral-7B's shape with random weights at {decode_cell(decode_run, 1, 'teal', 0.6)} "
             f"at batch 1, and at {decode_cell(decode_run, 16, 'teal', 0.6)} at batch 16.")
     return out + "\n"
 
@@ -966,12 +943,14 @@ def experts_table(run: str = "frontier-gpu", share: float = 0.6, ref: str = "tea
     fr = _no_window_intervals(table(run, "frontier.csv"))
     names = sorted(l for l in fr.line.unique() if l.startswith("experts-"))
     names += [l for l in fr.line.unique() if re.match(r"^predicted-linear-m1\.", l) or "static" in l] + [ref]
-    base = _nearest(fr, ref, share)
+    base = V.nearest_within(fr, ref, share)
     rows = []
     for l in names:
-        r = _nearest(fr, l, share)
-        rows.append([f"`{l}`", f"{r.compute_share:.3f}", iv(r.ppl, r.ppl_lo, r.ppl_hi, "{:.2f}"), f"{r.ppl / base.ppl:.2f}",
-                     f"{r.union_b16:.3f}"])
+        r = V.nearest_within(fr, l, share)  # a line without a point within the tolerance is left out
+        if r is None:
+            continue
+        rows.append([f"`{l}`" + ("" if V.deployable(l) else " (upper bound)"), f"{r.compute_share:.3f}",
+                     iv(r.ppl, r.ppl_lo, r.ppl_hi, "{:.2f}"), f"{r.ppl / base.ppl:.2f}", f"{r.union_b16:.3f}"])
     rows.sort(key=lambda row: float(row[3]))
     return md(["line", "compute share", "perplexity [95 %]", f"÷ `{ref}`", "rows read at B = 16"], rows)
 
@@ -983,20 +962,21 @@ def experts_goals(grid: str = "frontier-gpu", run: str = "default", share: float
     out = []
     for name in (run, grid):
         fr = table(name, "frontier.csv")
-        exp = [l for l in fr.line.unique() if l.startswith("experts-") and "oracle" not in l]
-        orc = [l for l in fr.line.unique() if l.startswith("experts-oracle")]
+        exp = [l for l in fr.line.unique() if l.startswith("experts-") and V.deployable(l)]
+        orc = [l for l in fr.line.unique() if l.startswith("experts-") and not V.deployable(l)]
         train_free = [l for l in fr.line.unique() if l in ("teal", "wina", "griffin", "cats", "larosa", "teal-block")]
-        best = min((_nearest(fr, l, share) for l in train_free), key=lambda r: r.ppl)
-        e = min((_nearest(fr, l, share) for l in exp), key=lambda r: r.ppl)
+        at = lambda lines: [r for r in (V.nearest_within(fr, l, share) for l in lines) if r is not None]
+        best = min(at(train_free), key=lambda r: r.ppl)
+        e = min(at(exp), key=lambda r: r.ppl)
         q = e.ppl / best.ppl
-        o = min((_nearest(fr, l, share) for l in orc), key=lambda r: r.ppl) if orc else None
-        b16 = min(_nearest(fr, l, share).union_b16 for l in exp)
+        o = min(at(orc), key=lambda r: r.ppl) if at(orc) else None
+        b16 = min(r.union_b16 for r in at(exp))
         out.append([f"`{name}`", f"`{e.line}` {ppl(e.ppl)} @ {e.compute_share:.2f} against `{best.line}` {ppl(best.ppl)} "
                     f"@ {best.compute_share:.2f}: {q:.2f}×", "met" if q <= 1.25 else "not met",
                     "met" if q <= 1.5 else "not met: no expert kernel built",
                     "–" if o is None else f"`{o.line}` {ppl(o.ppl)}: {o.ppl / best.ppl:.2f}×",
                     f"{b16:.3f}", "met" if b16 <= 0.8 else "not met"])
-    return md(["run", "best deployable expert line ÷ best training-free line", "≤ 1.25×", "kernel condition ≤ 1.5×",
+    return md(["run", f"best deployable expert line ÷ best training-free line (points within {V.TOL:g})", "≤ 1.25×", "kernel condition ≤ 1.5×",
                "oracle router (upper bound) ÷ best", "fewest rows read at B = 16", "≤ 0.8"], out)
 
 
@@ -1186,7 +1166,7 @@ def decode_range(run: str, column: str, batch: int | None = None, exclude=("dens
 def draw_plots() -> list[Path]:
     """Redraw the frontier plots of every collected run (a folder with a frontier table and a dense perplexity;
     the partial runs beside them carry only tables) from those committed files."""
-    from apc.results.frontier import make_frontier_plots
+    from apc.results.frontier_plots import make_frontier_plots
 
     out = []
     # only collected runs (docs/collect_run.py: a frontier table beside the reference perplexities); the loose

@@ -47,20 +47,3 @@ def test_frontier_reads_a_decode_table(tmp_path):
     assert cols[0]["time_share_decode_b16"] == pytest.approx((6 + 3 + 10) / 12)
     assert cols[0]["time_table"] == "decode:decode.csv"
     assert np.isnan(cols[2]["time_share_decode"])
-
-
-def test_time_frontier_plots_at_batch_1_and_16(tmp_path):
-    import pandas as pd
-
-    from apc.results.frontier import make_frontier_plots
-
-    rows = []
-    for line, fam in (("teal", "teal"), ("cats", "cats")):
-        for c in (0.4, 0.8):
-            rows.append({"pset": "down_in", "line": line, "family": fam, "share": c, "ppl": 10 / c, "ppl_lo": 9 / c,
-                         "ppl_hi": 11 / c, "windows": 2, "compute_share": c, "kept_share": c, "time_share_decode": 0.5 + c / 2,
-                         "time_share_decode_b16": 0.9 + c / 4, "time_table": "decode:d.csv"})
-    table = tmp_path / "frontier.csv"
-    pd.DataFrame(rows).to_csv(table, index=False)
-    names = sorted(p.name for p in make_frontier_plots(tmp_path, table))
-    assert "frontier_time_b1_down_in.png" in names and "frontier_time_b16_down_in.png" in names

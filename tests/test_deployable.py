@@ -268,17 +268,3 @@ def test_time_shares_of_points_come_from_their_kernel(tmp_path):
     assert np.isnan(cols[2]["time_share_decode"])  # a threshold on down_in has no kernel of its own
     assert cols[3]["time_share_prefill"] == pytest.approx(0.95 + 0.6 / 8 + 0.04096)
     assert all(np.isnan(c["time_share_decode"]) for c in time_columns(points, table, d_model=4, d_ff=16))
-
-
-def test_time_frontier_plot(tmp_path):
-    import pandas as pd
-
-    from apc.results.frontier import plot_time_frontier
-
-    rows = [{"pset": "down_in", "line": line, "family": fam, "ppl": p, "ppl_lo": p * 0.9, "ppl_hi": p * 1.1,
-             "windows": 2, "time_share_prefill": t}
-            for line, fam, p, t in [("cats", "cats", 30.0, 1.7), ("cats", "cats", 25.0, 1.75),
-                                    ("oracle.per_layer.apc-k8-s0", "oracle", 60.0, 0.8),
-                                    ("threshold-self", "threshold", 20.0, float("nan"))]]
-    png = plot_time_frontier(pd.DataFrame(rows), "down_in", None, tmp_path / "t.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

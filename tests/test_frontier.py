@@ -24,7 +24,8 @@ from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
 from apc.perplexity.frontier import score_point
 from apc.perplexity.masking import install_interventions
 from apc.prediction import ClusterPredictor, NeuronPredictor
-from apc.results.frontier import frontier_rows, make_frontier_plots, write_frontier_table
+from apc.results.frontier import frontier_rows, write_frontier_table
+from apc.results.frontier_plots import make_frontier_plots
 from apc.results.inputs import sweep_files
 from conftest import ROOT
 

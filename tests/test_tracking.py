@@ -19,14 +19,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from fake_results import build_fake_results  # noqa: E402
 
+import apc.results.tracking as tracking  # noqa: E402
 from apc.common.atomic import read_json, write_json  # noqa: E402
+from apc.results.records import Record  # noqa: E402
 from apc.results.tracking import (  # noqa: E402
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
     TrackingError,
     check_tracking_uri,
     default_tracking_uri,
     git_info,
+    runs_page,
+    study_headline,
     study_key,
     sync_results,
+    upper_bound,
 )
 
 mlflow = pytest.importorskip("mlflow")
@@ -129,6 +136,7 @@ def test_one_run_per_cell_with_precision_and_perplexity_together(tmp_path, store
     (out / "plots").mkdir()
     (out / "plots" / "fake.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
     (out / "plots" / ".fake.png.tmp123.png").write_bytes(b"half-written")
+    (out / "plots" / "frontier.html").write_text("<html></html>")
 
     res = _sync(cfg, store)
     assert res["cells"] == len(desc["cells"]) == res["created"]
@@ -149,10 +157,10 @@ def test_one_run_per_cell_with_precision_and_perplexity_together(tmp_path, store
     assert study.data.metrics["ppl_sparse_paper"] == pytest.approx(sp["ppl"])
     assert study.data.metrics["ratio_sparse_paper"] == pytest.approx(sp["ppl"] / dense["ppl"])
     client = MlflowClient(tracking_uri=store)
-    assert client.get_experiment(res["experiment_id"]).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert client.get_experiment(res["experiment_id"]).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
     art = {a.path for a in client.list_artifacts(study.info.run_id)}
     assert {"config.json", "thresholds.json", "plots", "perplexity"} <= art
-    assert [a.path for a in client.list_artifacts(study.info.run_id, "plots")] == ["plots/fake.png"]
+    assert [a.path for a in client.list_artifacts(study.info.run_id, "plots")] == ["plots/fake.png", "plots/frontier.html"]
 
     cells = _cells(runs)
     assert set(cells) == {"/".join([p, s, f"{m}-k{k}-d0.6-s{sd}"]) for p, s, m, k, sd in desc["cells"]}
@@ -324,3 +332,101 @@ def test_bad_tracking_uri(tmp_path, uri):
     assert uri in str(info.value)
     assert time.time() - t0 < 60
     assert _snapshot(out) == before  # nothing written, nothing touched
+
+
+def test_the_kind_is_mlflows_own_model_training_kind():
+    """The tag and value are those the installed MLflow UI reads and writes, and so is the view switch."""
+    js = Path(mlflow.__file__).parent / "server" / "js" / "build" / "static" / "js"
+    bundle = "".join(p.read_text(errors="replace") for p in sorted(js.glob("*.js")))
+    assert f'"{EXPERIMENT_KIND_TAG}"' in bundle
+    assert f'CUSTOM_MODEL_DEVELOPMENT="{EXPERIMENT_KIND}"' in bundle
+    key, value = tracking.UI_VIEW_QUERY.split("=")
+    assert f'MACHINE_LEARNING="{value}"' in bundle and f'get("{key}")' in bundle
+    assert runs_page("7") == f"#/experiments/7/runs?{key}={value}"
+
+
+@pytest.mark.parametrize("before", [None, {}, {EXPERIMENT_KIND_TAG: "genai_development"}])
+def test_the_experiment_is_of_the_model_training_kind_new_or_existing(tmp_path, store, before):
+    cfg = build_fake_results(tmp_path / "res", projections=("gate",), psets={"paper": ["gate"]})["config"]
+    client = MlflowClient(tracking_uri=store)
+    if before is not None:  # an experiment made before the kind was set, or switched to GenAI by hand
+        client.create_experiment(EXP, artifact_location=(tmp_path / "artifacts").as_uri(), tags=before)
+        assert client.get_experiment_by_name(EXP).tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND
+    res = _sync(cfg, store)
+    assert client.get_experiment(res["experiment_id"]).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    assert len(client.search_experiments()) == 2  # Default and this one: the existing experiment was reused
+
+
+def _point(line: str, share: float, compute: float, ratio: float, kl: float, pset: str = "down_in") -> Record:
+    """A frontier point's record as :func:`apc.results.records.frontier_records` builds it (ratio interval +-0.02)."""
+    r = Record(f"frontier/{pset}/{line}/{share:g}", f"frontier/{pset}/{line}/{share:g}", kind="frontier")
+    r.param(pset=pset, line=line, family=line.split(".")[0].split("-")[0])
+    for k, v in dict(share=share, compute_share=compute, ratio=ratio, ratio_lo=ratio - 0.02, ratio_hi=ratio + 0.02,
+                     kl=kl).items():
+        r.metric(k, v)
+    return r
+
+
+def _frontier(lines=("teal", "wina", "oracle.per_layer.apc-k8-s0", "experts-oracle.s0.2-e32")) -> list[Record]:
+    ratios = {"teal": (1.30, 1.10, 1.02), "wina": (1.25, 1.08, 1.04), "oracle.per_layer.apc-k8-s0": (1.04, 1.02, 1.01),
+              "experts-oracle.s0.2-e32": (1.03, 1.02, 1.01)}
+    return [_point(line, s, s + 0.01, ratios[line][i], 0.3 * (1 - s) ** 2) for line in lines
+            for i, s in enumerate((0.4, 0.6, 0.8))]
+
+
+def _cross(x0: float, x1: float, y0: float, y1: float, level: float) -> float:
+    """Where the segment (x0, y0)-(x1, y1) meets ``level``, as the study logs it (``SHARE_DIGITS`` decimals)."""
+    return round(x0 + (x1 - x0) * (y0 - level) / (y0 - y1), tracking.SHARE_DIGITS)
+
+
+def test_the_headline_is_the_least_compute_of_a_deployable_line():
+    assert upper_bound("oracle.per_layer.apc-k8-s0") and upper_bound("experts-oracle.s0.2-e32")
+    assert not upper_bound("experts-learned.s0.2-e32") and not upper_bound("predicted-linear-m1.per_layer.apc-k8-s0")
+    metrics, tags = study_headline(_frontier())
+    m = dict(metrics)
+    assert len(m) == len(metrics)  # one value per name
+    # teal crosses 1.05x between compute 0.61 (1.10) and 0.81 (1.02), wina later (1.08 -> 1.04)
+    teal = _cross(0.61, 0.81, 1.10, 1.02, 1.05)
+    assert m["down_in/teal/compute_at_1.05x"] == pytest.approx(teal)
+    assert m["down_in/wina/compute_at_1.05x"] == pytest.approx(_cross(0.61, 0.81, 1.08, 1.04, 1.05))
+    assert m["down_in/compute_at_1.05x"] == pytest.approx(teal) and tags["apc.down_in.line_at_1.05x"] == "teal"
+    assert m["down_in/compute_at_1.05x_lo"] == pytest.approx(_cross(0.61, 0.81, 1.08, 1.00, 1.05))
+    assert m["down_in/compute_at_1.05x_hi"] == pytest.approx(_cross(0.61, 0.81, 1.12, 1.04, 1.05))
+    # the oracle lines get there first, and are reported only as upper bounds
+    assert m["down_in/upper_bound/compute_at_1.05x"] == pytest.approx(0.41)
+    assert tags["apc.down_in.upper_bound_at_1.05x"] in ("oracle.per_layer.apc-k8-s0", "experts-oracle.s0.2-e32")
+    assert not any(upper_bound(v) for k, v in tags.items() if ".line_at_" in k)
+    assert m["down_in/teal/0.6/ratio"] == 1.10 and m["down_in/teal/0.6/compute_share"] == 0.61
+    assert m["down_in/wina/0.8/kl"] == pytest.approx(0.3 * 0.2 ** 2)
+    # KL 0.2 nats: every line at its first point (0.3 * 0.6 ** 2 = 0.108); 0.05: between 0.4 and 0.6
+    assert m["down_in/compute_at_kl0.2"] == pytest.approx(0.41)
+    assert m["down_in/compute_at_kl0.05"] == pytest.approx(_cross(0.41, 0.61, 0.108, 0.048, 0.05))
+    assert "down_in/compute_at_1.25x" in m and (m["frontier_lines"], m["frontier_points"]) == (4, 12)
+    # a level no deployable line reaches is left out, never a NaN column
+    metrics, tags = study_headline([_point("teal", 0.6, 0.6, 1.5, 0.5)])
+    assert "down_in/compute_at_1.05x" not in dict(metrics) and tags == {}
+    assert study_headline([]) == ([], {})
+
+
+def test_the_study_run_shows_the_sweeps_key_figures(tmp_path, store, monkeypatch):
+    cfg = build_fake_results(tmp_path / "res", projections=("gate",), psets={"paper": ["gate"]})["config"]
+    points = _frontier()
+    monkeypatch.setattr(tracking, "frontier_records", lambda config, dense: list(points))
+    first = _sync(cfg, store)
+    runs = _runs(store)
+    study = next(r for r in runs if r.data.tags["apc.kind"] == "study")
+    want, tags = study_headline(points)
+    assert {k: study.data.metrics[k] for k, _ in want} == pytest.approx(dict(want))
+    assert {k: study.data.tags[k] for k in tags} == tags
+    assert study.data.metrics["ppl_dense"] > 0  # the references stay
+    assert _sync(cfg, store)["parent"] == first["parent"]  # unchanged: the same run
+    # wina leaves the sweep: its columns would go stale, so a new study run replaces the old one
+    points[:] = _frontier(("teal", "oracle.per_layer.apc-k8-s0"))
+    second = _sync(cfg, store)
+    assert second["parent"] != first["parent"]
+    runs = _runs(store)
+    study = next(r for r in runs if r.data.tags["apc.kind"] == "study")
+    assert study.info.run_id == second["parent"] and not any("wina" in k for k in study.data.metrics)
+    assert study.data.tags["apc.down_in.upper_bound_at_1.05x"] == "oracle.per_layer.apc-k8-s0"
+    assert all(r.data.tags["mlflow.parentRunId"] == second["parent"] for r in runs if r is not study)
+    assert sum(r.data.tags["apc.kind"] == "study" for r in runs) == 1

@@ -76,6 +76,7 @@ rule frontier_table:
     output:
         table=report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
         decision=report(L.frontier_decision(), caption="../report/frontier_decision.rst", category="Frontier"),
+        pairs=L.frontier_paired(),
     log:
         L.log("frontier_table"),
     resources:

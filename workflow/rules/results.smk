@@ -45,7 +45,7 @@ rule plots:
     output:
         report(
             directory(L.plots()),
-            patterns=["{name}.png"],
+            patterns=["{name}.png", "{name}.html"],
             caption="../report/plots.rst",
             category="Plots",
         ),

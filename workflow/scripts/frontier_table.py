@@ -10,4 +10,5 @@ if "time_table" in i.keys():
     kw = dict(time_table=i.time_table, d_model=int(widths["down"]), d_ff=int(widths["down_in"]))
     log.info("time shares from %s at d_model %d, d_ff %d", i.time_table, kw["d_model"], kw["d_ff"])
 table = write_frontier_table(snakemake.output.table, i.points, i.refs, **kw)
-write_decision_table(snakemake.output.decision, table)
+write_decision_table(snakemake.output.decision, table, points=i.points,
+                     pairs_path=snakemake.output.pairs if "pairs" in snakemake.output.keys() else None)

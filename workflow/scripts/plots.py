@@ -1,7 +1,7 @@
 from pathlib import Path
 
 from apc.rulekit import start
-from apc.results.frontier import make_frontier_plots
+from apc.results.frontier_plots import make_frontier_plots
 from apc.results.plots import make_plots
 
 log = start(snakemake, "plots")

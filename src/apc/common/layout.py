@@ -217,6 +217,10 @@ class Layout:
         """Per line, the compute share at which it reaches 1.05x / 1.25x dense perplexity and 0.05 / 0.2 nats KL."""
         return self._p("frontier_decision.csv")
 
+    def frontier_paired(self) -> str:
+        """Every pair of frontier lines at each compared compute share: paired differences with intervals."""
+        return self._p("frontier_paired.csv")
+
     def frontier_plot(self, pset: str) -> str:
         """Written by the ``plots`` rule (inside :meth:`plots`)."""
         return self._p("plots", f"frontier_{pset}.png")

@@ -37,12 +37,13 @@ def new_figure(nrows: int, ncols: int, w: float = 4.0, h: float = 3.2):
     return fig, axes
 
 
-def save_figure(fig, path: Path) -> Path:
+def save_figure(fig, path: Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``fig`` to ``path`` (PNG, atomically); ``metadata``: text chunks to store in it."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
     FigureCanvasAgg(fig)
     with atomic_path(path, ".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
+        fig.savefig(tmp, format="png", dpi=110, metadata=metadata)
     log.info("plot -> %s", path)
     return path
 

@@ -301,12 +301,39 @@ def frontier_records(config: dict, dense: dict | None) -> list[Record]:
             r.metric(k, v)
         r.times(d.get("started_at"), d.get("finished_at"))
         r.artifacts.append((path, "frontier"))
+        _paired_metrics(r, d, Layout(config["outdir"]).frontier_decision())
         out.append(r)
     return sorted(out, key=lambda r: r.cell_key)
 
 
+def _paired_metrics(r: Record, point: dict, decision_path: str) -> None:
+    """A frontier point's tag ``apc.deployable`` and, where the decision table compares its line at the point's
+    share, its paired difference against the best deployable line there (``paired_d_{metric}``, ``_lo``,
+    ``_hi``) and the tags ``apc.paired_best`` and ``apc.verdict``."""
+    from apc.results.paired import METRICS, deployable
+
+    r.tags["apc.deployable"] = str(deployable(point["line"])).lower()
+    rows = _decision_rows(decision_path).get((point["pset"], point["line"]))
+    s = f"{float(point['share']):g}"
+    if not rows or f"verdict_{s}" not in rows:
+        return
+    for m in METRICS:
+        for suf in ("", "_lo", "_hi"):
+            v = rows.get(f"d_{m}_{s}{suf}", "")
+            r.metric(f"paired_d_{m}{suf}", float(v) if v not in ("", "NaN") else None)
+    r.tags.update({"apc.paired_best": rows.get(f"best_{s}") or "", "apc.verdict": rows[f"verdict_{s}"]})
+
+
+def _decision_rows(path: str) -> dict[tuple[str, str], dict]:
+    """The decision table's rows by ``(pset, line)`` (empty when it was not written)."""
+    if not Path(path).exists():
+        return {}
+    with open(path, newline="") as f:
+        return {(row["pset"], row["line"]): row for row in csv.DictReader(f)}
+
+
 def study_record(config: dict, tmpdir: Path, cells: list[Record]) -> Record:
-    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots;
+    """The study run: shared settings, dense and true-sparse references, thresholds, summary, plots (PNG and HTML);
     its time span covers every job of its ``cells`` and references."""
     from apc.results.summary import reference_columns
 
@@ -350,6 +377,6 @@ def study_record(config: dict, tmpdir: Path, cells: list[Record]) -> Record:
             r.artifacts.append((table, None))
     plots = Path(lay.plots())
     if plots.is_dir():
-        for png in sorted(plots.glob("[!.]*.png")):
-            r.artifacts.append((png, "plots"))
+        for plot in sorted([*plots.glob("[!.]*.png"), *plots.glob("[!.]*.html")]):  # static plots, interactive HTML
+            r.artifacts.append((plot, "plots"))
     return r

@@ -2,14 +2,22 @@
 
 Layout of the MLflow side
 -------------------------
-* The experiment (``mlflow.experiment``) is tagged as model development, so the UI opens
-  its runs table.
+* The experiment (``mlflow.experiment``) carries MLflow 3's kind tag ``mlflow.experimentKind =
+  custom_model_development`` (model training, not GenAI), set when it is created and on an existing
+  one.  The UI 3.17 picks its view from its own switch, not from the tag: :func:`runs_page` is the
+  address of the runs table in the model-training view.
 * One *study* run per set of shared settings: model, data, extraction, clustering and
   evaluation settings, the perplexity budget and the output folder -- not the sweep lists,
   so extending or shrinking a sweep keeps its study.  Tags ``apc.kind = "study"`` and
   ``apc.study`` (:func:`study_key`); named ``<preset> · <model> · <corpus>``.  Params: the
   shared settings.  Metrics: dense and true-sparse perplexities with intervals, the
-  thresholds per layer.  Artifacts: the resolved config, thresholds, summary and plots.
+  thresholds per layer, and the sweep's key figures as columns (:func:`study_headline`: per
+  projection set the least compute share a deployable line needs to reach 1.05x / 1.25x dense
+  perplexity and 0.05 / 0.2 nats KL, the same for the upper bounds, each line's crossings and
+  each point's compute share, ratio and KL), the lines reaching them as tags.  Artifacts: the
+  resolved config, thresholds, summary and plots (PNG and HTML).  A study run that would keep a metric the
+  current sweep no longer has is replaced (its children move to the new one); otherwise it is
+  updated in place.
 * One *cell* run per clustering cell ``(projection, scope, method, K, seed)``, child of the
   study, named by its key (``gate/per_layer/apc-k32-s0``, tag ``apc.cell_key``).  It holds
   the clustering parameters and per-iteration history (metric steps), train and test
@@ -60,6 +68,7 @@ serialised: no duplicate runs, no "database is locked".
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import tempfile
@@ -68,6 +77,7 @@ from pathlib import Path
 from typing import Iterator
 
 from apc.common.progress import get_logger
+from apc.results.paired import deployable
 from apc.results.records import Record, cell_records, expert_records, frontier_records, study_key, study_record
 
 log = get_logger("apc.results.tracking")
@@ -80,6 +90,80 @@ _MAX_METRICS_PER_BATCH = 1000
 
 class TrackingError(RuntimeError):
     """The tracking store could not be reached or written."""
+
+
+#: Experiment tag MLflow 3 reads as the experiment's kind, and the value of its model-training kind
+#: (``mlflow/server/js``: ``ExperimentKind.CUSTOM_MODEL_DEVELOPMENT``; the others are
+#: ``genai_development``, ``finetuning``, ``forecasting``, ``classification``, ``regression``, ``automl``)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: The UI's own switch between its GenAI and model-training views (query parameter of the page's
+#: address; without it the UI 3.17 uses the browser's last choice, GenAI at first, whatever the tag says)
+UI_VIEW_QUERY = "workflowType=machine_learning"
+
+#: Crossing columns of the decision table (:func:`apc.results.frontier.crossings`) -> study metric names
+CROSSING_METRICS = {"share_1.05": "compute_at_1.05x", "share_1.25": "compute_at_1.25x",
+                    "share_kl0.05": "compute_at_kl0.05", "share_kl0.2": "compute_at_kl0.2"}
+#: Decimals of an interpolated crossing share (far below its interval's width; columns read 0.735, not 0.73500000001)
+SHARE_DIGITS = 4
+#: Figures of each frontier point copied onto the study run, ``{pset}/{line}/{share}/{figure}``
+POINT_FIGURES = ("compute_share", "ratio", "kl")
+
+
+def runs_page(experiment_id: str) -> str:
+    """The address, after the server's root, of the experiment's runs table in the model-training view."""
+    return f"#/experiments/{experiment_id}/runs?{UI_VIEW_QUERY}"
+
+
+def upper_bound(line: str) -> bool:
+    """True for a line that is not :func:`apc.results.paired.deployable` (oracle cluster masks, the oracle router of
+    the neuron experts: they read the true activations): an upper bound on what a deployable method can reach.
+    The static K = 1 mask is deployable."""
+    return not deployable(line)
+
+
+def study_headline(frontier: list[Record]) -> tuple[list[tuple[str, float]], dict[str, str]]:
+    """The sweep's key figures for the study run's columns, from the frontier points' records.
+
+    Per projection set ``P``: ``P/compute_at_1.05x`` (and ``_1.25x``, ``_kl0.05``, ``_kl0.2``) is the
+    least compute share (:data:`SHARE_DIGITS` decimals) at which a deployable line (not
+    :func:`upper_bound`) reaches 1.05x dense perplexity (a mean KL of 0.05 nats ...), the decision
+    table's crossing, with that line's ``_lo``/``_hi`` from its interval; tag
+    ``apc.P.line_at_1.05x`` names the line.  ``P/upper_bound/compute_at_...`` and tag
+    ``apc.P.upper_bound_at_...`` are the same over the upper bounds.  Per line ``L``:
+    ``P/L/compute_at_...`` and, per kept share ``s``, ``P/L/s/compute_share``, ``/ratio``, ``/kl``.
+    ``frontier_lines`` and ``frontier_points`` count them.  Returns ``([(key, value)], {tag: value})``;
+    levels no line reaches and bounds without an interval are left out (no NaN columns).
+    """
+    import pandas as pd
+
+    from apc.results.frontier import crossings
+
+    rows, metrics = [], []
+    for rec in frontier:
+        m = {k: v for k, v, step in rec.metrics if step == 0}
+        pset, line = rec.params["pset"], rec.params["line"]
+        rows.append({"pset": pset, "line": line, "family": rec.params["family"],
+                     **{k: m.get(k, float("nan")) for k in ("compute_share", "ratio", "ratio_lo", "ratio_hi",
+                                                            "kl", "kl_lo", "kl_hi")}})
+        metrics += [(f"{pset}/{line}/{m['share']:g}/{f}", m[f]) for f in POINT_FIGURES if f in m and "share" in m]
+    if not rows:
+        return [], {}
+    dec = crossings(pd.DataFrame(rows))
+    dec["upper"] = [upper_bound(line) for line in dec["line"]]
+    tags: dict[str, str] = {}
+    for pset, g in dec.groupby("pset", sort=True):
+        for col, name in CROSSING_METRICS.items():
+            metrics += [(f"{pset}/{line}/{name}", round(v, SHARE_DIGITS)) for line, v in zip(g["line"], g[col])]
+            for upper, prefix, tag in ((False, "", "line"), (True, "upper_bound/", "upper_bound")):
+                reached = g[(g["upper"] == upper) & g[col].notna()]
+                if len(reached):
+                    first = reached.loc[reached[col].idxmin()]
+                    metrics += [(f"{pset}/{prefix}{name}{sfx}", round(first[col + sfx], SHARE_DIGITS))
+                                for sfx in ("", "_lo", "_hi")]
+                    tags[f"apc.{pset}.{tag}_at_{name[len('compute_at_'):]}"] = str(first["line"])
+    metrics += [("frontier_lines", float(len(dec))), ("frontier_points", float(len(rows)))]
+    return [(k, float(v)) for k, v in metrics if math.isfinite(v)], tags
 
 
 def default_tracking_uri(outdir_root: str | os.PathLike) -> str:
@@ -208,7 +292,7 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
     """Upsert the current sweep of ``config`` (a resolved config) into MLflow (see module docstring).
 
     Returns ``{"parent", "experiment_id", "study", "cells", "experts", "frontier", "created", "updated", "unchanged",
-    "restored", "retired"}``.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
+    "restored", "retired"}``; the study run also carries :func:`study_headline` of the frontier points.  Raises :class:`TrackingError` naming ``tracking_uri`` if the store
     is unreachable or rejects a write; result files are only read, never written.
     """
     out = Path(config["outdir"]).resolve()
@@ -237,6 +321,10 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
     t0 = time.time()
     with _http_env(), tempfile.TemporaryDirectory(prefix="apc-mlflow-") as tmp:
         study = study_record(config, Path(tmp), records)
+        headline, headline_tags = study_headline(records[n_cells + len(experts):])
+        for key, value in headline:
+            study.metric(key, value)
+        study.tags.update(headline_tags)
         client = None
         if db is None:  # probe remote stores before taking a lock in outdir
             client = _client(tracking_uri, experiment)
@@ -257,8 +345,9 @@ def sync_results(config: dict, *, tracking_uri: str, experiment: str, git_info: 
             raise TrackingError(f"timed out after {LOCK_TIMEOUT_S:.0f}s waiting for lock {lock_file} "
                                 f"(tracking URI {tracking_uri!r})") from err
     log.info("mlflow sync %s -> %s [%s]: %d cells (%d created, %d updated, %d unchanged, %d restored, "
-             "%d retired) in %.1fs", out, tracking_uri, experiment, result["cells"], result["created"],
-             result["updated"], result["unchanged"], result["restored"], result["retired"], time.time() - t0)
+             "%d retired) in %.1fs; runs table: <server>/%s", out, tracking_uri, experiment, result["cells"],
+             result["created"], result["updated"], result["unchanged"], result["restored"], result["retired"],
+             time.time() - t0, runs_page(result["experiment_id"]))
     return result
 
 
@@ -275,17 +364,16 @@ def _client(uri: str, experiment: str):
 
 
 def _experiment(client, experiment: str, db: Path | None) -> str:
+    """The experiment's id, created or restored, its kind set to model training (:data:`EXPERIMENT_KIND`)."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         art = (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
-        exp_id = client.create_experiment(experiment, artifact_location=art)
-    else:
-        exp_id = exp.experiment_id
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp_id)
-    # open the runs table ("Model training"), not the GenAI overview
-    client.set_experiment_tag(exp_id, "mlflow.experimentKind", "custom_model_development")
-    return exp_id
+        return client.create_experiment(experiment, artifact_location=art, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:  # an experiment made before, or by hand
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
 
 
 def _new_run(client, exp_id: str, rec: Record, tags: dict[str, str]) -> str:
@@ -306,17 +394,18 @@ def _sync_locked(client, experiment, db, skey, study, records, base_tags, outdir
                      key=lambda r: (_complete(r), r.info.start_time or 0), reverse=True)
     shash = study.content_hash()
     study_tags = {**base_tags, "apc.kind": "study", "apc.study": skey, "apc.cell_key": "study", "apc.outdir": outdir}
-    if studies and _complete(studies[0]):
+    stale = bool(studies) and bool(set(studies[0].data.metrics) - {k for k, _, _ in study.metrics})
+    if studies and _complete(studies[0]) and not stale:
         parent_id = studies[0].info.run_id
         for dup in studies[1:]:
             client.delete_run(dup.info.run_id)
         if studies[0].data.tags.get("apc.content_hash") != shash:
-            _log_record(client, parent_id, study, {})
+            _log_record(client, parent_id, study, study.tags)
             client.set_tag(parent_id, "apc.content_hash", shash)
         if study.end_ms and studies[0].info.end_time != study.end_ms:
             client.set_terminated(parent_id, "FINISHED", end_time=study.end_ms)
     else:
-        parent_id = _new_run(client, exp_id, study, {**study_tags, "apc.content_hash": shash})
+        parent_id = _new_run(client, exp_id, study, {**study_tags, **study.tags, "apc.content_hash": shash})
         for old in studies:
             client.delete_run(old.info.run_id)
 

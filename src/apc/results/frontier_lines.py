@@ -1,0 +1,146 @@
+"""The lines of a frontier table as its plots see them: family, deployable or upper bound, legend label and
+style, which lines a static plot draws (:func:`pick_lines`: the best deployable line of each family, then the best
+upper bound of each family that has one) and the true-sparse reference ratio."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from apc.common.maskspec import LineSpec
+from apc.results.paired import deployable
+
+#: (colour, marker) of each line family, in legend order; one colour and one marker per family on every plot
+FAMILY_STYLE = {
+    "threshold": ("#1f77b4", "v"), "cats": ("#ff7f0e", "D"), "teal": ("#2ca02c", "s"), "wina": ("#d62728", "p"),
+    "larosa": ("#9467bd", "h"), "griffin": ("#8c564b", "X"), "oracle": ("#e377c2", "o"),
+    "predicted": ("#17becf", "^"), "neuron": ("#7f7f7f", "P"), "experts": ("#bcbd22", "*"),
+    "random": ("#000075", "x"),
+}
+#: an upper bound is drawn in the colour and marker of the family it bounds (hollow, dashed)
+BOUND_OF = {"oracle": "predicted"}
+#: ratios above this are drawn at the top edge with their value printed
+Y_CAP = 50.0
+PICK_RULE = ("Drawn: dense, the best deployable line of each family and the best upper bound of each family "
+             "that has one (hollow, dashed). Best = the lowest mean difference of log ratio to dense against the "
+             "family's other candidates, each pair compared at 9 compute shares over the range both cover (linear "
+             "interpolation). Every line: frontier.html.")
+
+
+def line_family(line: str) -> str:
+    """The family a line is drawn and picked in."""
+    return LineSpec.parse(line).family
+
+
+def line_label(line: str) -> str:
+    """The legend text of a line (upper bounds say so)."""
+    d = LineSpec.parse(line)
+    text = {
+        "threshold": "threshold on down_in itself (gate, up in full)",
+        "cats": "CATS (|act(gate)| threshold; gate in full)",
+        "wina": "WINA (|x| x weight-column norm thresholds)",
+        "larosa": "LaRoSA (top-k of the PCA-rotated input; rotation counted)",
+        "griffin": "GRIFFIN (one mask per sequence from its dense prompt)",
+        "random": "random mask",
+    }.get(d.family)
+    if d.family == "teal":
+        what = {"uniform": "uniform", "block": "TEAL's block-wise split",
+                "layer-greedy": "shares allocated across layers, not TEAL's"}[d.allocation]
+        text = f"TEAL input and down_in thresholds ({what})"
+    elif d.family == "oracle":
+        text = f"static mask ({d.scope})" if d.method == "static" else f"oracle {d.method} K={d.k} ({d.scope})"
+    elif d.family == "predicted":
+        text = f"predicted {d.kind} top-{d.top_m} {d.method} K={d.k} ({d.scope})"
+    elif d.family == "neuron":
+        text = f"neuron predictor x{d.factor} ({d.kind} K={d.k} FLOPs)"
+    elif d.family == "experts":
+        text = f"neuron experts, {d.router} router (shared {d.shared}, E={d.n})"
+    text = text or d.family
+    return text if deployable(line) else f"upper bound: {text}"
+
+
+def line_style(line: str) -> dict:
+    """Matplotlib keywords of a line: its family's colour and marker; an upper bound hollow and dashed."""
+    fam = line_family(line)
+    up = not deployable(line)
+    colour, marker = FAMILY_STYLE.get(BOUND_OF.get(fam, fam) if up else fam, ("#333333", "o"))
+    return {"color": colour, "marker": marker, "ls": "--" if up else "-", "mfc": "white" if up else colour,
+            "lw": 1.2 if up else 1.6, "ms": 6}
+
+
+def _curve(rows: pd.DataFrame, line: str, x: str) -> pd.DataFrame:
+    g = rows[rows["line"] == line]
+    ok = np.isfinite(g[x].to_numpy(float)) & (g["ratio"].to_numpy(float) > 0)
+    return g[ok].sort_values(x)
+
+
+def _paired_gap(a: pd.DataFrame, b: pd.DataFrame, x: str) -> float | None:
+    """Mean of log ratio(a) - log ratio(b) at 9 points of the ``x`` range both cover (linear interpolation);
+    None where the ranges do not overlap."""
+    lo, hi = max(a[x].min(), b[x].min()), min(a[x].max(), b[x].max())
+    if lo > hi:
+        return None
+    grid = np.linspace(lo, hi, 9)
+    ya = np.interp(grid, a[x].to_numpy(float), np.log(a["ratio"].to_numpy(float)))
+    yb = np.interp(grid, b[x].to_numpy(float), np.log(b["ratio"].to_numpy(float)))
+    return float(np.mean(ya - yb))
+
+
+def best_line(rows: pd.DataFrame, lines: Iterable[str], x: str = "compute_share") -> str | None:
+    """The line of ``lines`` with the lowest mean :func:`_paired_gap` against the others it shares an ``x``
+    range with; lines that share none with any other are candidates only when no line does, and are then ranked
+    by their mean log ratio over the kept ``share`` values they all have (else over their own points).
+    Ties: the first line name; None when no line has a point."""
+    curves = {ln: _curve(rows, ln, x) for ln in lines}
+    curves = {ln: c for ln, c in sorted(curves.items()) if len(c)}
+    if len(curves) <= 1:
+        return next(iter(curves), None)
+    gaps = {a: [g for b in curves if b != a if (g := _paired_gap(curves[a], curves[b], x)) is not None]
+            for a in curves}
+    paired = {a: float(np.mean(g)) for a, g in gaps.items() if g}
+    if paired:
+        return min(paired, key=lambda a: paired[a])
+    common = set.intersection(*(set(c["share"].round(6)) for c in curves.values()))
+
+    def own(c: pd.DataFrame) -> float:
+        logr = np.log(c["ratio"].to_numpy(float))
+        keep = c["share"].round(6).isin(common).to_numpy() if common else np.ones(len(c), bool)
+        return float(np.mean(logr[keep]))
+
+    return min(curves, key=lambda a: own(curves[a]))
+
+
+def pick_lines(rows: pd.DataFrame, x: str = "compute_share") -> list[str]:
+    """The lines a static plot draws, in legend order: per family the :func:`best_line` of its deployable
+    lines, then per family the best of its upper bounds."""
+    lines = list(dict.fromkeys(rows["line"]))
+    order = list(FAMILY_STYLE)
+    fams = sorted({line_family(ln) for ln in lines}, key=lambda f: (order.index(f) if f in order else len(order), f))
+    best, bounds = [], []
+    for fam in fams:
+        members = [ln for ln in lines if line_family(ln) == fam]
+        for want, out in ((True, best), (False, bounds)):
+            pick = best_line(rows, [ln for ln in members if deployable(ln) == want], x)
+            if pick is not None:
+                out.append(pick)
+    return best + bounds
+
+
+def _on_windows(ref: dict, n: int) -> float:
+    """A reference perplexity on its first ``n`` windows, the ones the frontier points score
+    (every result scores the first windows of the same test split); all of them when it has fewer."""
+    from apc.perplexity.intervals import ppl_of
+
+    if n and "window_nll_sum" in ref and n < len(ref["window_nll_sum"]):
+        return ppl_of(ref["window_nll_sum"][:n], ref["window_tokens"][:n])
+    return float(ref["ppl"])
+
+
+def sparse_ratio(rows: pd.DataFrame, dense: dict | None, sparse: dict | None) -> float | None:
+    """True sparse perplexity over dense's, both on the windows the points score (None without both)."""
+    if dense is None or sparse is None:
+        return None
+    n = int(rows["windows"].max()) if len(rows) and "windows" in rows else 0
+    return _on_windows(sparse, n) / _on_windows(dense, n)
