@@ -1,7 +1,9 @@
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -70,6 +72,45 @@ class DagRun:
                 self.proc.kill()
 
 
+class After:
+    """``prepare()`` then ``fn()``, run in a background thread once ``first`` (a :class:`DagRun`) has finished
+    well; :attr:`prepared` is set once ``prepare`` is done (or will not run); :meth:`result` waits for ``fn``
+    and returns what it returned (``first``'s failure, else the exception of ``prepare`` or ``fn``, is raised)."""
+
+    def __init__(self, first: DagRun, prepare, fn):
+        self.first, self.value, self.error = first, None, None
+        self.prepared = threading.Event()
+        self._thread = threading.Thread(target=self._go, args=(prepare, fn), daemon=True)
+        self._thread.start()
+
+    def _go(self, prepare, fn):
+        try:
+            if self.first.proc.wait() == 0:
+                prepare()
+                self.prepared.set()
+                self.value = fn()
+        except BaseException as e:  # raised again in the test that waits for it
+            self.error = e
+        finally:
+            self.prepared.set()
+
+    def result(self):
+        self._thread.join()
+        self.first.result()
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def copy_results(src: Path, dst: Path, outdir: str) -> Path:
+    """Copy ``src`` (the folder of the outdir ``src/outdir`` and of its MLflow store) to ``dst`` with the files'
+    times, so that Snakemake finds the copy as up to date as the original, less the resolved config, which names
+    the original outdir (the copy's run writes its own)."""
+    shutil.copytree(src, dst, symlinks=True, dirs_exist_ok=True)
+    (dst / outdir / "config.json").unlink()
+    return dst
+
+
 def snakemake(*args, check=True):
     """Run this checkout's workflow (``python -m snakemake --cores 2 *args`` in the repository root);
     an ``AssertionError`` with the output's tail when it fails and ``check``."""
@@ -81,15 +122,27 @@ def snakemake(*args, check=True):
 # ``@start_early("fixture")`` registers ``start(tmp_path_factory, items)`` (``items``: the selected tests that
 # use ``fixture``), and the fixture gets what it returned from ``started("fixture", tmp_path_factory)``,
 # which starts it then if no selected test used the fixture at the session's start.
+# ``critical=True``: the run that ends last when it shares the cores (the smoke DAG) starts first and keeps
+# the normal scheduling priority; this process, and so every later run and test, lowers its own (os.nice), so
+# that the other runs and tests use the cores it leaves idle instead of slowing it down.
 _EARLY: dict = {}
+_CRITICAL: set = set()
 _STARTED: dict = {}
+NICE = 5
 
 
-def start_early(fixture):
+def start_early(fixture, critical=False):
     def register(start):
         _EARLY[fixture] = start
+        if critical:
+            _CRITICAL.add(fixture)
         return start
     return register
+
+
+def started_if_any(fixture):
+    """What ``fixture``'s start returned if it was started, else None."""
+    return _STARTED.get(fixture)
 
 
 def started(fixture, tmp_path_factory, items=()):
@@ -100,11 +153,14 @@ def started(fixture, tmp_path_factory, items=()):
 
 @pytest.fixture(scope="session", autouse=True)
 def _early_runs(request, tmp_path_factory):
-    for fixture in _EARLY:
-        items = [item for item in request.session.items
-                 if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker("skip")]
-        if items:
-            started(fixture, tmp_path_factory, items)
+    for critical in (True, False):  # the critical runs first
+        for fixture in [f for f in _EARLY if (f in _CRITICAL) == critical]:
+            items = [item for item in request.session.items
+                     if fixture in getattr(item, "fixturenames", ()) and not item.get_closest_marker("skip")]
+            if items:
+                started(fixture, tmp_path_factory, items)
+        if critical and _CRITICAL & set(_STARTED):
+            os.nice(NICE)
     yield
     for run in DagRun.started:
         run.stop()

@@ -9,13 +9,13 @@ import pytest
 
 from apc.common.layout import Cell, Layout
 from apc.extraction.patterns import PatternReader
-from conftest import ROOT, DagRun, snakemake, start_early, started
+from conftest import ROOT, After, DagRun, copy_results, snakemake, start_early, started, started_if_any
 
 pytestmark = pytest.mark.slow
 PROJS = ["gate", "up", "down", "down_in"]
 
 
-@start_early("smoke")
+@start_early("smoke", critical=True)
 def start_smoke(tmp_path_factory, items):
     out = tmp_path_factory.mktemp("wf") / "smoke"
     return out, DagRun("--config", "preset=smoke", f"outdir={out}")
@@ -23,14 +23,44 @@ def start_smoke(tmp_path_factory, items):
 
 @pytest.fixture(scope="session")
 def smoke(tmp_path_factory):
-    """The whole smoke DAG, run once per session (started with the session: conftest.start_early)."""
+    """The whole smoke DAG, run once per session (started with the session: conftest.start_early); the tests
+    that change its results wait until the magnitude cells' copy of them is taken, if one is."""
     out, run = started("smoke", tmp_path_factory)
     run.result()
+    if magnitude := started_if_any("smoke_magnitude"):
+        magnitude[1].prepared.wait()
     return out
 
 
 def cfg(out):
     return ["--config", "preset=smoke", f"outdir={out}"]
+
+
+MAGNITUDE_CELLS = [
+    "cluster={cells: [{projection: down_in, scope: per_layer, method: apc_wout, k: 8},"
+    " {projection: down_in, scope: per_layer, method: apc_product, k: 4}]}",
+    "perplexity={psets: {gate: [gate], down_in: [down_in]},"
+    " cells: [{method: apc_wout, k: 8, scope: per_layer}, {method: apc_product, k: 4, scope: per_layer}]}",
+]
+
+
+@start_early("smoke_magnitude")
+def start_smoke_magnitude(tmp_path_factory, items):
+    """The smoke sweep with the weighted and product cells of down_in, on a copy of the smoke results (and
+    of their MLflow store) made once the smoke DAG is done: only the new cells' jobs and the aggregations run,
+    in the background, beside the tests that read the smoke results."""
+    src, run = started("smoke", tmp_path_factory)
+    out = tmp_path_factory.mktemp("wf-magnitude") / "smoke"
+    return out, After(run, lambda: copy_results(src.parent, out.parent, out.name),
+                      lambda: DagRun(*cfg(out), *MAGNITUDE_CELLS).result())
+
+
+@pytest.fixture(scope="session")
+def smoke_magnitude(tmp_path_factory):
+    """The smoke results with the extra magnitude cells (:func:`start_smoke_magnitude`)."""
+    out, run = started("smoke_magnitude", tmp_path_factory)
+    run.result()
+    return out
 
 
 def test_thresholds_hit_target_sparsity_on_every_layer_and_projection(smoke):
@@ -417,60 +447,51 @@ def test_frontier_bad_configs_stop_with_one_clear_message(tmp_path):
         assert res.returncode != 0 and message in res.stdout + res.stderr, (override, res.stderr[-2000:])
 
 
-MAGNITUDE_CELLS = [
-    "cluster={cells: [{projection: down_in, scope: per_layer, method: apc_wout, k: 8},"
-    " {projection: down_in, scope: per_layer, method: apc_product, k: 4}]}",
-    "perplexity={psets: {gate: [gate], down_in: [down_in]},"
-    " cells: [{method: apc_wout, k: 8, scope: per_layer}, {method: apc_product, k: 4, scope: per_layer}]}",
-]
-
-
-def test_weighted_and_product_cells_end_to_end(smoke):
+def test_weighted_and_product_cells_end_to_end(smoke_magnitude):
     """Extra cells on down_in: output-weighted APC and product APC, through every stage and MLflow."""
+    smoke = smoke_magnitude
     lay = Layout(smoke)
     wout, pq = Cell("down_in", "per_layer", "apc_wout", 8, 0.6, 0), Cell("down_in", "per_layer", "apc_product", 4, 0.6, 0)
-    try:
-        snakemake(*cfg(smoke), *MAGNITUDE_CELLS)
-        norms = np.load(smoke / "model" / "down_norms.npy")
-        assert norms.shape == (30, 1536) and (norms > 0).all()
-        extract = json.loads((smoke / "patterns" / "test" / "extract.json").read_text())
-        assert extract["magnitude_projections"] == ["down_in"] and extract["magnitude_bytes"] >= 30 * 1536 * 254
-        m = json.loads(Path(lay.centroids_meta(wout)).read_text())
-        assert m["method"] == "apc_wout" and m["base_method"] == "apc_weighted" and m["options"]["weighting"] == "output"
-        p = json.loads(Path(lay.centroids_meta(pq)).read_text())
-        assert p["product_groups"] == 2 and p["k_per_group"] == 4 and p["n_sets"] == 30
-        assert p["mask_density"] == pytest.approx(0.6, abs=1e-3)
-        for cell in (wout, pq, Cell("down_in", "per_layer", "apc", 8, 0.6, 0)):  # binary tables too
-            t = pd.read_csv(lay.eval_table(cell), dtype={"layer": str})
-            assert t["mass_recall"].between(0, 1, inclusive="neither").all()
-            total = t[t["layer"] == "all"]
-            assert (total["mass_recall"] > total["recall"]).all()  # the kept active neurons are the larger ones
-        t = pd.read_csv(lay.eval_table(pq), dtype={"layer": str})
-        assert (t["groups"] == 2).all() and t["centroid_density"].sub(0.6).abs().max() < 1e-3
-        dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-        for cell, groups in ((wout, 1), (pq, 2)):
-            r = json.loads(Path(lay.ppl_cell("down_in", Cell("", *cell.group))).read_text())
-            assert r["groups"] == {"down_in": groups}
-            only = r["modes"]["centroid_only"]
-            assert only["kept"]["down_in"] == pytest.approx(0.6, abs=1e-3) and only["tokens"] == dense["tokens"]
-            assert r["modes"]["random"]["density"]["down_in"] == pytest.approx(only["kept"]["down_in"])
-        s = pd.read_csv(smoke / "summary.csv")
-        row = s[(s["method"] == "apc_product") & (s["split"] == "test")].iloc[0]
-        assert row["groups"] == 2 and row["k"] == 4 and row["id_bits"] == pytest.approx(4.0)
-        assert row["iterations"] >= 1  # the sidecar (G * K rows) joins on K per group
-        assert np.isfinite(row["ppl_down_in_centroid_only"]) and np.isfinite(row["ratio_down_in_centroid_only"])
-        info, studies, runs = _mlflow(smoke)
-        assert studies[0].data.metrics["magnitude_bytes"] > 0
-        for cell in (wout, pq):
-            run = runs[cell.key]
-            assert 0 < run.data.metrics["test_mass_recall"] < 1
-            assert run.data.metrics["ppl_down_in_centroid_only"] == pytest.approx(
-                json.loads(Path(lay.ppl_cell("down_in", Cell("", *cell.group))).read_text())
-                ["modes"]["centroid_only"]["ppl"])
-        assert runs[pq.key].data.metrics["groups"] == 2.0
-        assert runs[pq.key].data.metrics["centroid_density"] == pytest.approx(0.6, abs=1e-3)
-    finally:
-        snakemake(*cfg(smoke))  # back to the plain smoke sweep for any later test
+    norms = np.load(smoke / "model" / "down_norms.npy")
+    assert norms.shape == (30, 1536) and (norms > 0).all()
+    extract = json.loads((smoke / "patterns" / "test" / "extract.json").read_text())
+    assert extract["magnitude_projections"] == ["down_in"] and extract["magnitude_bytes"] >= 30 * 1536 * 254
+    m = json.loads(Path(lay.centroids_meta(wout)).read_text())
+    assert m["method"] == "apc_wout" and m["base_method"] == "apc_weighted" and m["options"]["weighting"] == "output"
+    p = json.loads(Path(lay.centroids_meta(pq)).read_text())
+    assert p["product_groups"] == 2 and p["k_per_group"] == 4 and p["n_sets"] == 30
+    assert p["mask_density"] == pytest.approx(0.6, abs=1e-3)
+    for cell in (wout, pq, Cell("down_in", "per_layer", "apc", 8, 0.6, 0)):  # binary tables too
+        t = pd.read_csv(lay.eval_table(cell), dtype={"layer": str})
+        assert t["mass_recall"].between(0, 1, inclusive="neither").all()
+        total = t[t["layer"] == "all"]
+        assert (total["mass_recall"] > total["recall"]).all()  # the kept active neurons are the larger ones
+    t = pd.read_csv(lay.eval_table(pq), dtype={"layer": str})
+    assert (t["groups"] == 2).all() and t["centroid_density"].sub(0.6).abs().max() < 1e-3
+    dense = json.loads((smoke / "ppl" / "dense.json").read_text())
+    for cell, groups in ((wout, 1), (pq, 2)):
+        r = json.loads(Path(lay.ppl_cell("down_in", Cell("", *cell.group))).read_text())
+        assert r["groups"] == {"down_in": groups}
+        only = r["modes"]["centroid_only"]
+        assert only["kept"]["down_in"] == pytest.approx(0.6, abs=1e-3) and only["tokens"] == dense["tokens"]
+        assert r["modes"]["random"]["density"]["down_in"] == pytest.approx(only["kept"]["down_in"])
+    s = pd.read_csv(smoke / "summary.csv")
+    row = s[(s["method"] == "apc_product") & (s["split"] == "test")].iloc[0]
+    assert row["groups"] == 2 and row["k"] == 4 and row["id_bits"] == pytest.approx(4.0)
+    assert row["iterations"] >= 1  # the sidecar (G * K rows) joins on K per group
+    assert np.isfinite(row["ppl_down_in_centroid_only"]) and np.isfinite(row["ratio_down_in_centroid_only"])
+    info, studies, runs = _mlflow(smoke)
+    assert studies[0].data.metrics["magnitude_bytes"] > 0
+    for cell in (wout, pq):
+        run = runs[cell.key]
+        assert 0 < run.data.metrics["test_mass_recall"] < 1
+        assert run.data.metrics["ppl_down_in_centroid_only"] == pytest.approx(
+            json.loads(Path(lay.ppl_cell("down_in", Cell("", *cell.group))).read_text())
+            ["modes"]["centroid_only"]["ppl"])
+    assert runs[pq.key].data.metrics["groups"] == 2.0
+    assert runs[pq.key].data.metrics["centroid_density"] == pytest.approx(0.6, abs=1e-3)
+
+
 
 
 def test_every_store_is_within_ten_percent_of_its_plan(smoke):
