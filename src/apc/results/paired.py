@@ -47,15 +47,12 @@ def deployable(line: str) -> bool:
     """Whether a line can run without knowing the dense FFN's answer: False for the upper bounds, the oracle
     cluster masks (family ``oracle`` with a clustering method other than ``static``: the true pattern picks the
     centroid) and neuron experts with the ``oracle`` router (the true activations pick the experts).  A static
-    mask (one fixed mask per layer, K = 1) and every predicted, thresholded or routed line are deployable."""
-    from apc.common.maskspec import LineSpec
+    mask (one fixed mask per layer, K = 1) and every predicted, thresholded or routed line are deployable.  The
+    line's registry entry decides (:meth:`apc.lines.Line.is_deployable`)."""
+    from apc.lines import parse
 
-    spec = LineSpec.parse(line)
-    if spec.family == "oracle":
-        return spec.method == "static"
-    if spec.family == "experts":
-        return spec.router != "oracle"
-    return True
+    spec = parse(line)
+    return bool(spec.impl.is_deployable(spec))
 
 
 def token_positions(point: dict) -> np.ndarray:
