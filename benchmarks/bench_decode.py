@@ -193,10 +193,18 @@ def time_decode(dec: Decoder, snap, new: int, repeats: int) -> tuple[list[float]
     if cuda:
         try:
             g = dec.graph(snap)
-        except Exception as exc:  # noqa: BLE001 - report and time eagerly
-            print(f"  graph capture failed ({type(exc).__name__}: {str(exc)[:300]}); timing eagerly", flush=True)
+        except Exception as exc:  # noqa: BLE001 - report, then a graph of the eager step
+            print(f"  compiled graph failed ({type(exc).__name__}: {str(exc)[:600]}); the eager step's graph",
+                  flush=True)
             torch.cuda.synchronize()
-            kind = "eager"
+            dec.compile = False
+            try:
+                g = dec.graph(snap)
+                kind = "graph (eager: compile failed)"
+            except Exception as exc2:  # noqa: BLE001
+                print(f"  graph capture failed ({type(exc2).__name__}: {str(exc2)[:300]}); timing eagerly", flush=True)
+                kind = "eager"
+            dec.compile = True
     else:
         kind = "wall"
     run = g.replay if g is not None else dec.step
@@ -346,6 +354,56 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
     return out
 
 
+def _cell(args, dec, snap, cal, scales, gen, wb, kv, dense_bytes, bw, b, name, c, dense_ms, dev_name, profiles, rows,
+          prof_rows, argv):
+    """Time, check and record one (batch, line, share) cell; returns the dense ms of this batch."""
+    device = dec.device
+    t1 = time.perf_counter()
+    line = Line(name, c, dec, cal, scales, gen)
+    dec.set_sparsity(line.sp)
+    times, kind, log = time_decode(dec, snap, args.new, args.repeats)
+    match, checked, lerr = check_tokens(dec, snap, log, args.prompt, args.check) if args.check \
+        else (0, 0, float("nan"))
+    u = mean_unions(dec.unions)
+    ferr = ffn_error(dec, cal)
+    ms = statistics.median(times)
+    if name == "dense":
+        dense_ms = ms
+    line_bytes = line.attn_bytes(u) + wb["head"] + kv + line.ffn_bytes(u)
+    union = u.get("ffn", 1.0) if name != "teal_model" else \
+        (line.ffn_bytes(u) + line.attn_bytes(u)) / (wb["ffn"] + wb["attn"])
+    bound_ms = line_bytes / bw * 1e3
+    row = dict(device=dev_name, batch=b, line=name, scope=line.scope, compute_share=c,
+               kept_share=round(line.kept, 4), union_share=round(union, 4), ms_per_token=round(ms, 4),
+               ms_min=round(min(times), 4), ms_max=round(max(times), 4), dense_ms=round(dense_ms, 4),
+               speedup=round(dense_ms / ms, 3), bound_ms=round(bound_ms, 4),
+               bound_speedup=round(dense_bytes / line_bytes, 3), time_over_bound=round(ms / bound_ms, 3),
+               tokens_match=match, tokens_checked=checked, ffn_rel_err=f"{ferr:.2e}", logit_rel_err=f"{lerr:.2e}",
+               timing=kind)
+    rows.append(row)
+    print(f"B={b:2d} {name:10s} c={c:.2f} kept={row['kept_share']:.3f} union={row['union_share']:.3f} "
+          f"{ms:7.3f} ms/token [{min(times):.3f}-{max(times):.3f}]  speed-up {row['speedup']:.3f}x "
+          f"(bound {row['bound_speedup']:.3f}x, {bound_ms:.3f} ms; time/bound {row['time_over_bound']:.2f})  "
+          f"tokens {match}/{checked} (ffn err {ferr:.1e}, logits err {lerr:.1e})  {kind}  "
+          f"[{time.perf_counter() - t1:.0f} s]", flush=True)
+    key = f"{name}:{b}:{c:g}"
+    if device.type == "cuda" and key in profiles:
+        p = profile_step(dec, snap, key)
+        prof_rows.append(p)
+        print("  profile " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in p.items() if k != "top_kernels"), flush=True)
+        print("\n".join("    " + k for k in p["top_kernels"]), flush=True)
+        if args.profile_out:
+            Path(args.profile_out).write_text(json.dumps(prof_rows, indent=1))
+    dec.set_sparsity(None)
+    del line
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if args.out:
+        _write(args.out, rows, argv)
+    return dense_ms
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -421,49 +479,15 @@ def main(argv=None) -> int:
         cells = [("dense", 1.0)] + [(n, c) for n in lines if n != "dense"
                                     for c in (args.model_shares if n == "teal_model" else args.shares)]
         for name, c in cells:
-            t1 = time.perf_counter()
-            line = Line(name, c, dec, cal, scales, gen)
-            dec.set_sparsity(line.sp)
-            times, kind, log = time_decode(dec, snap, args.new, args.repeats)
-            match, checked, lerr = check_tokens(dec, snap, log, args.prompt, args.check) if args.check \
-                else (0, 0, float("nan"))
-            u = mean_unions(dec.unions)
-            ferr = ffn_error(dec, cal)
-            ms = statistics.median(times)
-            if name == "dense":
-                dense_ms = ms
-            line_bytes = line.attn_bytes(u) + wb["head"] + kv + line.ffn_bytes(u)
-            union = u.get("ffn", 1.0) if name != "teal_model" else \
-                (line.ffn_bytes(u) + line.attn_bytes(u)) / (wb["ffn"] + wb["attn"])
-            bound_ms = line_bytes / bw * 1e3
-            row = dict(device=dev_name, batch=b, line=name, scope=line.scope, compute_share=c,
-                       kept_share=round(line.kept, 4), union_share=round(union, 4), ms_per_token=round(ms, 4),
-                       ms_min=round(min(times), 4), ms_max=round(max(times), 4), dense_ms=round(dense_ms, 4),
-                       speedup=round(dense_ms / ms, 3), bound_ms=round(bound_ms, 4),
-                       bound_speedup=round(dense_bytes / line_bytes, 3), time_over_bound=round(ms / bound_ms, 3),
-                       tokens_match=match, tokens_checked=checked, ffn_rel_err=f"{ferr:.2e}", logit_rel_err=f"{lerr:.2e}",
-                       timing=kind)
-            rows.append(row)
-            print(f"B={b:2d} {name:10s} c={c:.2f} kept={row['kept_share']:.3f} union={row['union_share']:.3f} "
-                  f"{ms:7.3f} ms/token [{min(times):.3f}-{max(times):.3f}]  speed-up {row['speedup']:.3f}x "
-                  f"(bound {row['bound_speedup']:.3f}x, {bound_ms:.3f} ms; time/bound {row['time_over_bound']:.2f})  "
-                  f"tokens {match}/{checked} (ffn err {ferr:.1e}, logits err {lerr:.1e})  {kind}  "
-                  f"[{time.perf_counter() - t1:.0f} s]", flush=True)
-            key = f"{name}:{b}:{c:g}"
-            if device.type == "cuda" and key in profiles:
-                p = profile_step(dec, snap, key)
-                prof_rows.append(p)
-                print("  profile " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in p.items() if k != "top_kernels"), flush=True)
-                print("\n".join("    " + k for k in p["top_kernels"]), flush=True)
-                if args.profile_out:
-                    Path(args.profile_out).write_text(json.dumps(prof_rows, indent=1))
-            dec.set_sparsity(None)
-            del line
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if args.out:
-                _write(args.out, rows, argv)
+            try:
+                dense_ms = _cell(args, dec, snap, cal, scales, gen, wb, kv, dense_bytes, bw, b, name, c, dense_ms,
+                                 dev_name, profiles, rows, prof_rows, argv)
+            except Exception:  # noqa: BLE001 - one failed cell is reported, the others still run
+                import traceback
+
+                print(f"B={b} {name} c={c}: FAILED\n" + traceback.format_exc()[-3000:], flush=True)
+                dec.set_sparsity(None)
+                dec.reference = False
         del snap
     if args.profile_out:
         Path(args.profile_out).write_text(json.dumps(prof_rows, indent=1))

@@ -6,7 +6,8 @@
 # EXT holds the fetched peers (not part of this project): EXT/gpt-fast (pytorch-labs/gpt-fast: model.py,
 # generate.py, tokenizer.py) and EXT/teal_sparse_gemv.py (FasterDecoding/TEAL kernels/sparse_gemv.py), and
 # EXT/prompts.json (the SmolLM2 prompts' token ids).  GGUF: the embedded SmolLM2 GGUF (its de-quantisation
-# needs the gguf package on PYTHONPATH); without it the SmolLM2 step is skipped.  Steps, each logged to
+# needs the gguf package on PYTHONPATH; the step waits up to GGUF_WAIT x 5 s for the file); without it the
+# SmolLM2 step is skipped.  Steps, each logged to
 # WORK/<step>.log and continuing past a failed one:
 #   gpu.txt       nvidia-smi, torch and Triton versions
 #   kernel_tests  the operator and kernel tests on this GPU
@@ -36,6 +37,8 @@ step decode python3 benchmarks/bench_decode.py "${CONF[@]}" --out "$WORK/decode.
     ${DECODE_ARGS:-}
 step gptfast python3 benchmarks/gptfast_peer.py --src "$EXT/gpt-fast" --out "$WORK/gptfast.csv" ${GPTFAST_ARGS:-}
 if [ -n "$GGUF" ]; then
+    # the GGUF may arrive while the steps above run (carried in parts over two calls): wait for it
+    for _ in $(seq 1 ${GGUF_WAIT:-180}); do [ -f "$GGUF" ] && break; sleep 5; done
     step smollm2 python3 benchmarks/smollm2_tokens.py "${CONF[@]}" --gguf "$GGUF" --prompts "$EXT/prompts.json" \
         --out "$WORK/smollm2.csv"
 fi

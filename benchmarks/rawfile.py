@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import shlex
 import subprocess
 import sys
@@ -12,7 +13,9 @@ from apc.common.atomic import atomic_path
 
 
 def commit() -> str:
-    """The short commit of this checkout, or ``unknown``."""
+    """The short commit of this checkout (``APC_COMMIT`` where the copy has no git history), or ``unknown``."""
+    if os.environ.get("APC_COMMIT"):
+        return os.environ["APC_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent).stdout.strip()
