@@ -5,14 +5,17 @@
         --prompt 128 --new 32 --batches 1,4 --out decode_cpu.csv          # CPU, the embedded model
 
 Model (GPU): ``paper_shaped_model.MISTRAL_7B_V01`` (all 32 layers, random weights, bf16) built on the device by
-:mod:`decode_model`; a static KV cache; each decode step captured as one CUDA graph, for dense and every
-line alike.  Workload: a random prompt of ``--prompt`` tokens per row, then ``--new`` tokens greedily, at
+:class:`apc.deploy.decoder.Decoder`; a static KV cache; each layer one ``torch.compile``'d function (fullgraph,
+``--no-compile`` for eager) and each decode step captured as one CUDA graph, for dense and every line alike
+(on CPU: eager steps, the operators' torch fallbacks).  Workload: a random prompt of ``--prompt`` tokens per row, then ``--new`` tokens greedily, at
 each ``--batches`` size.  Lines (the FFN of every layer swapped), at FFN compute shares ``--shares``
 (the share of the dense FFN's multiply-adds a line does):
 
 ========== =====================================================================================
 dense      cuBLAS products (stacked gate/up, down)
 teal       input-sparse gate/up on ``|x| > t_in``, down on ``|h| > t_h``; both kept shares = c
+teal_model TEAL as published: also the q/k/v input (one threshold over the stacked qkv weight) and the o
+           input, every projection at the same kept share c (``--model-shares``; whole-model sparsity 1 - c)
 wina       the same on ``|x| * ||W_col||`` (WINA's scaled score), kept shares = c
 cats       gate dense, up and down on ``|silu(gate)| >= t``; kept share (3c - 1) / 2
 per_token  a neuron mask per token (random, kept share c; the predictor's cost is not included)
@@ -31,9 +34,7 @@ teacher-forced on the line's tokens) for the first ``--check`` steps.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import shlex
 import statistics
 import sys
 import time
@@ -43,13 +44,14 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from decode_model import Decoder, context_mean, load_llama  # noqa: E402
 from paper_shaped_model import MISTRAL_7B_V01  # noqa: E402
+from rawfile import write_csv  # noqa: E402
 
-from apc.deploy import sparse_gemv as sg  # noqa: E402
+from apc.deploy import ops  # noqa: E402
+from apc.deploy.decoder import Decoder, Sparsity, context_mean, load_llama  # noqa: E402
 
-LINES = ("dense", "teal", "wina", "cats", "per_token", "cluster", "static")
-COLUMNS = ("device", "batch", "line", "compute_share", "kept_share", "union_share", "ms_per_token", "ms_min",
+LINES = ("dense", "teal", "teal_model", "wina", "cats", "per_token", "cluster", "static")
+COLUMNS = ("device", "batch", "line", "scope", "compute_share", "kept_share", "union_share", "ms_per_token", "ms_min",
            "ms_max", "dense_ms", "speedup", "bound_ms", "bound_speedup", "time_over_bound", "tokens_match",
            "tokens_checked", "ffn_rel_err", "logit_rel_err", "timing")
 
@@ -77,13 +79,15 @@ def _quantile(v: torch.Tensor, q: float) -> float:
 # ----------------------------------------------------------------------------- calibration
 
 
-def calibrate(dec: Decoder, prompt: torch.Tensor, shares, params, scales) -> dict:
-    """Per-layer thresholds and static masks at each share, from the FFN inputs over ``prompt (1, P)``."""
-    cal: dict = {c: {"teal": [], "wina": [], "cats": [], "static": []} for c in shares}
+def calibrate(dec: Decoder, prompt: torch.Tensor, shares, model_shares, scales) -> dict:
+    """Per-layer thresholds and static masks at each share, from the product inputs over ``prompt (1, P)``."""
+    cal: dict = {"x": {}, "teal_model": {c: [] for c in model_shares}}
+    for c in shares:
+        cal[c] = {"teal": [], "wina": [], "cats": [], "static": []}
     f = dec.cfg["intermediate_size"]
 
-    def hook(i, x):
-        cal.setdefault("x", {})[i] = x[-16:].clone()  # FFN inputs for the kernel check at real shapes
+    def hook(i, x, n, o):
+        cal["x"][i] = x[-16:].clone()  # FFN inputs for the FFN check at real shapes
         lw = dec.layers[i]
         g, u = F.linear(x, lw["wgu"]).chunk(2, dim=-1)
         a = F.silu(g)
@@ -99,6 +103,9 @@ def calibrate(dec: Decoder, prompt: torch.Tensor, shares, params, scales) -> dic
             keep = torch.zeros(f, dtype=torch.bool, device=x.device)
             keep[act_mean.topk(max(1, int(round(c * f)))).indices] = True
             cal[c]["static"].append(keep)
+        for c in model_shares:  # uniform: every projection's input at kept share c
+            cal["teal_model"][c].append(dict(t_in=_quantile(x.abs(), 1 - c), t_h=_quantile(h, 1 - c),
+                                             t_qkv=_quantile(n.abs(), 1 - c), t_o=_quantile(o.abs(), 1 - c)))
 
     dec.prefill(prompt, hook=hook)
     return cal
@@ -108,141 +115,98 @@ def calibrate(dec: Decoder, prompt: torch.Tensor, shares, params, scales) -> dic
 
 
 class Line:
-    """A line's fast FFN (``fast(i, x)``), its torch reference (``ref(i, x)``, recording union shares),
-    and the FFN bytes it reads at a union share ``u``."""
+    """A line's :class:`Sparsity` at batch ``dec.batch``, its kept share, and the bytes one step reads given the
+    union shares its torch reference recorded (``dec.unions``)."""
 
-    def __init__(self, name, c, dec, params, cal, scales, gen):
-        self.name, self.c = name, c
-        self.unions: list[float] = []
+    def __init__(self, name, c, dec, cal, scales, gen):
+        self.name, self.c, self.kept = name, c, c
+        self.scope = "model" if name == "teal_model" else "ffn"
         d, f = dec.cfg["hidden_size"], dec.cfg["intermediate_size"]
-        el = 2
-        self.dense_ffn_bytes = 3 * d * f * el * dec.n_layers
-        L, b = dec.n_layers, dec.batch
+        L, b, dev = dec.n_layers, dec.batch, dec.device
         lay = dec.layers
-        self.kept = c
-        self.fast = self.ref = None
+        wb = dec.weight_bytes()
+        self.dense_ffn_bytes = wb["ffn"]
+        t = lambda v: torch.tensor([float(v)], device=dev)  # noqa: E731
+        self.ffn_bytes = lambda u: self.dense_ffn_bytes * u.get("ffn", 1.0)  # noqa: E731
+        self.attn_bytes = lambda u: wb["attn"]  # noqa: E731
         if name == "dense":
-            self.bytes_of = lambda u: self.dense_ffn_bytes
-            return
-        if name in ("teal", "wina"):
+            self.sp = Sparsity()
+        elif name in ("teal", "wina"):
             thr = cal[c][name]
-            sc = scales if name == "wina" else [(None, None)] * L
-
-            def fast(i, x):
-                return sg.teal_ffn(x, params[i], thr[i][0], thr[i][1], sc[i][0], sc[i][1])
-
-            def ref(i, x):
-                s_in = 1 if sc[i][0] is None else sc[i][0]
-                s_h = 1 if sc[i][1] is None else sc[i][1]
-                in_keep = (x.float() * s_in).abs() > thr[i][0]
-                xm = x.masked_fill(~in_keep, 0)
-                g, u = F.linear(xm, lay[i]["wgu"]).chunk(2, dim=-1)
-                h = F.silu(g) * u
-                h_keep = (h.float() * s_h).abs() > thr[i][1]
-                self.unions.append((2 * float(in_keep.any(0).float().mean()) + float(h_keep.any(0).float().mean())) / 3)
-                return F.linear(h.masked_fill(~h_keep, 0), lay[i]["wd"])
-
-            self.bytes_of = lambda u: self.dense_ffn_bytes * u
+            layers = []
+            for i in range(L):
+                lp = dict(t_in=t(thr[i][0]), t_h=t(thr[i][1]))
+                if name == "wina":
+                    lp.update(s_in=scales[i][0], s_h=scales[i][1])
+                layers.append(lp)
+            self.sp = Sparsity("teal", layers)
+        elif name == "teal_model":
+            self.sp = Sparsity("teal_attn", [{k: t(v) for k, v in lp.items()} for lp in cal["teal_model"][c]])
+            lw = lay[0]
+            el = dec.embed.element_size()
+            q_b, o_b = L * lw["wqkv"].numel() * el, L * lw["wo"].numel() * el
+            self.attn_bytes = lambda u: q_b * u["qkv"] + o_b * u["o"]  # noqa: E731
         elif name == "cats":
-            thr = cal[c]["cats"]
             self.kept = cats_share(c)
-
-            def fast(i, x):
-                return sg.cats_ffn_sparse(x, params[i], thr[i])
-
-            def ref(i, x):
-                g, u = F.linear(x, lay[i]["wgu"]).chunk(2, dim=-1)
-                a = F.silu(g)
-                keep = a.abs().float() >= thr[i]
-                self.unions.append(float(keep.any(0).float().mean()))
-                return F.linear((a * u).masked_fill(~keep, 0), lay[i]["wd"])
-
-            self.bytes_of = lambda u: self.dense_ffn_bytes * (1 + 2 * u) / 3
+            self.sp = Sparsity("cats", [dict(t=t(v)) for v in cal[c]["cats"]])
         elif name in ("per_token", "cluster"):
             k = max(1, int(round(c * f)))
 
             def rand_masks(n):
-                noise = torch.rand(n, f, generator=gen, device=dec.device)
-                m = torch.zeros(n, f, dtype=torch.bool, device=dec.device)
+                noise = torch.rand(n, f, generator=gen, device=dev)
+                m = torch.zeros(n, f, dtype=torch.bool, device=dev)
                 return m.scatter_(1, noise.topk(k, dim=1).indices, True)
 
             if name == "per_token":
                 masks = [rand_masks(b) for _ in range(L)]
-                get = lambda i: masks[i]  # noqa: E731
             else:
-                cms = [rand_masks(16) for _ in range(L)]
-                ids = torch.randint(0, 16, (b,), generator=gen, device=dec.device)
-                get = lambda i: cms[i].index_select(0, ids)  # noqa: E731
-
-            def fast(i, x):
-                return sg.mask_ffn(x, params[i], get(i))
-
-            def ref(i, x):
-                m = get(i)
-                self.unions.append(float(m.any(0).float().mean()))
-                g, u = F.linear(x, lay[i]["wgu"]).chunk(2, dim=-1)
-                return F.linear((F.silu(g) * u).masked_fill(~m, 0), lay[i]["wd"])
-
-            self.bytes_of = lambda u: self.dense_ffn_bytes * u
+                ids = torch.randint(0, 16, (b,), generator=gen, device=dev)
+                masks = [rand_masks(16).index_select(0, ids) for _ in range(L)]
+            self.sp = Sparsity("mask", [dict(mask=m) for m in masks])
         elif name == "static":
-            keeps = cal[c]["static"]
-            sliced = []
+            layers = []
             for i in range(L):
-                idx = keeps[i].nonzero().squeeze(1)
-                sliced.append((torch.cat([lay[i]["wgu"][idx], lay[i]["wgu"][f + idx]]).contiguous(),
-                               lay[i]["wd"][:, idx].contiguous()))
-            self.sliced = sliced
-
-            def fast(i, x):
-                g, u = F.linear(x, sliced[i][0]).chunk(2, dim=-1)
-                return F.linear(F.silu(g) * u, sliced[i][1])
-
-            def ref(i, x):
-                self.unions.append(float(keeps[i].float().mean()))
-                g, u = F.linear(x, lay[i]["wgu"]).chunk(2, dim=-1)
-                return F.linear((F.silu(g) * u).masked_fill(~keeps[i], 0), lay[i]["wd"])
-
-            self.bytes_of = lambda u: self.dense_ffn_bytes * u
+                idx = cal[c]["static"][i].nonzero().squeeze(1)
+                layers.append(dict(wgu=torch.cat([lay[i]["wgu"][idx], lay[i]["wgu"][f + idx]]).contiguous(),
+                                   wd=lay[i]["wd"][:, idx].contiguous()))
+            self.sp = Sparsity("static", layers)
         else:
             raise ValueError(f"unknown line {name!r}; expected one of {', '.join(LINES)}")
-        self.fast, self.ref = fast, ref
+
+
+def mean_unions(unions) -> dict:
+    """Mean union share per product (``qkv``, ``o``, ``ffn``) of the reference's records."""
+    by: dict = {}
+    for name, u in unions:
+        by.setdefault(name, []).append(u)
+    return {k: statistics.mean(v) for k, v in by.items()}
 
 
 # ----------------------------------------------------------------------------- timing
-
-
-def capture(dec: Decoder, snap):
-    """A CUDA graph of one decode step (after a warm-up on a side stream); state restored after."""
-    dec.restore(snap)
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        dec.step()
-        dec.step()
-    torch.cuda.current_stream().wait_stream(s)
-    torch.cuda.synchronize()
-    dec.restore(snap)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        dec.step()
-    dec.restore(snap)
-    torch.cuda.synchronize()
-    return g
 
 
 def time_decode(dec: Decoder, snap, new: int, repeats: int) -> tuple[list[float], str, torch.Tensor]:
     """ms per output token of each repeat, the timing kind, and the first repeat's token log."""
     cuda = dec.device.type == "cuda"
     g = None
-    kind = "wall"
+    kind = "compiled graph" if dec.compile else "graph"
     if cuda:
         try:
-            g = capture(dec, snap)
-            kind = "graph"
-        except Exception as exc:  # noqa: BLE001 - report and time eagerly
-            print(f"  graph capture failed ({type(exc).__name__}: {str(exc)[:160]}); timing eagerly", flush=True)
+            g = dec.graph(snap)
+        except Exception as exc:  # noqa: BLE001 - report, then a graph of the eager step
+            print(f"  compiled graph failed ({type(exc).__name__}: {str(exc)[:600]}); the eager step's graph",
+                  flush=True)
             torch.cuda.synchronize()
-            kind = "eager"
+            dec.compile = False
+            try:
+                g = dec.graph(snap)
+                kind = "graph (eager: compile failed)"
+            except Exception as exc2:  # noqa: BLE001
+                print(f"  graph capture failed ({type(exc2).__name__}: {str(exc2)[:300]}); timing eagerly", flush=True)
+                kind = "eager"
+            dec.compile = True
+    else:
+        kind = "wall"
     run = g.replay if g is not None else dec.step
     times, log = [], None
     for r in range(repeats):
@@ -269,33 +233,37 @@ def time_decode(dec: Decoder, snap, new: int, repeats: int) -> tuple[list[float]
 
 
 @torch.no_grad()
-def ffn_error(dec: Decoder, line: Line, cal: dict) -> float:
-    """Largest relative L2 error of the line's FFN against its torch reference on real FFN inputs
-    (the last prompt positions of the first, middle and last layer)."""
-    if line.fast is None:
+def ffn_error(dec: Decoder, cal: dict) -> float:
+    """Largest relative L2 error of the line's FFN (eager, the operators) against its torch reference on real FFN
+    inputs (the last prompt positions of the first, middle and last layer)."""
+    if dec.sparsity.kind == "dense":
         return 0.0
     errs = []
-    n_u = len(line.unions)
+    n_u = len(dec.unions)
     for i in sorted({0, dec.n_layers // 2, dec.n_layers - 1}):
         x = cal["x"][i][-dec.batch:]
         if x.shape[0] < dec.batch:
             x = x.repeat(-(-dec.batch // x.shape[0]), 1)[:dec.batch]
-        a, b = line.fast(i, x).double(), line.ref(i, x).double()
+        a = dec.ffn(i, x).double()
+        dec.reference = True
+        b = dec.ffn(i, x).double()
+        dec.reference = False
         errs.append(float((a - b).norm() / b.norm().clamp_min(1e-30)))
-    del line.unions[n_u:]
+    del dec.unions[n_u:]
     return max(errs)
 
 
 @torch.no_grad()
-def check_tokens(dec: Decoder, snap, line: Line, log: torch.Tensor, prompt: int, steps: int) -> tuple[int, int]:
-    """Teacher-forced torch reference of the same masked model: (matching tokens, tokens checked, relative
-    L2 error of the first step's logits against the fast path's, eager)."""
+def check_tokens(dec: Decoder, snap, log: torch.Tensor, prompt: int, steps: int) -> tuple[int, int, float]:
+    """Teacher-forced torch reference of the same sparse model (eager, masked dense products): (matching tokens,
+    tokens checked, relative L2 error of the first step's logits against the fast path's, eager).  The reference
+    records the union shares in ``dec.unions``."""
     dec.restore(snap)
-    dec.ffn = line.fast
     dec.step()
     fast_logits = dec.logits.double()
     dec.restore(snap)
-    dec.ffn = line.ref
+    dec.reference = True
+    dec.unions.clear()
     match = total = 0
     err = float("nan")
     for j in range(steps):
@@ -307,7 +275,7 @@ def check_tokens(dec: Decoder, snap, line: Line, log: torch.Tensor, prompt: int,
         want = log[prompt + j]
         match += int((dec.log[prompt + j] == want).sum())
         total += want.numel()
-    dec.ffn = line.fast
+    dec.reference = False
     return match, total, err
 
 
@@ -339,7 +307,7 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
     out = {"cell": label}
 
     def graph_ms(reps=20):
-        g = capture(dec, snap)
+        g = dec.graph(snap)
         for _ in range(3):
             g.replay()
         torch.cuda.synchronize()
@@ -363,7 +331,7 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
     for e in prof.key_averages():
         t = e.self_device_time_total / 1e3
         name = e.key.lower()
-        if any(k in name for k in ("in_sparse", "out_sparse", "act_mul", "take_kernel")):
+        if any(k in name for k in ("in_sparse", "out_sparse", "act_mul", "take_kernel", "gathered")):
             cats["ffn_sparse"] += t
         elif any(k in name for k in ("gemm", "gemv", "nvjet", "cutlass", "sm90")):
             cats["gemm"] += t
@@ -386,6 +354,56 @@ def profile_step(dec: Decoder, snap, label: str) -> dict:
     return out
 
 
+def _cell(args, dec, snap, cal, scales, gen, wb, kv, dense_bytes, bw, b, name, c, dense_ms, dev_name, profiles, rows,
+          prof_rows, argv):
+    """Time, check and record one (batch, line, share) cell; returns the dense ms of this batch."""
+    device = dec.device
+    t1 = time.perf_counter()
+    line = Line(name, c, dec, cal, scales, gen)
+    dec.set_sparsity(line.sp)
+    times, kind, log = time_decode(dec, snap, args.new, args.repeats)
+    match, checked, lerr = check_tokens(dec, snap, log, args.prompt, args.check) if args.check \
+        else (0, 0, float("nan"))
+    u = mean_unions(dec.unions)
+    ferr = ffn_error(dec, cal)
+    ms = statistics.median(times)
+    if name == "dense":
+        dense_ms = ms
+    line_bytes = line.attn_bytes(u) + wb["head"] + kv + line.ffn_bytes(u)
+    union = u.get("ffn", 1.0) if name != "teal_model" else \
+        (line.ffn_bytes(u) + line.attn_bytes(u)) / (wb["ffn"] + wb["attn"])
+    bound_ms = line_bytes / bw * 1e3
+    row = dict(device=dev_name, batch=b, line=name, scope=line.scope, compute_share=c,
+               kept_share=round(line.kept, 4), union_share=round(union, 4), ms_per_token=round(ms, 4),
+               ms_min=round(min(times), 4), ms_max=round(max(times), 4), dense_ms=round(dense_ms, 4),
+               speedup=round(dense_ms / ms, 3), bound_ms=round(bound_ms, 4),
+               bound_speedup=round(dense_bytes / line_bytes, 3), time_over_bound=round(ms / bound_ms, 3),
+               tokens_match=match, tokens_checked=checked, ffn_rel_err=f"{ferr:.2e}", logit_rel_err=f"{lerr:.2e}",
+               timing=kind)
+    rows.append(row)
+    print(f"B={b:2d} {name:10s} c={c:.2f} kept={row['kept_share']:.3f} union={row['union_share']:.3f} "
+          f"{ms:7.3f} ms/token [{min(times):.3f}-{max(times):.3f}]  speed-up {row['speedup']:.3f}x "
+          f"(bound {row['bound_speedup']:.3f}x, {bound_ms:.3f} ms; time/bound {row['time_over_bound']:.2f})  "
+          f"tokens {match}/{checked} (ffn err {ferr:.1e}, logits err {lerr:.1e})  {kind}  "
+          f"[{time.perf_counter() - t1:.0f} s]", flush=True)
+    key = f"{name}:{b}:{c:g}"
+    if device.type == "cuda" and key in profiles:
+        p = profile_step(dec, snap, key)
+        prof_rows.append(p)
+        print("  profile " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in p.items() if k != "top_kernels"), flush=True)
+        print("\n".join("    " + k for k in p["top_kernels"]), flush=True)
+        if args.profile_out:
+            Path(args.profile_out).write_text(json.dumps(prof_rows, indent=1))
+    dec.set_sparsity(None)
+    del line
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if args.out:
+        _write(args.out, rows, argv)
+    return dense_ms
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -404,97 +422,72 @@ def main(argv=None) -> int:
     ap.add_argument("--new", type=int, default=128)
     ap.add_argument("--batches", type=_ints, default=[1, 4, 16])
     ap.add_argument("--shares", type=_floats, default=[0.4, 0.6, 0.8])
+    ap.add_argument("--model-shares", type=_floats, default=[0.75, 0.6, 0.5],
+                    help="teal_model's kept shares (whole-model sparsity 0.25, 0.4, 0.5)")
     ap.add_argument("--lines", default=",".join(LINES))
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--check", type=int, default=16, help="decode steps checked against the torch reference")
-    ap.add_argument("--profile", default="dense:1:1.0,teal:1:0.6,teal:16:0.6",
+    ap.add_argument("--no-compile", action="store_true", help="eager steps (CPU always runs eagerly)")
+    ap.add_argument("--profile", default="dense:1:1,teal:1:0.6,teal_model:1:0.5",
                     help="cells line:batch:share to profile ('' for none)")
-    ap.add_argument("--config", default="", help="JSON of sparse GEMV tile shapes (bench_sparse_gemv.py --save)")
+    ap.add_argument("--config", default="", help="JSON of sparse GEMV tile shapes (bench_gemv_bound.py --save)")
     ap.add_argument("--out", default="", help="CSV of the cells")
     ap.add_argument("--profile-out", default="", help="JSON of the profiles")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    compile_ = device.type == "cuda" and not args.no_compile
     lines = [s for s in args.lines.split(",") if s]
     bad = [s for s in lines if s not in LINES]
     if bad:
         raise SystemExit(f"unknown line(s) {bad}; expected some of {', '.join(LINES)}")
     if args.config:
-        sg.CONFIG.update(json.loads(Path(args.config).read_text()))
+        ops.CONFIG.update({k: tuple(v) for k, v in json.loads(Path(args.config).read_text()).items()})
     cfg = {**MISTRAL_7B_V01, "num_hidden_layers": args.layers, "hidden_size": args.hidden,
            "intermediate_size": args.ffn, "num_attention_heads": args.heads, "num_key_value_heads": args.kv_heads,
            "vocab_size": args.vocab}
     max_len = args.prompt + args.new
     t0 = time.perf_counter()
     if args.model:
-        dec = load_llama(args.model, 1, max_len, device, dtype)
+        dec = load_llama(args.model, 1, max_len, device, dtype, compile=compile_)
         cfg = dec.cfg
     else:
-        dec = Decoder(cfg, 1, max_len, device, dtype, seed=args.seed)
-    params = [sg.SparseFFNWeights(lw["wgu"], lw["wgu"].t().contiguous(), lw["wd"].t().contiguous())
-              for lw in dec.layers]
-    scales = [sg.wina_scales(p) for p in params]
+        dec = Decoder(cfg, 1, max_len, device, dtype, seed=args.seed, compile=compile_)
+    dec.prepare_sparse()
+    scales = [(lw["wgu_t"].float().norm(dim=1), lw["wd_t"].float().norm(dim=1)) for lw in dec.layers]
     bw = measure_bandwidth(device)
     gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     prompts = torch.randint(0, cfg["vocab_size"], (max(args.batches), args.prompt), generator=gen, device=device)
-    cal = calibrate(dec, prompts[:1], args.shares, params, scales)
+    cal = calibrate(dec, prompts[:1], args.shares, args.model_shares if "teal_model" in lines else [], scales)
     wb = dec.weight_bytes()
-    print(f"# device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}; model built and "
-          f"calibrated in {time.perf_counter() - t0:.1f} s; copy bandwidth {bw / 1e12:.2f} TB/s; weight bytes per "
-          f"step: attention {wb['attn'] / 1e9:.2f} GB, FFN {wb['ffn'] / 1e9:.2f} GB, head {wb['head'] / 1e9:.2f} GB",
-          flush=True)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    print(f"# device {dev_name}; model built and calibrated in {time.perf_counter() - t0:.1f} s; copy bandwidth "
+          f"{bw / 1e12:.2f} TB/s; weight bytes per step: attention {wb['attn'] / 1e9:.2f} GB, FFN {wb['ffn'] / 1e9:.2f} "
+          f"GB, head {wb['head'] / 1e9:.2f} GB; {'compiled' if compile_ else 'eager'} steps", flush=True)
     profiles = set(s for s in args.profile.split(",") if s)
     rows, prof_rows = [], []
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     for b in args.batches:
         dec.resize(b)
         torch.cuda.empty_cache() if device.type == "cuda" else None
-        dec.ffn = None
+        dec.set_sparsity(None)
         dec.prefill(prompts[:b])
         snap = dec.snapshot()
-        other = wb["attn"] + wb["head"] + dec.kv_bytes(context_mean(args.prompt, args.new))
+        kv = dec.kv_bytes(context_mean(args.prompt, args.new))
+        dense_bytes = wb["attn"] + wb["head"] + kv + wb["ffn"]
         dense_ms = None
-        cells = [("dense", 1.0)] + [(n, c) for n in lines if n != "dense" for c in args.shares]
+        cells = [("dense", 1.0)] + [(n, c) for n in lines if n != "dense"
+                                    for c in (args.model_shares if n == "teal_model" else args.shares)]
         for name, c in cells:
-            line = Line(name, c, dec, params, cal, scales, gen)
-            dec.ffn = line.fast
-            times, kind, log = time_decode(dec, snap, args.new, args.repeats)
-            match, checked, lerr = check_tokens(dec, snap, line, log, args.prompt, args.check) if args.check \
-                else (0, 0, float("nan"))
-            ferr = ffn_error(dec, line, cal)
-            union = statistics.mean(line.unions) if line.unions else (1.0 if name == "dense" else float("nan"))
-            ms = statistics.median(times)
-            if name == "dense":
-                dense_ms = ms
-            line_bytes = other + line.bytes_of(union)
-            dense_bytes = other + line.dense_ffn_bytes
-            bound_ms = line_bytes / bw * 1e3
-            row = dict(device=dev_name, batch=b, line=name, compute_share=c, kept_share=round(line.kept, 4),
-                       union_share=round(union, 4), ms_per_token=round(ms, 4), ms_min=round(min(times), 4),
-                       ms_max=round(max(times), 4), dense_ms=round(dense_ms, 4), speedup=round(dense_ms / ms, 3),
-                       bound_ms=round(bound_ms, 4), bound_speedup=round(dense_bytes / line_bytes, 3),
-                       time_over_bound=round(ms / bound_ms, 3), tokens_match=match, tokens_checked=checked,
-                       ffn_rel_err=f"{ferr:.2e}", logit_rel_err=f"{lerr:.2e}", timing=kind)
-            rows.append(row)
-            print(f"B={b:2d} {name:9s} c={c:.1f} kept={row['kept_share']:.3f} union={row['union_share']:.3f} "
-                  f"{ms:7.3f} ms/token [{min(times):.3f}-{max(times):.3f}]  speed-up {row['speedup']:.3f}x "
-                  f"(bound {row['bound_speedup']:.3f}x, {bound_ms:.3f} ms; time/bound {row['time_over_bound']:.2f})  "
-                  f"tokens {match}/{checked} (ffn err {ferr:.1e}, logits err {lerr:.1e})  {kind}", flush=True)
-            key = f"{name}:{b}:{c:g}"
-            if device.type == "cuda" and key in profiles:
-                dec.ffn = line.fast
-                p = profile_step(dec, snap, key)
-                prof_rows.append(p)
-                print("  profile " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
-                                               for k, v in p.items() if k != "top_kernels"), flush=True)
-                print("\n".join("    " + k for k in p["top_kernels"]), flush=True)
-            dec.ffn = None
-            del line
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-            if args.out:
-                _write(args.out, rows, argv)
+            try:
+                dense_ms = _cell(args, dec, snap, cal, scales, gen, wb, kv, dense_bytes, bw, b, name, c, dense_ms,
+                                 dev_name, profiles, rows, prof_rows, argv)
+            except Exception:  # noqa: BLE001 - one failed cell is reported, the others still run
+                import traceback
+
+                print(f"B={b} {name} c={c}: FAILED\n" + traceback.format_exc()[-3000:], flush=True)
+                dec.set_sparsity(None)
+                dec.reference = False
         del snap
     if args.profile_out:
         Path(args.profile_out).write_text(json.dumps(prof_rows, indent=1))
@@ -503,18 +496,18 @@ def main(argv=None) -> int:
 
 
 def _write(path, rows, argv):
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", newline="") as fh:
-        fh.write(f"# python benchmarks/bench_decode.py {shlex.join(argv if argv is not None else sys.argv[1:])}\n")
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    tmp.replace(path)
+    write_csv(path, rows, COLUMNS, argv if argv is not None else sys.argv[1:])
 
 
 def _summary(rows) -> None:
     print("\n# goals")
+    for r in rows:
+        if r["line"] == "dense" and r["batch"] == 1:
+            print(f"dense batch 1: {r['ms_per_token']:.3f} ms/token, {r['time_over_bound']:.3f}x its byte bound "
+                  f"{r['bound_ms']:.3f} ms (goal <= 1.15x): {'MET' if r['time_over_bound'] <= 1.15 else 'NOT MET'}")
+        if r["line"] == "teal_model" and r["batch"] == 1 and abs(r["compute_share"] - 0.5) < 1e-9:
+            print(f"TEAL as published, sparsity 0.5, batch 1: {r['speedup']:.3f}x dense (goal >= 1.7x; bound "
+                  f"{r['bound_speedup']:.3f}x): {'MET' if r['speedup'] >= 1.7 else 'NOT MET'}")
     for r in rows:
         if r["line"] == "teal" and r["batch"] == 1 and abs(r["compute_share"] - 0.6) < 1e-9:
             print(f"TEAL c=0.6 batch 1: {r['speedup']:.3f}x dense tokens/s (goal >= 1.35x; bound "
