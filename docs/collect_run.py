@@ -4,7 +4,7 @@
 
 Reads only under RESULTS_DIR (and the Snakemake log). Writes, replacing the folder's previous collection:
 config.json, summary.csv, frontier.csv, frontier_decision.csv, frontier_paired.csv (the paired comparisons),
-frontier_calibration.json, thresholds.json, ppl/ (dense, sparse and cell JSONs, not the batches),
+cell_allocation.json, calibration/ (each line's calibration table without its arrays, JSON), thresholds.json, ppl/ (dense, sparse and cell JSONs, not the batches),
 extract/{split}.json, predictors/ (test reports), jobs.csv (one row per
 `benchmarks/*.tsv`: rule, wall seconds, peak RSS), du.tsv (bytes of every top-level store), dag.json (the DAG's
 wall time from the log), coverage_test.csv (each neuron-expert cell's held-out coverage per router and k, from
@@ -48,6 +48,7 @@ ROOT = DOCS.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from apc.common.atomic import write_json  # noqa: E402
+from apc.lines.store import calibration_summary  # noqa: E402
 
 #: the machine-written manifest of a docs/results/<run>/ folder (not "MANIFEST.json": a run's folder holds the model's
 #: manifest.json, and the two names are one file on a case-insensitive file system)
@@ -315,9 +316,13 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | list[Path] | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in ("config.json", "summary.csv", "frontier.csv", "frontier_decision.csv", "frontier_paired.csv",
-                 "frontier_calibration.json", "thresholds.json", "mlflow_runs.json"):
+                 "cell_allocation.json", "thresholds.json", "mlflow_runs.json"):
         if (res / name).exists():
             _copy(res / name, tmp / name)
+    for p in sorted((res / "calibration").glob("*.npz")):  # the tables; the arrays (rotations, factors) stay behind
+        out = tmp / "calibration" / f"{p.stem}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(calibration_summary(p), indent=1) + "\n")
     if (res / "model/manifest.json").exists():
         _copy(res / "model/manifest.json", tmp / "manifest.json")
     for p in sorted((res / "ppl").rglob("*.json")):

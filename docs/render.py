@@ -24,6 +24,7 @@ sys.path.insert(0, str(DOCS.parent / "src"))
 sys.path.insert(0, str(DOCS))
 
 import render_verdicts as V  # noqa: E402  the verdicts: deployable lines, paired intervals, ties
+from apc.results.frontier_lines import frontier_shares  # noqa: E402
 
 
 # ---------------------------------------------------------------- reading
@@ -300,8 +301,7 @@ def batch_table(run: str) -> str:
 
 
 def batch_share(run: str) -> float:
-    fr = frontier(run)
-    shares = sorted(fr.loc[fr.family != "cats", "share"].unique())
+    shares = frontier_shares(frontier(run))
     return float(shares[len(shares) // 2])
 
 
@@ -399,15 +399,16 @@ def cluster_vs_neuron(run: str, share: float = 0.6) -> str:
     return md(["cell", "oracle", "predicted cluster", "neuron predictor", "lower perplexity"], rows)
 
 
-def allocation_table(run: str, share: float = 0.6) -> str:
+def allocation_table(run: str, share: float, allocations: dict) -> str:
     """Uniform against the other allocations at the same mean, for each line that has them: the cross-layer
-    `layer-greedy` (cluster cells and TEAL) and TEAL's own per-block split (`teal-block`); PPL and ratio to dense."""
+    `layer-greedy` of the cluster cells, and the lines of `allocations` (``{uniform line: {"layer-greedy": line,
+    "block": line}}``, e.g. TEAL's); PPL and ratio to dense."""
     fr = frontier(run)
     have = set(fr.line)
     rows = []
-    for a in [l for l in fr.line.unique() if l.startswith("oracle.") and "_layer_greedy" not in l] + ["teal"]:
-        alts = {"layer-greedy": "teal-layer-greedy" if a == "teal" else a.replace("-k", "_layer_greedy-k"),
-                "block": "teal-block" if a == "teal" else None}
+    for a in [l for l in fr.line.unique() if l.startswith("oracle.") and "_layer_greedy" not in l] + list(allocations):
+        alts = dict(allocations[a]) if a in allocations else {"layer-greedy": a.replace("-k", "_layer_greedy-k"),
+                                                              "block": None}
         if not any(b in have for b in alts.values()):
             continue
         cells = [f"`{a}`"]
@@ -532,17 +533,18 @@ def _fm(run: str, kernel: str, tokens: int, share: float, groups: int | None = N
     return float(d[q]["ratio"].iloc[0]) if q.any() else float("nan")
 
 
-def ffn_mask_table(run: str = "kernels-h200", shares=(0.4, 0.6, 0.8)) -> str:
-    """Masked FFN time over dense time, per regime and kept share."""
+def ffn_mask_table(run: str, gate_kernel: str, shares=(0.4, 0.6, 0.8)) -> str:
+    """Masked FFN time over dense time, per regime and kept share (`gate_kernel`: the kernel of a mask decided by
+    the gate, CATS's)."""
     regimes = [("decode, T = 1: one cluster mask (`grouped`)", "grouped", 1, 8, "uniform"),
                ("decode, T = 1: per-token mask (neuron predictor)", "per_token", 1, None, "-"),
-               ("decode, T = 1: CATS", "cats", 1, None, "-"),
+               (f"decode, T = 1: `{gate_kernel}`", gate_kernel, 1, None, "-"),
                ("prefill, T = 4096: grouped, K = 8 (uniform ids)", "grouped", 4096, 8, "uniform"),
                ("prefill, T = 4096: grouped, K = 32", "grouped", 4096, 32, "uniform"),
                ("prefill, T = 16384: grouped, K = 8", "grouped", 16384, 8, "uniform")]
     rows = [[name] + [f"{_fm(run, k, t, s, g, a):.2f}" for s in shares] for name, k, t, g, a in regimes]
-    rows.append(["prefill, T = 4096: per-token / CATS"]
-                + [f"{_fm(run, 'per_token', 4096, s):.2f} / {_fm(run, 'cats', 4096, s):.2f}" for s in shares])
+    rows.append([f"prefill, T = 4096: per-token / `{gate_kernel}`"]
+                + [f"{_fm(run, 'per_token', 4096, s):.2f} / {_fm(run, gate_kernel, 4096, s):.2f}" for s in shares])
     return md(["regime"] + [f"ρ = {s:g}" for s in shares], rows)
 
 
@@ -796,7 +798,8 @@ def cluster_stand(run: str, shares=(0.4, 0.6, 0.8)) -> str:
     return md(["compute share", "best deployable line (ratio to dense, KL)"] + [k for k, _ in kinds], rows)
 
 
-def found_sentence(run: str, decode_run: str | None = "decode_h200", shares=(0.4, 0.6, 0.8)) -> str:
+def found_sentence(run: str, decode_run: str | None = None, decode_line: str | None = None,
+                   shares=(0.4, 0.6, 0.8)) -> str:
     """The README's finding in two sentences: the best line per compute share on perplexity and on KL, whether the
     metrics agree, where the best token-cluster and experts lines stand, and TEAL's decode speed-up at batch 1 and 16."""
     by_r = [V.best_of(run, s) for s in shares]
@@ -817,8 +820,9 @@ def found_sentence(run: str, decode_run: str | None = "decode_h200", shares=(0.4
     out += " " + V.family_claims(run, 0.6)
     if decode_run is None:
         return out + "\n"
-    out += (f" On an H200, TEAL at FFN compute 0.6 decodes a model of Mistral-7B's shape with random weights at {decode_cell(decode_run, 1, 'teal', 0.6)} "
-            f"at batch 1, and at {decode_cell(decode_run, 16, 'teal', 0.6)} at batch 16.")
+    out += (f" On an H200, `{decode_line}` at FFN compute 0.6 decodes a model of Mistral-7B's shape with random weights "
+            f"at {decode_cell(decode_run, 1, decode_line, 0.6)} at batch 1, and at "
+            f"{decode_cell(decode_run, 16, decode_line, 0.6)} at batch 16.")
     return out + "\n"
 
 
@@ -845,9 +849,10 @@ def topk_error_sentence(run: str) -> str:
             f"the exact KL (median {rel.median():.1%}; absolute gaps {gap.min():.2g} to {gap.max():.2g} nats).\n")
 
 
-def units_sentence(run: str) -> str:
+def units_sentence(run: str, line: str) -> str:
+    """The scored tokens and bootstrap blocks of `line`'s points (every line but a prompt-scored one has the same)."""
     fr = frontier(run)
-    r = fr[fr.line == "teal"].iloc[0]
+    r = fr[fr.line == line].iloc[0]
     return f"{int(r.tokens):,} scored tokens in {int(r.units)} blocks"
 
 
@@ -872,7 +877,7 @@ def _ratio_at(g: pd.DataFrame, compute_share: float) -> float:
     return float(np.exp(np.interp(compute_share, xs, ys)))
 
 
-def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str:
+def equal_compute_table(run: str, line: str, refs: tuple) -> str:
     """Each point of `line` beside the reference lines at the same compute share (their ratio to dense, linear in
     log ratio between their two nearest points; – outside their points) and at the same nominal share (the
     `frontier.kept_shares` entry: the rotation's FLOPs, or a block split, not counted)."""
@@ -893,7 +898,7 @@ def equal_compute_table(run: str, line: str, refs=("teal", "teal-block")) -> str
     return md(head, rows)
 
 
-def equal_compute_sentence(run: str, line: str = "larosa", ref: str = "teal") -> str:
+def equal_compute_sentence(run: str, line: str, ref: str) -> str:
     """Whether `line` beats `ref` at the same nominal share and at equal compute, over the points where both exist."""
     fr = frontier(run)
     g = fr[fr.line == ref]
@@ -911,7 +916,7 @@ def equal_compute_sentence(run: str, line: str = "larosa", ref: str = "teal") ->
             f"(its extra FLOPs counted), {say(equal)}.\n")
 
 
-def lines_table(run: str, lines=("teal", "wina", "griffin", "larosa", "teal-block", "teal-layer-greedy")) -> str:
+def lines_table(run: str, lines: tuple) -> str:
     """Each named line's points: compute share (rotation share where counted), tokens, perplexity, ratio to dense,
     and KL / top-1 where the run has them (95 % block-bootstrap intervals; n/a for a run without blocks)."""
     fr = _no_window_intervals(frontier(run))
@@ -937,7 +942,7 @@ def _nearest(fr: pd.DataFrame, line: str, share: float):
     return None if g.empty else g.iloc[int(np.argmin(np.abs(g.compute_share.to_numpy(float) - share)))]
 
 
-def experts_table(run: str = "frontier-gpu", share: float = 0.6, ref: str = "teal") -> str:
+def experts_table(run: str, share: float, ref: str) -> str:
     """Every expert line of a grid at the compute share nearest `share`, beside the reference line, the token-cluster
     predicted line and the static mask: perplexity, its ratio to the reference's, and the rows read at B = 16."""
     fr = _no_window_intervals(table(run, "frontier.csv"))
@@ -955,7 +960,7 @@ def experts_table(run: str = "frontier-gpu", share: float = 0.6, ref: str = "tea
     return md(["line", "compute share", "perplexity [95 %]", f"÷ `{ref}`", "rows read at B = 16"], rows)
 
 
-def experts_goals(grid: str = "frontier-gpu", run: str = "default", share: float = 0.6) -> str:
+def experts_goals(grid: str, run: str, share: float, train_free: tuple) -> str:
     """The expert goals and the kernel condition at compute `share`, met or not, with their figures: the best
     deployable (non-oracle) expert line against the best training-free line, the oracle router's best line as the
     upper bound, and the rows read at B = 16."""
@@ -964,9 +969,8 @@ def experts_goals(grid: str = "frontier-gpu", run: str = "default", share: float
         fr = table(name, "frontier.csv")
         exp = [l for l in fr.line.unique() if l.startswith("experts-") and V.deployable(l)]
         orc = [l for l in fr.line.unique() if l.startswith("experts-") and not V.deployable(l)]
-        train_free = [l for l in fr.line.unique() if l in ("teal", "wina", "griffin", "cats", "larosa", "teal-block")]
         at = lambda lines: [r for r in (V.nearest_within(fr, l, share) for l in lines) if r is not None]
-        best = min(at(train_free), key=lambda r: r.ppl)
+        best = min(at([l for l in fr.line.unique() if l in train_free]), key=lambda r: r.ppl)
         e = min(at(exp), key=lambda r: r.ppl)
         q = e.ppl / best.ppl
         o = min(at(orc), key=lambda r: r.ppl) if at(orc) else None
@@ -1094,14 +1098,14 @@ def _stop_batch(d: pd.DataFrame, line: str, share: float) -> str:
     return f"beyond {d.batch.max()}"
 
 
-def decode_goals(run: str = "decode_h200") -> str:
-    """The decode goals, met or not, with their figures and bounds."""
+def decode_goals(run: str, line: str) -> str:
+    """The decode goals of `line` (its kernel and its decode step: TEAL's), met or not, with their figures and bounds."""
     k, d = kernels(run), decode(run)
     kk = lambda name, t, rho: k[(k.kernel == name) & (k.tokens == t) & np.isclose(k.rho, rho)].iloc[0]
     rows = []
     for rho in (0.4, 0.6):
-        r = kk("teal", 1, rho)
-        rows.append([f"TEAL kernel, T = 1, within 1.25× of its bound, rho {rho:g}",
+        r = kk(line, 1, rho)
+        rows.append([f"`{line}` kernel, T = 1, within 1.25× of its bound, rho {rho:g}",
                      f"{r.ms * 1e3:.1f} µs against {r.bound_ms * 1e3:.1f} µs: {r.time_over_bound:.2f}×",
                      "met" if r.time_over_bound <= 1.25 else "not met"])
     pt = [kk("per_token", 1, rho) for rho in (0.4, 0.6, 0.8)]
@@ -1110,15 +1114,15 @@ def decode_goals(run: str = "decode_h200") -> str:
                  " / ".join(f"{r.ratio:.3f}" for r in pt) + " of dense at rho 0.4 / 0.6 / 0.8 (goal "
                  + " / ".join(f"{1.25 * r.rho:.2f}" for r in pt) + ")",
                  ", ".join(f"{'met' if o else 'not met'} at {r.rho:g}" for o, r in zip(ok, pt))])
-    t = _dec(d, 1, "teal", 0.6)
-    rows.append(["TEAL at FFN compute 0.6, batch 1, ≥ 1.35× dense", decode_cell(run, 1, "teal", 0.6),
+    t = _dec(d, 1, line, 0.6)
+    rows.append([f"`{line}` at FFN compute 0.6, batch 1, ≥ 1.35× dense", decode_cell(run, 1, line, 0.6),
                  "met" if t.speedup >= 1.35 else "not met"])
     big = d.batch.max()
     cells = []
     for line in [l for l in d.line.unique() if l != "dense"]:
         g = d[(d.batch == big) & (d.line == line)].sort_values("compute_share")
         cells.append(f"{line} " + " / ".join(f"{r.speedup:.3f}× (bound {r.bound_speedup:.3f}×)" for r in g.itertuples()))
-    rows.append([f"batch {big}: every line at compute " + " / ".join(f"{c:g}" for c in sorted(d[d.line == 'teal'].compute_share.unique())),
+    rows.append([f"batch {big}: every line at compute " + " / ".join(f"{c:g}" for c in sorted(d[d.line == line].compute_share.unique())),
                  "; ".join(cells), "–"])
     stops = []
     for line in [l for l in d.line.unique() if l != "dense"]:
@@ -1137,7 +1141,7 @@ def profile_table(run: str = "decode_h200") -> str:
                "launch gaps"], rows)
 
 
-def attention_bound_sentence(run: str = "decode_h200", line: str = "teal", share: float = 0.6, layers: int = 32) -> str:
+def attention_bound_sentence(run: str, line: str, share: float = 0.6, layers: int = 32) -> str:
     """What the line's step would take with its FFN at the byte bound (the kernel table's dense bound per layer times
     the share, over `layers` layers) and everything else as profiled, and the speed-up over dense that leaves."""
     k = kernels(run)
@@ -1183,3 +1187,24 @@ if __name__ == "__main__":
             print(p.relative_to(DOCS.parent))
     else:
         raise SystemExit("usage: python docs/render.py plots")
+
+
+# ---------------------------------------------------------------- the line registry
+
+def line_registry_table() -> str:
+    """Every registered line: its line strings, what decides its mask, its scope, whether it is deployable,
+    whether it calibrates, its `frontier.lines` keys (training-free lines; the others come from the cells) and
+    the first sentence of its module's docstring."""
+    from apc.lines import all_lines
+
+    cell = lambda text: text.replace("``", "`").replace("|", "\\|").replace("\n", " ")
+    rows = []
+    for family, impl in all_lines().items():
+        doc = (sys.modules[type(impl).__module__].__doc__ or "").strip()
+        head, _, rest = doc.partition(": ")
+        names = ", ".join(f"`{n}`" for n in impl.line_names(impl.config, {})) if impl.training_free else cell(head)
+        keys = "; ".join(f"`{k}` (default `{json.dumps(impl.config.get(k))}`): {cell(v.get('description', ''))}"
+                         for k, v in impl.config_schema.items()) if impl.training_free else "from the cells"
+        rows.append([f"`{family}`", names, impl.decided_by, impl.scope, "yes" if impl.deployable else "upper bound",
+                     "yes" if impl.calibrates else "–", keys or "–", cell(rest.split(". ")[0].split("; ")[0])])
+    return md(["family", "lines", "decided by", "scope", "deployable", "calibrates", "settings", "what"], rows)

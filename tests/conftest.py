@@ -34,16 +34,41 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+PLUGIN = ROOT / "tests" / "fixtures" / "apc_line_plugin"
+#: the folders :func:`install_plugin` installed into this session: every later :class:`DagRun` has them on its path
+PLUGIN_SITES: list = []
+
+
+def install_plugin(workdir: Path) -> Path:
+    """pip-install the fixture package of an out-of-tree line (``tests/fixtures/apc_line_plugin``, line ``topk``)
+    into ``workdir/site`` from a copy of its sources (its build writes beside them: never into the checkout);
+    returns the folder to put on ``PYTHONPATH``."""
+    target, source = workdir / "site", workdir / "src" / PLUGIN.name
+    shutil.copytree(PLUGIN, source)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+                    "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
+    PLUGIN_SITES.append(target)
+    sys.path.insert(0, str(target))  # this process reads the runs' results: its registry has the line too
+    from apc.lines.registry import load_plugins
+
+    load_plugins()
+    return target
+
+
 class DagRun:
-    """``python -m snakemake --cores 2 *args`` in the repository root, started in the background at creation;
+    """``python -m snakemake --cores 2 *args`` in the repository root, started in the background at creation
+    (the session's installed plugins, :data:`PLUGIN_SITES`, put before the environment's ``PYTHONPATH``);
     :meth:`result` waits for it; the session's end stops any still running."""
 
     started: list = []
 
     def __init__(self, *args):
         self._out, self._err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        env = os.environ.copy()
+        if PLUGIN_SITES:
+            env["PYTHONPATH"] = os.pathsep.join([*map(str, PLUGIN_SITES), *filter(None, [env.get("PYTHONPATH")])])
         self.proc = subprocess.Popen([sys.executable, "-m", "snakemake", "--cores", "2", *args], cwd=ROOT,
-                                     stdout=self._out, stderr=self._err, text=True)
+                                     stdout=self._out, stderr=self._err, text=True, env=env)
         self._res = None
         DagRun.started.append(self)
 

@@ -3,7 +3,7 @@ import re
 import pytest
 import yaml
 
-from apc.common.config import resolve
+from apc.lines.plan import resolve_config as resolve
 
 from apc.common.errors import ConfigError
 from conftest import ROOT
@@ -77,7 +77,7 @@ def test_non_gated_and_moe_configs_resolve(tmp_path):
     opt = res(model={"name_or_path": _local_model(tmp_path, "opt")},
               extract={"projections": ["fc1", "down_in"], "threshold": "zero"},
               cluster={"projections": ["fc1"], "cells": []}, perplexity={"psets": {"fc1": ["fc1"]}, "cells": "all"},
-              frontier={"baselines": ["threshold", "random"]})  # CATS and TEAL need a gate
+              frontier={"lines": {f: False for f in ("cats", "chess", "teal", "wina", "rsparse", "griffin")}})  # gated
     assert opt["extract"]["threshold"] == "zero"
     res(model={"name_or_path": _local_model(tmp_path, "mixtral")}, frontier={"pset": {}})
     with pytest.raises(ConfigError, match="config key 'extract.threshold'"):

@@ -15,10 +15,10 @@ import torch
 import transformers
 import yaml
 
-from apc.common.config import resolve
-
 from apc.common.errors import ConfigError
-from apc.common.frontier import Point, frontier_cells, frontier_points, line_cell, lines, parse_line
+from apc.common.frontier import Point, frontier_cells
+from apc.lines import parse
+from apc.lines.plan import frontier_lines, frontier_points, line_cells, line_shares, resolve_config
 from apc.common.layout import Cell, Layout
 from apc.common.sweep import cluster_cells, grid_cells, perplexity_cells
 from apc.perplexity.frontier import score_point
@@ -34,13 +34,27 @@ WIDTH, D_MODEL, N_LAYERS = 44, 32, 2
 
 def _config(tmp_path, preset="smoke", **over):
     raw = yaml.safe_load((ROOT / "config.yaml").read_text())
-    return resolve({**raw, "preset": preset, "outdir": str(tmp_path / "res"), **over}, root=ROOT)
+    return resolve_config({**raw, "preset": preset, "outdir": str(tmp_path / "res"), **over}, root=ROOT)
+
+
+def lines(config):
+    return frontier_lines(config, ["down_in"])
+
+
+def parse_line(line):
+    return parse(line).fields()
+
+
+def line_cell(line, proj, share):
+    spec = parse(line)
+    return Cell(proj, spec.scope, spec.method, spec.k, float(share), spec.seed) if spec.is_cluster else None
 
 
 def test_lines_parse_and_name_their_cells(tmp_path):
     c = _config(tmp_path, preset="frontier")
     ls = lines(c)
-    assert ls[:4] == ["threshold-self", "random", "cats", "teal"]
+    assert ls[:7] == ["threshold-self", "random", "cats", "chess", "teal", "teal-block", "teal-layer-greedy"]
+    assert {"scap", "rsparse", "larosa", "griffin", "wina", "teal-block"} <= set(ls)
     assert "predicted-mlp-m2.pooled.apc-k128-s0" in ls and "oracle.pooled.static-k1-s0" in ls
     assert "neuron-mlp-k512-x4" in ls and not any(l.startswith("predicted") and "static" in l for l in ls)
     d = parse_line("predicted-mlp-m2.per_layer.apc-k32-s0")
@@ -57,7 +71,7 @@ def test_lines_parse_and_name_their_cells(tmp_path):
     points = frontier_points(c)
     n_experts = len(c["experts"]["cells"]) * len(c["experts"]["routers"])
     assert n_experts >= 1 and sum(p.line.startswith("experts-") for p in points) == n_experts * 3
-    assert len(points) == (len(ls) + n_experts) * 3 and len(set(points)) == len(points)
+    assert len(points) == len(ls) * 3 and len(set(points)) == len(points)  # the experts lines among them
     assert Point("down_in", "threshold-self", 0.6).key == "frontier/down_in/threshold-self/0.6"
 
 
@@ -86,17 +100,21 @@ def test_frontier_cells_join_the_clustering_sweep_but_not_the_perplexity_cells(t
     ({"cluster": {"layers": [0, 1]}}, "per_layer cells need cluster.layers: all"),
     ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "per_layer", "allocation": "even"}]}},
      "config key 'frontier.cells.0.allocation': 'even' is not one of"),
-    ({"frontier": {"teal_allocation": ["even"]}}, "config key 'frontier.teal_allocation.0'"),
+    ({"frontier": {"lines": {"teal": {"allocation": ["even"]}}}}, "config key 'frontier.lines.teal'"),
     ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "pooled", "allocation": "layer-greedy"}]}},
      "allocation 'layer-greedy' allocates per layer"),
     ({"frontier": {"cells": [{"method": "apc", "k": 8, "scope": "per_layer", "allocation": "greedy"}]}},
-     "config key 'frontier': allocation 'greedy' is now called 'layer-greedy'"),
-    ({"frontier": {"teal_allocation": ["uniform", "greedy"]}}, "allocation 'greedy' is now called 'layer-greedy'"),
-    ({"frontier": {"griffin_prompt": 128}}, "config key 'frontier.griffin_prompt': 128 positions leave no token"),
+     "config key 'frontier.cells': allocation 'greedy' is now called 'layer-greedy'"),
+    ({"frontier": {"lines": {"teal": {"allocation": ["uniform", "greedy"]}}}},
+     "config key 'frontier.lines.teal.allocation': 'greedy' is now called 'layer-greedy'"),
+    ({"frontier": {"lines": {"griffin": {"prompt": 128}}}},
+     "config key 'frontier.lines.griffin.prompt': 128 positions leave no token"),
+    ({"frontier": {"lines": {"teal": {"allocaton": ["uniform"]}}}}, "config key 'frontier.lines.teal'"),
     ({"frontier": {"kept_shares": [0.6, 1.2]}}, "config key 'frontier.kept_shares.1': 1.2 is greater than the maximum of 1"),
     ({"frontier": {"kept_shares": [0.0]}}, "config key 'frontier.kept_shares.0': 0.0 is less than or equal to the minimum of 0"),
-    ({"frontier": {"pset": {"g": ["gate"]}}}, "config key 'frontier.baselines': cats, teal, wina, griffin mask the down_proj input"),
-    ({"frontier": {"baselines": ["median"]}}, "config key 'frontier.baselines.0'"),
+    ({"frontier": {"pset": {"g": ["gate"]}}},
+     "config key 'frontier.lines': cats, chess, teal, wina, rsparse, griffin mask the down_proj input"),
+    ({"frontier": {"lines": {"median": {}}}}, "config key 'frontier.lines.median': unknown key (allowed here: threshold, random, cats"),
     ({"frontier": {"batch_sizes": [0]}}, "config key 'frontier.batch_sizes.0'"),
 ])
 def test_bad_frontier_configs(tmp_path, over, message):
@@ -111,16 +129,18 @@ def test_cats_on_a_model_without_a_gate_stops_at_config_time(tmp_path):
     (folder / "config.json").write_text(json.dumps({"model_type": "opt"}))
     plain = dict(model={"name_or_path": str(folder)}, extract={"projections": ["down_in"], "magnitudes": []},
                  cluster={"projections": ["down_in"], "cells": []}, perplexity={"psets": {"down_in": ["down_in"]}})
-    with pytest.raises(ConfigError, match=r"config key 'frontier.baselines': 'cats' .* \(opt\) has no gate"):
+    with pytest.raises(ConfigError, match=r"config key 'frontier.lines': cats, chess, teal, wina, rsparse, griffin need "
+                                          r"a Llama-style gated FFN, and model .* \(opt\) has no gate; turn them off"):
         _config(tmp_path, **plain)
-    with pytest.raises(ConfigError, match=r"'teal' thresholds the inputs of gate_proj and up_proj"):
-        _config(tmp_path, **{**plain, "frontier": {"baselines": ["threshold", "teal"]}})
-    c = _config(tmp_path, **{**plain, "frontier": {"baselines": ["threshold", "random"]}})
-    assert "cats" not in lines(c) and "threshold-self" in lines(c)
+    off = {f: False for f in ("cats", "chess", "wina", "rsparse", "griffin")}
+    with pytest.raises(ConfigError, match=r"'frontier.lines': teal need a Llama-style gated FFN"):
+        _config(tmp_path, **{**plain, "frontier": {"lines": off}})
+    c = _config(tmp_path, **{**plain, "frontier": {"lines": {**off, "teal": False}}})
+    assert "cats" not in lines(c) and "threshold-self" in lines(c) and "random" in lines(c)
 
 
 def test_cats_is_placed_at_the_frontiers_compute_shares(tmp_path):
-    from apc.common.frontier import cats_share, line_shares
+    from apc.lines.cats import cats_share
 
     c = _config(tmp_path, preset="default")
     assert line_shares(c, "cats") == [pytest.approx(0.1), pytest.approx(0.4), pytest.approx(0.7)]

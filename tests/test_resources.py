@@ -19,11 +19,18 @@ def rules_and_scripts() -> dict[str, str]:
     """``{rule: text of its script}`` for every rule with a ``script:`` directive."""
     out = {}
     for f in RULE_FILES:
-        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^rule |\Z)", f.read_text(), re.S | re.M):
-            s = re.search(r'script:\s*\n\s*"([^"]+)"', m.group(2))
+        # a plain rule, or a rule defined in a loop (``rule:`` with a ``name:``, the first name its base)
+        for m in re.finditer(r'^\s*rule(?: (\w+)|:\s*\n\s*name:\s*\n\s*"(\w+)")(.*?)(?=^\s*rule[ :]|\Z)', f.read_text(),
+                             re.S | re.M):
+            s = re.search(r'script:\s*\n\s*"([^"]+)"', m.group(3))
             if s:
-                out[m.group(1)] = (f.parent / s.group(1)).resolve().read_text()
+                out[m.group(1) or m.group(2)] = (f.parent / s.group(1)).resolve().read_text()
     return out
+
+
+def base_rule(rule: str) -> str:
+    """The rule a numbered rule of a loop belongs to (``frontier_line_1`` -> ``frontier_line``)."""
+    return re.sub(r"^(frontier_line)_\d+$", r"\1", rule)
 
 
 def uses_cuda(script: str) -> bool:
@@ -49,11 +56,13 @@ def test_every_model_or_cuda_rule_declares_gpu(tmp_path):
     scripts = rules_and_scripts()
     gpu_rules = {r for r, s in scripts.items() if uses_cuda(s)}
     assert {"calibrate_thresholds", "extract_patterns", "cluster", "evaluate", "perplexity_batch", "frontier_line"} <= gpu_rules
-    # `all`, plus the rules only some sweeps need (the `output` weighting's column norms, LaRoSA's rotations)
+    # `all`, plus the rules only some sweeps need (the `output` weighting's column norms, greedy cell allocations)
     run = dry_run(tmp_path, "--cores", "16", "--", "all", f"{tmp_path}/out/model/down_norms.npy",
-                  f"{tmp_path}/out/frontier_rotations.npy")
+                  f"{tmp_path}/out/cell_allocation.json")
     assert run.returncode == 0, run.stderr[-2000:]
-    res = job_resources(run.stdout)
+    res = {}
+    for rule, lines in job_resources(run.stdout).items():
+        res.setdefault(base_rule(rule), set()).update(lines)
     assert set(scripts) <= set(res), set(scripts) - set(res)
     for rule, lines in res.items():
         if rule == "all":
@@ -83,9 +92,9 @@ def test_slurm_profile_parses_and_names_existing_rules():
     assert profile["executor"] == "slurm"
     assert profile["latency-wait"] > 0 and profile["retries"] >= 1 and profile["rerun-incomplete"] is True
     for key in ("set-resources", "set-threads"):
-        assert profile[key] and set(profile[key]) <= rules, set(profile[key]) - rules
+        assert profile[key] and set(map(base_rule, profile[key])) <= rules, set(map(base_rule, profile[key])) - rules
     gpu_rules = {r for r, s in rules_and_scripts().items() if uses_cuda(s)}
-    assert {r for r, v in profile["set-resources"].items() if v.get("slurm_partition") == "gpu"} == gpu_rules
+    assert {base_rule(r) for r, v in profile["set-resources"].items() if v.get("slurm_partition") == "gpu"} == gpu_rules
     default = yaml.safe_load((ROOT / "workflow" / "profiles" / "default" / "config.yaml").read_text())
     assert "gpu=1" in default["resources"]
 

@@ -8,17 +8,23 @@ import pandas as pd
 import pytest
 
 from apc.common.layout import Cell, Layout
+from apc.lines import parse
 from apc.extraction.patterns import PatternReader
-from conftest import ROOT, After, DagRun, copy_results, snakemake, start_early, started, started_if_any
+from conftest import ROOT, After, DagRun, copy_results, install_plugin, snakemake, start_early, started, started_if_any
 
 pytestmark = pytest.mark.slow
 PROJS = ["gate", "up", "down", "down_in"]
 
 
+#: the smoke run also puts the out-of-tree line of the plugin fixture on its frontier (tests/lines/test_plugin.py)
+PLUGIN_LINE = "frontier={lines: {topk: {}}}"
+
+
 @start_early("smoke", critical=True)
 def start_smoke(tmp_path_factory, items):
     out = tmp_path_factory.mktemp("wf") / "smoke"
-    return out, DagRun("--config", "preset=smoke", f"outdir={out}")
+    install_plugin(tmp_path_factory.mktemp("plugin"))  # on the path of every later run of the session
+    return out, DagRun(*cfg(out))
 
 
 @pytest.fixture(scope="session")
@@ -33,7 +39,7 @@ def smoke(tmp_path_factory):
 
 
 def cfg(out):
-    return ["--config", "preset=smoke", f"outdir={out}"]
+    return ["--config", "preset=smoke", f"outdir={out}", PLUGIN_LINE]
 
 
 MAGNITUDE_CELLS = [
@@ -106,6 +112,21 @@ def test_dry_run_after_a_full_run_has_nothing_to_do(smoke):
     assert "Nothing to be done" in res.stdout + res.stderr
 
 
+def job_stats(text: str) -> dict[str, int]:
+    """``{rule: jobs}`` of a dry run's job-stats table."""
+    import re
+
+    block = text.split("Job stats:", 1)[1].split("Reasons:", 1)[0] if "Job stats:" in text else ""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", block, re.M) if m[1] != "total"}
+
+
+def test_adding_a_line_reruns_no_other_job(smoke):
+    res = snakemake("-n", "--config", "preset=smoke", f"outdir={smoke}", "frontier={lines: {topk: {}, scap: {}}}")
+    jobs = job_stats(res.stdout + res.stderr)
+    assert jobs.get("calibrate_line") == 1 and jobs.get("frontier_line") == 1, jobs  # scap's own, nothing else's
+    assert set(jobs) <= {"calibrate_line", "frontier_line", "frontier_table", "plots", "track", "summary", "all"}, jobs
+
+
 def test_bad_config_stops_with_one_clear_message(tmp_path):
     sparsity = DagRun("-n", "--config", "preset=smoke", f"outdir={tmp_path}", "extract={sparsity: 1.5}")
     unknown = DagRun("-n", "--config", "preset=smoke", "clustr={k: [2]}")  # both dry runs side by side
@@ -119,10 +140,12 @@ def test_bad_config_stops_with_one_clear_message(tmp_path):
 def smoke_cells(out):
     import yaml
 
-    from apc.common.config import resolve
     from apc.common.sweep import cluster_cells, perplexity_cells
+    from apc.lines.plan import resolve_config
 
-    c = resolve({**yaml.safe_load((ROOT / "config.yaml").read_text()), "preset": "smoke", "outdir": str(out)}, root=ROOT)
+    over = yaml.safe_load(PLUGIN_LINE.split("=", 1)[1])  # the run's plugin line (registered: conftest.install_plugin)
+    c = resolve_config({**yaml.safe_load((ROOT / "config.yaml").read_text()), "preset": "smoke", "outdir": str(out),
+                        "frontier": over}, root=ROOT)
     return c, cluster_cells(c), perplexity_cells(c)
 
 
@@ -347,8 +370,8 @@ def test_predictor_reports_have_sane_metrics(smoke):
 def test_frontier_points_table_and_plot(smoke):
     c, files = _frontier(smoke)
     dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-    assert len(files.points) == 12  # threshold, random, cats, teal, wina, griffin, oracle, static, predicted,
-    # two neuron ranks, experts
+    assert len(files.points) == 15  # threshold, random, cats, chess, teal, wina, rsparse, griffin, oracle, static,
+    # predicted, two neuron ranks, experts, and the plugin's topk
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
     assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
@@ -398,12 +421,22 @@ def test_frontier_points_table_and_plot(smoke):
     # the predicted mask in the predicted mode is the mode the frontier claims
     for p, path in zip(files.points, files.frontier):
         d = json.loads(Path(path).read_text())
-        assert d["line"] == p.line and d["mode"] in ("threshold", "cats", "teal", "wina", "griffin", "random_only",
-                                                        "centroid_only", "predicted", "neuron_predicted")
+        assert d["line"] == p.line and d["mode"] == parse(p.line).mode
         assert len(d["window_nll_sum"]) == d["windows"] == 2
     assert row.loc["threshold-self", "ppl"] < row.loc["random", "ppl"]  # magnitude beats chance at equal share
     png = smoke / "plots" / "frontier_down_in.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_the_plugin_line_is_on_the_smoke_frontier(smoke):
+    table = pd.read_csv(smoke / "frontier.csv").set_index("line")
+    row = table.loc["topk"]
+    assert row["family"] == "topk" and row["mode"] == "topk" and np.isfinite(row["ppl"]) and row["kl"] > 0
+    # decided from down_in itself: gate and up run in full, down on the kept neurons
+    assert (row["gate_share"], row["up_share"]) == (1.0, 1.0)
+    assert row["kept_share"] == pytest.approx(round(0.6 * 1536) / 1536)
+    assert row["ffn_flops_share"] == pytest.approx((2 + row["kept_share"]) / 3)
+    assert row["ppl"] < table.loc["random", "ppl"]  # the top |down_in| beats chance at the same share
 
 
 def test_mlflow_one_run_per_frontier_point(smoke):

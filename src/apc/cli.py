@@ -125,10 +125,9 @@ def cmd_sync(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     import yaml
 
-    from apc.common.config import resolve
-
     from apc.common.errors import ConfigError
     from apc.common.storage import free_bytes, storage_plan
+    from apc.lines.plan import resolve_config
 
     root = Path(args.configfile).resolve().parent
     raw = yaml.safe_load(Path(args.configfile).read_text())
@@ -137,7 +136,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         key, _, value = item.partition("=")
         raw[key] = yaml.safe_load(value)
     try:
-        config = resolve(raw, root=root)
+        config = resolve_config(raw, root=root)
     except ConfigError as err:
         print(f"Invalid configuration: {err}", file=sys.stderr)
         return 2

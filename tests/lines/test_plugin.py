@@ -1,14 +1,15 @@
-"""A line from another installed package joins the registry through the ``apc.lines`` entry-point group."""
+"""A line from another installed package joins the registry through the ``apc.lines`` entry-point group, meets the
+contract, and reaches a smoke run's frontier (tests/test_workflow.py puts it there and checks it)."""
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "apc_line_plugin"
+from conftest import PLUGIN_SITES, install_plugin
+
 ROOT = Path(__file__).resolve().parents[2]
 
 CHECK = """
@@ -30,23 +31,21 @@ print("plugin line ok")
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    target, source = tmp_path_factory.mktemp("site"), tmp_path_factory.mktemp("src") / FIXTURE.name
-    shutil.copytree(FIXTURE, source)  # the build writes next to its sources: never into the checkout
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                    "--no-index", "--target", str(target), str(source)], check=True, capture_output=True)
-    return target
+    return PLUGIN_SITES[0] if PLUGIN_SITES else install_plugin(tmp_path_factory.mktemp("plugin"))
+
+
+def _run(code: str, pythonpath) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(map(str, pythonpath))}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, cwd=ROOT / "tests")
 
 
 def test_an_installed_plugin_line_is_registered_and_meets_the_contract(installed):
-    env = {**os.environ, "PYTHONPATH": f"{installed}:{ROOT / 'src'}"}
-    out = subprocess.run([sys.executable, "-c", CHECK.format(tests=str(ROOT / "tests"))], env=env,
-                         capture_output=True, text=True, cwd=ROOT / "tests")
+    out = _run(CHECK.format(tests=str(ROOT / "tests")), [installed, ROOT / "src"])
     assert out.returncode == 0, out.stderr[-3000:]
     assert "plugin line ok" in out.stdout
 
 
 def test_without_the_plugin_the_line_is_unknown():
-    from apc.lines import parse
-
-    with pytest.raises(ValueError, match="not a frontier line: 'topk'"):
-        parse("topk")
+    code = ("from apc.lines import parse\ntry:\n    parse('topk')\nexcept ValueError as e:\n    print(e)\n")
+    out = _run(code, [ROOT / "src"])
+    assert out.returncode == 0 and "not a frontier line: 'topk'" in out.stdout, out.stderr[-2000:]

@@ -14,10 +14,12 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 os.environ.update(PYTHONPATH=os.pathsep.join([SRC, *filter(None, [os.environ.get("PYTHONPATH")])]), APC_SRC=SRC)
 
-from apc.common.config import load_schema, resolve
+from apc.common.config import load_schema
 from apc.common.errors import ConfigError
-from apc.common.frontier import frontier_psets, greedy_cells, line_cell, line_shares, parse_line
+from apc.common.frontier import frontier_psets, greedy_cells
 from apc.common.frontier import reference_tokens as frontier_reference_tokens
+from apc.lines.plan import (calibration_lines, job_groups, line_cells, line_inputs, line_shares, own_job_lines,
+                            resolve_config, settings_of)
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.families import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches
@@ -29,7 +31,7 @@ from apc.results.inputs import sweep_files
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 
 try:
-    C = resolve(dict(config), load_schema(SCHEMA), root=workflow.basedir)
+    C = resolve_config(dict(config), load_schema(SCHEMA), root=workflow.basedir)
     FILES = sweep_files(C)
 except ConfigError as err:
     raise WorkflowError(f"Invalid configuration: {err}") from None
@@ -72,9 +74,14 @@ def norms_input(method):
 
 
 def allocation_input(method):
-    """``{"allocation": frontier_calibration.json}`` for a cluster variant with greedy per-layer densities."""
+    """``{"allocation": cell_allocation.json}`` for a cluster variant with greedy per-layer densities."""
     opts = C["cluster"]["options"].get(method) or {}
-    return {"allocation": L.frontier_calibration()} if opts.get("allocation") == "layer-greedy" else {}
+    return {"allocation": L.cell_allocation()} if opts.get("allocation") == "layer-greedy" else {}
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly the given names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 def predict_settings():
@@ -370,39 +377,13 @@ def ppl_batch_of_cell(wc):
 
 
 def frontier_line_inputs(wc):
-    """Inputs of one frontier line at every kept share: ``{name}_{proj}_{j}`` for share j."""
-    d = parse_line(wc.line)
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(), "reference": L.ppl_reference()}
-    if d["family"] == "threshold":
-        ins["kept"] = L.thresholds_kept()
-    if d["family"] in ("cats", "teal", "wina"):
-        ins["calibration"] = L.frontier_calibration()
-    if d["family"] == "larosa":
-        ins["rotations"] = L.frontier_rotations()
-    if d["family"] == "oracle":
-        ins.update(norms_input(d["method"]))
-    for j, share in enumerate(line_shares(C, wc.line)):
-        for q in frontier_psets(C)[wc.pset]:
-            cell = line_cell(wc.line, q, float(share))
-            if cell is not None:
-                ins[f"centroids_{q}_{j}"] = L.centroids(cell)
-            if d["family"] == "predicted":
-                ins[f"predictor_{q}_{j}"] = L.cluster_predictor(cell, d["kind"])
-                ins[f"report_{q}_{j}"] = L.cluster_predictor_report(cell, d["kind"])
-            elif d["family"] == "neuron":
-                match = wc.line[len("neuron-"):]
-                ins[f"predictor_{q}_{j}"] = L.neuron_predictor(q, match, C["predict"]["seed"])
-                ins[f"report_{q}_{j}"] = L.neuron_predictor_report(q, match, C["predict"]["seed"])
-    return ins
+    """Inputs of one frontier line at every kept share (apc.lines.plan.line_inputs)."""
+    return line_inputs(C, L, wc.pset, wc.line)
 
 
 def frontier_line_cells(wc):
     """``[{proj: cell key}]`` per kept share: the clustering cells a cluster line links to."""
-    out = []
-    for share in line_shares(C, wc.line):
-        cells = {q: line_cell(wc.line, q, float(share)) for q in frontier_psets(C)[wc.pset]}
-        out.append({q: c.key for q, c in cells.items() if c is not None})
-    return out
+    return line_cells(C, wc.pset, wc.line)
 
 
 # Neuron experts (workflow/rules/experts.smk)
@@ -415,12 +396,5 @@ def experts_cell_params(wc):
 
 
 def experts_line_inputs(wc):
-    """The experts file (and, for the learned router, its predictors) of an experts line."""
-    d = parse_line(wc.line)
-    name = f"s{d['shared']}-e{d['n']}"
-    proj = C["experts"]["projection"]
-    ins = {"model": L.manifest(), "tokens": L.tokens("test"), "thresholds": L.thresholds(),
-           "reference": L.ppl_reference(), "experts": L.experts(proj, name)}
-    if d["router"] == "learned":
-        ins["router"] = L.experts_router(proj, name)
-    return ins
+    """The experts file (and, for the learned router, its routers) of an experts line (apc.lines.plan.line_inputs)."""
+    return line_inputs(C, L, wc.pset, wc.line)

@@ -52,7 +52,7 @@ rule frontier_line_experts:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     wildcard_constraints:
-        line=r"experts-[a-z]+\.s[0-9.]+-e\d+",
+        line=one_of(own_job_lines(C)),
     threads: 1
     priority: 20
     log:

@@ -1,69 +1,41 @@
-# The compute-quality frontier (apc.common.frontier): one perplexity job per line (one model load,
-# one file per kept share), the frontier table; the frontier plot is drawn by the plots rule.
+# The compute-quality frontier (apc.lines.plan): one perplexity job per line (one model load, one file per kept
+# share), the frontier table; the frontier plot is drawn by the plots rule.  One rule body serves every line: a
+# rule per group of lines with the same kept shares (CATS and CHESS place themselves at the frontier's compute
+# shares), each line's files and arrays asked of its class (apc.lines.Line.workflow_inputs, Line.arrays).
 
 
-CATS_SHARES = line_shares(C, "cats")
+for _i, (_shares, _lines) in enumerate(job_groups(C)):
 
-
-rule frontier_line:
-    input:
-        unpack(frontier_line_inputs),
-    output:
-        [L.frontier_point("{pset}", "{line}", share) for share in C["frontier"]["kept_shares"]],
-    params:
-        test_tokens=C["frontier"]["test_tokens"],
-        scoring=scoring_settings(),
-        projections=lambda wc: frontier_psets(C)[wc.pset],
-        shares=lambda wc: line_shares(C, wc.line),
-        cells=frontier_line_cells,
-        seed=C["predict"]["seed"],
-        batch_sizes=C["frontier"]["batch_sizes"],
-        griffin_prompt=C["frontier"]["griffin_prompt"],
-        device=C["device"],
-        dataset=dataset_name(C["data"]),
-    wildcard_constraints:
-        line=r"(?!cats\b)(?!experts-)[A-Za-z0-9_.\-]+",
-    threads: 1
-    priority: 20
-    log:
-        L.log("frontier_line", pset="{pset}", line="{line}"),
-    resources:
-        **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(C["frontier"]["kept_shares"])),
-    benchmark:
-        L.benchmark("frontier_line", pset="{pset}", line="{line}")
-    script:
-        "../scripts/frontier_line.py"
-
-
-# CATS is placed at the frontier's compute shares: its own kept shares (apc.common.frontier.cats_share).
-rule frontier_line_cats:
-    input:
-        unpack(frontier_line_inputs),
-    output:
-        [L.frontier_point("{pset}", "{line}", share) for share in CATS_SHARES],
-    params:
-        test_tokens=C["frontier"]["test_tokens"],
-        scoring=scoring_settings(),
-        projections=lambda wc: frontier_psets(C)[wc.pset],
-        shares=lambda wc: line_shares(C, wc.line),
-        cells=frontier_line_cells,
-        seed=C["predict"]["seed"],
-        batch_sizes=C["frontier"]["batch_sizes"],
-        griffin_prompt=C["frontier"]["griffin_prompt"],
-        device=C["device"],
-        dataset=dataset_name(C["data"]),
-    wildcard_constraints:
-        line="cats",
-    threads: 1
-    priority: 20
-    log:
-        L.log("frontier_line_cats", pset="{pset}", line="{line}"),
-    resources:
-        **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(CATS_SHARES)),
-    benchmark:
-        L.benchmark("frontier_line_cats", pset="{pset}", line="{line}")
-    script:
-        "../scripts/frontier_line.py"
+    rule:
+        name:
+            "frontier_line" if _i == 0 else f"frontier_line_{_i}"
+        input:
+            unpack(frontier_line_inputs),
+        output:
+            [L.frontier_point("{pset}", "{line}", share) for share in _shares],
+        params:
+            test_tokens=C["frontier"]["test_tokens"],
+            scoring=scoring_settings(),
+            projections=lambda wc: frontier_psets(C)[wc.pset],
+            shares=list(_shares),
+            settings=lambda wc: settings_of(C, wc.line),
+            cells=frontier_line_cells,
+            seed=C["predict"]["seed"],
+            batch_sizes=C["frontier"]["batch_sizes"],
+            device=C["device"],
+            dataset=dataset_name(C["data"]),
+        wildcard_constraints:
+            line=one_of(_lines),
+        threads: 1
+        priority: 20
+        log:
+            L.log("frontier_line", pset="{pset}", line="{line}"),
+        resources:
+            **model_job(C["frontier"]["test_tokens"] or ppl_tokens(), passes=len(_shares)),
+        benchmark:
+            L.benchmark("frontier_line", pset="{pset}", line="{line}")
+        script:
+            "../scripts/frontier_line.py"
 
 
 rule frontier_table:

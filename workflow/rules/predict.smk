@@ -1,5 +1,6 @@
-# Predictors of the compute-quality frontier (apc.prediction): FFN inputs per split, magnitude
-# thresholds per kept share, a cluster-id predictor per (frontier cell, kind), neuron predictors.
+# Calibrations and predictors of the compute-quality frontier: magnitude thresholds per kept share, one
+# calibration per line (apc.lines), greedy cell allocations, a cluster-id predictor per (frontier cell, kind),
+# neuron predictors (apc.prediction).
 
 
 rule calibrate_kept_shares:
@@ -21,54 +22,57 @@ rule calibrate_kept_shares:
         "../scripts/calibrate_kept_shares.py"
 
 
-rule calibrate_frontier:
-    # CATS, TEAL and WINA thresholds and allocations of kept shares, from train FFN inputs through the MLP weights.
+rule calibrate_line:
+    # One line's calibration (apc.lines.Line.calibrate: thresholds, allocations, rotations, factors) from train FFN
+    # inputs through the MLP weights: one job and file per line, so adding a line reruns no other.
     input:
         model=L.manifest(),
         ffn=L.ffn_inputs("train"),
     output:
-        L.frontier_calibration(),
+        L.line_calibration("{line}"),
+    params:
+        shares=lambda wc: line_shares(C, wc.line),
+        settings=lambda wc: {**settings_of(C, wc.line), "allocation_step": C["frontier"]["allocation_step"]},
+        calibration_tokens=C["frontier"]["calibration_tokens"],
+        seed=C["predict"]["seed"],
+        device=C["device"],
+    wildcard_constraints:
+        line=one_of(calibration_lines(C)),
+    threads: 1  # so that it starts early, beside the clustering jobs, and its line's job with it
+    priority: 45
+    log:
+        L.log("calibrate_line", line="{line}"),
+    resources:
+        **model_job(C["frontier"]["calibration_tokens"], passes=2 + 2 * round(1 / C["frontier"]["allocation_step"])),
+    benchmark:
+        L.benchmark("calibrate_line", line="{line}")
+    script:
+        "../scripts/calibrate_line.py"
+
+
+rule calibrate_cell_allocation:
+    # Per-layer densities of the frontier cells with allocation: layer-greedy, greedily across layers on train.
+    input:
+        model=L.manifest(),
+        ffn=L.ffn_inputs("train"),
+    output:
+        L.cell_allocation(),
     params:
         kept_shares=C["frontier"]["kept_shares"],
-        cats_shares=lambda wc: line_shares(C, "cats") if "cats" in C["frontier"]["baselines"] else [],
-        teal_allocation=C["frontier"]["teal_allocation"] if "teal" in C["frontier"]["baselines"] else [],
-        wina="wina" in C["frontier"]["baselines"],
-        greedy_cells=bool(greedy_cells(C)),
         calibration_tokens=C["frontier"]["calibration_tokens"],
         step=C["frontier"]["allocation_step"],
         seed=C["predict"]["seed"],
         device=C["device"],
-    threads: 1  # so that it starts early, beside the clustering jobs, and the CATS and TEAL lines with it
+    threads: 1
     priority: 45
     log:
-        L.log("calibrate_frontier"),
+        L.log("calibrate_cell_allocation"),
     resources:
-        **model_job(C["frontier"]["calibration_tokens"],
-                    passes=2 + 2 * round(1 / C["frontier"]["allocation_step"]) * len(C["frontier"]["teal_allocation"])),
+        **model_job(C["frontier"]["calibration_tokens"], passes=2 + round(1 / C["frontier"]["allocation_step"])),
     benchmark:
-        L.benchmark("calibrate_frontier")
+        L.benchmark("calibrate_cell_allocation")
     script:
-        "../scripts/calibrate_frontier.py"
-
-
-rule calibrate_rotations:
-    # LaRoSA's rotation per layer: the PCA of train FFN inputs (no model pass).
-    input:
-        model=L.manifest(),
-        ffn=L.ffn_inputs("train"),
-    output:
-        L.frontier_rotations(),
-    params:
-        calibration_tokens=C["frontier"]["calibration_tokens"],
-        seed=C["predict"]["seed"],
-    log:
-        L.log("calibrate_rotations"),
-    resources:
-        **cpu_job(),
-    benchmark:
-        L.benchmark("calibrate_rotations")
-    script:
-        "../scripts/calibrate_rotations.py"
+        "../scripts/calibrate_cell_allocation.py"
 
 
 rule fit_cluster_predictor:

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from apc.common.errors import ConfigError
 from apc.common.families import check_projections, family_of_model_type
-from apc.common.maskspec import RENAMED_ALLOCATIONS
 from apc.common.methods import available_methods, fixed_k, method_spec
 from apc.common.sweep import cell_projections, cluster_cells
 
-__all__ = ["check_schema", "check_settings", "check_methods", "UNGATED_MODEL_TYPES"]
+__all__ = ["check_schema", "check_settings", "check_methods"]
+
+#: old allocation names of frontier cells and their new ones (a config with the old name fails with the new one)
+RENAMED_ALLOCATIONS = {"greedy": "layer-greedy"}
 
 
 def check_schema(config: dict, schema: dict) -> None:
@@ -149,39 +151,6 @@ def check_methods(config: dict) -> None:
                 raise ConfigError(f"config key 'cluster.options.{cell.method}.groups': must be a positive integer, got {g!r}")
 
 
-#: Hugging Face ``model_type`` values of FFNs without a gate (CATS thresholds the gate's activation).
-UNGATED_MODEL_TYPES = frozenset({"opt", "gpt2", "gpt_neox", "gptj", "falcon", "bloom", "gpt_bigcode", "phi"})
-
-
-def _check_gated(config: dict, root: str | Path = ".") -> None:
-    """``cats``, ``teal``, ``wina``, ``larosa`` and ``griffin`` need a Llama-style gated FFN: a local model folder whose ``config.json`` names
-    another family stops here."""
-    lines = [b for b in ("cats", "teal", "wina", "larosa", "griffin") if b in config["frontier"]["baselines"]]
-    if not lines:
-        return
-    path = Path(str(config["model"]["name_or_path"])).expanduser()
-    path = (path if path.is_absolute() else Path(root) / path) / "config.json"
-    if not path.is_file():
-        return  # the embedded model or a hub id: checked when the model is loaded
-    try:
-        model_type = json.loads(path.read_text()).get("model_type")
-    except (OSError, ValueError):
-        return
-    family = family_of_model_type(model_type)
-    if model_type in UNGATED_MODEL_TYPES or (family is not None and family.name != "gated"):
-        what = "has no gate" if model_type in UNGATED_MODEL_TYPES or (family and family.name == "plain") else \
-            f"has a {family.name} FFN, not a Llama-style gated one"
-        if "cats" in lines:
-            raise ConfigError(f"config key 'frontier.baselines': 'cats' thresholds the gate's activation, and model "
-                              f"{config['model']['name_or_path']!r} ({model_type}) {what}; drop cats")
-        if "teal" in lines:
-            raise ConfigError(f"config key 'frontier.baselines': 'teal' thresholds the inputs of gate_proj and up_proj, "
-                              f"and model {config['model']['name_or_path']!r} ({model_type}) {what}; drop teal")
-        raise ConfigError(f"config key 'frontier.baselines': {', '.join(lines)} mask the inputs of gate_proj, up_proj "
-                          f"and down_proj, and model {config['model']['name_or_path']!r} ({model_type}) {what}; "
-                          f"drop {', '.join(lines)}")
-
-
 def _check_family(config: dict, folder: Path) -> None:
     """A local model folder's FFN family (from ``config.json``'s ``model_type``) has the configured
     projections, and a mixture of experts runs no frontier (its predictors read whole-FFN inputs)."""
@@ -220,23 +189,10 @@ def _check_frontier(config: dict, methods, root: str | Path = ".") -> None:
                           f"of seq_len={seq_len} tokens")
     if not f["cells"]:
         raise ConfigError("config key 'frontier.cells': needs at least one {method, k, scope} cell")
-    renamed = [a for a in f["teal_allocation"] if a in RENAMED_ALLOCATIONS] + \
-        [c["allocation"] for c in f["cells"] if c.get("allocation") in RENAMED_ALLOCATIONS]
+    renamed = [c["allocation"] for c in f["cells"] if c.get("allocation") in RENAMED_ALLOCATIONS]
     if renamed:
-        raise ConfigError(f"config key 'frontier': allocation {renamed[0]!r} is now called "
-                          f"{RENAMED_ALLOCATIONS[renamed[0]]!r} (a greedy allocation across layers, not TEAL's)")
-    gated = [b for b in f["baselines"] if b in ("cats", "teal", "wina", "larosa", "griffin")]
-    if gated:
-        bad = {name: projs for name, projs in f["pset"].items() if list(projs) != ["down_in"]}
-        if bad:
-            raise ConfigError(f"config key 'frontier.baselines': {', '.join(gated)} mask the down_proj input; "
-                              f"frontier.pset {bad} is not [down_in] (drop them or set frontier.pset to "
-                              "{down_in: [down_in]})")
-        _check_gated(config, root)
-    prompt = f.get("griffin_prompt")
-    if "griffin" in f["baselines"] and prompt is not None and not 2 <= prompt < seq_len:
-        raise ConfigError(f"config key 'frontier.griffin_prompt': {prompt} positions leave no token to score in a "
-                          f"window of seq_len={seq_len} (need 2 <= prompt < seq_len)")
+        raise ConfigError(f"config key 'frontier.cells': allocation {renamed[0]!r} is now called "
+                          f"{RENAMED_ALLOCATIONS[renamed[0]]!r} (a greedy allocation across layers)")
     for c in f["cells"]:
         if c.get("allocation", "uniform") == "layer-greedy":
             if c["scope"] != "per_layer":

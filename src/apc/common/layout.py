@@ -124,13 +124,13 @@ class Layout:
         """Magnitude thresholds per kept share (``threshold`` perplexity mode)."""
         return self._p("thresholds_kept.json")
 
-    def frontier_calibration(self) -> str:
-        """CATS, TEAL and WINA thresholds and allocations of kept shares (:mod:`apc.perplexity.calibrate`)."""
-        return self._p("frontier_calibration.json")
+    def cell_allocation(self) -> str:
+        """Per-layer densities of the frontier cells allocated greedily across layers (``calibrate_cell_allocation``)."""
+        return self._p("cell_allocation.json")
 
-    def frontier_rotations(self) -> str:
-        """LaRoSA's rotations, ``(n_layers, d_model, d_model)`` float32 (:func:`apc.perplexity.calibrate.pca_rotations`)."""
-        return self._p("frontier_rotations.npy")
+    def line_calibration(self, line: str) -> str:
+        """One frontier line's calibration (:meth:`apc.lines.Line.calibrate`, :mod:`apc.lines.store`)."""
+        return self._p("calibration", f"{line}.npz")
 
     # -- stage 2: clustering
     def cell_dir(self, c: Cell) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["ExpertCell", "ROUTERS", "choose_k", "expert_cells", "expert_lines", "parse_expert_line"]
+__all__ = ["ExpertCell", "ROUTERS", "choose_k", "expert_cells", "parse_expert_line"]
 
 ROUTERS = ("analytic", "learned", "oracle")
 _LINE_RE = re.compile(r"experts-(?P<router>[a-z]+)\.s(?P<shared>[0-9.]+)-e(?P<n>\d+)")
@@ -45,14 +45,6 @@ def expert_cells(config: dict) -> list[ExpertCell]:
     """Every cell of ``experts.cells`` (empty without the section)."""
     e = _section(config)
     return list(dict.fromkeys(ExpertCell(e["projection"], float(c["shared"]), int(c["n"])) for c in e.get("cells", [])))
-
-
-def expert_lines(config: dict, pset_projections) -> list[str]:
-    """Frontier lines of a projection set: every cell x router, for a set that is exactly the experts' projection."""
-    e = _section(config)
-    if list(pset_projections) != [e.get("projection")]:
-        return []
-    return [f"experts-{r}.{c.name}" for c in expert_cells(config) for r in e.get("routers", [])]
 
 
 def parse_expert_line(line: str) -> dict | None:

@@ -8,6 +8,16 @@ from apc.common.layout import Cell
 CELL = r"(?P<scope>per_layer|pooled)\.(?P<method>[A-Za-z0-9_]+)-k(?P<k>\d+)-s(?P<seed>\d+)"
 
 
+def cell_names(config: dict, predictable: bool = False) -> list[str]:
+    """``{scope}.{method}-k{K}-s{S}`` of every frontier cell line (:func:`apc.common.frontier.cell_specs`); with
+    ``predictable`` only the cells a cluster predictor is fitted for (not the static mask)."""
+    from apc.common.frontier import STATIC, cell_specs
+
+    seed = int(config["predict"]["seed"])
+    return [f"{scope}.{method}-k{k}-s{seed}" for scope, method, k in cell_specs(config)
+            if not (predictable and method == STATIC)]
+
+
 def cell_of(spec, proj: str, share: float) -> Cell:
     """The clustering cell a cluster line reads for ``proj`` at kept share ``share``."""
     return Cell(proj, spec.scope, spec.method, spec.k, float(share), spec.seed)

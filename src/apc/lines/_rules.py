@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-
-from apc.clustering.common import top_n_mask
 from apc.lines.base import MaskRule
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AtLeast", "Keep", "TopN", "calibrated", "input_threshold", "share_label", "tap_tensor"]
 
@@ -59,6 +59,8 @@ class TopN(MaskRule):
         self.k_neuron = k
 
     def keep(self, flat, p, absx):
+        from apc.clustering.common import top_n_mask
+
         return top_n_mask(absx, self.k_neuron)
 
     def spec(self, flat, threshold):

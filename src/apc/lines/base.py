@@ -154,8 +154,12 @@ class Line:
     config_schema: ClassVar[Mapping[str, Any]] = {}
     #: whether :meth:`calibrate` runs (one calibration job per line)
     calibrates: ClassVar[bool] = False
-    #: (line style, marker, colour or None) on every plot
-    style: ClassVar[tuple] = ("-", "o", None)
+    #: scored by a frontier job of its own rather than the shared ``frontier_line`` rule
+    own_job: ClassVar[bool] = False
+    #: (line style, marker, colour) on every plot: one colour and one marker per family (upper bounds are drawn
+    #: dashed and hollow in the colour of the family they bound, ``bounds``)
+    style: ClassVar[tuple] = ("-", "o", "#333333")
+    bounds: ClassVar[str | None] = None
     #: the masked-FFN kernel of :mod:`apc.deploy` that serves it (per-token tables) and its decode-table line
     kernel: ClassVar[str | None] = None
     decode: ClassVar[str | None] = None
@@ -191,8 +195,9 @@ class Line:
         return spec.line
 
     # --- configuration -----------------------------------------------------------------------------------
-    def line_names(self, settings: Mapping[str, Any], config: dict) -> list[str]:
-        """The line strings this family puts on the frontier with ``settings`` (its config fragment)."""
+    def line_names(self, settings: Mapping[str, Any], config: dict, *, projections: Sequence[str] = ()) -> list[str]:
+        """The line strings this family puts on a projection set ``projections`` of the frontier of ``config`` with
+        ``settings`` (its ``frontier.lines`` fragment; a line of the cells reads the config's cells instead)."""
         return [self.family]
 
     def check(self, settings: Mapping[str, Any], config: dict) -> None:
@@ -211,9 +216,10 @@ class Line:
         return {}
 
     # --- the masks ---------------------------------------------------------------------------------------
-    def workflow_inputs(self, spec: LineSpec, ctx: WorkflowInputs) -> dict:
-        """Extra input files of the line's frontier job: ``{name: path}`` (besides the model, tokens, thresholds,
-        the dense reference and the line's calibration)."""
+    def workflow_inputs(self, spec: LineSpec, ctx: WorkflowInputs, *, projections: Sequence[str] = (),
+                        shares: Sequence[float] = ()) -> dict:
+        """Extra input files of the line's frontier job on ``projections`` at ``shares``: ``{name: path}`` (besides
+        the model, tokens, thresholds, the dense reference and the line's calibration); :meth:`arrays` reads them."""
         return {}
 
     def share_arrays(self, spec: LineSpec, share: float, *, projections: Sequence[str]) -> dict:
@@ -222,10 +228,12 @@ class Line:
         return {}
 
     def arrays(self, spec: LineSpec, share: float, *, projections: Sequence[str], calibration: dict | None, model,
-               windows, settings, inputs) -> dict:
-        """The :class:`apc.perplexity.maskargs.Masks` fields of the line at ``share`` (besides the mode, the
-        projections, the thresholds and the seed): ``arrays`` (the line's own, read by its rules) and any
-        of the built-in fields."""
+               windows, settings, inputs, j: int = 0) -> dict:
+        """The :class:`apc.perplexity.maskargs.Masks` fields of the line at ``share``, the ``j``-th of its shares
+        (besides the mode, the projections, the thresholds and the seed), from ``calibration`` (what
+        :meth:`calibrate` wrote), ``settings`` (its ``frontier.lines`` fragment), ``windows: (n, seq_len)`` and
+        ``inputs`` (the job's files by name, :meth:`workflow_inputs`): the line's own arrays (read by its rules,
+        :attr:`Masks.arrays`) and any of the built-in fields."""
         return {}
 
     def prepare(self, masks, layers, width: Mapping[str, int], model) -> Any:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
 from apc.lines._rules import Keep, calibrated, share_label
 from apc.lines.base import Line
 from apc.lines.registry import register_line
 
 if TYPE_CHECKING:
+    import torch
+
     from apc.lines._calibrate import LayerMLP
 
 
@@ -24,6 +24,8 @@ def cats_share(compute_share: float) -> float | None:
 
 def cats_thresholds(mlps: Sequence[LayerMLP], samples: Sequence[torch.Tensor], shares: Sequence[float]) -> dict:
     """``{share: [T per layer]}`` on ``|act(gate(h))|``; ``samples[l]: (n, d_model)``."""
+    import torch
+
     from apc.lines._calibrate import share_threshold
 
     out = {float(s): [] for s in shares}
@@ -45,7 +47,7 @@ class Cats(Line):
     calibrates = True
     tap = "gate"
     order = 20
-    style = ("-", "D", None)
+    style = ("-", "D", "#ff7f0e")
     kernel = "cats"
     decode = "cats"
 
@@ -58,7 +60,7 @@ class Cats(Line):
     def calibrate(self, mlps, samples, shares, settings, *, lines=()):
         return {share_label(s): t for s, t in cats_thresholds(mlps, samples, shares).items()}
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         return {"gate_thresholds": {"down_in": calibrated(calibration, share, spec)}}
 
     def prepare(self, masks, layers, width, model):

@@ -21,7 +21,7 @@ class Chess(Line):
     calibrates = True
     tap = "gate"
     order = 21
-    style = ("--", "d", None)
+    style = ("-", "d", "#f5a55a")
     kernel = "cats"
     decode = "cats"
 
@@ -49,7 +49,7 @@ class Chess(Line):
                     out[share_label(s)].append(share_threshold(score, float(s)))
         return out
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         return {"thresholds_chess": calibrated(calibration, share, spec), "up_scale": calibration["up_scale"]}
 
     def prepare(self, masks, layers, width, model):

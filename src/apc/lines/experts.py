@@ -18,10 +18,26 @@ class Experts(Line):
     decided_by = "before"
     training_free = False
     order = 90
-    style = ("-", "*", None)
+    style = ("-", "*", "#bcbd22")
     kernel = "grouped"
     decode = "cluster"
     own_job = True
+
+    def line_names(self, settings, config, *, projections=()):
+        from apc.common.neuron_experts import expert_cells
+
+        e = config.get("experts") or {}
+        if list(projections) != [e.get("projection")]:
+            return []  # its lines sit on the projection set that is exactly the experts' projection
+        return [f"experts-{r}.{c.name}" for c in expert_cells(config) for r in e.get("routers", [])]
+
+    def workflow_inputs(self, spec, ctx, *, projections=(), shares=()):
+        """The experts file and, for the learned router, its routers."""
+        name, proj = f"s{spec.shared}-e{spec.n}", ctx.config["experts"]["projection"]
+        ins = {"experts": ctx.layout.experts(proj, name)}
+        if spec.router == "learned":
+            ins["router"] = ctx.layout.experts_router(proj, name)
+        return ins
 
     def is_deployable(self, spec):
         return spec.router != "oracle"

@@ -5,17 +5,23 @@ scored, so its points carry dense on the same tokens."""
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
-from apc.clustering.common import density_to_count, top_n_mask
 from apc.lines.base import Line
 from apc.lines.registry import register_line
+
+if TYPE_CHECKING:
+    import torch
 
 
 def griffin_keep(x: torch.Tensor, prompt: int, k: int, start: int = 0) -> torch.Tensor:
     """GRIFFIN's mask of ``x: (..., seq, W)``: all True on the first ``prompt`` positions; after them, per
     sequence, the ``k`` neurons with the largest l2 norm over positions ``start..prompt-1`` of each
     position's activation vector divided by its own l2 norm (one mask for every later position)."""
+    import torch
+
+    from apc.clustering.common import top_n_mask
+
     if x.shape[-2] <= prompt:
         raise ValueError(f"mode 'griffin': a sequence of {x.shape[-2]} positions leaves none after a prompt of {prompt}")
     a = x[..., start:prompt, :].float()
@@ -36,7 +42,7 @@ class Griffin(Line):
     scope = "sequence"
     gated = True
     order = 50
-    style = ("--", "X", None)
+    style = ("-", "X", "#8c564b")
     config = {"prompt": None}
     config_schema = {"prompt": {"anyOf": [{"type": "integer", "minimum": 2}, {"type": "null"}],
                                 "description": "dense prompt positions per window (null: a quarter); only later "
@@ -53,13 +59,14 @@ class Griffin(Line):
             raise ConfigError(f"config key 'frontier.lines.griffin.prompt': {prompt} positions leave no token to "
                               f"score in a window of data.seq_len = {seq_len}; use 2 <= prompt < {seq_len}")
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         return {"prompt": int(settings.get("prompt") or windows.shape[1] // 4)}
 
     def share_arrays(self, spec, share, *, projections):
         return {"keep_share": share}
 
     def prepare(self, masks, layers, width, model):
+        from apc.clustering.common import density_to_count
         from apc.lines._checks import check_share
 
         k = density_to_count(check_share(masks.keep_share, "keep_share", masks.mode), width["down_in"])

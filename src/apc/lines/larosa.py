@@ -5,14 +5,14 @@ and layer are counted as an overhead (not folded into the previous layer)."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import torch
-
-from apc.clustering.common import density_to_count, top_n_mask
 from apc.lines._rules import TopN
 from apc.lines.base import Line
 from apc.lines.registry import register_line
+
+if TYPE_CHECKING:
+    import torch
 
 
 def rotated_top_k(q: torch.Tensor, k: int):
@@ -20,6 +20,8 @@ def rotated_top_k(q: torch.Tensor, k: int):
 
     ``Q (z masked)`` fed to gate_proj and up_proj gives ``W (Q z) = (W Q) z``: the products of the rotated
     weights ``W Q`` with the sparse rotated input, computed here through the unrotated weights."""
+
+    from apc.clustering.common import top_n_mask
 
     def keep_in(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         z = h.float() @ q  # rows: Q^T h
@@ -32,6 +34,8 @@ def rotated_top_k(q: torch.Tensor, k: int):
 def pca_rotations(samples: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """LaRoSA's rotation per layer: ``(d_model, d_model)`` float32 orthogonal Q whose columns are the
     eigenvectors of ``hᵀh`` of ``samples[l]: (n, d_model)``, by decreasing eigenvalue."""
+    import torch
+
     out = []
     for h in samples:
         x = h.double().cpu()
@@ -59,21 +63,24 @@ class Larosa(Line):
     gated = True
     calibrates = True
     order = 40
-    style = ("-", "h", None)
+    style = ("-", "h", "#9467bd")
 
     def label(self, spec):
         return "LaRoSA (rotated input top-k; rotation counted)"
 
     def calibrate(self, mlps, samples, shares, settings, *, lines=()):
+        import torch
+
         return {"rotations": torch.stack(pca_rotations([h.float().cpu() for h in samples]))}
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         return {"rotations": list(calibration["rotations"])}
 
     def share_arrays(self, spec, share, *, projections):
         return {"input_share": share, "keep_share": share}
 
     def prepare(self, masks, layers, width, model):
+        from apc.clustering.common import density_to_count
         from apc.lines._checks import check_rotations, check_share
 
         rot = check_rotations(masks.rotations, len(layers), layers[0].d_model, layers)

@@ -17,14 +17,19 @@ class Neuron(Line):
     decided_by = "before"
     training_free = False
     order = 80
-    style = ("-.", "P", None)
+    style = ("-", "P", "#7f7f7f")
     kernel = "per_token"
     decode = "per_token"
 
     def label(self, spec):
         return f"neuron predictor x{spec.factor} ({spec.kind} K={spec.k} FLOPs)"
 
-    def workflow_inputs(self, spec, ctx, projections=(), shares=()):
+    def line_names(self, settings, config, *, projections=()):
+        from apc.common.frontier import neuron_matches
+
+        return [f"neuron-{m}" for m in neuron_matches(config)]
+
+    def workflow_inputs(self, spec, ctx, *, projections=(), shares=()):
         match, seed = spec.line.split("-", 1)[1], ctx.config["predict"]["seed"]
         return {name: path for j, _ in enumerate(shares) for q in projections for name, path in (
             (f"predictor_{q}_{j}", ctx.layout.neuron_predictor(q, match, seed)),

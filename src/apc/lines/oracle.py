@@ -4,7 +4,7 @@ one mask for every token: the static line, deployable.  It runs the built-in ``c
 
 from __future__ import annotations
 
-from apc.lines._cells import CELL, centroid_inputs, load_centroid_arrays
+from apc.lines._cells import CELL, cell_names, centroid_inputs, load_centroid_arrays
 from apc.lines.base import Line
 from apc.lines.registry import register_line
 
@@ -18,7 +18,9 @@ class Oracle(Line):
     deployable = False
     training_free = False
     order = 60
-    style = ("-", "o", None)
+    style = ("-", "o", "#e377c2")
+    #: an oracle bounds the predicted line of its cell: drawn in that family's colour (hollow, dashed)
+    bounds = "predicted"
     kernel = "grouped"
     decode = "cluster"
 
@@ -36,13 +38,19 @@ class Oracle(Line):
             return f"static mask ({spec.scope})"
         return f"oracle {spec.method} K={spec.k} ({spec.scope})"
 
-    def workflow_inputs(self, spec, ctx, projections=(), shares=()):
+    def line_names(self, settings, config, *, projections=()):
+        return [f"oracle.{cell}" for cell in cell_names(config)]
+
+    def workflow_inputs(self, spec, ctx, *, projections=(), shares=()):
+        from apc.common.methods import method_spec
+
         ins = centroid_inputs(spec, ctx, projections, shares)
-        if spec.method in (ctx.config.get("_weighted_output_methods") or ()):
+        base, opts = method_spec(spec.method, ctx.config["cluster"]["options"])
+        if base == "apc_weighted" and opts.get("weighting") == "output":  # its oracle weighs by |W_down| columns
             ins["norms"] = ctx.layout.down_norms()
         return ins
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0, cache=None):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         from apc.common.atomic import read_npy
 
         cents, meta = load_centroid_arrays(inputs, projections, j)

@@ -4,7 +4,7 @@ counted.  It runs the built-in ``predicted`` mask."""
 
 from __future__ import annotations
 
-from apc.lines._cells import CELL, cell_of, centroid_inputs, load_centroid_arrays
+from apc.lines._cells import CELL, cell_names, cell_of, centroid_inputs, load_centroid_arrays
 from apc.lines.base import Line
 from apc.lines.registry import register_line
 
@@ -17,14 +17,19 @@ class Predicted(Line):
     decided_by = "before"
     training_free = False
     order = 70
-    style = ("--", "^", None)
+    style = ("-", "^", "#17becf")
     kernel = "grouped"
     decode = "cluster"
 
     def label(self, spec):
         return f"predicted {spec.kind} top-{spec.top_m} {spec.method} K={spec.k} ({spec.scope})"
 
-    def workflow_inputs(self, spec, ctx, projections=(), shares=()):
+    def line_names(self, settings, config, *, projections=()):
+        p = config["predict"]
+        return [f"predicted-{kind}-m{m}.{cell}" for cell in cell_names(config, predictable=True)
+                for kind in p["kinds"] for m in p["top_m"]]
+
+    def workflow_inputs(self, spec, ctx, *, projections=(), shares=()):
         ins = centroid_inputs(spec, ctx, projections, shares)
         for j, s in enumerate(shares):
             for q in projections:
@@ -32,7 +37,7 @@ class Predicted(Line):
                 ins[f"report_{q}_{j}"] = ctx.layout.cluster_predictor_report(cell_of(spec, q, s), spec.kind)
         return ins
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0, cache=None):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         cents, _ = load_centroid_arrays(inputs, projections, j)
         return {"centroids": cents}  # its predictors: loaded by the job (apc.prediction.load_predictors)
 

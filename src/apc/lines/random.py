@@ -15,7 +15,7 @@ class Random(Line):
     mode = "random_only"
     decided_by = "before"
     order = 11
-    style = (":", "x", None)
+    style = ("-", "x", "#000075")
     kernel = "per_token"
     decode = "per_token"
 

@@ -16,7 +16,8 @@ from importlib.metadata import entry_points
 
 from apc.lines.base import _LINES, _LOADERS, DECIDED_BY, SCOPES, Line, LineSpec, registered
 
-__all__ = ["ENTRY_POINT_GROUP", "builtin_modules", "line_of_mode", "all_lines", "get_line", "parse", "register_line"]
+__all__ = ["ENTRY_POINT_GROUP", "builtin_modules", "line_of_mode", "all_lines", "get_line", "load_plugins", "parse",
+           "register_line"]
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,16 @@ def builtin_modules() -> list[str]:
 def _load() -> None:
     for name in builtin_modules():
         importlib.import_module(f"apc.lines.{name}")
+    load_plugins()
+
+
+def load_plugins() -> list[str]:
+    """Register the lines of the ``apc.lines`` entry points not registered yet (the registry does it on first use;
+    call it again after installing a plugin into a running process); returns the entry points' names."""
+    importlib.invalidate_caches()
+    names = []
     for ep in entry_points(group=ENTRY_POINT_GROUP):
+        names.append(ep.name)
         try:
             obj = ep.load()
         except Exception as err:  # a broken plugin names itself, it does not hide the others

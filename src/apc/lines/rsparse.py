@@ -42,7 +42,7 @@ class RSparse(Line):
     calibrates = True
     tap = "ffn_input"
     order = 33
-    style = ("--", ">", None)
+    style = ("-", ">", "#ff9896")
 
     def label(self, spec):
         return "R-Sparse (weighted input channels + a low-rank remainder)"
@@ -94,7 +94,7 @@ class RSparse(Line):
                 out[share_label(s)] = t
         return out
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         t = calibrated(calibration, share, spec)
         lr = [{p: (a[:, :r], b[:r]) for p, (a, b) in f.items()} for f, r in zip(calibration["factors"], t["rank"])]
         return {"keep_thresholds": {"down_in": t["mid"]}, "input_thresholds": t["input"],

@@ -36,7 +36,7 @@ class Scap(Line):
     gated = True
     calibrates = True
     order = 32
-    style = ("-.", "<", None)
+    style = ("-", "<", "#98df8a")
 
     def label(self, spec):
         return "SCAP (mode-centred input thresholds)"
@@ -66,7 +66,7 @@ class Scap(Line):
                 out[share_label(s)] = t
         return out
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         t = calibrated(calibration, share, spec)
         return {"keep_thresholds": {"down_in": t["mid"]}, "input_thresholds": t["input"],
                 "modes": calibration["modes"]}

@@ -35,7 +35,7 @@ class Teal(Line):
     gated = True
     calibrates = True
     order = 30
-    style = ("-", "s", None)
+    style = ("-", "s", "#2ca02c")
     decode = "teal"
     config = {"allocation": ["uniform"]}
     config_schema = {"allocation": {"type": "array", "minItems": 1, "uniqueItems": True,
@@ -46,7 +46,7 @@ class Teal(Line):
     def normalise(self, params):
         return {**params, "allocation": params.get("allocation") or "uniform"}
 
-    def line_names(self, settings, config):
+    def line_names(self, settings, config, *, projections=()):
         return ["teal" if a == "uniform" else f"teal-{a}" for a in settings.get("allocation", ["uniform"])]
 
     def check(self, settings, config):
@@ -91,7 +91,7 @@ class Teal(Line):
                                              "train_compute_share": train_share(t)}
         return {**table, **out}
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         t = calibrated(calibration, share, spec)
         return {"keep_thresholds": {"down_in": t["mid"]}, "input_thresholds": t["input"]}
 

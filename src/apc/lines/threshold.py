@@ -16,18 +16,18 @@ class Threshold(Line):
     mode = "threshold"
     decided_by = "down_in"
     order = 10
-    style = (":", "v", None)
+    style = ("-", "v", "#1f77b4")
 
-    def line_names(self, settings, config):
+    def line_names(self, settings, config, *, projections=()):
         return ["threshold-self"]
 
     def label(self, spec):
         return "threshold on down_in itself (gate, up in full)"
 
-    def workflow_inputs(self, spec, ctx):
+    def workflow_inputs(self, spec, ctx, *, projections=(), shares=()):
         return {"kept": ctx.layout.thresholds_kept()}
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         from apc.common.atomic import read_json
 
         rows = [s for s in read_json(inputs["kept"])["shares"] if abs(s["kept_share"] - share) < 1e-9]

@@ -6,19 +6,21 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Sequence
 
-import torch
-
 from apc.lines._rules import AtLeast, calibrated, input_threshold
 from apc.lines.base import Line
 from apc.lines.registry import register_line
 
 if TYPE_CHECKING:
+    import torch
+
     from apc.lines._calibrate import LayerMLP
 
 
 def wina_scales(mlps: Sequence[LayerMLP]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """WINA's column norms per layer: ``([(d_model,)], [(d_ff,)])`` float32, the l2 norm of each input
     channel's column of ``[W_gate; W_up]`` (stacked) and of ``W_down``'s column of each neuron."""
+    import torch
+
     ins, mids = [], []
     for mlp in mlps:
         g, u = mlp.gate.weight.detach().float(), mlp.up.weight.detach().float()
@@ -36,7 +38,7 @@ class Wina(Line):
     gated = True
     calibrates = True
     order = 31
-    style = ("-", "p", None)
+    style = ("-", "p", "#d62728")
     decode = "wina"
 
     def label(self, spec):
@@ -54,7 +56,7 @@ class Wina(Line):
             out[share_label(share)] = {**t, "train_compute_share": train_share(t)}
         return out
 
-    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs):
+    def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         from apc.lines._calibrate import layer_mlps
 
         t = calibrated(calibration, share, spec)

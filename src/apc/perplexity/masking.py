@@ -41,9 +41,9 @@ from apc.common.sites import ffn_sites
 from apc.lines.base import Line
 from apc.lines.registry import all_lines, line_of_mode
 from apc.perplexity import fused as _fused
+from apc.perplexity.batch_view import add_batch_view, sequence_view
 from apc.perplexity.maskargs import Masks, check_thresholds, site_width
 from apc.perplexity.mode_rules import MODES, builtin_rules, nearest_centroid  # noqa: F401  (nearest_centroid: re-exported)
-
 
 
 class Interventions:
@@ -157,7 +157,7 @@ class Interventions:
         for p in self.projections:
             out[p] = {}
             if self.scope == "sequence":
-                out[p] = self._sequence_view(p)
+                out[p] = sequence_view(self._seq_masks[p], self.batch_sizes, self.width[p])
                 continue
             for b in self.batch_sizes:
                 cells = [self._batch[p][l][b] for l in range(self.n_layers)]
@@ -168,19 +168,6 @@ class Interventions:
                                             "layers": union},
                                   "grouped": None if g is None else {"mean": float(np.mean(g)), "layers": g},
                                   "groups": int(cells[0][2] // max(1, self.width[p])) if cells else 0}
-        return out
-
-    def _sequence_view(self, p: str) -> dict:
-        """:meth:`batch_view` of one projection when each sequence has one mask (``sequence`` scope)."""
-        out = {}
-        for b in self.batch_sizes:
-            union, n = [], 0
-            for masks in self._seq_masks[p]:
-                m = torch.cat(masks) if masks else torch.zeros(0, self.width[p], dtype=torch.bool)
-                n = m.shape[0] // b
-                union.append(float(m[: n * b].view(n, b, -1).any(dim=1).float().mean()) if n else float("nan"))
-            mean = float(np.mean(union)) if union and n else float("nan")
-            out[str(b)] = {"union": {"mean": mean, "layers": union}, "grouped": None, "groups": n}
         return out
 
     def id_counts(self) -> dict[str, list[list[int]]]:
@@ -355,34 +342,9 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first, sequence=Non
         if handle.batch_sizes and sequence is not None:  # one mask per sequence
             handle._seq_masks[proj][layer].append(keep_s[..., 0, :].reshape(-1, keep_s.shape[-1]).cpu())
         elif handle.batch_sizes:
-            _batch_view(handle._batch[proj][layer], keep_s, ids, getattr(choose, "density", None))
+            add_batch_view(handle._batch[proj][layer], keep_s, ids, getattr(choose, "density", None))
 
     return apply
-
-
-def _batch_view(acc: dict, keep: torch.Tensor, ids: torch.Tensor | None, density: torch.Tensor | None) -> None:
-    """Add the batch view of ``keep: (..., seq, W) bool`` to ``acc[B] = [union kept, grouped read,
-    groups * W, groups]``: consecutive B positions of each sequence form a group (a trailing partial
-    group is left out).  ``ids: (..., seq, m)`` assigned centroid ids with ``density: (K,)``."""
-    w = keep.shape[-1]
-    keep = keep.reshape(-1, keep.shape[-2], w)
-    if ids is not None:
-        ids = ids.reshape(-1, ids.shape[-2], ids.shape[-1])
-    seq = keep.shape[1]
-    for b, cell in acc.items():
-        n = seq // b
-        if n == 0:
-            continue
-        groups = keep[:, : n * b].reshape(keep.shape[0], n, b, w).any(dim=2)
-        cell[0] = cell[0] + groups.sum()
-        cell[2] += groups.shape[0] * n * w
-        if ids is not None and density is not None:
-            g = ids[:, : n * b].reshape(ids.shape[0] * n, -1).sort(dim=1).values
-            first = torch.ones_like(g, dtype=torch.bool)
-            first[:, 1:] = g[:, 1:] != g[:, :-1]
-            read = (density[g] * first).sum(dim=1).clamp(max=1.0)
-            cell[1] = cell[1] + read.sum()
-            cell[3] += g.shape[0]
 
 
 def _make_input_mask(handle, layer, keep_in, skip_first):

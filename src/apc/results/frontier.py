@@ -24,7 +24,6 @@ import numpy as np
 import pandas as pd
 
 from apc.common.atomic import atomic_path, read_json
-from apc.common.frontier import parse_line
 from apc.common.progress import get_logger
 from apc.lines import parse
 

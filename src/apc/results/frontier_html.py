@@ -71,11 +71,11 @@ def frontier_figure(rows: pd.DataFrame, pset: str, sparse_ratio: float | None = 
     """The Plotly figure of one projection set's rows (every line)."""
     import plotly.graph_objects as go
 
-    from apc.results.frontier_lines import FAMILY_STYLE, Y_CAP, line_family, line_label, line_style, pick_lines
+    from apc.results.frontier_lines import Y_CAP, family_order, line_family, line_label, line_style, pick_lines
     from apc.results.paired import deployable
 
     picked = set(pick_lines(rows))
-    order = list(FAMILY_STYLE)
+    order = family_order()
     lines = sorted(dict.fromkeys(rows["line"]), key=lambda ln: (
         order.index(line_family(ln)) if line_family(ln) in order else len(order), not deployable(ln), ln))
     xs = rows["compute_share"].to_numpy(float)

@@ -9,18 +9,15 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from apc.common.maskspec import LineSpec
+from apc.lines import all_lines, parse
 from apc.results.paired import deployable
 
-#: (colour, marker) of each line family, in legend order; one colour and one marker per family on every plot
-FAMILY_STYLE = {
-    "threshold": ("#1f77b4", "v"), "cats": ("#ff7f0e", "D"), "teal": ("#2ca02c", "s"), "wina": ("#d62728", "p"),
-    "larosa": ("#9467bd", "h"), "griffin": ("#8c564b", "X"), "oracle": ("#e377c2", "o"),
-    "predicted": ("#17becf", "^"), "neuron": ("#7f7f7f", "P"), "experts": ("#bcbd22", "*"),
-    "random": ("#000075", "x"),
-}
-#: an upper bound is drawn in the colour and marker of the family it bounds (hollow, dashed)
-BOUND_OF = {"oracle": "predicted"}
+
+def family_order() -> list[str]:
+    """The line families in legend order (the registry's plot order, :attr:`apc.lines.Line.order`)."""
+    return list(all_lines())
+
+
 #: ratios above this are drawn at the top edge with their value printed
 Y_CAP = 50.0
 PICK_RULE = ("Drawn: dense, the best deployable line of each family and the best upper bound of each family "
@@ -29,43 +26,32 @@ PICK_RULE = ("Drawn: dense, the best deployable line of each family and the best
              "interpolation). Every line: frontier.html.")
 
 
+def frontier_shares(table: pd.DataFrame) -> list[float]:
+    """The frontier's kept shares in a table: those most of its lines have (a line placed at other kept shares,
+    as CATS is at the frontier's compute shares, leaves them out)."""
+    per_share = table.groupby("share")["line"].nunique()
+    return sorted(float(s) for s in per_share[per_share * 2 > per_share.max()].index)
+
+
 def line_family(line: str) -> str:
     """The family a line is drawn and picked in."""
-    return LineSpec.parse(line).family
+    return parse(line).family
 
 
 def line_label(line: str) -> str:
-    """The legend text of a line (upper bounds say so)."""
-    d = LineSpec.parse(line)
-    text = {
-        "threshold": "threshold on down_in itself (gate, up in full)",
-        "cats": "CATS (|act(gate)| threshold; gate in full)",
-        "wina": "WINA (|x| x weight-column norm thresholds)",
-        "larosa": "LaRoSA (top-k of the PCA-rotated input; rotation counted)",
-        "griffin": "GRIFFIN (one mask per sequence from its dense prompt)",
-        "random": "random mask",
-    }.get(d.family)
-    if d.family == "teal":
-        what = {"uniform": "uniform", "block": "TEAL's block-wise split",
-                "layer-greedy": "shares allocated across layers, not TEAL's"}[d.allocation]
-        text = f"TEAL input and down_in thresholds ({what})"
-    elif d.family == "oracle":
-        text = f"static mask ({d.scope})" if d.method == "static" else f"oracle {d.method} K={d.k} ({d.scope})"
-    elif d.family == "predicted":
-        text = f"predicted {d.kind} top-{d.top_m} {d.method} K={d.k} ({d.scope})"
-    elif d.family == "neuron":
-        text = f"neuron predictor x{d.factor} ({d.kind} K={d.k} FLOPs)"
-    elif d.family == "experts":
-        text = f"neuron experts, {d.router} router (shared {d.shared}, E={d.n})"
-    text = text or d.family
+    """The legend text of a line (:meth:`apc.lines.Line.label`; upper bounds say so)."""
+    spec = parse(line)
+    text = spec.impl.label(spec) or spec.family
     return text if deployable(line) else f"upper bound: {text}"
 
 
 def line_style(line: str) -> dict:
-    """Matplotlib keywords of a line: its family's colour and marker; an upper bound hollow and dashed."""
-    fam = line_family(line)
+    """Matplotlib keywords of a line: its family's colour and marker (:attr:`apc.lines.Line.style`); an upper
+    bound hollow and dashed, in the colour and marker of the family it bounds."""
+    impl = parse(line).impl
     up = not deployable(line)
-    colour, marker = FAMILY_STYLE.get(BOUND_OF.get(fam, fam) if up else fam, ("#333333", "o"))
+    shown = all_lines().get(impl.bounds, impl) if up and impl.bounds else impl
+    _, marker, colour = shown.style
     return {"color": colour, "marker": marker, "ls": "--" if up else "-", "mfc": "white" if up else colour,
             "lw": 1.2 if up else 1.6, "ms": 6}
 
@@ -116,7 +102,7 @@ def pick_lines(rows: pd.DataFrame, x: str = "compute_share") -> list[str]:
     """The lines a static plot draws, in legend order: per family the :func:`best_line` of its deployable
     lines, then per family the best of its upper bounds."""
     lines = list(dict.fromkeys(rows["line"]))
-    order = list(FAMILY_STYLE)
+    order = family_order()
     fams = sorted({line_family(ln) for ln in lines}, key=lambda f: (order.index(f) if f in order else len(order), f))
     best, bounds = [], []
     for fam in fams:

@@ -27,7 +27,8 @@ import pandas as pd
 
 from apc.common.atomic import read_json
 from apc.common.progress import get_logger
-from apc.results.frontier_lines import PICK_RULE, Y_CAP, line_label, line_style, pick_lines, sparse_ratio
+from apc.results.frontier_lines import (PICK_RULE, Y_CAP, frontier_shares, line_label, line_style, pick_lines,
+                                       sparse_ratio)
 from apc.results.paired import deployable
 from apc.results.plot_stamp import frontier_stamp, png_metadata
 
@@ -243,7 +244,7 @@ def plot_plan(table: pd.DataFrame, refs: list[dict] = (), batch_share: float | N
                 plan += [(f"frontier_time_b{b}_{pset}.png", [pset],
                           lambda p, m, pset=pset, col=col: plot_time_frontier(table, pset, p, col, m)) for pset in psets]
     if any(c.startswith("union_b") for c in table.columns):
-        shares = sorted(table.loc[table["family"] != "cats", "share"].unique())
+        shares = frontier_shares(table)
         share = batch_share if batch_share is not None else (shares[len(shares) // 2] if shares else 0.6)
         plan += [(f"batch_{pset}.png", [pset], lambda p, m, pset=pset: plot_batch_view(table, pset, share, p, m))
                  for pset in psets]

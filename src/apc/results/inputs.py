@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from apc.common.frontier import Point, frontier_points, frontier_psets, neuron_matches, predictor_cells
+from apc.common.frontier import Point, frontier_psets, neuron_matches, predictor_cells
 from apc.common.layout import Cell, Layout
 from apc.common.neuron_experts import ExpertCell, expert_cells
 from apc.common.sweep import cluster_cells, perplexity_cells
+from apc.lines.plan import frontier_points
 
 
 @dataclass
