@@ -36,6 +36,7 @@ from apc.deploy import ffn
 from apc.deploy.ffn import (cats_ffn, column_major, dense_ffn, group_index, group_schedule, grouped_ffn,
                             per_token_ffn)
 from apc.deploy.roofline import bound, write_table
+from apc.perplexity.calibrate import share_threshold
 
 log = get_logger("apc.bench_ffn_masks")
 DEFAULTS = {"cuda": (4096, 14336, "bfloat16"), "cpu": (576, 1536, "float32")}
@@ -184,11 +185,8 @@ def draw_ids(t: int, k: int, p: np.ndarray | None, rng: np.random.Generator, dev
 
 
 def cats_threshold(x, w_gate, rho: float) -> float:
-    """|act(gate)| quantile keeping a share ``rho`` (from up to 2^22 sampled values)."""
-    a = F.silu(F.linear(x, w_gate)).abs().float().flatten()
-    if a.numel() > (1 << 22):
-        a = a[torch.randint(0, a.numel(), (1 << 22,), device=a.device)]
-    return float(torch.quantile(a, 1.0 - rho)) if rho < 1 else 0.0
+    """The |act(gate)| threshold keeping a share ``rho`` (the library's calibration, apc.perplexity.calibrate)."""
+    return share_threshold(F.silu(F.linear(x, w_gate)), rho) if rho < 1 else 0.0
 
 
 # ----------------------------------------------------------------------------- profile

@@ -130,8 +130,10 @@ def main() -> None:
 
 
 def _down_in_quantiles(model, ids: torch.Tensor, q: float) -> list[float]:
-    """Per layer, the ``q`` quantile of ``|down_in|`` over the prompts' positions (dense)."""
+    """Per layer, the threshold keeping the share ``1 - q`` of ``|down_in|`` over the prompts' positions (dense;
+    the library's calibration, apc.perplexity.calibrate.share_threshold)."""
     from apc.common.sites import ffn_sites
+    from apc.perplexity.calibrate import share_threshold
 
     vals: dict[int, list] = {}
     handles = [site.observe("down_in", lambda x, l=l: vals.setdefault(l, []).append(x.abs().flatten()), False)
@@ -142,7 +144,7 @@ def _down_in_quantiles(model, ids: torch.Tensor, q: float) -> list[float]:
     finally:
         for h in handles:
             h.remove()
-    return [float(torch.quantile(torch.cat(vals[l])[:2**24].float(), q)) for l in sorted(vals)]
+    return [share_threshold(torch.cat(vals[l]), 1.0 - q) if q > 0 else 0.0 for l in sorted(vals)]
 
 
 def _commit() -> str:

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_ffn_masks import Timer, measure_peaks  # noqa: E402
 
 from apc.deploy import sparse_gemv as sg  # noqa: E402
+from apc.perplexity.calibrate import share_threshold  # noqa: E402
 
 #: (BK, BN, warps, ITERS): rows per step, columns, warps, steps per program
 IN_TILES = [(32, 512, 4, 1), (32, 512, 4, 2), (32, 512, 4, 4), (32, 512, 8, 4), (16, 1024, 4, 2), (32, 1024, 8, 2),
@@ -41,7 +42,8 @@ def _ints(s):
 
 
 def _q(v, q):
-    return float(torch.quantile(v.float().flatten()[: 1 << 24], q))
+    """The threshold keeping the share ``1 - q`` of ``v`` (the library's calibration)."""
+    return share_threshold(v, 1.0 - q) if q > 0 else 0.0
 
 
 def sweep(timer, d, f, dev, dtype):

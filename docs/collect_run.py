@@ -316,7 +316,7 @@ def collect(res: Path, dest: Path, *, command: str, log: Path | list[Path] | Non
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for name in ("config.json", "summary.csv", "frontier.csv", "frontier_decision.csv", "frontier_paired.csv",
-                 "cell_allocation.json", "thresholds.json", "mlflow_runs.json"):
+                 "cell_allocation.json", "thresholds.json", "mlflow_runs.json", "generation_samples.json"):
         if (res / name).exists():
             _copy(res / name, tmp / name)
     for p in sorted((res / "calibration").glob("*.npz")):  # the tables; the arrays (rotations, factors) stay behind

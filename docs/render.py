@@ -1208,3 +1208,42 @@ def line_registry_table() -> str:
         rows.append([f"`{family}`", names, impl.decided_by, impl.scope, "yes" if impl.deployable else "upper bound",
                      "yes" if impl.calibrates else "–", keys or "–", cell(rest.split(". ")[0].split("; ")[0])])
     return md(["family", "lines", "decided by", "scope", "deployable", "calibrates", "settings", "what"], rows)
+
+
+# ---------------------------------------------------------------- generation agreement
+
+def generation_table(run: str, share: float = 0.6) -> str:
+    """Every deployable line's point nearest compute `share` (within the verdicts' tolerance): its generation
+    agreement (mean prefix equal to dense and share of agreeing positions, 95 % intervals over prompts) beside its
+    ratio to dense and KL, best agreement first."""
+    n = V.near(run, share, V.TOL)
+    if "gen_agree" not in n.columns:
+        return "(this run measured no generation agreement)\n"
+    n = n.sort_values("gen_agree", ascending=False)
+    rows = [[f"`{r.line}`" + ("" if r.deployable else " (upper bound)"), f"{r.compute_share:.3f}",
+             iv(r.gen_prefix, r.gen_prefix_lo, r.gen_prefix_hi, "{:.1f}"), iv(r.gen_agree, r.gen_agree_lo, r.gen_agree_hi, "{:.3f}"),
+             iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.3f}×"), iv(r.kl, r.kl_lo, r.kl_hi)] for r in n.itertuples()]
+    return md(["line", "compute share", "prefix equal to dense, tokens [95 %]", "agreeing positions [95 %]",
+               "ratio to dense [95 %]", "KL, nats [95 %]"], rows)
+
+
+def generation_samples(run: str, keys: list[str]) -> str:
+    """The sample prompts of `generation_samples.json` side by side: dense's continuation and those of `keys`
+    (``{line}@{share}``), each with its prefix equal to dense."""
+    d = js(run, "generation_samples.json")
+    have = {p["key"]: p for p in d["points"]}
+    missing = [k for k in keys if k not in have]
+    if missing:
+        raise KeyError(f"docs/results/{run}/generation_samples.json has no point {missing[0]!r}")
+    clean = lambda t: " ".join(t.replace("|", "\\|").split())
+    out = []
+    for p in d["prompts"]:
+        out.append(f"**Prompt {p['index']}** (test window {p['window']}, from token {p['start']}): "
+                   f"“{clean(p['prompt'])}”\n")
+        rows = [["dense", "–", clean(p["continuations"]["dense"]["text"])]]
+        for k in keys:
+            c = p["continuations"][k]
+            pt = have[k]
+            rows.append([f"`{pt['line']}` at compute {pt['compute_share']:.2f}", str(c["prefix"]), clean(c["text"])])
+        out.append(md(["continuation", "tokens equal to dense", "text"], rows))
+    return "\n".join(out)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from apc.perplexity.generation import (COLUMNS, agreement, columns, decode_samples, generation_point, greedy,
-                                       sample_indices, select_prompts)
+from apc.perplexity.generation import (COLUMNS, agreement, columns, decode_samples, dense_prefill, generation_point,
+                                       greedy, sample_indices, select_prompts)
 from apc.perplexity.maskargs import Masks
 from apc.perplexity.masking import MODES, install_interventions
 
@@ -227,3 +227,37 @@ def test_a_kept_dense_prefill_gives_the_same_tokens(tiny_llama, prompts, dense):
     assert all(c.get_seq_length() == prompts.dense_positions for c in caches.caches)
     with pytest.raises(ValueError, match="not the dense prefill"):
         greedy(tiny_llama, prompts, NEW, batch_size=8, prefilled=caches)
+
+
+def test_a_prompt_built_mask_chosen_on_the_prefill_decodes_as_full_recompute(tiny_llama, prompts, dense):
+    """GRIFFIN on the prefill route: the prefill of the prompt alone runs dense and keeps the mask each layer
+    chooses; the one-position steps reuse it; the tokens are full recompute's (the same mask, every step)."""
+    masks = _mode_masks("griffin", prompts.dense_positions)
+    handles = []
+
+    def masking():
+        handles.append(install_interventions(tiny_llama, masks, skip_first_position=False))
+        return handles[-1]
+
+    cached = generation_point(tiny_llama, prompts, dense, masking, route="prefill")
+    full = generation_point(tiny_llama, prompts, dense, lambda: install_interventions(
+        tiny_llama, masks, skip_first_position=False), route="recompute")
+    assert torch.equal(cached["tokens"], full["tokens"]) and cached["gen_agree"] < 1.0
+    s = handles[0].stats()["down_in"]  # only the decode steps count: the prompt ran dense
+    assert s["elements"] == prompts.n * NEW * WIDTH * N_LAYERS and s["kept_fraction"] < 1.0
+
+
+def test_frontier_points_carry_their_generation_agreement(tiny_llama, windows, prompts, dense):
+    from apc.perplexity.frontier import GenerationInputs, score_point
+
+    gen = GenerationInputs(prompts, dense, dense_prefill(tiny_llama, prompts))
+    zero = {"down_in": [0.0] * N_LAYERS}
+    res = score_point(tiny_llama, windows, "random", 0.5, bos=True, projections=["down_in"], thresholds=zero,
+                      generation=gen)
+    g = res["generation"]
+    assert set(COLUMNS) <= set(g) and g["gen_prompts"] == prompts.n and g["gen_new_tokens"] == NEW
+    assert g["gen_agree_lo"] <= g["gen_agree"] <= g["gen_agree_hi"] and g["gen_agree"] < 1.0
+    assert len(g["prefix"]) == len(g["agree"]) == prompts.n and np.asarray(g["tokens"]).shape == (prompts.n, NEW)
+    same = score_point(tiny_llama, windows, "random", 1.0, bos=True, projections=["down_in"], thresholds=zero,
+                       generation=gen)["generation"]
+    assert same["gen_agree"] == 1.0 and same["gen_prefix"] == NEW

@@ -124,7 +124,8 @@ def test_adding_a_line_reruns_no_other_job(smoke):
     res = snakemake("-n", "--config", "preset=smoke", f"outdir={smoke}", "frontier={lines: {topk: {}, scap: {}}}")
     jobs = job_stats(res.stdout + res.stderr)
     assert jobs.get("calibrate_line") == 1 and jobs.get("frontier_line") == 1, jobs  # scap's own, nothing else's
-    assert set(jobs) <= {"calibrate_line", "frontier_line", "frontier_table", "plots", "track", "summary", "all"}, jobs
+    assert set(jobs) <= {"calibrate_line", "frontier_line", "frontier_table", "plots", "track", "summary", "resolved_config",
+                         "all"}, jobs
 
 
 def test_bad_config_stops_with_one_clear_message(tmp_path):
@@ -374,7 +375,8 @@ def test_frontier_points_table_and_plot(smoke):
     # predicted, two neuron ranks, experts, and the plugin's topk
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
-    assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"])
+    assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"]
+                       + table["rotation_flops_share"])  # the overheads (R-Sparse's low-rank part) counted
     assert table["ppl_lo"].isna().all()  # 7 blocks (GRIFFIN: 6): n/a
     assert (table["kl"] > 0).all() and (table["top1"] < 1).all() and table["kl_hi"].isna().all()
     assert (smoke / "plots" / "frontier_kl_down_in.png").stat().st_size > 5000

@@ -38,6 +38,29 @@ for _i, (_shares, _lines) in enumerate(job_groups(C)):
             "../scripts/frontier_line.py"
 
 
+rule generation_dense:
+    # Dense's greedy continuations of the frontier's prompts: what every point's generation agreement compares with.
+    input:
+        model=L.manifest(),
+        tokens=L.tokens("test"),
+    output:
+        L.generation_dense(),
+    params:
+        test_tokens=C["frontier"]["test_tokens"],
+        generation=C["frontier"]["generation"],
+        device=C["device"],
+    threads: 1
+    priority: 48
+    log:
+        L.log("generation_dense"),
+    resources:
+        **model_job(C["frontier"]["test_tokens"] or ppl_tokens()),
+    benchmark:
+        L.benchmark("generation_dense")
+    script:
+        "../scripts/generation_dense.py"
+
+
 rule frontier_table:
     input:
         points=FILES.frontier,
@@ -49,6 +72,7 @@ rule frontier_table:
         table=report(L.frontier_table(), caption="../report/frontier.rst", category="Frontier"),
         decision=report(L.frontier_decision(), caption="../report/frontier_decision.rst", category="Frontier"),
         pairs=L.frontier_paired(),
+        **({"samples": L.generation_samples()} if C["frontier"]["generation"] else {}),
     log:
         L.log("frontier_table"),
     resources:

@@ -5,7 +5,7 @@ from apc.common.device import cuda_peak_memory
 from apc.lines import parse
 from apc.lines.store import read_calibration
 from apc.perplexity.divergence import masked_scoring
-from apc.perplexity.frontier import score_point
+from apc.perplexity.frontier import add_samples, job_generation, score_point
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
 from apc.rulekit import job_model, start
@@ -21,6 +21,7 @@ thresholds = {q: [r["threshold"] for r in table[q]] for q in projections}
 calibration = read_calibration(i.calibration) if "calibration" in i.keys() else None
 line = parse(wc.line)
 impl = line.impl
+generation = job_generation(i, model, tok)
 predictors = {}  # a predictor file serves every share: load it once
 dense = None  # a line scored after a dense prompt: dense on the same tokens, the same at every share
 
@@ -38,7 +39,8 @@ for j, (share, out) in enumerate(zip(map(float, p.shares), snakemake.output)):
     log.info("frontier %s/%s at kept share %g", wc.pset, wc.line, share)
     result = score_point(model, windows, line, share, bos=tok.bos_token_id is not None, projections=projections,
                          thresholds=thresholds, seed=p.seed, batch_sizes=p.batch_sizes, dense=dense, scoring=scoring,
-                         **kw)
+                         generation=generation, **kw)
+    add_samples(result, generation, tok, wc.line, log)
     dense = result.get("dense")
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,
                      "seq_len": int(windows.shape[1]), "cells": {q: c for q, c in p.cells[j].items() if c},

@@ -6,6 +6,7 @@ from apc.rulekit import job_model, start
 from apc.common.device import cuda_peak_memory
 from apc.perplexity.divergence import masked_scoring
 from apc.perplexity.experts_line import score_experts_point
+from apc.perplexity.frontier import add_samples, job_generation
 from apc.perplexity.protocol import select_windows
 from apc.prediction import load_predictors
 
@@ -22,11 +23,13 @@ table = read_json(i.thresholds)["projections"]
 thresholds = {proj: [r["threshold"] for r in table[proj]]}
 sets, side = load_experts(i.experts)
 learned = load_predictors(i.router)[0] if "router" in i.keys() else None
+generation = job_generation(i, model, tok)
 for share, out in zip(map(float, p.shares), snakemake.output):
     log.info("frontier %s/%s at compute share %g", wc.pset, wc.line, share)
     result = score_experts_point(model, windows, wc.line, share, bos=tok.bos_token_id is not None, projection=proj,
                                  thresholds=thresholds, sets=sets, reps=side.get("representatives"), learned=learned,
-                                 seed=p.seed, batch_sizes=p.batch_sizes, **scoring)
+                                 seed=p.seed, batch_sizes=p.batch_sizes, generation=generation, **scoring)
+    add_samples(result, generation, tok, wc.line, log)
     log.info("k = %d experts: kept %.3f, compute %.3f, perplexity %.3f", result["k"], result["kept_share"],
              result["compute_share"], result["ppl"])
     write_json(out, {"model": manifest["name"], "dataset": p.dataset, "pset": wc.pset, "projections": projections,

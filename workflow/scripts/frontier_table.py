@@ -1,6 +1,6 @@
 from apc.common.atomic import read_json
 from apc.rulekit import start
-from apc.results.frontier import write_decision_table, write_frontier_table
+from apc.results.frontier import write_decision_table, write_frontier_table, write_generation_samples
 
 log = start(snakemake, "frontier_table")
 i = snakemake.input
@@ -12,3 +12,5 @@ if "time_table" in i.keys():
 table = write_frontier_table(snakemake.output.table, i.points, i.refs, **kw)
 write_decision_table(snakemake.output.decision, table, points=i.points,
                      pairs_path=snakemake.output.pairs if "pairs" in snakemake.output.keys() else None)
+if "samples" in snakemake.output.keys():  # every point's continuations of the sample prompts (the samples page)
+    write_generation_samples(snakemake.output.samples, i.points)

@@ -124,6 +124,14 @@ class Layout:
         """Magnitude thresholds per kept share (``threshold`` perplexity mode)."""
         return self._p("thresholds_kept.json")
 
+    def generation_dense(self) -> str:
+        """Dense's greedy continuations of the frontier's prompts (:mod:`apc.perplexity.generation`)."""
+        return self._p("ppl", "generation_dense.json")
+
+    def generation_samples(self) -> str:
+        """Three prompts and every frontier point's continuation of them, decoded (the samples page)."""
+        return self._p("generation_samples.json")
+
     def cell_allocation(self) -> str:
         """Per-layer densities of the frontier cells allocated greedily across layers (``calibrate_cell_allocation``)."""
         return self._p("cell_allocation.json")

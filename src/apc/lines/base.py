@@ -253,8 +253,10 @@ class Line:
         """Hooks beyond the mask (e.g. a low-rank part of a product): a list of removable handles."""
         return []
 
-    def sequence_keep(self, state, x: torch.Tensor, start: int) -> torch.Tensor:
-        """Lines of ``sequence`` scope: the keep mask of ``x: (..., seq, W)`` (its prompt positions all True)."""
+    def sequence_keep(self, state, x: torch.Tensor, start: int, layer: int = 0) -> torch.Tensor:
+        """Lines of ``sequence`` scope: the keep mask of ``x: (..., seq, W)`` in layer ``layer`` (its prompt
+        positions all True).  A call of the prompt alone (a prefill) and later one-position calls (decoding with
+        a KV cache) may come instead of one whole sequence."""
         raise NotImplementedError
 
     def dense_positions(self, state) -> int:

@@ -81,8 +81,20 @@ class Griffin(Line):
     def dense_positions(self, state):
         return state["prompt"]
 
-    def sequence_keep(self, state, x, start):
-        return griffin_keep(x, state["prompt"], state["k"], start=start)
+    def sequence_keep(self, state, x, start, layer=0):
+        """The whole sequence: :func:`griffin_keep`.  A call of the prompt alone (a prefill) runs dense and keeps
+        the mask it chooses for the later one-position calls of layer ``layer`` (KV-cache decoding)."""
+        import torch
+
+        prompt, seq = state["prompt"], x.shape[-2]
+        chosen = state.setdefault("chosen", {})
+        if seq == prompt:
+            pad = torch.zeros((*x.shape[:-2], 1, x.shape[-1]), dtype=x.dtype, device=x.device)
+            chosen[layer] = griffin_keep(torch.cat([x, pad], dim=-2), prompt, state["k"], start=start)[..., -1:, :]
+            return torch.ones(x.shape, dtype=torch.bool, device=x.device)
+        if seq == 1 and layer in chosen:
+            return chosen[layer].expand(x.shape)
+        return griffin_keep(x, prompt, state["k"], start=start)
 
     def rule(self, state, layer, proj, taps, *, fused):
         from apc.lines.base import MaskRule

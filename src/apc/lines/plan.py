@@ -182,6 +182,8 @@ def line_inputs(config: dict, layout, pset: str, line: str) -> dict:
            "reference": layout.ppl_reference()}
     if spec.impl.calibrates:
         ins["calibration"] = layout.line_calibration(line)
+    if (config.get("frontier") or {}).get("generation"):
+        ins["generation"] = layout.generation_dense()
     ctx = WorkflowInputs(layout=layout, config=config)
     ins.update(spec.impl.workflow_inputs(spec, ctx, projections=tuple(frontier_psets(config)[pset]),
                                          shares=line_shares(config, spec)))

@@ -22,7 +22,7 @@ __all__ = ["ENTRY_POINT_GROUP", "builtin_modules", "line_of_mode", "all_lines", 
 log = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "apc.lines"
-_NOT_LINES = ("base", "registry")
+_NOT_LINES = ("base", "registry", "plan", "store")  # the interface and the planning: no line
 
 
 

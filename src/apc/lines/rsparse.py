@@ -6,7 +6,8 @@ column norms), ``down_in`` feeds down.  FLOPs per product: the kept channels plu
 
 The paper searches each layer's sparsity and rank with an evolutionary search.  This line uses a cheaper,
 stated search at the same budget: per layer, each rank of a small grid (0 and 1/16, 1/8, 1/4 of d_model) sets
-the kept share that spends the budget, and the rank whose MLP output error on the train sample is least wins.
+the kept share that spends the budget, and the rank whose MLP output error on the first 256 train inputs is
+least wins; its thresholds are then calibrated on every train input.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from apc.lines.registry import register_line
 
 #: ranks tried per layer, as fractions of d_model
 RANK_GRID = (0.0, 1 / 16, 1 / 8, 1 / 4)
+#: train inputs per layer the rank search compares its ranks on (the chosen rank's thresholds use every sample)
+SEARCH_TOKENS = 256
 
 
 def factors(weight, rank: int):
@@ -25,6 +28,24 @@ def factors(weight, rank: int):
 
     u, s, vh = torch.linalg.svd(weight.detach().float().cpu(), full_matrices=False)
     return (u[:, :rank] * s[:rank]).contiguous(), vh[:rank].contiguous()
+
+
+def _trial(mlp, h, f_max: dict, sin, smid, r: int, rho: float) -> tuple:
+    """``(MLP output error, T_in, T_mid, input kept, down_in kept)`` of rank ``r`` at kept share ``rho`` on the
+    train inputs ``h: (n, d_model)``: thresholds for ``rho`` of the weighted scores, the dropped remainder through
+    the first ``r`` columns of the factors ``f_max``."""
+    from apc.lines._calibrate import share_threshold
+
+    f = {p: (a[:, :r], b[:r]) for p, (a, b) in f_max.items()}
+    y = mlp.down(mlp.intermediate(h)).float()
+    t_in = share_threshold(h.abs().float() * sin, rho)
+    keep = h.abs().float() * sin >= t_in
+    hk, hd = h.masked_fill(~keep, 0), h.masked_fill(keep, 0)
+    mid = mlp.act(mlp.gate(hk) + _low_rank(hd, *f["gate"])) * (mlp.up(hk) + _low_rank(hd, *f["up"]))
+    t_mid = share_threshold(mid.abs().float() * smid, rho)
+    km = mid.abs().float() * smid >= t_mid
+    yy = mlp.down(mid.masked_fill(~km, 0)) + _low_rank(mid.masked_fill(km, 0), *f["down"])
+    return float(((yy.float() - y) ** 2).sum()), t_in, t_mid, float(keep.float().mean()), float(km.float().mean())
 
 
 def kept_for_rank(budget: float, rank: int, d_model: int, d_ff: int) -> float:
@@ -52,7 +73,6 @@ class RSparse(Line):
         ``{"rank", "input", "mid", "input_kept", "mid_kept", "error"}`` (one value per layer)."""
         import torch
 
-        from apc.lines._calibrate import share_threshold
         from apc.lines.wina import wina_scales
 
         scales_in, scales_mid = wina_scales(mlps)
@@ -66,30 +86,18 @@ class RSparse(Line):
                 t = {"rank": [], "input": [], "mid": [], "input_kept": [], "mid_kept": [], "error": []}
                 for l, (mlp, h) in enumerate(zip(mlps, samples)):
                     d_model, d_ff = h.shape[1], mlp.gate.out_features
-                    y = mlp.down(mlp.intermediate(h)).float()
-                    best = None
-                    for frac in RANK_GRID:
-                        r = int(round(frac * d_model))
-                        rho = kept_for_rank(s, r, d_model, d_ff)
-                        if rho <= 0:
-                            continue
-                        f = {p: (a[:, :r].to(h.device), b[:r].to(h.device)) for p, (a, b) in out["factors"][l].items()}
-                        sin, smid = scales_in[l].to(h.device), scales_mid[l].to(h.device)
-                        t_in = share_threshold(h.abs().float() * sin, rho)
-                        keep = h.abs().float() * sin >= t_in
-                        hk, hd = h.masked_fill(~keep, 0), h.masked_fill(keep, 0)
-                        g = mlp.gate(hk) + _low_rank(hd, *f["gate"])
-                        u = mlp.up(hk) + _low_rank(hd, *f["up"])
-                        mid = mlp.act(g) * u
-                        t_mid = share_threshold(mid.abs().float() * smid, rho)
-                        km = mid.abs().float() * smid >= t_mid
-                        yy = mlp.down(mid.masked_fill(~km, 0)) + _low_rank(mid.masked_fill(km, 0), *f["down"])
-                        err = float(((yy.float() - y) ** 2).sum())
-                        if best is None or err < best[0]:
-                            best = (err, r, t_in, t_mid, float(keep.float().mean()), float(km.float().mean()))
-                    if best is None:
+                    f_max = {p: (a.to(h.device), b.to(h.device)) for p, (a, b) in out["factors"][l].items()}
+                    sin, smid = scales_in[l].to(h.device), scales_mid[l].to(h.device)
+                    probe = h[:SEARCH_TOKENS]
+                    tried = [(_trial(mlp, probe, f_max, sin, smid, r, rho)[0], r, rho) for r, rho in (
+                        (int(round(frac * d_model)), kept_for_rank(s, int(round(frac * d_model)), d_model, d_ff))
+                        for frac in RANK_GRID) if rho > 0]
+                    if not tried:
                         raise ValueError(f"compute share {s} is below what the rank grid leaves for kept channels")
-                    for key, v in zip(("error", "rank", "input", "mid", "input_kept", "mid_kept"), best):
+                    _, r, rho = min(tried)  # the least error on the probe; its thresholds from every sample
+                    err, t_in, t_mid, in_kept, mid_kept = _trial(mlp, h, f_max, sin, smid, r, rho)
+                    for key, v in zip(("error", "rank", "input", "mid", "input_kept", "mid_kept"),
+                                      (err, r, t_in, t_mid, in_kept, mid_kept)):
                         t[key].append(v)
                 out[share_label(s)] = t
         return out

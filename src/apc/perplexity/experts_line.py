@@ -17,6 +17,7 @@ from apc.clustering.experts import ExpertSet, expert_masks
 from apc.clustering.routers import AnalyticRouter, OracleRouter, ffn_weights
 from apc.common.neuron_experts import choose_k, parse_expert_line
 from apc.perplexity.accounting import ffn_share, product_shares, product_weights
+from apc.perplexity.maskargs import Masks
 from apc.perplexity.protocol import score
 
 __all__ = ["expert_routers", "router_share", "score_experts_point"]
@@ -48,13 +49,14 @@ def router_share(router: str, routers: list, d_model: int, d_ff: int) -> float:
 
 def score_experts_point(model: nn.Module, windows: torch.Tensor, line: str, share: float, *, bos: bool,
                         projection: str, thresholds: dict, sets: list[ExpertSet], reps=None, learned=None,
-                        seed: int = 0, batch_sizes=(), **scoring) -> dict:
+                        seed: int = 0, batch_sizes=(), generation=None, **scoring) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` under experts line ``line`` placed near compute share ``share``.
 
     Returns :func:`score`'s dict (with ``detail``) plus the frontier point's fields (``line, family,
     mode, share, kept_share, product_shares, ffn_flops_share, predictor_flops_share, compute_share``)
     and the experts' ``router, k, n_experts, n_shared, expert_size``.  ``scoring`` passes through to
-    :func:`score` (the interval's block, the dense reference of the KL).
+    :func:`score` (the interval's block, the dense reference of the KL); ``generation``
+    (:class:`apc.perplexity.frontier.GenerationInputs`) adds the point's generation agreement.
     """
     d = parse_expert_line(line)
     if d is None:
@@ -65,15 +67,19 @@ def score_experts_point(model: nn.Module, windows: torch.Tensor, line: str, shar
     rshare = router_share(d["router"], routers, d_model, es0.width)
     k = choose_k(len(es0.shared), es0.size, es0.n_experts, es0.width, rshare, share)
     cents = torch.stack([expert_masks(es) for es in sets])
-    res = score(model, windows, "predicted", bos=bos, projections=[projection], thresholds=thresholds, seed=seed,
-                detail=True, batch_sizes=tuple(batch_sizes), centroids={projection: cents},
-                predictors={projection: routers}, top_m=k, **scoring)
+    masks = Masks("predicted", projections=(projection,), thresholds=thresholds, seed=seed,
+                  centroids={projection: cents}, predictors={projection: routers}, top_m=k)
+    res = score(model, windows, masks, bos=bos, detail=True, batch_sizes=tuple(batch_sizes), **scoring)
     for per_b in (res.get("batch") or {}).values():
         for cell in per_b.values():
             cell["grouped"] = dict(cell["union"])  # contiguous expert blocks: the union is the grouped read
     n_layers = len(sets)
     shares = product_shares("before", res["layer_kept"], n_layers)
     flops = ffn_share(shares, product_weights(model))
+    if generation is not None:
+        from apc.perplexity.frontier import point_generation
+
+        res["generation"] = point_generation(model, masks, generation)
     return {**res, "line": line, "family": "experts", "mode": "predicted", "share": float(share),
             "kept_share": float(res["kept"][projection]), "product_shares": shares, "ffn_flops_share": flops,
             "predictor_flops_share": rshare, "compute_share": flops + rshare, "router": d["router"], "k": k,

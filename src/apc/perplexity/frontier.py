@@ -16,11 +16,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dataclasses import fields
+from dataclasses import dataclass, fields, replace
 
 from apc.lines import LineSpec, parse
 from apc.perplexity.accounting import ffn_share, product_shares, product_weights
+from apc.perplexity.generation import (Prefill, Prompts, columns, decode_samples, dense_prefill, generation_point,
+                                      read_dense, sample_indices)
 from apc.perplexity.maskargs import Masks
+from apc.perplexity.masking import install_interventions
 from apc.perplexity.protocol import score
 
 _MASK_FIELDS = {f.name for f in fields(Masks)}
@@ -39,9 +42,63 @@ def line_masks(spec: LineSpec, share: float, *, projections, thresholds: dict, s
                  **({"arrays": own} if own else {}), **kw)
 
 
+@dataclass(frozen=True)
+class GenerationInputs:
+    """What every point's generation agreement compares against (:mod:`apc.perplexity.generation`): the
+    ``prompts``, dense's continuations ``dense: (n_prompts, new_tokens)`` int64, and dense's prefill of them
+    (:func:`apc.perplexity.generation.dense_prefill`, reused by every point of a job; None: none)."""
+
+    prompts: Prompts
+    dense: torch.Tensor
+    prefilled: Prefill | None = None
+
+
+def job_generation(inputs, model: nn.Module, tokenizer) -> GenerationInputs | None:
+    """The generation inputs of a frontier job: the prompts and dense continuations of its ``generation`` input
+    file (:func:`apc.perplexity.generation.dense_record`), with dense's prefill of them; None without the file."""
+    if "generation" not in inputs.keys():
+        return None
+    from apc.common.atomic import read_json
+
+    try:
+        prompts, dense = read_dense(read_json(inputs.generation))
+    except ValueError as err:
+        raise ValueError(f"{inputs.generation}: {err}; rerun generation_dense") from None
+    return GenerationInputs(prompts, dense, dense_prefill(model, prompts))
+
+
+def add_samples(result: dict, gen: GenerationInputs | None, tokenizer, name: str, log=None, k: int = 3) -> None:
+    """Put the decoded text of ``k`` seeded prompts and of dense's and this point's continuations of them into
+    ``result["generation"]["samples"]`` (:func:`apc.perplexity.generation.decode_samples`), and log the figures."""
+    if gen is None or "generation" not in result:
+        return
+    g = result["generation"]
+    g["samples"] = decode_samples(tokenizer, gen.prompts, {"dense": gen.dense, name: torch.tensor(g["tokens"])},
+                                  sample_indices(gen.prompts.n, min(k, gen.prompts.n)))
+    if log is not None:
+        log.info("generation: prefix %.2f [%.2f, %.2f] tokens, agreement %.3f [%.3f, %.3f] over %d prompts x %d "
+                 "tokens (%.1f s)", g["gen_prefix"], g["gen_prefix_lo"], g["gen_prefix_hi"], g["gen_agree"],
+                 g["gen_agree_lo"], g["gen_agree_hi"], g["gen_prompts"], g["gen_new_tokens"], g["wall_time_s"])
+
+
+def point_generation(model: nn.Module, masks: Masks, gen: GenerationInputs, *, sequence: bool = False) -> dict:
+    """The generation agreement of one point's masks (:func:`apc.perplexity.generation.generation_point`):
+    the one-position decode steps masked after a dense prefill of the prompt.  A mask of ``sequence`` scope is
+    chosen from the prompt itself: it is given the prompt's positions and runs from the prefill on (route
+    ``prefill``).  Returns the ``gen_*`` columns, the per-prompt ``prefix`` and ``agree`` and the ``tokens``."""
+    route, prefilled = "cached", gen.prefilled
+    if sequence:
+        masks, route, prefilled = replace(masks, prompt=gen.prompts.dense_positions), "prefill", None
+    res = generation_point(model, gen.prompts, gen.dense, lambda: install_interventions(
+        model, masks, skip_first_position=False), route=route, prefilled=prefilled)
+    return {**columns(res), "prefix": res["prefix"].tolist(), "agree": res["agree"].tolist(),
+            "tokens": res["tokens"].tolist(), "route": route, "wall_time_s": res["wall_time_s"]}
+
+
 def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, share: float, *, bos: bool,
                 projections, thresholds: dict, predictor_share: dict | None = None, seed: int = 0,
-                batch_sizes=(), dense: dict | None = None, scoring: dict | None = None, **arrays) -> dict:
+                batch_sizes=(), dense: dict | None = None, scoring: dict | None = None,
+                generation: GenerationInputs | None = None, **arrays) -> dict:
     """Perplexity of ``windows: (n, seq_len)`` masked by ``line`` at kept share ``share``.
 
     ``arrays`` (:func:`line_masks`): ``keep_thresholds: {proj: [T per layer]}`` (threshold-self; teal,
@@ -56,6 +113,7 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
     ``compute_share`` and, for griffin, ``dense`` (dense on the same tokens; pass a previous point's
     ``dense`` of the same windows to reuse it) and ``score_from``.  ``scoring``: :func:`score`'s
     ``block_tokens``, ``reference`` (the dense reference of every token, for the KL) and ``check_top_k``.
+    ``generation``: the point also carries its generation agreement (``generation``: :func:`point_generation`).
     """
     spec = line if isinstance(line, LineSpec) else parse(line)
     impl = spec.impl
@@ -76,6 +134,8 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
            "kept_share": kept, "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
            "rotation_flops_share": rot, "compute_share": flops + pshare + rot,
            "deployable": bool(impl.is_deployable(spec))}
+    if generation is not None:
+        out["generation"] = point_generation(model, masks, generation, sequence=impl.scope == "sequence")
     if score_from > 1:
         if dense is None or dense.get("tokens") != res["tokens"]:
             dense = score(model, windows, "dense", bos=bos, score_from=score_from,

@@ -65,7 +65,7 @@ from apc.perplexity.intervals import LEVEL, N_BOOT, mean_interval
 from apc.perplexity.scoring import _input_device, _logits
 
 __all__ = ["ROUTES", "COLUMNS", "Prompts", "select_prompts", "greedy", "Prefill", "dense_prefill", "agreement",
-           "columns", "generation_point", "sample_indices", "decode_samples"]
+           "columns", "generation_point", "sample_indices", "decode_samples", "dense_record", "read_dense"]
 
 #: how masked steps run (module docstring)
 ROUTES = ("cached", "prefill", "recompute")
@@ -317,3 +317,24 @@ def decode_samples(tokenizer, prompts: Prompts, continuations: dict[str, torch.T
                                           "prefix": int(_prefix(t[i : i + 1] == ref[i : i + 1])[0])}
         out.append(row)
     return out
+
+
+def dense_record(prompts: Prompts, dense: torch.Tensor, **meta) -> dict:
+    """The JSON record of the prompts and dense's continuations ``dense: (n, N)`` (:func:`read_dense` reads it)."""
+    return {**meta, "bos": bool(prompts.bos), "ids": prompts.ids.tolist(), "window": prompts.window.tolist(),
+            "start": prompts.start.tolist(), "tokens": torch.as_tensor(dense).tolist()}
+
+
+def read_dense(record: dict) -> tuple[Prompts, torch.Tensor]:
+    """``(prompts, dense continuations (n, N) int64)`` of a :func:`dense_record`; ``ValueError`` naming what is
+    inconsistent."""
+    try:
+        ids, tokens = torch.tensor(record["ids"], dtype=torch.int64), torch.tensor(record["tokens"], dtype=torch.int64)
+        prompts = Prompts(ids, np.asarray(record["window"], np.int64), np.asarray(record["start"], np.int64),
+                          bool(record["bos"]))
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"not a dense generation record ({err})") from None
+    if ids.dim() != 2 or tokens.dim() != 2 or tokens.shape[0] != ids.shape[0] or len(prompts.window) != ids.shape[0]:
+        raise ValueError(f"a dense generation record of {tuple(ids.shape)} prompts and {tuple(tokens.shape)} "
+                         "continuations: the counts differ")
+    return prompts, tokens

@@ -267,7 +267,8 @@ def _line_rules(model, line, masks, layers, width, handle, taps, skip_first, use
     if line.scope == "sequence":
         if hasattr(line, "check_prompt"):
             line.check_prompt(state, skip_first)
-        rules["sequence"] = (line.dense_positions(state), lambda x, start: line.sequence_keep(state, x, start))
+        rules["sequence"] = (line.dense_positions(state),
+                             lambda x, start, layer: line.sequence_keep(state, x, start, layer=layer))
     return rules
 
 
@@ -291,9 +292,9 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first, sequence=Non
             return fused_apply(x, flat)
         absx = flat.abs().float()  # |x| once, for the pattern and the modes that threshold it again
         p = absx >= threshold
-        if sequence is not None:
-            keep = sequence[1](x, int(skip_first))
-            n_skip = sequence[0]
+        if sequence is not None:  # one-position calls (KV-cache decoding) follow the prompt: none is skipped
+            keep = sequence[1](x, int(skip_first), layer)
+            n_skip = sequence[0] if x.shape[-2] > 1 else 0
         else:
             keep = choose.keep(flat, p, absx).view(x.shape)
             n_skip = 1 if skip_first and x.dim() >= 2 else 0

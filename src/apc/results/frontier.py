@@ -36,8 +36,9 @@ COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi",
 
 
 def point_columns(d: dict) -> dict[str, float]:
-    """The per-product FLOPs shares (mean over layers) and the batch view of one point file,
-    mean over the masked projections: ``{gate_share, up_share, down_share, union_b{B}, grouped_b{B}}``."""
+    """The per-product FLOPs shares (mean over layers), the batch view (mean over the masked projections) and the
+    generation agreement of one point file: ``{gate_share, up_share, down_share, union_b{B}, grouped_b{B},
+    gen_*}``."""
     out = {f"{prod}_share": float(np.mean(v)) for prod, v in (d.get("product_shares") or {}).items()}
     batch = d.get("batch") or {}
     sizes = sorted({int(b) for v in batch.values() for b in v})
@@ -46,6 +47,10 @@ def point_columns(d: dict) -> dict[str, float]:
         grouped = [v[str(b)]["grouped"]["mean"] for v in batch.values() if str(b) in v and v[str(b)]["grouped"]]
         out[f"union_b{b}"] = float(np.mean(union))
         out[f"grouped_b{b}"] = float(np.mean(grouped)) if grouped else float("nan")
+    from apc.perplexity.generation import COLUMNS as GENERATION_COLUMNS  # the generation agreement, where measured
+
+    gen = d.get("generation") or {}
+    out.update({k: float(gen[k]) for k in GENERATION_COLUMNS if k in gen})
     return out
 
 
@@ -246,3 +251,25 @@ def paired_decision(dec: pd.DataFrame, points, pairs_path: str | os.PathLike | N
         log.info("paired comparisons: %d pairs -> %s", len(pairs), pairs_path)
     return dec.merge(decision_columns(pairs, dec), on=["pset", "line"], how="left")
 
+
+
+def write_generation_samples(path: str | os.PathLike, points: Iterable[str | os.PathLike]) -> dict:
+    """Write ``{"prompts": [{index, window, start, prompt, continuations: {dense and every point's line at its
+    share: {text, prefix}}}]}`` from the point files' ``generation.samples`` (the same prompts in every point);
+    each point's entry is keyed ``{line}@{share}`` and listed under ``points`` with its compute share."""
+    from apc.common.atomic import write_json
+
+    prompts, listed = {}, []
+    for p in points:
+        d = read_json(p)
+        samples = (d.get("generation") or {}).get("samples") or []
+        key = f"{d['line']}@{d['share']:g}"
+        listed.append({"key": key, "pset": d["pset"], "line": d["line"], "share": d["share"],
+                       "compute_share": d["compute_share"], "gen_agree": d["generation"]["gen_agree"] if samples else None})
+        for s in samples:
+            row = prompts.setdefault(s["index"], {k: s[k] for k in ("index", "window", "start", "prompt")}
+                                     | {"continuations": {"dense": s["continuations"]["dense"]}})
+            row["continuations"][key] = s["continuations"][d["line"]]
+    out = {"prompts": [prompts[k] for k in sorted(prompts)], "points": listed}
+    write_json(path, out)
+    return out
