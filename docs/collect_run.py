@@ -98,7 +98,7 @@ def _files_of(other: str, repo: Path) -> dict[str, bytes]:
     if not sep:
         raise SystemExit(f"collect_run: --compare-to {other!r} is neither a folder nor COMMIT:PATH")
     folder = folder.strip("/")
-    ls = _git(repo, "ls-tree", "-r", "--name-only", full_commit(commit, repo), "--", folder)
+    ls = _git(repo, "ls-tree", "-r", "--full-tree", "--name-only", full_commit(commit, repo), "--", folder)
     names = [n for n in ls.stdout.decode().splitlines() if n]
     if ls.returncode != 0 or not names:
         raise SystemExit(f"collect_run: --compare-to {other!r}: no files under {folder} at {commit}")

@@ -1247,3 +1247,44 @@ def generation_samples(run: str, keys: list[str]) -> str:
             rows.append([f"`{pt['line']}` at compute {pt['compute_share']:.2f}", str(c["prefix"]), clean(c["text"])])
         out.append(md(["continuation", "tokens equal to dense", "text"], rows))
     return "\n".join(out)
+
+
+def against_table(run: str, lines: tuple, refs: tuple, shares=(0.4, 0.6, 0.8)) -> str:
+    """Each of `lines` against each of `refs` at each compute share: its ratio to dense, the perplexity ratio of the
+    two with its paired interval, the paired KL difference, and the verdict (better, worse or tie: the paired
+    interval of the log ratio excludes zero or not); points within the verdicts' tolerance."""
+    rows = []
+    for line in lines:
+        for ref in refs:
+            for share in shares:
+                n = V.near(run, share, V.TOL).set_index("line", drop=False)
+                if line not in n.index or ref not in n.index:
+                    continue
+                a, b = n.loc[line], n.loc[ref]
+                ppl_v = V.compare(run, share, a, b)
+                kl_v = V.compare(run, share, a, b, metric="kl")
+                rows.append([f"`{line}`", f"`{ref}`", f"{share:g}",
+                             iv(a.ratio, a.ratio_lo, a.ratio_hi, "{:.3f}×") + " / " + iv(b.ratio, b.ratio_lo, b.ratio_hi, "{:.3f}×"),
+                             ppl_v["text"].split(", paired")[0], kl_v["text"].split(", paired")[0],
+                             ppl_v["verdict"] if ppl_v["paired"] else f"{ppl_v['verdict']} (unpaired)"])
+    return md(["line", "against", "compute share", "ratio to dense: line / against [95 %]",
+               "line ÷ against, paired [95 %]", "KL difference, paired [95 %]", "verdict (perplexity)"], rows)
+
+
+def new_lines_sentence(run: str, lines: tuple, refs: tuple, share: float = 0.6) -> str:
+    """Where each of `lines` stands at compute `share` against each of `refs`: the paired perplexity ratio and the
+    verdict (:func:`against_table` has every share)."""
+    n = V.near(run, share, V.TOL).set_index("line", drop=False)
+    parts = []
+    for line in lines:
+        if line not in n.index:
+            continue
+        said = []
+        for ref in refs:
+            if ref in n.index:
+                c = V.compare(run, share, n.loc[line], n.loc[ref])
+                word = {"better": "beats", "worse": "loses to", "tie": "ties with"}.get(c["verdict"], "is not compared with")
+                said.append(f"{word} `{ref}` ({c['text'].split(', paired')[0]})")
+        parts.append(f"`{line}` " + " and ".join(said))
+    return (f"The lines added as one file each, at compute {share:g}: " + "; ".join(parts)
+            + " ([docs/results.md](docs/results.md) has every share).\n") if parts else ""

@@ -29,9 +29,12 @@ CODE_MODULES = ("apc.results.plots", "apc.results.frontier_lines", "apc.results.
 
 
 def code_digest() -> str:
-    """sha256 of the source text of :data:`CODE_MODULES`."""
+    """sha256 of the source text of :data:`CODE_MODULES` and of the built-in line modules (their labels, colours and
+    markers are drawn; a plugin's line is left out, so that installing one stales no committed plot)."""
+    from apc.lines import builtin_modules
+
     h = hashlib.sha256()
-    for name in CODE_MODULES:
+    for name in (*CODE_MODULES, *(f"apc.lines.{m}" for m in builtin_modules())):
         h.update(name.encode() + b"\0" + inspect.getsource(importlib.import_module(name)).encode() + b"\0")
     return h.hexdigest()
 
