@@ -139,9 +139,11 @@ def compare(run: str, share: float, a, b, metric: str = "log_ratio") -> dict:
         v = "worse" if metric != "top1" else "better"
     else:
         v = "tie"
+    why = ": this run kept no paired table" if p is None else \
+        f": not paired at {share:g} (a point off it by more than the paired table's tolerance)"
     return {"verdict": v, "paired": False,
             "text": ("no intervals" if v == "n/a" else "their unpaired intervals " + ("overlap" if v == "tie" else "are apart"))
-                    + ": this run kept no paired table"}
+                    + why}
 
 
 def paired_ratio_cell(run: str, share: float, line: str, against: str) -> str:
