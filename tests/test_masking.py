@@ -319,7 +319,7 @@ def test_validation_errors(model, thresholds):
         install_interventions(model, "sparse", projections=["gate_proj"], thresholds=thresholds,
                               skip_first_position=True)
     with pytest.raises(ValueError, match="unknown mode"):
-        install_interventions(model, "topk", projections=["gate"], skip_first_position=True)
+        install_interventions(model, "no_such_mode", projections=["gate"], skip_first_position=True)
     with pytest.raises(ValueError, match="binary"):
         install_interventions(model, "centroid", projections=["gate"], thresholds=thresholds,
                               centroids={"gate": torch.full((1, 2, 44), 0.5)}, skip_first_position=True)

@@ -59,7 +59,7 @@ def _never_best(text: str) -> None:
 
 def test_verdicts_never_call_an_oracle_line_best(run):
     texts = [R.verdict_sentence(run), R.found_sentence(run, decode_run=None), R.best_per_share(run),
-             R.verdict_table(run), R.experts_table(run, ref="teal")]
+             R.verdict_table(run), R.experts_table(run, 0.6, ref="teal")]
     for t in texts:
         _never_best(t)
     head = R.verdict_sentence(run)
@@ -97,7 +97,7 @@ def test_a_point_outside_the_tolerance_takes_no_part(run, tmp_path):
     fr.to_csv(tmp_path / "fix" / "frontier.csv", index=False)
     R.table.cache_clear()
     assert "teal" not in set(V.near(run, 0.6).line)
-    assert "`teal`" not in R.experts_table(run, ref="wina")
+    assert "`teal`" not in R.experts_table(run, 0.6, ref="wina")
 
 
 def test_intervals_print_bounds_apart_from_one():
