@@ -36,10 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rawfile import write_csv  # noqa: E402
 
 SHAPES = (("gate_up", 4096, 28672), ("down", 14336, 4096), ("qkv", 4096, 6144), ("o", 4096, 4096))
-#: (BM, BN, num_warps): TEAL's tile list (its autotuner's configurations) and a few more warps
+#: (BM, BN, num_warps[, ITERS]): TEAL's tile list (its autotuner's configurations), then fewer warps per
+#: tile and several row steps per program (fewer atomic adds)
 TILES = [(64, 128, 2), (64, 64, 4), (8, 128, 2), (16, 256, 4), (32, 256, 4), (64, 256, 4), (128, 64, 4),
-         (128, 128, 4), (128, 256, 4), (16, 512, 4), (32, 512, 4), (64, 512, 4), (128, 512, 4), (16, 128, 2),
-         (32, 128, 4), (32, 256, 8), (64, 256, 8), (16, 256, 2)]
+         (128, 128, 4), (128, 256, 4), (16, 512, 4), (32, 512, 4), (64, 512, 4), (128, 512, 4),
+         (64, 128, 1), (32, 128, 1), (128, 128, 2), (64, 512, 2), (64, 1024, 8), (32, 1024, 4), (128, 512, 8),
+         (64, 128, 2, 2), (32, 128, 2, 2), (32, 512, 4, 2), (64, 512, 4, 2), (64, 128, 1, 2), (128, 128, 2, 2)]
 #: the sweep's best tiles (by worst time over bound) that are also timed with no threshold against cuBLAS
 DENSE_CANDIDATES = 4
 COLUMNS = ("shape", "K", "N", "dtype", "kernel", "rho", "kept", "tile", "us", "bound_us", "over_bound", "rel_err")

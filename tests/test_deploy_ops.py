@@ -122,7 +122,7 @@ KERNELS = pytest.mark.skipif(not (torch.cuda.is_available() or ops._INTERPRET) o
 
 @KERNELS
 @pytest.mark.parametrize("t", [1, 3, 16])
-@pytest.mark.parametrize("tile", [(32, 64, 4), (16, 128, 2)])
+@pytest.mark.parametrize("tile", [(32, 64, 4), (16, 128, 2, 3)])
 @pytest.mark.parametrize("case", ["dense", "threshold", "scaled", "all_off", "one_channel"])
 def test_in_sparse_kernel_equals_reference(t, tile, case, monkeypatch):
     """The tile kernel (atomic adds into the self-clearing workspace) against float64, three calls in a row on
@@ -227,7 +227,7 @@ def test_decode_attention_fake_and_opcheck(monkeypatch):
 
 @KERNELS
 @pytest.mark.parametrize("shape", [(1, 12, 4, 64, 40), (3, 8, 8, 16, 17), (2, 9, 3, 32, 33)])
-@pytest.mark.parametrize("tile", [(16, 4, 4), (16, 16, 2)])
+@pytest.mark.parametrize("tile", [(16, 2, 4), (16, 16, 2), (32, 32, 8)])
 def test_decode_attention_kernel_equals_reference(shape, tile, monkeypatch):
     """The split-KV kernel against float64 SDPA at several positions (the last one, one inside a split, 0),
     the caches written at pos, two calls in a row (the arrival counters reset)."""

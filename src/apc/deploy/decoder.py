@@ -243,6 +243,8 @@ class Decoder:
         self.unions: list = []
         self.compile = compile
         self.compile_backend = "inductor"
+        #: Inductor's coordinate-descent tuning in the compiled step (gpt-fast's setting)
+        self.coordinate_descent = True
         self._compiled: dict = {}
         self.logits = None
         self.resize(batch)
@@ -329,7 +331,7 @@ class Decoder:
         if not self.compile or self.reference:
             return partial(layer_step, spec=spec, rec=self.unions)
         fn = partial(layer_step, spec=spec)
-        if (spec, self.compile_backend) not in self._compiled:
+        if (spec, self.compile_backend, self.coordinate_descent) not in self._compiled:
             import torch._dynamo
             import torch._inductor.config as ic
 
@@ -337,8 +339,12 @@ class Decoder:
             torch._dynamo.config.accumulated_cache_size_limit = max(
                 torch._dynamo.config.accumulated_cache_size_limit, 4096)
             ic.emulate_precision_casts = True  # round like eager: compiled and eager decode the same tokens
-            self._compiled[spec, self.compile_backend] = torch.compile(fn, fullgraph=True, dynamic=False, backend=self.compile_backend)
-        return self._compiled[spec, self.compile_backend]
+            # gpt-fast's setting: Inductor then writes each one-row dense product as a reduction kernel of its
+            # own (fused with the norm before it and the activation or residual add after it) and tunes it
+            ic.coordinate_descent_tuning = self.coordinate_descent
+            self._compiled[spec, self.compile_backend, self.coordinate_descent] = torch.compile(
+                fn, fullgraph=True, dynamic=False, backend=self.compile_backend)
+        return self._compiled[spec, self.compile_backend, self.coordinate_descent]
 
     def step(self) -> None:
         """One token for every row at position ``pos``: reads ``tok``, writes the argmax into ``tok`` and

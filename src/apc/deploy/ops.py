@@ -48,12 +48,12 @@ except Exception:  # pragma: no cover - depends on the install
     _tg = _ta = None
 
 MAX_TOKENS = 16
-#: input-sparse tiles: key ``in{BT}`` or ``in{BT}:{K}x{N}`` -> ``(BM, BN, num_warps)``; output-sparse:
+#: input-sparse tiles: key ``in{BT}`` or ``in{BT}:{K}x{N}`` -> ``(BM, BN, num_warps[, ITERS])``; output-sparse:
 #: ``out{BT}`` or ``out{BT}:{N}x{K}`` -> ``(BN, BK, num_warps)``; attention: ``attn`` -> ``(BL, NSPLIT,
 #: num_warps)``; ``dense1:{K}x{N}`` present: the dense product of that shape at one token runs the
 #: input-sparse kernel with no threshold (:func:`linear`) instead of cuBLAS, with that entry's tile
 CONFIG: dict = {"in1": (32, 256, 4), "in16": (32, 128, 4), "out1": (16, 512, 4), "out16": (32, 256, 4),
-                "attn": (16, 16, 4)}
+                "attn": (32, 32, 8)}
 
 
 def _bt(t: int) -> int:
@@ -118,15 +118,15 @@ def _in_kernel(x, w_t, threshold, scale, tile):
     if w_t.stride(1) != 1:
         raise ValueError("w_t must have contiguous rows (the transposed weight, made once per model)")
     x = x.contiguous()
-    bm, bn, warps = tile
+    bm, bn, warps, iters = (tuple(tile) + (1,))[:4]
     dev = x.device
     acc = _workspace(("in_acc", str(dev), n), lambda: torch.zeros(MAX_TOKENS * n, device=dev, dtype=torch.float32))
     cnt = _workspace(("in_cnt", str(dev), n), lambda: torch.zeros(-(-n // 16), device=dev, dtype=torch.int32))
     out = torch.empty((t, n), device=dev, dtype=torch.float32)
-    _tg.in_sparse_tile_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bm))](
+    _tg.in_sparse_tile_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bm * iters))](
         x, w_t, scale if scale is not None else x, threshold if threshold is not None else x, acc, cnt, out, t, k, n,
         x.stride(0), w_t.stride(0), HAS_SCALE=scale is not None, HAS_THR=threshold is not None, BT=_bt(t), BM=bm,
-        BN=bn, num_warps=warps)
+        BN=bn, ITERS=iters, num_warps=warps)
     return out
 
 
@@ -260,9 +260,9 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: 
     b, nh, hd = q.shape
     nkv, length = k.shape[1], k_cache.shape[2]
     g = nh // nkv
-    gp = max(16, triton.next_power_of_2(g))
+    gp = triton.next_power_of_2(g)
     bl, nsplit, warps = CONFIG["attn"]
-    ch = -(-(-(-length // nsplit)) // bl) * bl
+    ch = -(-length // nsplit)
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     dev = q.device
     rows = b * nkv * nsplit * gp

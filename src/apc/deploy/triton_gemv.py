@@ -4,10 +4,10 @@
   ``out[t, n] = sum_k keep[t, k] x[t, k] w_t[k, n]`` with ``w_t (K, N)`` row-major (a skipped input
   channel skips one contiguous row) and ``keep = |x[t, k] * scale[k]| > thr`` (``thr`` read from a
   device scalar, so one compiled graph serves every share).  The grid is one program per
-  ``BM x BN`` tile (split over the input rows, no loop): each program loads its ``BM`` inputs, tests
-  them, loads the kept rows of its tile with the dropped rows masked off (no index list, no
-  compaction), reduces its tile in float32 and adds it into a float32 workspace ``acc`` with one
-  atomic add per output (skipped when no row of the tile is kept).  The last program of each column
+  ``ITERS * BM x BN`` tile (split over the input rows; ``ITERS`` row steps unrolled, so their loads are in
+  flight together): each program loads its inputs, tests them, loads the kept rows of its tile with the
+  dropped rows masked off (no index list, no compaction), reduces its tile in float32 and adds it into
+  a float32 workspace ``acc`` with one atomic add per output (skipped when no row of the tile is kept).  The last program of each column
   block to arrive (a per-block arrival counter ``cnt``) copies the block's sums from ``acc`` into ``out``,
   writes zeros back into ``acc`` and resets the counter: ``acc`` and ``cnt`` are zero before and after every
   call, so no clearing launch is needed and a CUDA graph replays the kernel as it is.  ``BT``: 1 for
@@ -25,42 +25,52 @@ import triton.language as tl
 @triton.jit
 def in_sparse_tile_kernel(x_ptr, w_ptr, s_ptr, thr_ptr, acc_ptr, cnt_ptr, out_ptr, T, K, N, stride_x, stride_w,
                           HAS_SCALE: tl.constexpr, HAS_THR: tl.constexpr, BT: tl.constexpr, BM: tl.constexpr,
-                          BN: tl.constexpr):
+                          BN: tl.constexpr, ITERS: tl.constexpr):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     ns = pid_n * BN + tl.arange(0, BN)
     nmask = ns < N
-    ks = pid_k * BM + tl.arange(0, BM)
-    kmask = ks < K
     if HAS_THR:
         thr = tl.load(thr_ptr).to(tl.float32)
     else:
         thr = -1.0
+    ts = tl.arange(0, BT)
+    tmask = ts < T
     if BT == 1:
-        xv = tl.load(x_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        sc = xv
-        if HAS_SCALE:
-            sc = xv * tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
-        keep = (tl.abs(sc) > thr) & kmask
-        w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :], mask=keep[:, None] & nmask[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        part = tl.sum(w.to(tl.float32) * tl.where(keep, xv, 0.0)[:, None], axis=0)
-        if tl.max(keep.to(tl.int32), axis=0) > 0:
-            tl.atomic_add(acc_ptr + ns, part, mask=nmask, sem="relaxed")
+        part = tl.zeros((BN,), dtype=tl.float32)
     else:
-        ts = tl.arange(0, BT)
-        tmask = ts < T
-        xt = tl.load(x_ptr + ts[:, None] * stride_x + ks[None, :], mask=tmask[:, None] & kmask[None, :], other=0.0,
-                     eviction_policy="evict_last").to(tl.float32)
-        st = xt
-        if HAS_SCALE:
-            st = xt * tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)[None, :]
-        kt = (tl.abs(st) > thr) & tmask[:, None] & kmask[None, :]
-        union = tl.max(kt.to(tl.int32), axis=0) > 0
-        w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :], mask=union[:, None] & nmask[None, :],
-                    other=0.0, eviction_policy="evict_first")
-        part = tl.dot(tl.where(kt, xt, 0.0).to(w.dtype), w, out_dtype=tl.float32)
-        if tl.max(union.to(tl.int32), axis=0) > 0:
+        part = tl.zeros((BT, BN), dtype=tl.float32)
+    any_kept = 0
+    for it in tl.static_range(ITERS):  # ITERS tiles of BM rows, unrolled (their loads independent)
+        ks = (pid_k * ITERS + it) * BM + tl.arange(0, BM)
+        kmask = ks < K
+        if BT == 1:
+            xv = tl.load(x_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            sc = xv
+            if HAS_SCALE:
+                sc = xv * tl.load(s_ptr + ks, mask=kmask, other=0.0, eviction_policy="evict_last").to(tl.float32)
+            keep = (tl.abs(sc) > thr) & kmask
+            w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :],
+                        mask=keep[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
+            part += tl.sum(w.to(tl.float32) * tl.where(keep, xv, 0.0)[:, None], axis=0)
+            any_kept += tl.max(keep.to(tl.int32), axis=0)
+        else:
+            xt = tl.load(x_ptr + ts[:, None] * stride_x + ks[None, :], mask=tmask[:, None] & kmask[None, :],
+                         other=0.0, eviction_policy="evict_last").to(tl.float32)
+            st = xt
+            if HAS_SCALE:
+                st = xt * tl.load(s_ptr + ks, mask=kmask, other=0.0,
+                                  eviction_policy="evict_last").to(tl.float32)[None, :]
+            kt = (tl.abs(st) > thr) & tmask[:, None] & kmask[None, :]
+            union = tl.max(kt.to(tl.int32), axis=0) > 0
+            w = tl.load(w_ptr + ks[:, None].to(tl.int64) * stride_w + ns[None, :],
+                        mask=union[:, None] & nmask[None, :], other=0.0, eviction_policy="evict_first")
+            part = tl.dot(tl.where(kt, xt, 0.0).to(w.dtype), w, part, out_dtype=tl.float32)
+            any_kept += tl.max(union.to(tl.int32), axis=0)
+    if any_kept > 0:
+        if BT == 1:
+            tl.atomic_add(acc_ptr + ns, part, mask=nmask, sem="relaxed")
+        else:
             tl.atomic_add(acc_ptr + ts[:, None] * N + ns[None, :], part, mask=tmask[:, None] & nmask[None, :],
                           sem="relaxed")
     # every thread's adds are done before the arrival is counted (the release orders them for the last program)
