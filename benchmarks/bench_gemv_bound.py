@@ -4,15 +4,18 @@
         --sweep-out gemv_sweep.csv --save tiles.json
 
 Shapes (Mistral-7B): gate/up stacked 4096 -> 28672, down 14336 -> 4096, qkv 4096 -> 6144, o 4096 -> 4096.
-For each shape the tile shapes of :data:`TILES` are swept in bf16 at kept shares 0.4 / 0.6 / 0.8 and the
-one with the lowest worst time-over-bound kept (``--save`` writes them for ``bench_decode.py --config``).
-Then, per shape and kept share rho (0.4, 0.5, 0.6, 0.8): ours in bf16 and fp16 (float32 accumulator; the
-partial sums of its splits reduced in float32 by one more small kernel, counted in its time), TEAL's
-``splitk_sparse_gemv`` (FasterDecoding/TEAL ``kernels/sparse_gemv.py``, fp16: its float16 atomic adds
-into a zeroed output, its autotuner run first) and the dense product (cuBLAS).  Each call is timed
-inside one CUDA graph of ``--calls`` calls over weight copies that together exceed the L2 cache
-(median of ``--repeats`` replays); the bound is the bytes of the kept weight rows plus ``x`` and the
-output over the measured copy bandwidth.  The first line of each CSV is the command and commit.
+For each shape the tile shapes ``(BM, BN, num_warps)`` of :data:`TILES` are swept in bf16 at kept shares
+0.4 / 0.6 / 0.8 and the one with the lowest worst time-over-bound kept (``--save`` writes them for
+``bench_decode.py --config``); the best few are then timed with no threshold (every row kept) against the
+dense product (cuBLAS), and where one beats cuBLAS it is saved as the shape's ``dense1`` tile (the dense
+step then runs it instead).  Then, per shape and kept share rho (0.4, 0.5, 0.6, 0.8): ours in bf16 and
+fp16 (float32 accumulator and float32 output: the cast to the model's dtype is fused into the next kernel
+in the compiled step), TEAL's ``splitk_sparse_gemv`` (FasterDecoding/TEAL ``kernels/sparse_gemv.py``,
+fp16: its float16 atomic adds into an output zeroed by its pre-hook, its autotuner run first) and the
+dense product (cuBLAS).  Each call is timed inside one CUDA graph of ``--calls`` calls over weight copies
+that together exceed the L2 cache (median of ``--repeats`` replays); the bound is the bytes of the kept
+weight rows plus ``x`` and the output over the measured copy bandwidth.  The first line of each CSV is
+the command and commit.
 """
 
 from __future__ import annotations
@@ -33,11 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rawfile import write_csv  # noqa: E402
 
 SHAPES = (("gate_up", 4096, 28672), ("down", 14336, 4096), ("qkv", 4096, 6144), ("o", 4096, 4096))
-#: (BK, BN, CHUNK, COMPACT, num_warps, num_stages)
-TILES = [(32, 256, 512, 1, 4, 3), (32, 256, 1024, 1, 4, 3), (64, 256, 1024, 1, 8, 3), (16, 512, 512, 1, 4, 3),
-         (32, 512, 1024, 1, 8, 3), (32, 128, 512, 1, 4, 3), (64, 128, 1024, 1, 4, 3), (32, 256, 256, 1, 4, 2),
-         (16, 256, 512, 1, 4, 4), (64, 512, 1024, 1, 8, 2), (32, 512, 256, 0, 4, 3), (32, 256, 512, 0, 4, 3),
-         (64, 256, 1024, 0, 8, 3), (16, 512, 512, 0, 4, 2)]
+#: (BM, BN, num_warps[, ITERS]): TEAL's tile list (its autotuner's configurations), then fewer warps per
+#: tile and several row steps per program (fewer atomic adds)
+TILES = [(64, 128, 2), (64, 64, 4), (8, 128, 2), (16, 256, 4), (32, 256, 4), (64, 256, 4), (128, 64, 4),
+         (128, 128, 4), (128, 256, 4), (16, 512, 4), (32, 512, 4), (64, 512, 4), (128, 512, 4),
+         (64, 128, 1), (32, 128, 1), (128, 128, 2), (64, 512, 2), (64, 1024, 8), (32, 1024, 4), (128, 512, 8),
+         (64, 128, 2, 2), (32, 128, 2, 2), (32, 512, 4, 2), (64, 512, 4, 2), (64, 128, 1, 2), (128, 128, 2, 2)]
+#: the sweep's best tiles (by worst time over bound) that are also timed with no threshold against cuBLAS
+DENSE_CANDIDATES = 4
 COLUMNS = ("shape", "K", "N", "dtype", "kernel", "rho", "kept", "tile", "us", "bound_us", "over_bound", "rel_err")
 
 
@@ -127,7 +133,7 @@ def main(argv=None) -> int:
             return (kept * k * n * 2 + k * 2 + n * 2) / bw * 1e6
 
         key = f"in1:{k}x{n}"
-        best = None
+        ranked = []
         for tile in TILES[:args.tiles]:
             ops.CONFIG[key] = tile
             worst = 0.0
@@ -146,11 +152,32 @@ def main(argv=None) -> int:
                                        tile="/".join(map(str, tile)), us=round(us, 2), bound_us=round(bound(kept), 2),
                                        over_bound=round(us / bound(kept), 3), rel_err=""))
             print(f"sweep {sname} {tile}: worst time/bound {worst:.3f}", flush=True)
-            if best is None or worst < best[0]:
-                best = (worst, tile)
+            ranked.append((worst, tile))
+        ranked.sort()
+        best = ranked[0]
         ops.CONFIG[key] = best[1]
         chosen[key] = list(best[1])
         print(f"chosen {sname} {key}: {best[1]} (worst {best[0]:.3f})", flush=True)
+        x = x32.to(torch.bfloat16)
+        wn = [w.t().contiguous() for w in ws[torch.bfloat16]]
+        us_c = graph_us(lambda i: F.linear(x, wn[i]), n_copies, args.calls, args.repeats)
+        del wn
+        dense_best = None
+        for _, tile in ranked[:DENSE_CANDIDATES]:
+            ops.CONFIG[key] = tile
+            us = graph_us(lambda i: ops.sparse_linear(x, ws[torch.bfloat16][i]), n_copies, args.calls, args.repeats)
+            sweep_rows.append(dict(shape=sname, K=k, N=n, dtype="bf16", kernel="ours_dense", rho=1.0, kept=1.0,
+                                   tile="/".join(map(str, tile)), us=round(us, 2), bound_us=round(bound(1.0), 2),
+                                   over_bound=round(us / bound(1.0), 3), rel_err=""))
+            print(f"dense {sname} {tile}: {us:.2f} us (cuBLAS {us_c:.2f})", flush=True)
+            if dense_best is None or us < dense_best[0]:
+                dense_best = (us, tile)
+        ops.CONFIG[key] = best[1]
+        if dense_best[0] < us_c:
+            chosen[f"dense1:{k}x{n}"] = list(dense_best[1])
+            ops.CONFIG[f"dense1:{k}x{n}"] = dense_best[1]
+            print(f"chosen {sname} dense1:{k}x{n}: {dense_best[1]} ({dense_best[0]:.2f} us against cuBLAS "
+                  f"{us_c:.2f})", flush=True)
         for rho in [float(r) for r in args.rhos.split(",")]:
             thr = thr_of(rho)
             for dt, dname in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):
@@ -158,9 +185,9 @@ def main(argv=None) -> int:
                 keep = x.float().abs() > thr
                 kept = float(keep.float().mean())
                 ref = x.double().masked_fill(~keep, 0) @ ws[dt][0].double()
-                out = ops.sparse_linear(x, ws[dt][0], thr).to(dt)
+                out = ops.sparse_linear(x, ws[dt][0], thr)
                 err = float((out.double() - ref).norm() / ref.norm())
-                us = graph_us(lambda i: ops.sparse_linear(x, ws[dt][i], thr).to(dt), n_copies, args.calls, args.repeats)
+                us = graph_us(lambda i: ops.sparse_linear(x, ws[dt][i], thr), n_copies, args.calls, args.repeats)
                 rows.append(dict(shape=sname, K=k, N=n, dtype=dname, kernel="ours", rho=rho, kept=round(kept, 4),
                                  tile="/".join(map(str, ops.CONFIG[key])), us=round(us, 2), bound_us=round(bound(kept), 2),
                                  over_bound=round(us / bound(kept), 3), rel_err=f"{err:.1e}"))
@@ -185,16 +212,14 @@ def main(argv=None) -> int:
                           flush=True)
                 except Exception as exc:  # noqa: BLE001 - reported, the rest goes on
                     print(f"  TEAL kernel failed on {sname}: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
-        for dt, dname in ((torch.bfloat16, "bf16"),):
-            x = x32.to(dt)
-            wd = [w.t() for w in ws[dt]]  # (N, K) views: F.linear reads the stored (K, N) layout
-            wn = [w.t().contiguous() for w in ws[dt]]
-            us_c = graph_us(lambda i: F.linear(x, wn[i]), n_copies, args.calls, args.repeats)
-            rows.append(dict(shape=sname, K=k, N=n, dtype=dname, kernel="cublas", rho=1.0, kept=1.0, tile="",
-                             us=round(us_c, 2), bound_us=round(bound(1.0), 2), over_bound=round(us_c / bound(1.0), 3),
-                             rel_err=""))
-            print(f"{sname:8s} {dname} dense cuBLAS {us_c:7.2f} us  x{us_c / bound(1.0):.3f}", flush=True)
-            del wd, wn
+        rows.append(dict(shape=sname, K=k, N=n, dtype="bf16", kernel="cublas", rho=1.0, kept=1.0, tile="",
+                         us=round(us_c, 2), bound_us=round(bound(1.0), 2), over_bound=round(us_c / bound(1.0), 3),
+                         rel_err=""))
+        print(f"{sname:8s} bf16 dense cuBLAS {us_c:7.2f} us  x{us_c / bound(1.0):.3f}", flush=True)
+        rows.append(dict(shape=sname, K=k, N=n, dtype="bf16", kernel="ours_dense", rho=1.0, kept=1.0,
+                         tile="/".join(map(str, dense_best[1])), us=round(dense_best[0], 2),
+                         bound_us=round(bound(1.0), 2), over_bound=round(dense_best[0] / bound(1.0), 3), rel_err=""))
+        print(f"{sname:8s} bf16 dense ours   {dense_best[0]:7.2f} us  x{dense_best[0] / bound(1.0):.3f}", flush=True)
         del ws
         torch.cuda.empty_cache()
         write_csv(args.out, rows, COLUMNS, argv)

@@ -29,9 +29,8 @@ def test_in_sparse_fallback_equals_reference(t, case):
     score = x * (1 if scale is None else scale)
     keep = score.abs() > (-1 if thr is None else float(thr))
     ref = x.masked_fill(~keep, 0).double() @ w_t.double()
-    part = torch.ops.apc.in_sparse_gemv(x, w_t, thr, scale)
-    assert part.dtype == torch.float32 and part.shape == (1, t, N)
-    out = ops.sparse_linear(x, w_t, thr, scale)
+    out = torch.ops.apc.in_sparse_gemv(x, w_t, thr, scale)
+    assert out.dtype == torch.float32 and out.shape == (t, N)
     if case == "all_off":
         assert out.abs().max() == 0
     else:
@@ -72,7 +71,7 @@ def test_fake_implementations_give_shapes_and_dtypes():
         y = torch.ops.apc.grouped_ffn(torch.empty(3, 16), torch.empty(8, 16), torch.empty(8, 16), torch.empty(16, 8),
                                       torch.empty(3, dtype=torch.int64), torch.empty(2, 8, dtype=torch.int32),
                                       torch.empty(2, dtype=torch.int32))
-    assert (p.shape, p.dtype) == ((1, 3, N), torch.float32)
+    assert (p.shape, p.dtype) == ((3, N), torch.float32)
     assert (q.shape, q.dtype) == ((1, 3, 2 * N), torch.float32)
     assert (y.shape, y.dtype) == ((3, 16), torch.float32)
 
@@ -117,34 +116,59 @@ def test_compiled_graph_keeps_the_operators():
     assert _rel(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x)) < 1e-6
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() or ops._INTERPRET) or ops._tg is None,
-                    reason="the Triton kernels need CUDA or Triton's interpreter")
+KERNELS = pytest.mark.skipif(not (torch.cuda.is_available() or ops._INTERPRET) or ops._tg is None,
+                             reason="the Triton kernels need CUDA or Triton's interpreter")
+
+
+@KERNELS
 @pytest.mark.parametrize("t", [1, 3, 16])
-@pytest.mark.parametrize("compact", [1, 0])
-@pytest.mark.parametrize("case", ["dense", "threshold", "scaled", "all_off"])
-def test_in_sparse_kernel_equals_reference(t, compact, case, monkeypatch):
+@pytest.mark.parametrize("tile", [(32, 64, 4), (16, 128, 2, 3)])
+@pytest.mark.parametrize("case", ["dense", "threshold", "scaled", "all_off", "one_channel"])
+def test_in_sparse_kernel_equals_reference(t, tile, case, monkeypatch):
+    """The tile kernel (atomic adds into the self-clearing workspace) against float64, three calls in a row on
+    fresh inputs: each call leaves the workspace and counters at zero, and every output is written."""
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     dt = torch.bfloat16 if dev == "cuda" else torch.float32
     k, n = 200, 150  # not multiples of the tiles: the edge masks are exercised
-    monkeypatch.setitem(ops.CONFIG, f"in{1 if t == 1 else 16}", (32, 64, 64, compact, 4, 2))
-    g = torch.Generator().manual_seed(t + 10 * compact)
-    x = torch.randn(t, k, generator=g).to(dev, dt)
+    monkeypatch.setitem(ops.CONFIG, f"in{1 if t == 1 else 16}", tile)
+    g = torch.Generator().manual_seed(t + 10 * tile[0])
     w_t = torch.randn(k, n, generator=g).to(dev, dt)
-    thr = None if case == "dense" else torch.tensor([1e9 if case == "all_off" else 0.7], device=dev)
-    scale = (torch.rand(k, generator=g) * 2).to(dev) if case == "scaled" else None
-    keep = (x.float() * (1 if scale is None else scale)).abs() > (-1 if thr is None else float(thr))
-    part = torch.ops.apc.in_sparse_gemv(x, w_t, thr, scale)
-    assert part.shape == (ops.splits(x, k, n), t, n) and part.shape[0] == 4
-    out = part.sum(0)
-    ref = x.double().masked_fill(~keep, 0) @ w_t.double()
-    if case == "all_off":
-        assert out.abs().max() == 0
-    else:
-        assert _rel(out, ref) < (1e-2 if dt == torch.bfloat16 else 1e-5)
+    for _ in range(3):
+        x = torch.randn(t, k, generator=g).to(dev, dt)
+        thr = None if case == "dense" else torch.tensor([{"all_off": 1e9, "one_channel": 0.0}.get(case, 0.7)],
+                                                          device=dev)
+        if case == "one_channel":
+            x = torch.zeros_like(x)
+            x[:, 7] = 1.5
+        scale = (torch.rand(k, generator=g) * 2).to(dev) if case == "scaled" else None
+        keep = (x.float() * (1 if scale is None else scale)).abs() > (-1 if thr is None else float(thr))
+        out = torch.ops.apc.in_sparse_gemv(x, w_t, thr, scale)
+        assert out.shape == (t, n) and out.dtype == torch.float32 and bool(out.isfinite().all())
+        ref = x.double().masked_fill(~keep, 0) @ w_t.double()
+        if case == "all_off":
+            assert out.abs().max() == 0
+        else:
+            assert _rel(out, ref) < (1e-2 if dt == torch.bfloat16 else 1e-5)
+    ws = [v for key, v in ops._WORK.items() if key[0] in ("in_acc", "in_cnt") and key[2] == n]
+    assert ws and all(int((v != 0).sum()) == 0 for v in ws)
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() or ops._INTERPRET) or ops._tg is None,
-                    reason="the Triton kernels need CUDA or Triton's interpreter")
+@KERNELS
+def test_dense_tile_entry_serves_the_dense_product(monkeypatch):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
+    k, n = 96, 80
+    g = torch.Generator().manual_seed(8)
+    x, w = torch.randn(1, k, generator=g).to(dev, dt), torch.randn(n, k, generator=g).to(dev, dt)
+    assert not ops.gemv_dense(x, k, n)
+    monkeypatch.setitem(ops.CONFIG, f"dense1:{k}x{n}", (16, 32, 2))
+    assert ops.gemv_dense(x, k, n) and ops.in_config(1, k, n, dense=True) == (16, 32, 2)
+    assert not ops.gemv_dense(x.repeat(2, 1), k, n)
+    out = ops.linear(x, w, w.t().contiguous())
+    assert out.dtype == dt and _rel(out, x.double() @ w.double().t()) < (1e-2 if dt == torch.bfloat16 else 1e-5)
+
+
+@KERNELS
 @pytest.mark.parametrize("t", [1, 4])
 def test_out_sparse_kernel_equals_reference(t, monkeypatch):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,3 +180,66 @@ def test_out_sparse_kernel_equals_reference(t, monkeypatch):
     mask = (torch.rand(t, N, generator=g) < 0.4).to(dev)
     ref = (x.double() @ w.double().t()) * mask.any(0).repeat(2)
     assert _rel(ops.masked_linear(x, w, mask), ref) < (1e-2 if dt == torch.bfloat16 else 1e-5)
+
+
+def _attn_inputs(b, nh, nkv, hd, length, pos, dev="cpu", dt=torch.float32, seed=30):
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*s):
+        return torch.randn(*s, generator=g).to(dev, dt)
+
+    return (r(b, nh, hd), r(b, nkv, hd), r(b, nkv, hd), r(b, nkv, length, hd), r(b, nkv, length, hd),
+            torch.tensor([pos], device=dev))
+
+
+def _attn_ref(q, k, v, kc, vc, pos):
+    kc, vc = kc.double().clone(), vc.double().clone()
+    kc[:, :, int(pos)] = k.double()
+    vc[:, :, int(pos)] = v.double()
+    return ops.attention_reference(q.double(), kc, vc, pos), kc, vc
+
+
+@pytest.mark.parametrize("pos", [0, 9, 23])
+def test_decode_attention_fallback_writes_the_cache_and_equals_sdpa(pos, monkeypatch):
+    monkeypatch.setattr(ops, "_ta", None)  # the torch fallback, also where Triton's interpreter is on
+    q, k, v, kc, vc, p = _attn_inputs(2, 6, 2, 8, 24, pos)
+    ref, rk, rv = _attn_ref(q, k, v, kc, vc, p)
+    out = torch.ops.apc.decode_attention(q, k, v, kc, vc, p)
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert _rel(out, ref) < 1e-6 and torch.equal(kc.double(), rk) and torch.equal(vc.double(), rv)
+    # by hand for one head: softmax over positions 0 .. pos of the group's key head
+    s = (rk[1, 0, :pos + 1] @ q[1, 2].double()) / 8 ** 0.5
+    assert _rel(out[1, 2], torch.softmax(s, 0) @ rv[1, 0, :pos + 1]) < 1e-6
+
+
+def test_decode_attention_fake_and_opcheck(monkeypatch):
+    monkeypatch.setattr(ops, "_ta", None)  # opcheck of the registration on the torch fallback
+    with FakeTensorMode():
+        q, k, v, kc, vc, p = _attn_inputs(1, 4, 2, 16, 8, 3)
+        out = torch.ops.apc.decode_attention(q, k, v, kc, vc, p)
+        assert out.shape == (1, 4, 16)
+        with pytest.raises(ValueError, match="disagree"):
+            torch.ops.apc.decode_attention(q, k[:, :1], v[:, :1], kc, vc, p)
+        with pytest.raises(ValueError, match="int64"):
+            torch.ops.apc.decode_attention(q, k, v, kc, vc, p.int())
+    torch.library.opcheck(torch.ops.apc.decode_attention.default, _attn_inputs(2, 4, 2, 16, 8, 5))
+
+
+@KERNELS
+@pytest.mark.parametrize("shape", [(1, 12, 4, 64, 40), (3, 8, 8, 16, 17), (2, 9, 3, 32, 33)])
+@pytest.mark.parametrize("tile", [(16, 2, 4), (16, 16, 2), (32, 32, 8)])
+def test_decode_attention_kernel_equals_reference(shape, tile, monkeypatch):
+    """The split-KV kernel against float64 SDPA at several positions (the last one, one inside a split, 0),
+    the caches written at pos, two calls in a row (the arrival counters reset)."""
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
+    monkeypatch.setitem(ops.CONFIG, "attn", tile)
+    b, nh, nkv, hd, length = shape
+    for pos in (length - 1, length // 3, 0):
+        q, k, v, kc, vc, p = _attn_inputs(b, nh, nkv, hd, length, pos, dev, dt, seed=pos)
+        ref, rk, rv = _attn_ref(q, k, v, kc, vc, p)
+        out = torch.ops.apc.decode_attention(q, k, v, kc, vc, p)
+        assert out.shape == q.shape and out.dtype == dt
+        assert _rel(out, ref) < (1e-2 if dt == torch.bfloat16 else 1e-5)
+        assert torch.equal(kc.double(), rk.to(dt).double()) and torch.equal(vc.double(), rv.to(dt).double())
+    assert all(int(v.sum()) == 0 for key, v in ops._WORK.items() if key[0] == "attn_cnt")

@@ -90,7 +90,7 @@ def _union(keep) -> float:
 
 def _qkv(n, lw, lp, spec, rec):
     if spec.kind != "teal_attn":
-        return F.linear(n, lw["wqkv"])
+        return ops.linear(n, lw["wqkv"], lw.get("wqkv_t"))
     if spec.reference:
         keep = n.float().abs() > lp["t_qkv"]
         rec.append(("qkv", _union(keep)))
@@ -100,7 +100,7 @@ def _qkv(n, lw, lp, spec, rec):
 
 def _o(a, lw, lp, spec, rec):
     if spec.kind != "teal_attn":
-        return F.linear(a, lw["wo"])
+        return ops.linear(a, lw["wo"], lw.get("wo_t"))
     if spec.reference:
         keep = a.float().abs() > lp["t_o"]
         rec.append(("o", _union(keep)))
@@ -119,12 +119,14 @@ def _ffn(x, lw, lp, spec, zero, rec=None):
     kind = spec.kind
     ref = spec.reference
     f = lw["wd"].shape[1]
-    if kind in ("dense", "static"):
-        src = lw if kind == "dense" else lp
-        if ref and kind == "static":
+    if kind == "dense":
+        g, u = ops.linear(x, lw["wgu"], lw.get("wgu_t")).chunk(2, dim=-1)
+        return ops.linear(F.silu(g) * u, lw["wd"], lw.get("wd_t"))
+    if kind == "static":
+        if ref:
             rec.append(("ffn", lp["wd"].shape[1] / f))
-        g, u = F.linear(x, src["wgu"]).chunk(2, dim=-1)
-        return F.linear(F.silu(g) * u, src["wd"])
+        g, u = F.linear(x, lp["wgu"]).chunk(2, dim=-1)
+        return F.linear(F.silu(g) * u, lp["wd"])
     if kind in ("teal", "teal_attn"):
         if ref:
             k_in = _score(x, lp.get("s_in")).abs() > lp["t_in"]
@@ -157,7 +159,7 @@ def _ffn(x, lw, lp, spec, zero, rec=None):
     return ops.sparse_linear(h, lw["wd_t"], zero).to(dt)
 
 
-def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, arange, ln_next, zero, *, spec: _Spec, rec=None):
+def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, ln_next, zero, *, spec: _Spec, rec=None):
     """One decoder layer at position ``pos (1,)`` for ``x (B, D)`` (residual) and ``n = rms(x, ln1)``:
     writes K/V into ``kc, vc (B, nkv, L, hd)`` and returns ``(x', rms(x', ln_next))``."""
     b = x.shape[0]
@@ -168,11 +170,8 @@ def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, arange, ln_next, zero, *, sp
         qk = t[:, :nh + nkv].float()
         t1, t2 = qk[..., :hd // 2], qk[..., hd // 2:]
         r = torch.cat([t1 * c - t2 * s, t2 * c + t1 * s], -1).to(x.dtype)
-        kc.index_copy_(2, pos, r[:, nh:].unsqueeze(2))
-        vc.index_copy_(2, pos, t[:, nh + nkv:].unsqueeze(2))
-        qg = r[:, :nh].reshape(b, nkv, nh // nkv, hd)
-        valid = (arange <= pos).view(1, 1, 1, -1)
-        o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=valid)
+        # the cache write at pos and the attention over 0 .. pos: one operator (one kernel on CUDA)
+        o = torch.ops.apc.decode_attention(r[:, :nh], r[:, nh:], t[:, nh + nkv:], kc, vc, pos)
         x = x + _o(o.reshape(b, nh * hd), lw, lp, spec, rec)
     if not spec.skip_ffn:
         x = x + _ffn(_rms(x, lw["ln2"], spec.eps), lw, lp, spec, zero, rec)
@@ -235,7 +234,6 @@ class Decoder:
         inv = 1.0 / theta ** (torch.arange(0, self.hd, 2, device=self.device, dtype=torch.float32) / self.hd)
         ang = torch.arange(max_len, device=self.device, dtype=torch.float32)[:, None] * inv[None, :]
         self.cos, self.sin = ang.cos().contiguous(), ang.sin().contiguous()
-        self._arange = torch.arange(max_len, device=self.device)
         self._zero = torch.zeros(1, device=self.device, dtype=torch.float32)
         self.sparsity = Sparsity()
         self.skip_attn = self.skip_ffn = False
@@ -245,6 +243,8 @@ class Decoder:
         self.unions: list = []
         self.compile = compile
         self.compile_backend = "inductor"
+        #: Inductor's coordinate-descent tuning in the compiled step (gpt-fast's setting)
+        self.coordinate_descent = True
         self._compiled: dict = {}
         self.logits = None
         self.resize(batch)
@@ -268,6 +268,16 @@ class Decoder:
         for lw in self.layers:
             for name in ("wgu", "wd") + (("wqkv", "wo") if attention else ()):
                 if name + "_t" not in lw:
+                    lw[name + "_t"] = lw[name].t().contiguous()
+
+    def prepare_dense(self) -> None:
+        """The transposed weight copies of the dense products that run the GEMV kernel at one token
+        (:func:`apc.deploy.ops.gemv_dense`: the shapes with a tuned ``dense1`` tile), made once."""
+        probe = torch.empty(self.batch, 0, device=self.device, dtype=self.dtype)
+        for lw in self.layers:
+            for name in ("wqkv", "wo", "wgu", "wd"):
+                n, k = lw[name].shape
+                if name + "_t" not in lw and ops.gemv_dense(probe, k, n):
                     lw[name + "_t"] = lw[name].t().contiguous()
 
     def set_sparsity(self, sp: Sparsity | None) -> None:
@@ -316,11 +326,12 @@ class Decoder:
         return _ffn(x, self.layers[i], sp[i] if sp else {}, self._spec(), self._zero, self.unions)
 
     def _layer_fn(self):
+        self.prepare_dense()
         spec = self._spec()
         if not self.compile or self.reference:
             return partial(layer_step, spec=spec, rec=self.unions)
         fn = partial(layer_step, spec=spec)
-        if (spec, self.compile_backend) not in self._compiled:
+        if (spec, self.compile_backend, self.coordinate_descent) not in self._compiled:
             import torch._dynamo
             import torch._inductor.config as ic
 
@@ -328,8 +339,12 @@ class Decoder:
             torch._dynamo.config.accumulated_cache_size_limit = max(
                 torch._dynamo.config.accumulated_cache_size_limit, 4096)
             ic.emulate_precision_casts = True  # round like eager: compiled and eager decode the same tokens
-            self._compiled[spec, self.compile_backend] = torch.compile(fn, fullgraph=True, dynamic=False, backend=self.compile_backend)
-        return self._compiled[spec, self.compile_backend]
+            # gpt-fast's setting: Inductor then writes each one-row dense product as a reduction kernel of its
+            # own (fused with the norm before it and the activation or residual add after it) and tunes it
+            ic.coordinate_descent_tuning = self.coordinate_descent
+            self._compiled[spec, self.compile_backend, self.coordinate_descent] = torch.compile(
+                fn, fullgraph=True, dynamic=False, backend=self.compile_backend)
+        return self._compiled[spec, self.compile_backend, self.coordinate_descent]
 
     def step(self) -> None:
         """One token for every row at position ``pos``: reads ``tok``, writes the argmax into ``tok`` and
@@ -341,7 +356,7 @@ class Decoder:
         for i, lw in enumerate(self.layers):
             ln_next = self.layers[i + 1]["ln1"] if i + 1 < self.n_layers else self.norm
             x, n = fn(x, n, lw, sp[i] if sp else {}, self.k_cache[i], self.v_cache[i], self.pos, self.cos, self.sin,
-                      self._arange, ln_next, self._zero)
+                      ln_next, self._zero)
         logits = F.linear(n, self.lm_head)
         self.logits = logits
         nxt = logits.argmax(dim=-1)
