@@ -41,16 +41,21 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from paper_shaped_model import MISTRAL_7B_V01  # noqa: E402
 from rawfile import write_csv  # noqa: E402
 
 from apc.deploy import ops  # noqa: E402
+from apc.deploy.calibrate import decode_thresholds  # noqa: E402
 from apc.deploy.decoder import Decoder, Sparsity, context_mean, load_llama  # noqa: E402
+from apc.lines import all_lines, parse  # noqa: E402
 
-LINES = ("dense", "teal", "teal_model", "wina", "cats", "per_token", "cluster", "static")
+#: dense, every decode binding of the line registry (apc.lines: Line.decode), the static mask, and TEAL as published
+LINES = tuple(dict.fromkeys(("dense", *(impl.decode for impl in all_lines().values() if impl.decode), "static",
+                             "teal_model")))
+#: the calibration each decode line reads (apc.deploy.calibrate.decode_thresholds)
+THRESHOLDS = {"teal": "input", "wina": "input_scaled"}
 COLUMNS = ("device", "batch", "line", "scope", "compute_share", "kept_share", "union_share", "ms_per_token", "ms_min",
            "ms_max", "dense_ms", "speedup", "bound_ms", "bound_speedup", "time_over_bound", "tokens_match",
            "tokens_checked", "ffn_rel_err", "logit_rel_err", "timing")
@@ -64,51 +69,11 @@ def _ints(s):
     return [int(v) for v in s.split(",") if v]
 
 
-def cats_share(c: float) -> float:
-    """CATS's kept share of up/down at FFN compute share ``c`` (the gate runs dense): ``(3c - 1) / 2``."""
-    return max(0.0, (3 * c - 1) / 2)
-
-
-def _quantile(v: torch.Tensor, q: float) -> float:
-    v = v.float().flatten()
-    if v.numel() > (1 << 24):
-        v = v[torch.randint(0, v.numel(), (1 << 24,), device=v.device)]
-    return float(torch.quantile(v, min(max(q, 0.0), 1.0)))
-
-
-# ----------------------------------------------------------------------------- calibration
-
-
-def calibrate(dec: Decoder, prompt: torch.Tensor, shares, model_shares, scales) -> dict:
-    """Per-layer thresholds and static masks at each share, from the product inputs over ``prompt (1, P)``."""
-    cal: dict = {"x": {}, "teal_model": {c: [] for c in model_shares}}
-    for c in shares:
-        cal[c] = {"teal": [], "wina": [], "cats": [], "static": []}
-    f = dec.cfg["intermediate_size"]
-
-    def hook(i, x, n, o):
-        cal["x"][i] = x[-16:].clone()  # FFN inputs for the FFN check at real shapes
-        lw = dec.layers[i]
-        g, u = F.linear(x, lw["wgu"]).chunk(2, dim=-1)
-        a = F.silu(g)
-        h = (a * u).float().abs()
-        s_in, s_h = scales[i]
-        xs, hs = x.float().abs() * s_in, h * s_h
-        act_mean = h.mean(0)
-        for c in shares:
-            cal[c]["teal"].append((_quantile(x.abs(), 1 - c), _quantile(h, 1 - c)))
-            cal[c]["wina"].append((_quantile(xs, 1 - c), _quantile(hs, 1 - c)))
-            rc = cats_share(c)
-            cal[c]["cats"].append(_quantile(a.abs(), 1 - rc) if rc > 0 else float("inf"))
-            keep = torch.zeros(f, dtype=torch.bool, device=x.device)
-            keep[act_mean.topk(max(1, int(round(c * f)))).indices] = True
-            cal[c]["static"].append(keep)
-        for c in model_shares:  # uniform: every projection's input at kept share c
-            cal["teal_model"][c].append(dict(t_in=_quantile(x.abs(), 1 - c), t_h=_quantile(h, 1 - c),
-                                             t_qkv=_quantile(n.abs(), 1 - c), t_o=_quantile(o.abs(), 1 - c)))
-
-    dec.prefill(prompt, hook=hook)
-    return cal
+def gate_share(c: float) -> float:
+    """The kept share of up/down of the gate-decided line (CATS) at FFN compute share ``c``: the registry's
+    placement of its kept shares ((3c - 1) / 2; 0 below a third)."""
+    spec = parse("cats")
+    return (spec.impl.shares(spec, [c]) or [0.0])[0]
 
 
 # ----------------------------------------------------------------------------- lines
@@ -132,7 +97,7 @@ class Line:
         if name == "dense":
             self.sp = Sparsity()
         elif name in ("teal", "wina"):
-            thr = cal[c][name]
+            thr = cal[c][THRESHOLDS[name]]
             layers = []
             for i in range(L):
                 lp = dict(t_in=t(thr[i][0]), t_h=t(thr[i][1]))
@@ -141,14 +106,14 @@ class Line:
                 layers.append(lp)
             self.sp = Sparsity("teal", layers)
         elif name == "teal_model":
-            self.sp = Sparsity("teal_attn", [{k: t(v) for k, v in lp.items()} for lp in cal["teal_model"][c]])
+            self.sp = Sparsity("teal_attn", [{k: t(v) for k, v in lp.items()} for lp in cal["model"][c]])
             lw = lay[0]
             el = dec.embed.element_size()
             q_b, o_b = L * lw["wqkv"].numel() * el, L * lw["wo"].numel() * el
             self.attn_bytes = lambda u: q_b * u["qkv"] + o_b * u["o"]  # noqa: E731
         elif name == "cats":
-            self.kept = cats_share(c)
-            self.sp = Sparsity("cats", [dict(t=t(v)) for v in cal[c]["cats"]])
+            self.kept = gate_share(c)
+            self.sp = Sparsity("cats", [dict(t=t(v)) for v in cal[c]["gate"]])
         elif name in ("per_token", "cluster"):
             k = max(1, int(round(c * f)))
 
@@ -459,7 +424,8 @@ def main(argv=None) -> int:
     bw = measure_bandwidth(device)
     gen = torch.Generator(device=device).manual_seed(args.seed + 1)
     prompts = torch.randint(0, cfg["vocab_size"], (max(args.batches), args.prompt), generator=gen, device=device)
-    cal = calibrate(dec, prompts[:1], args.shares, args.model_shares if "teal_model" in lines else [], scales)
+    cal = decode_thresholds(dec, prompts[:1], args.shares, {c: gate_share(c) for c in args.shares},
+                            args.model_shares if "teal_model" in lines else [], scales)
     wb = dec.weight_bytes()
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"# device {dev_name}; model built and calibrated in {time.perf_counter() - t0:.1f} s; copy bandwidth "
