@@ -231,7 +231,7 @@ def profile(case: dict, w, timer: Timer) -> dict[str, float]:
             order, blocks = group_schedule(ids, gi.n_groups, cfg["BM"])
             run = lambda st: ffn.launch_grouped(x, wg, wu, wd_cm, order, blocks, idx, counts, act, cfg, stages=st, tune=True)
     else:
-        if kern == "cats":
+        if kern == "gate":
             thr = case["thr"]
             out["gate product+act"] = timer(lambda: F.silu(F.linear(x, wg)), t)[0]
             a = F.silu(F.linear(x, wg))
@@ -276,7 +276,7 @@ def main(argv=None) -> None:
     ap.add_argument("--tokens", type=_ints, default=_ints("1,4,16,64,512,4096,16384"))
     ap.add_argument("--groups", type=_ints, default=_ints("8,32,128,1024"))
     ap.add_argument("--rho", type=_floats, default=_floats("0.4,0.6,0.8"))
-    ap.add_argument("--kernels", default="per_token,cats,grouped")
+    ap.add_argument("--kernels", default="per_token,gate,grouped")
     ap.add_argument("--assign", default="uniform,skewed", help="uniform and/or skewed token ids")
     ap.add_argument("--id-counts", help="JSON whose id_counts maps projection -> per-layer lists of K counts")
     ap.add_argument("--id-proj", help="projection of --id-counts to use (default down_in, else the first)")
@@ -300,9 +300,9 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     kernels = [k for k in args.kernels.split(",") if k]
-    bad = [k for k in kernels if k not in ("per_token", "cats", "grouped")]
+    bad = [k for k in kernels if k not in ("per_token", "gate", "grouped")]
     if bad:
-        raise SystemExit(f"unknown kernel(s) {bad}; expected per_token, cats, grouped")
+        raise SystemExit(f"unknown kernel(s) {bad}; expected per_token, gate (the gate-decided mask, CATS), grouped")
     timer = Timer(device, args.repeats, args.graph_max_tokens, args.min_time)
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     log.info(f"device {dev_name}, FFN {d_model} -> {d_ff} {dtype}, measuring peaks")
@@ -337,7 +337,7 @@ def main(argv=None) -> None:
     for t in args.tokens:
         plan.append((t, "dense", None, 1, 1.0))
         for rho in args.rho:
-            for k in ("per_token", "cats"):
+            for k in ("per_token", "gate"):
                 if k in kernels:
                     plan.append((t, k, None, t, rho))
             if "grouped" in kernels:
@@ -395,7 +395,7 @@ def measure_case(t, kern, assign, groups, rho, x, w, timer, dense_ms, mask_sets,
         ms, how = run(lambda: per_token_ffn(x, wg, wu, wdk, mask))
         distinct = t
         bnd = bound(t, t, rho, **bkw)
-    elif kern == "cats":
+    elif kern == "gate":
         thr = cats_threshold(x, wg, rho)
         case["thr"] = thr
         ms, how = run(lambda: cats_ffn(x, wg, wu, wdk, thr))

@@ -204,7 +204,7 @@ def test_time_share_interpolates(tmp_path, suffix):
     with pytest.raises(ValueError, match="at 16 tokens"):
         ts(16, 0.5, 8)
     with pytest.raises(ValueError, match="no rows for kernel"):
-        time_share(path, "cats", 1, 0.5)
+        time_share(path, "gate", 1, 0.5)
 
 
 def test_time_share_needs_one_setup():

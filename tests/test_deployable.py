@@ -242,10 +242,10 @@ def test_time_shares_of_points_come_from_their_kernel(tmp_path):
     from apc.results.frontier import time_columns
 
     rows = []
-    for kernel, groups in (("grouped", 2), ("grouped", 8), ("per_token", 1), ("cats", 1)):
+    for kernel, groups in (("grouped", 2), ("grouped", 8), ("per_token", 1), ("gate", 1)):
         for tokens in (1, 4096):
             for rho in (0.4, 0.8):
-                ratio = {"grouped": 0.5, "per_token": 0.9, "cats": 0.95}[kernel] + rho * (groups / 8) + tokens / 1e5
+                ratio = {"grouped": 0.5, "per_token": 0.9, "gate": 0.95}[kernel] + rho * (groups / 8) + tokens / 1e5
                 rows.append({"device": "cpu", "dtype": "float32", "d_model": 8, "d_ff": 16, "kernel": kernel,
                              "assign": "uniform" if kernel == "grouped" else "-", "tokens": tokens, "groups": groups,
                              "kept_share": rho, "time_ms": ratio, "dense_ms": 1.0, "ratio": ratio, "bound_share": 0.1,

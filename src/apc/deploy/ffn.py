@@ -34,7 +34,7 @@ from torch import nn
 
 from apc.common.progress import get_logger
 
-KERNELS = ("dense", "per_token", "grouped", "cats")
+KERNELS = ("dense", "per_token", "grouped", "gate")  # gate: the mask decided by the gate (CATS, CHESS)
 BACKENDS = ("auto", "triton", "torch")
 _log = get_logger("apc.deploy")
 _said: set[str] = set()
@@ -476,7 +476,7 @@ def cats_ffn(x, w_gate, w_up, w_down, threshold: float, act="silu", backend="aut
     if x.shape[0] == 0:
         return torch.zeros_like(x)
     keep = cats_keep(a, threshold)
-    if use_triton(x, act, backend, "cats"):
+    if use_triton(x, act, backend, "gate"):
         idx, counts = union_index(keep)
         return _run_union(x, w_gate, w_up, w_down, idx, counts, _act_code(act), a=a, thr=threshold)
     idx = keep.any(dim=0).nonzero().squeeze(1)

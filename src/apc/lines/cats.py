@@ -48,7 +48,7 @@ class Cats(Line):
     tap = "gate"
     order = 20
     style = ("-", "D", "#ff7f0e")
-    kernel = "cats"
+    kernel = "gate"
     decode = "cats"
 
     def label(self, spec):

@@ -22,7 +22,7 @@ class Chess(Line):
     tap = "gate"
     order = 21
     style = ("-", "d", "#f5a55a")
-    kernel = "cats"
+    kernel = "gate"
     decode = "cats"
 
     def label(self, spec):
