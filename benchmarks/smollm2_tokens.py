@@ -25,10 +25,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decode import Line, calibrate  # noqa: E402
+from bench_decode import Line, gate_share  # noqa: E402
 from rawfile import write_csv  # noqa: E402
 
 from apc.deploy import ops  # noqa: E402
+from apc.deploy.calibrate import decode_thresholds  # noqa: E402
 from apc.deploy.decoder import Decoder  # noqa: E402
 
 
@@ -103,7 +104,7 @@ def main(argv=None) -> int:
     scales = [(lw["wgu_t"].float().norm(dim=1), lw["wd_t"].float().norm(dim=1)) for lw in dec.layers]
     shares = [float(v) for v in args.shares.split(",") if v]
     mshares = [float(v) for v in args.model_shares.split(",") if v]
-    cal = calibrate(dec, prompts, shares, mshares, scales)
+    cal = decode_thresholds(dec, prompts, shares, {c: gate_share(c) for c in shares}, mshares, scales)
     rows = [dict(line="dense", scope="ffn", kept_share=1.0, compiled_equals_eager=same, free_agree=1.0,
                  free_prefix=float(args.new), forced_agree=1.0, free_agree_eager=agreement(dense, eager)[0],
                  forced_agree_eager=1.0, tokens=eager.numel())]
