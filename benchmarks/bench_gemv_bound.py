@@ -7,8 +7,8 @@ Shapes (Mistral-7B): gate/up stacked 4096 -> 28672, down 14336 -> 4096, qkv 4096
 For each shape the tile shapes ``(BM, BN, num_warps)`` of :data:`TILES` are swept in bf16 at kept shares
 0.4 / 0.6 / 0.8 and the one with the lowest worst time-over-bound kept (``--save`` writes them for
 ``bench_decode.py --config``); the best few are then timed with no threshold (every row kept) against the
-dense product (cuBLAS), and where one beats cuBLAS it is saved as the shape's ``dense1`` tile (the dense
-step then runs it instead).  Then, per shape and kept share rho (0.4, 0.5, 0.6, 0.8): ours in bf16 and
+dense product (cuBLAS), for reference only: nothing of it is saved (the decode step's dense products are
+Inductor's, fused with the norms and activations around them, not this kernel's).  Then, per shape and kept share rho (0.4, 0.5, 0.6, 0.8): ours in bf16 and
 fp16 (float32 accumulator and float32 output: the cast to the model's dtype is fused into the next kernel
 in the compiled step), TEAL's ``splitk_sparse_gemv`` (FasterDecoding/TEAL ``kernels/sparse_gemv.py``,
 fp16: its float16 atomic adds into an output zeroed by its pre-hook, its autotuner run first) and the
@@ -173,11 +173,8 @@ def main(argv=None) -> int:
             if dense_best is None or us < dense_best[0]:
                 dense_best = (us, tile)
         ops.CONFIG[key] = best[1]
-        if dense_best[0] < us_c:
-            chosen[f"dense1:{k}x{n}"] = list(dense_best[1])
-            ops.CONFIG[f"dense1:{k}x{n}"] = dense_best[1]
-            print(f"chosen {sname} dense1:{k}x{n}: {dense_best[1]} ({dense_best[0]:.2f} us against cuBLAS "
-                  f"{us_c:.2f})", flush=True)
+        print(f"dense {sname}: ours with no threshold at best {dense_best[0]:.2f} us ({dense_best[1]}), cuBLAS "
+              f"{us_c:.2f} us (not saved)", flush=True)
         for rho in [float(r) for r in args.rhos.split(",")]:
             thr = thr_of(rho)
             for dt, dname in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")):

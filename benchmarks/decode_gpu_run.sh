@@ -15,7 +15,8 @@
 #   decode        bench_decode.py on the Mistral-7B shape, compiled, every line, batch 1, 4, 16, with the tiles
 #   gptfast       gptfast_peer.py: gpt-fast's own model and decode loop, batch 1, 4, 16
 #   smollm2       smollm2_tokens.py: the embedded model compiled against eager, TEAL's token agreement
-# WORK/DONE is written last.
+# STEPS (default "kernel_tests gemv decode gptfast smollm2") names the steps to run, in that order; CONF (a
+# tiles.json) is used where the gemv step did not write WORK/tiles.json.  WORK/DONE is written last.
 set -uo pipefail
 EXT=$1 WORK=$2 GGUF=${3:-}
 mkdir -p "$WORK"
@@ -29,17 +30,30 @@ step() {  # name, command...
     tail -n 25 "$WORK/$name.log" >> "$WORK/run.log"
 }
 { nvidia-smi; python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)'; } > "$WORK/gpu.txt" 2>&1
-step kernel_tests python3 -m pytest -q -p no:cacheprovider tests/test_deploy_ops.py tests/test_sparse_gemv.py tests/test_decoder.py
-step gemv python3 benchmarks/bench_gemv_bound.py --teal "$EXT/teal_sparse_gemv.py" --out "$WORK/gemv.csv" \
-    --sweep-out "$WORK/gemv_sweep.csv" --save "$WORK/tiles.json"
-CONF=(); [ -f "$WORK/tiles.json" ] && CONF=(--config "$WORK/tiles.json")
-step decode python3 benchmarks/bench_decode.py "${CONF[@]}" --out "$WORK/decode.csv" --profile-out "$WORK/profile.json" \
-    ${DECODE_ARGS:-}
-step gptfast python3 benchmarks/gptfast_peer.py --src "$EXT/gpt-fast" --out "$WORK/gptfast.csv" ${GPTFAST_ARGS:-}
-if [ -n "$GGUF" ]; then
+run_kernel_tests() {
+    step kernel_tests python3 -m pytest -q -p no:cacheprovider tests/test_deploy_ops.py tests/test_sparse_gemv.py \
+        tests/test_decoder.py
+}
+run_gemv() {
+    step gemv python3 benchmarks/bench_gemv_bound.py --teal "$EXT/teal_sparse_gemv.py" --out "$WORK/gemv.csv" \
+        --sweep-out "$WORK/gemv_sweep.csv" --save "$WORK/tiles.json"
+}
+tiles() { if [ -f "$WORK/tiles.json" ]; then echo "$WORK/tiles.json"; else echo "${CONF:-}"; fi; }
+run_decode() {
+    local c; c=$(tiles)
+    step decode python3 benchmarks/bench_decode.py ${c:+--config "$c"} --out "$WORK/decode.csv" \
+        --profile-out "$WORK/profile.json" ${DECODE_ARGS:-}
+}
+run_gptfast() {
+    step gptfast python3 benchmarks/gptfast_peer.py --src "$EXT/gpt-fast" --out "$WORK/gptfast.csv" ${GPTFAST_ARGS:-}
+}
+run_smollm2() {
+    [ -n "$GGUF" ] || return 0
     # the GGUF may arrive while the steps above run (carried in parts over two calls): wait for it
     for _ in $(seq 1 ${GGUF_WAIT:-180}); do [ -f "$GGUF" ] && break; sleep 5; done
-    step smollm2 python3 benchmarks/smollm2_tokens.py "${CONF[@]}" --gguf "$GGUF" --prompts "$EXT/prompts.json" \
+    local c; c=$(tiles)
+    step smollm2 python3 benchmarks/smollm2_tokens.py ${c:+--config "$c"} --gguf "$GGUF" --prompts "$EXT/prompts.json" \
         --out "$WORK/smollm2.csv"
-fi
+}
+for s in ${STEPS:-kernel_tests gemv decode gptfast smollm2}; do "run_$s"; done
 date > "$WORK/DONE"

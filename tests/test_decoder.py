@@ -70,13 +70,15 @@ def test_sparsity_changes_the_output():
     assert float((_decode(dec, prompt, 3)[1] - dense).norm()) > 1e-3
 
 
-def test_compiled_step_equals_eager():
-    """One fullgraph compile (aot_eager: the operators' fake implementations trace) of the TEAL step."""
+@pytest.mark.parametrize("batch", [1, 2])
+def test_compiled_step_equals_eager(batch):
+    """One fullgraph compile (aot_eager: the operators' fake implementations trace) of the TEAL step; batch 1
+    through the decode attention operator, batch 2 through the cache write and SDPA in the graph."""
     gen = torch.Generator().manual_seed(3)
-    prompt = torch.randint(0, CFG["vocab_size"], (1, 6), generator=gen)
+    prompt = torch.randint(0, CFG["vocab_size"], (batch, 6), generator=gen)
     out = {}
     for comp in (False, True):
-        dec = _dec(batch=1, compile=comp)
+        dec = _dec(batch=batch, compile=comp)
         dec.compile_backend = "aot_eager"
         dec.set_sparsity(_sparsity(dec, "teal_attn", torch.Generator().manual_seed(4)))
         out[comp] = _decode(dec, prompt, 4)

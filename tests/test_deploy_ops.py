@@ -4,6 +4,7 @@ under FakeTensorMode and inside a fullgraph torch.compile), and the torch fallba
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from apc.deploy import ops
 from apc.deploy.ffn import group_index, masked_dense_ffn
@@ -154,21 +155,6 @@ def test_in_sparse_kernel_equals_reference(t, tile, case, monkeypatch):
 
 
 @KERNELS
-def test_dense_tile_entry_serves_the_dense_product(monkeypatch):
-    dev = "cuda" if torch.cuda.is_available() else "cpu"
-    dt = torch.bfloat16 if dev == "cuda" else torch.float32
-    k, n = 96, 80
-    g = torch.Generator().manual_seed(8)
-    x, w = torch.randn(1, k, generator=g).to(dev, dt), torch.randn(n, k, generator=g).to(dev, dt)
-    assert not ops.gemv_dense(x, k, n)
-    monkeypatch.setitem(ops.CONFIG, f"dense1:{k}x{n}", (16, 32, 2))
-    assert ops.gemv_dense(x, k, n) and ops.in_config(1, k, n, dense=True) == (16, 32, 2)
-    assert not ops.gemv_dense(x.repeat(2, 1), k, n)
-    out = ops.linear(x, w, w.t().contiguous())
-    assert out.dtype == dt and _rel(out, x.double() @ w.double().t()) < (1e-2 if dt == torch.bfloat16 else 1e-5)
-
-
-@KERNELS
 @pytest.mark.parametrize("t", [1, 4])
 def test_out_sparse_kernel_equals_reference(t, monkeypatch):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
@@ -210,6 +196,36 @@ def test_decode_attention_fallback_writes_the_cache_and_equals_sdpa(pos, monkeyp
     # by hand for one head: softmax over positions 0 .. pos of the group's key head
     s = (rk[1, 0, :pos + 1] @ q[1, 2].double()) / 8 ** 0.5
     assert _rel(out[1, 2], torch.softmax(s, 0) @ rv[1, 0, :pos + 1]) < 1e-6
+
+
+class _OpLog(TorchDispatchMode):
+    """The operators dispatched inside it, by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(str(func.name()))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("b", [1, 3])
+def test_cached_attention_takes_the_operator_up_to_its_batch(b, monkeypatch):
+    """Batch <= ATTN_KERNEL_MAX_BATCH: the decode_attention operator; above it the cache write and SDPA as torch
+    ops (no operator call); both write the caches at pos and equal the float64 reference."""
+    monkeypatch.setattr(ops, "_ta", None)
+    monkeypatch.setattr(ops, "ATTN_KERNEL_MAX_BATCH", 1)
+    q, k, v, kc, vc, p = _attn_inputs(b, 6, 2, 8, 24, 11, seed=40 + b)
+    ref, rk, rv = _attn_ref(q, k, v, kc, vc, p)
+    with _OpLog() as log:
+        out = ops.cached_attention(q, k, v, kc, vc, p)
+    assert ("apc::decode_attention" in log.names) == (b == 1)
+    assert (b > 1) == any("index_copy" in n for n in log.names)
+    assert out.shape == q.shape and _rel(out, ref) < 1e-6
+    assert torch.equal(kc.double(), rk) and torch.equal(vc.double(), rv)
+    with pytest.raises(ValueError, match="disagree"):
+        ops.cached_attention(q, k[:, :1], v[:, :1], kc, vc, p)
 
 
 def test_decode_attention_fake_and_opcheck(monkeypatch):

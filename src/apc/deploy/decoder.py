@@ -19,7 +19,8 @@ The sparsity of every layer is a :class:`Sparsity`: a ``kind`` (one compiled fun
 per-layer tensors (thresholds as device scalars, so one compiled graph serves every share):
 
 ============== ===============================================================================================
-``dense``      cuBLAS products
+``dense``      dense products (``F.linear``; compiled at batch 1 under coordinate-descent tuning, Inductor's own
+               reduction kernels, fused with the norm before and the activation or residual add after)
 ``teal``       gate/up on ``|x * s_in| > t_in``, down on ``|h * s_h| > t_h`` (``s_*`` optional: WINA's scales)
 ``teal_attn``  ``teal`` plus the q/k/v input on ``|n| > t_qkv`` (one test over the stacked qkv weight) and the
                o-projection input on ``|a| > t_o`` (TEAL as published: all seven projections)
@@ -90,7 +91,7 @@ def _union(keep) -> float:
 
 def _qkv(n, lw, lp, spec, rec):
     if spec.kind != "teal_attn":
-        return ops.linear(n, lw["wqkv"], lw.get("wqkv_t"))
+        return ops.linear(n, lw["wqkv"])
     if spec.reference:
         keep = n.float().abs() > lp["t_qkv"]
         rec.append(("qkv", _union(keep)))
@@ -100,7 +101,7 @@ def _qkv(n, lw, lp, spec, rec):
 
 def _o(a, lw, lp, spec, rec):
     if spec.kind != "teal_attn":
-        return ops.linear(a, lw["wo"], lw.get("wo_t"))
+        return ops.linear(a, lw["wo"])
     if spec.reference:
         keep = a.float().abs() > lp["t_o"]
         rec.append(("o", _union(keep)))
@@ -120,8 +121,8 @@ def _ffn(x, lw, lp, spec, zero, rec=None):
     ref = spec.reference
     f = lw["wd"].shape[1]
     if kind == "dense":
-        g, u = ops.linear(x, lw["wgu"], lw.get("wgu_t")).chunk(2, dim=-1)
-        return ops.linear(F.silu(g) * u, lw["wd"], lw.get("wd_t"))
+        g, u = ops.linear(x, lw["wgu"]).chunk(2, dim=-1)
+        return ops.linear(F.silu(g) * u, lw["wd"])
     if kind == "static":
         if ref:
             rec.append(("ffn", lp["wd"].shape[1] / f))
@@ -170,8 +171,9 @@ def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, ln_next, zero, *, spec: _Spe
         qk = t[:, :nh + nkv].float()
         t1, t2 = qk[..., :hd // 2], qk[..., hd // 2:]
         r = torch.cat([t1 * c - t2 * s, t2 * c + t1 * s], -1).to(x.dtype)
-        # the cache write at pos and the attention over 0 .. pos: one operator (one kernel on CUDA)
-        o = torch.ops.apc.decode_attention(r[:, :nh], r[:, nh:], t[:, nh + nkv:], kc, vc, pos)
+        # the cache write at pos and the attention over 0 .. pos: one operator (one kernel on CUDA) at batch 1,
+        # the cache write and SDPA in this graph above it (ops.cached_attention)
+        o = ops.cached_attention(r[:, :nh], r[:, nh:], t[:, nh + nkv:], kc, vc, pos)
         x = x + _o(o.reshape(b, nh * hd), lw, lp, spec, rec)
     if not spec.skip_ffn:
         x = x + _ffn(_rms(x, lw["ln2"], spec.eps), lw, lp, spec, zero, rec)
@@ -270,16 +272,6 @@ class Decoder:
                 if name + "_t" not in lw:
                     lw[name + "_t"] = lw[name].t().contiguous()
 
-    def prepare_dense(self) -> None:
-        """The transposed weight copies of the dense products that run the GEMV kernel at one token
-        (:func:`apc.deploy.ops.gemv_dense`: the shapes with a tuned ``dense1`` tile), made once."""
-        probe = torch.empty(self.batch, 0, device=self.device, dtype=self.dtype)
-        for lw in self.layers:
-            for name in ("wqkv", "wo", "wgu", "wd"):
-                n, k = lw[name].shape
-                if name + "_t" not in lw and ops.gemv_dense(probe, k, n):
-                    lw[name + "_t"] = lw[name].t().contiguous()
-
     def set_sparsity(self, sp: Sparsity | None) -> None:
         """Use ``sp`` (None: dense) from the next step on."""
         sp = sp or Sparsity()
@@ -326,7 +318,6 @@ class Decoder:
         return _ffn(x, self.layers[i], sp[i] if sp else {}, self._spec(), self._zero, self.unions)
 
     def _layer_fn(self):
-        self.prepare_dense()
         spec = self._spec()
         if not self.compile or self.reference:
             return partial(layer_step, spec=spec, rec=self.unions)

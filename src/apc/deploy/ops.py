@@ -50,8 +50,8 @@ except Exception:  # pragma: no cover - depends on the install
 MAX_TOKENS = 16
 #: input-sparse tiles: key ``in{BT}`` or ``in{BT}:{K}x{N}`` -> ``(BM, BN, num_warps[, ITERS])``; output-sparse:
 #: ``out{BT}`` or ``out{BT}:{N}x{K}`` -> ``(BN, BK, num_warps)``; attention: ``attn`` -> ``(BL, NSPLIT,
-#: num_warps)``; ``dense1:{K}x{N}`` present: the dense product of that shape at one token runs the
-#: input-sparse kernel with no threshold (:func:`linear`) instead of cuBLAS, with that entry's tile
+#: num_warps)``.  Dense products are not routed through these kernels: in the compiled step Inductor's own
+#: product kernels, fused with the norm before and the activation or residual add after, serve them
 CONFIG: dict = {"in1": (32, 256, 4), "in16": (32, 128, 4), "out1": (16, 512, 4), "out16": (32, 256, 4),
                 "attn": (32, 32, 8)}
 
@@ -65,12 +65,9 @@ def _kernels(x: Tensor) -> bool:
     return _tg is not None and (x.is_cuda or _INTERPRET) and 0 < x.shape[0] <= MAX_TOKENS
 
 
-def in_config(t: int, k: int, n: int, dense: bool = False) -> tuple:
-    """The input-sparse tile ``(BM, BN, num_warps)`` for ``T`` tokens and a ``(K, N)`` weight (``dense``: no
-    threshold, the ``dense1`` entry if there is one)."""
+def in_config(t: int, k: int, n: int) -> tuple:
+    """The input-sparse tile ``(BM, BN, num_warps[, ITERS])`` for ``T`` tokens and a ``(K, N)`` weight."""
     bt = _bt(t)
-    if dense and bt == 1 and f"dense1:{k}x{n}" in CONFIG:
-        return tuple(CONFIG[f"dense1:{k}x{n}"])
     return tuple(CONFIG.get(f"in{bt}:{k}x{n}", CONFIG[f"in{bt}"]))
 
 
@@ -137,7 +134,7 @@ def in_sparse_gemv(x: Tensor, w_t: Tensor, threshold: Optional[Tensor], scale: O
     t, k = x.shape
     n = w_t.shape[1]
     if _kernels(x):
-        return _in_kernel(x, w_t, threshold, scale, in_config(t, k, n, threshold is None and scale is None))
+        return _in_kernel(x, w_t, threshold, scale, in_config(t, k, n))
     if t == 0:
         return torch.zeros((0, n), device=x.device, dtype=torch.float32)
     score = x.float() if scale is None else x.float() * scale.float()
@@ -242,9 +239,33 @@ def attention_reference(q, k_cache, v_cache, pos):
     return torch.nn.functional.scaled_dot_product_attention(qg, k_cache, v_cache, attn_mask=valid).reshape(b, nh, hd)
 
 
+def _write_and_attend(q, k, v, k_cache, v_cache, pos):
+    """``k, v`` written into the caches at ``pos`` (``index_copy_``), then :func:`attention_reference`."""
+    k_cache.index_copy_(2, pos, k.unsqueeze(2))
+    v_cache.index_copy_(2, pos, v.unsqueeze(2))
+    return attention_reference(q, k_cache, v_cache, pos)
+
+
 def _attn_kernel_ok(q) -> bool:
     hd = q.shape[-1]
     return _ta is not None and (q.is_cuda or _INTERPRET) and hd >= 16 and hd & (hd - 1) == 0
+
+
+#: the largest batch whose decode attention runs :func:`decode_attention` (the split-KV kernel); larger batches
+#: write the cache and call SDPA in the caller's graph (:func:`cached_attention`), which Inductor compiles with
+#: the rest of the layer (the kernel's one program per KV head and split is slower there: H100, batch 4 and 16)
+ATTN_KERNEL_MAX_BATCH = 1
+
+
+def cached_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: Tensor, pos: Tensor) -> Tensor:
+    """Cache write at ``pos`` and grouped-query decode attention, ``q (B, nh, hd)`` -> ``(B, nh, hd)``: the
+    :func:`decode_attention` operator for ``B <= ATTN_KERNEL_MAX_BATCH``, else the cache write
+    (``index_copy_``) and SDPA as plain torch ops, traced into the caller's compiled graph.  Eager and compiled
+    steps take the same branch for the same batch."""
+    if q.shape[0] <= ATTN_KERNEL_MAX_BATCH:
+        return torch.ops.apc.decode_attention(q, k, v, k_cache, v_cache, pos)
+    _check_attn(q, k, v, k_cache, v_cache, pos)
+    return _write_and_attend(q, k, v, k_cache, v_cache, pos)
 
 
 @torch.library.custom_op("apc::decode_attention", mutates_args=("k_cache", "v_cache"))
@@ -252,9 +273,7 @@ def decode_attention(q: Tensor, k: Tensor, v: Tensor, k_cache: Tensor, v_cache: 
     """Cache write at ``pos`` and grouped-query decode attention; see the module docstring."""
     _check_attn(q, k, v, k_cache, v_cache, pos)
     if not _attn_kernel_ok(q):
-        k_cache.index_copy_(2, pos, k.unsqueeze(2))
-        v_cache.index_copy_(2, pos, v.unsqueeze(2))
-        return attention_reference(q, k_cache, v_cache, pos)
+        return _write_and_attend(q, k, v, k_cache, v_cache, pos)
     if k_cache.stride(3) != 1 or v_cache.stride() != k_cache.stride():
         raise ValueError("the caches must have contiguous rows and equal strides")
     b, nh, hd = q.shape
@@ -291,18 +310,8 @@ def sparse_linear(x: Tensor, w_t: Tensor, threshold: Tensor | None = None, scale
     return torch.ops.apc.in_sparse_gemv(x, w_t, threshold, scale)
 
 
-def gemv_dense(x: Tensor, k: int, n: int) -> bool:
-    """Whether the dense product ``x (T, K) @ (K, N)`` runs the input-sparse kernel with no threshold (a tuned
-    ``dense1:{K}x{N}`` entry of :data:`CONFIG`, one token, the kernels available) rather than cuBLAS."""
-    return x.shape[0] == 1 and f"dense1:{k}x{n}" in CONFIG and _kernels(x)
-
-
-def linear(x: Tensor, w: Tensor, w_t: Tensor | None = None) -> Tensor:
-    """The dense ``x @ w.T`` in ``x``'s dtype, ``w (N, K)``: cuBLAS, or the input-sparse kernel with no threshold on
-    ``w_t (K, N)`` where :func:`gemv_dense` says so (``w_t`` given)."""
-    n, k = w.shape
-    if w_t is not None and gemv_dense(x, k, n):
-        return torch.ops.apc.in_sparse_gemv(x, w_t, None, None).to(x.dtype)
+def linear(x: Tensor, w: Tensor) -> Tensor:
+    """The dense ``x @ w.T`` in ``x``'s dtype, ``w (N, K)`` (in the compiled step: Inductor's product)."""
     return torch.nn.functional.linear(x, w)
 
 
