@@ -104,16 +104,16 @@ class Line:
                 if name == "wina":
                     lp.update(s_in=scales[i][0], s_h=scales[i][1])
                 layers.append(lp)
-            self.sp = Sparsity("teal", layers)
+            self.sp = Sparsity("input", layers)
         elif name == "teal_model":
-            self.sp = Sparsity("teal_attn", [{k: t(v) for k, v in lp.items()} for lp in cal["model"][c]])
+            self.sp = Sparsity("input_attn", [{k: t(v) for k, v in lp.items()} for lp in cal["model"][c]])
             lw = lay[0]
             el = dec.embed.element_size()
             q_b, o_b = L * lw["wqkv"].numel() * el, L * lw["wo"].numel() * el
             self.attn_bytes = lambda u: q_b * u["qkv"] + o_b * u["o"]  # noqa: E731
         elif name == "cats":
             self.kept = gate_share(c)
-            self.sp = Sparsity("cats", [dict(t=t(v)) for v in cal[c]["gate"]])
+            self.sp = Sparsity("gate", [dict(t=t(v)) for v in cal[c]["gate"]])
         elif name in ("per_token", "cluster"):
             k = max(1, int(round(c * f)))
 

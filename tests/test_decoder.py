@@ -19,21 +19,21 @@ def _sparsity(dec, kind, gen):
     thr = lambda v: torch.tensor([v])  # noqa: E731
     layers = []
     for lw in dec.layers:
-        if kind == "teal":
+        if kind == "input":
             layers.append(dict(t_in=thr(0.5), t_h=thr(0.05)))
         elif kind == "wina":
             layers.append(dict(t_in=thr(0.5), t_h=thr(0.05), s_in=lw["wgu"].float().norm(dim=0),
                                s_h=lw["wd"].float().norm(dim=0)))
-        elif kind == "teal_attn":
+        elif kind == "input_attn":
             layers.append(dict(t_in=thr(0.5), t_h=thr(0.05), t_qkv=thr(0.6), t_o=thr(0.05)))
-        elif kind == "cats":
+        elif kind == "gate":
             layers.append(dict(t=thr(0.05)))
         elif kind == "mask":
             layers.append(dict(mask=torch.rand(dec.batch, f, generator=gen) < 0.5))
         elif kind == "static":
             idx = torch.randperm(f, generator=gen)[: f // 2]
             layers.append(dict(wgu=torch.cat([lw["wgu"][idx], lw["wgu"][f + idx]]), wd=lw["wd"][:, idx].contiguous()))
-    return Sparsity("teal" if kind == "wina" else kind, layers)
+    return Sparsity("input" if kind == "wina" else kind, layers)
 
 
 def _decode(dec, prompt, steps):
@@ -44,7 +44,7 @@ def _decode(dec, prompt, steps):
     return dec.log[prompt.shape[1]:prompt.shape[1] + steps].clone(), dec.logits.clone()
 
 
-@pytest.mark.parametrize("kind", ["dense", "teal", "wina", "teal_attn", "cats", "mask", "static"])
+@pytest.mark.parametrize("kind", ["dense", "input", "wina", "input_attn", "gate", "mask", "static"])
 def test_sparse_path_equals_reference(kind):
     gen = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, CFG["vocab_size"], (2, 6), generator=gen)
@@ -57,7 +57,7 @@ def test_sparse_path_equals_reference(kind):
     assert float((logits - ref_logits).norm() / ref_logits.norm()) < 1e-5
     if kind != "dense":
         assert dec.unions and all(0 < u <= 1 for _, u in dec.unions)
-    if kind in ("teal_attn",):
+    if kind in ("input_attn",):
         assert {p for p, _ in dec.unions} == {"qkv", "o", "ffn"}
 
 
@@ -66,7 +66,7 @@ def test_sparsity_changes_the_output():
     prompt = torch.randint(0, CFG["vocab_size"], (2, 6), generator=gen)
     dense = _decode(_dec(), prompt, 3)[1]
     dec = _dec()
-    dec.set_sparsity(_sparsity(dec, "teal_attn", gen))
+    dec.set_sparsity(_sparsity(dec, "input_attn", gen))
     assert float((_decode(dec, prompt, 3)[1] - dense).norm()) > 1e-3
 
 
@@ -80,7 +80,7 @@ def test_compiled_step_equals_eager(batch):
     for comp in (False, True):
         dec = _dec(batch=batch, compile=comp)
         dec.compile_backend = "aot_eager"
-        dec.set_sparsity(_sparsity(dec, "teal_attn", torch.Generator().manual_seed(4)))
+        dec.set_sparsity(_sparsity(dec, "input_attn", torch.Generator().manual_seed(4)))
         out[comp] = _decode(dec, prompt, 4)
     assert torch.equal(out[False][0], out[True][0])
     assert torch.allclose(out[False][1], out[True][1], atol=1e-5, rtol=1e-5)
@@ -91,9 +91,9 @@ def test_bad_input():
     with pytest.raises(ValueError, match="unknown sparsity kind"):
         dec.set_sparsity(Sparsity("nope", []))
     with pytest.raises(ValueError, match="missing"):
-        dec.set_sparsity(Sparsity("teal", [{}, {}]))
+        dec.set_sparsity(Sparsity("input", [{}, {}]))
     with pytest.raises(ValueError, match="layers"):
-        dec.set_sparsity(Sparsity("cats", [{"t": torch.zeros(1)}]))
+        dec.set_sparsity(Sparsity("gate", [{"t": torch.zeros(1)}]))
     with pytest.raises(ValueError, match="does not fit"):
         dec.prefill(torch.zeros(3, 4, dtype=torch.int64))
     with pytest.raises(ValueError, match="lacks"):

@@ -21,10 +21,10 @@ per-layer tensors (thresholds as device scalars, so one compiled graph serves ev
 ============== ===============================================================================================
 ``dense``      dense products (``F.linear``; compiled at batch 1 under coordinate-descent tuning, Inductor's own
                reduction kernels, fused with the norm before and the activation or residual add after)
-``teal``       gate/up on ``|x * s_in| > t_in``, down on ``|h * s_h| > t_h`` (``s_*`` optional: WINA's scales)
-``teal_attn``  ``teal`` plus the q/k/v input on ``|n| > t_qkv`` (one test over the stacked qkv weight) and the
+``input``      gate/up on ``|x * s_in| > t_in``, down on ``|h * s_h| > t_h`` (TEAL's; ``s_*`` optional: WINA's scales)
+``input_attn`` ``input`` plus the q/k/v input on ``|n| > t_qkv`` (one test over the stacked qkv weight) and the
                o-projection input on ``|a| > t_o`` (TEAL as published: all seven projections)
-``cats``       gate dense, up and down on ``|silu(gate)| >= t``
+``gate``       gate dense, up and down on ``|silu(gate)| >= t`` (CATS's)
 ``mask``       a neuron mask ``mask (B, F)`` (per-token or cluster masks)
 ``static``     dense products on pruned weights ``wgu (2F', D)``, ``wd (D, F')``
 ============== ===============================================================================================
@@ -42,9 +42,9 @@ import torch.nn.functional as F
 
 from apc.deploy import ops
 
-KINDS = ("dense", "teal", "teal_attn", "cats", "mask", "static")
-#: per-layer tensors each kind needs (``s_in``/``s_h`` optional for ``teal``/``teal_attn``)
-NEEDS = {"dense": (), "teal": ("t_in", "t_h"), "teal_attn": ("t_in", "t_h", "t_qkv", "t_o"), "cats": ("t",),
+KINDS = ("dense", "input", "input_attn", "gate", "mask", "static")
+#: per-layer tensors each kind needs (``s_in``/``s_h`` optional for ``input``/``input_attn``)
+NEEDS = {"dense": (), "input": ("t_in", "t_h"), "input_attn": ("t_in", "t_h", "t_qkv", "t_o"), "gate": ("t",),
          "mask": ("mask",), "static": ("wgu", "wd")}
 
 
@@ -90,7 +90,7 @@ def _union(keep) -> float:
 
 
 def _qkv(n, lw, lp, spec, rec):
-    if spec.kind != "teal_attn":
+    if spec.kind != "input_attn":
         return ops.linear(n, lw["wqkv"])
     if spec.reference:
         keep = n.float().abs() > lp["t_qkv"]
@@ -100,7 +100,7 @@ def _qkv(n, lw, lp, spec, rec):
 
 
 def _o(a, lw, lp, spec, rec):
-    if spec.kind != "teal_attn":
+    if spec.kind != "input_attn":
         return ops.linear(a, lw["wo"])
     if spec.reference:
         keep = a.float().abs() > lp["t_o"]
@@ -128,7 +128,7 @@ def _ffn(x, lw, lp, spec, zero, rec=None):
             rec.append(("ffn", lp["wd"].shape[1] / f))
         g, u = F.linear(x, lp["wgu"]).chunk(2, dim=-1)
         return F.linear(F.silu(g) * u, lp["wd"])
-    if kind in ("teal", "teal_attn"):
+    if kind in ("input", "input_attn"):
         if ref:
             k_in = _score(x, lp.get("s_in")).abs() > lp["t_in"]
             g, u = F.linear(x.masked_fill(~k_in, 0), lw["wgu"]).chunk(2, dim=-1)
@@ -139,7 +139,7 @@ def _ffn(x, lw, lp, spec, zero, rec=None):
         g, u = ops.sparse_linear(x, lw["wgu_t"], lp["t_in"], lp.get("s_in")).to(dt).chunk(2, dim=-1)
         h = F.silu(g) * u
         return ops.sparse_linear(h, lw["wd_t"], lp["t_h"], lp.get("s_h")).to(dt)
-    if kind == "cats":
+    if kind == "gate":
         a = F.silu(F.linear(x, lw["wgu"][:f]))
         keep = a.abs().float() >= lp["t"]
         if ref:
@@ -276,8 +276,8 @@ class Decoder:
         """Use ``sp`` (None: dense) from the next step on."""
         sp = sp or Sparsity()
         sp.check(self.n_layers)
-        if sp.kind in ("teal", "teal_attn", "cats", "mask"):
-            self.prepare_sparse(attention=sp.kind == "teal_attn")
+        if sp.kind in ("input", "input_attn", "gate", "mask"):
+            self.prepare_sparse(attention=sp.kind == "input_attn")
         self.sparsity = sp
 
     def snapshot(self):
