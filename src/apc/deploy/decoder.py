@@ -89,24 +89,17 @@ def _union(keep) -> float:
     return float(keep.any(dim=0).float().mean())
 
 
-def _qkv(n, lw, lp, spec, rec):
+def _attn_proj(x, name: str, lw, lp, spec, rec):
+    """An attention projection ``name`` (``qkv``: the stacked q/k/v, or ``o``) of ``x: (T, K)``: dense, or under
+    ``input_attn`` its input thresholded at ``lp["t_" + name]`` (the input-sparse GEMV; masked dense products in the
+    reference, which records the union share)."""
     if spec.kind != "input_attn":
-        return ops.linear(n, lw["wqkv"])
+        return ops.linear(x, lw["w" + name])
     if spec.reference:
-        keep = n.float().abs() > lp["t_qkv"]
-        rec.append(("qkv", _union(keep)))
-        return F.linear(n.masked_fill(~keep, 0), lw["wqkv"])
-    return ops.sparse_linear(n, lw["wqkv_t"], lp["t_qkv"]).to(n.dtype)
-
-
-def _o(a, lw, lp, spec, rec):
-    if spec.kind != "input_attn":
-        return ops.linear(a, lw["wo"])
-    if spec.reference:
-        keep = a.float().abs() > lp["t_o"]
-        rec.append(("o", _union(keep)))
-        return F.linear(a.masked_fill(~keep, 0), lw["wo"])
-    return ops.sparse_linear(a, lw["wo_t"], lp["t_o"]).to(a.dtype)
+        keep = x.float().abs() > lp["t_" + name]
+        rec.append((name, _union(keep)))
+        return F.linear(x.masked_fill(~keep, 0), lw["w" + name])
+    return ops.sparse_linear(x, lw["w" + name + "_t"], lp["t_" + name]).to(x.dtype)
 
 
 def _score(v, scale):
@@ -166,7 +159,7 @@ def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, ln_next, zero, *, spec: _Spe
     b = x.shape[0]
     nh, nkv, hd = spec.nh, spec.nkv, spec.hd
     if not spec.skip_attn:
-        t = _qkv(n, lw, lp, spec, rec).view(b, nh + 2 * nkv, hd)
+        t = _attn_proj(n, "qkv", lw, lp, spec, rec).view(b, nh + 2 * nkv, hd)
         c, s = cos.index_select(0, pos), sin.index_select(0, pos)  # (1, hd / 2)
         qk = t[:, :nh + nkv].float()
         t1, t2 = qk[..., :hd // 2], qk[..., hd // 2:]
@@ -174,7 +167,7 @@ def layer_step(x, n, lw, lp, kc, vc, pos, cos, sin, ln_next, zero, *, spec: _Spe
         # the cache write at pos and the attention over 0 .. pos: one operator (one kernel on CUDA) at batch 1,
         # the cache write and SDPA in this graph above it (ops.cached_attention)
         o = ops.cached_attention(r[:, :nh], r[:, nh:], t[:, nh + nkv:], kc, vc, pos)
-        x = x + _o(o.reshape(b, nh * hd), lw, lp, spec, rec)
+        x = x + _attn_proj(o.reshape(b, nh * hd), "o", lw, lp, spec, rec)
     if not spec.skip_ffn:
         x = x + _ffn(_rms(x, lw["ln2"], spec.eps), lw, lp, spec, zero, rec)
     return x, _rms(x, ln_next, spec.eps)
