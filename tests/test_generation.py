@@ -229,6 +229,28 @@ def test_a_kept_dense_prefill_gives_the_same_tokens(tiny_llama, prompts, dense):
         greedy(tiny_llama, prompts, NEW, batch_size=8, prefilled=caches)
 
 
+def test_a_saved_prefill_reloads_to_the_same_tokens(tiny_llama, prompts, dense, tmp_path):
+    from apc.perplexity.generation import load_prefill, save_prefill, select_prompts
+
+    caches = dense_prefill(tiny_llama, prompts, batch_size=10)
+    path = tmp_path / "prefill.pt"
+    save_prefill(caches, path, prompts)
+    loaded = load_prefill(path, prompts, tiny_llama)
+    assert (loaded.n, loaded.prompt_len, loaded.batch_size) == (prompts.n, prompts.prompt_len, 10)
+    assert torch.equal(greedy(tiny_llama, prompts, NEW, batch_size=10, prefilled=loaded), dense)
+    masked = greedy(tiny_llama, prompts, NEW, masking=_random(tiny_llama, 0.5), batch_size=10)
+    assert torch.equal(greedy(tiny_llama, prompts, NEW, masking=_random(tiny_llama, 0.5), batch_size=10,
+                              prefilled=loaded), masked)
+    other = select_prompts(torch.randint(2, 128, (6, 64)), 24, 12, bos=False, seed=3)
+    with pytest.raises(ValueError, match="other prompts"):
+        load_prefill(path, other, tiny_llama)
+    path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.raises(ValueError, match="not a readable prefill file"):
+        load_prefill(path, prompts, tiny_llama)
+    with pytest.raises(FileNotFoundError, match="rerun generation_dense"):
+        load_prefill(tmp_path / "none.pt", prompts, tiny_llama)
+
+
 def test_a_prompt_built_mask_chosen_on_the_prefill_decodes_as_full_recompute(tiny_llama, prompts, dense):
     """GRIFFIN on the prefill route: the prefill of the prompt alone runs dense and keeps the mask each layer
     chooses; the one-position steps reuse it; the tokens are full recompute's (the same mask, every step)."""

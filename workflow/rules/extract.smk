@@ -93,7 +93,7 @@ rule extract_patterns:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]
-    priority: 50
+    priority: 55  # before the 1-thread jobs it unblocks: started later, it waits for both cores to come free
     log:
         L.log("extract_patterns", split="{split}"),
     resources:

@@ -44,7 +44,8 @@ rule generation_dense:
         model=L.manifest(),
         tokens=L.tokens("test"),
     output:
-        L.generation_dense(),
+        dense=L.generation_dense(),
+        prefill=L.generation_prefill(),
     params:
         test_tokens=C["frontier"]["test_tokens"],
         generation=C["frontier"]["generation"],

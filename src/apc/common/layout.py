@@ -128,6 +128,11 @@ class Layout:
         """Dense's greedy continuations of the frontier's prompts (:mod:`apc.perplexity.generation`)."""
         return self._p("ppl", "generation_dense.json")
 
+    def generation_prefill(self) -> str:
+        """Dense's prefill of the same prompts: its KV caches, which every frontier job copies
+        (:func:`apc.perplexity.generation.save_prefill`)."""
+        return self._p("ppl", "generation_prefill.pt")
+
     def generation_samples(self) -> str:
         """Three prompts and every frontier point's continuation of them, decoded (the samples page)."""
         return self._p("generation_samples.json")

@@ -184,6 +184,7 @@ def line_inputs(config: dict, layout, pset: str, line: str) -> dict:
         ins["calibration"] = layout.line_calibration(line)
     if (config.get("frontier") or {}).get("generation"):
         ins["generation"] = layout.generation_dense()
+        ins["generation_prefill"] = layout.generation_prefill()
     ctx = WorkflowInputs(layout=layout, config=config)
     ins.update(spec.impl.workflow_inputs(spec, ctx, projections=tuple(frontier_psets(config)[pset]),
                                          shares=line_shares(config, spec)))

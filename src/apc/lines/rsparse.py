@@ -30,14 +30,13 @@ def factors(weight, rank: int):
     return (u[:, :rank] * s[:rank]).contiguous(), vh[:rank].contiguous()
 
 
-def _trial(mlp, h, f_max: dict, sin, smid, r: int, rho: float) -> tuple:
+def _trial(mlp, h, y, f_max: dict, sin, smid, r: int, rho: float) -> tuple:
     """``(MLP output error, T_in, T_mid, input kept, down_in kept)`` of rank ``r`` at kept share ``rho`` on the
-    train inputs ``h: (n, d_model)``: thresholds for ``rho`` of the weighted scores, the dropped remainder through
-    the first ``r`` columns of the factors ``f_max``."""
+    train inputs ``h: (n, d_model)`` whose dense MLP output is ``y: (n, d_model)`` float32: thresholds for ``rho``
+    of the weighted scores, the dropped remainder through the first ``r`` columns of the factors ``f_max``."""
     from apc.lines._calibrate import share_threshold
 
     f = {p: (a[:, :r], b[:r]) for p, (a, b) in f_max.items()}
-    y = mlp.down(mlp.intermediate(h)).float()
     t_in = share_threshold(h.abs().float() * sin, rho)
     keep = h.abs().float() * sin >= t_in
     hk, hd = h.masked_fill(~keep, 0), h.masked_fill(keep, 0)
@@ -77,11 +76,13 @@ class RSparse(Line):
 
         scales_in, scales_mid = wina_scales(mlps)
         out = {"factors": [], "input_scale": [s.cpu() for s in scales_in], "mid_scale": [s.cpu() for s in scales_mid]}
+        dense = []  # per layer the dense MLP outputs of the probe and of every sample, made once for every trial
         with torch.no_grad():
             for l, (mlp, h) in enumerate(zip(mlps, samples)):
                 d_model, d_ff = h.shape[1], mlp.gate.out_features
                 r_max = int(round(max(RANK_GRID) * d_model))
                 out["factors"].append({p: factors(getattr(mlp, p).weight, r_max) for p in ("gate", "up", "down")})
+                dense.append(tuple(mlp.down(mlp.intermediate(x)).float() for x in (h[:SEARCH_TOKENS], h)))
             for s in map(float, shares):
                 t = {"rank": [], "input": [], "mid": [], "input_kept": [], "mid_kept": [], "error": []}
                 for l, (mlp, h) in enumerate(zip(mlps, samples)):
@@ -89,13 +90,14 @@ class RSparse(Line):
                     f_max = {p: (a.to(h.device), b.to(h.device)) for p, (a, b) in out["factors"][l].items()}
                     sin, smid = scales_in[l].to(h.device), scales_mid[l].to(h.device)
                     probe = h[:SEARCH_TOKENS]
-                    tried = [(_trial(mlp, probe, f_max, sin, smid, r, rho)[0], r, rho) for r, rho in (
+                    y_probe, y_all = dense[l]
+                    tried = [(_trial(mlp, probe, y_probe, f_max, sin, smid, r, rho)[0], r, rho) for r, rho in (
                         (int(round(frac * d_model)), kept_for_rank(s, int(round(frac * d_model)), d_model, d_ff))
                         for frac in RANK_GRID) if rho > 0]
                     if not tried:
                         raise ValueError(f"compute share {s} is below what the rank grid leaves for kept channels")
                     _, r, rho = min(tried)  # the least error on the probe; its thresholds from every sample
-                    err, t_in, t_mid, in_kept, mid_kept = _trial(mlp, h, f_max, sin, smid, r, rho)
+                    err, t_in, t_mid, in_kept, mid_kept = _trial(mlp, h, y_all, f_max, sin, smid, r, rho)
                     for key, v in zip(("error", "rank", "input", "mid", "input_kept", "mid_kept"),
                                       (err, r, t_in, t_mid, in_kept, mid_kept)):
                         t[key].append(v)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, fields, replace
 from apc.lines import LineSpec, parse
 from apc.perplexity.accounting import ffn_share, product_shares, product_weights
 from apc.perplexity.generation import (Prefill, Prompts, columns, decode_samples, dense_prefill, generation_point,
-                                      read_dense, sample_indices)
+                                      load_prefill, read_dense, sample_indices)
 from apc.perplexity.maskargs import Masks
 from apc.perplexity.masking import install_interventions
 from apc.perplexity.protocol import score
@@ -55,7 +55,9 @@ class GenerationInputs:
 
 def job_generation(inputs, model: nn.Module, tokenizer) -> GenerationInputs | None:
     """The generation inputs of a frontier job: the prompts and dense continuations of its ``generation`` input
-    file (:func:`apc.perplexity.generation.dense_record`), with dense's prefill of them; None without the file."""
+    file (:func:`apc.perplexity.generation.dense_record`), with dense's prefill of them (its
+    ``generation_prefill`` file, :func:`apc.perplexity.generation.save_prefill`, else computed here); None
+    without the file."""
     if "generation" not in inputs.keys():
         return None
     from apc.common.atomic import read_json
@@ -64,7 +66,11 @@ def job_generation(inputs, model: nn.Module, tokenizer) -> GenerationInputs | No
         prompts, dense = read_dense(read_json(inputs.generation))
     except ValueError as err:
         raise ValueError(f"{inputs.generation}: {err}; rerun generation_dense") from None
-    return GenerationInputs(prompts, dense, dense_prefill(model, prompts))
+    if "generation_prefill" in inputs.keys():
+        prefill = load_prefill(inputs.generation_prefill, prompts, model)
+    else:
+        prefill = dense_prefill(model, prompts)
+    return GenerationInputs(prompts, dense, prefill)
 
 
 def add_samples(result: dict, gen: GenerationInputs | None, tokenizer, name: str, log=None, k: int = 3) -> None:

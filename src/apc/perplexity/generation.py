@@ -39,7 +39,8 @@ Protocol (``docs/generation.md``):
 
 * **The dense continuation** (``masking=None``) is generated once and compared with every masked point's
   (:func:`generation_point`); the dense prefill's KV caches (:func:`dense_prefill`) can be kept and copied
-  by every cached point, which then runs only its ``new_tokens`` masked steps.
+  by every cached point, which then runs only its ``new_tokens`` masked steps; :func:`save_prefill` writes them
+  once (the workflow's ``generation_dense``) and :func:`load_prefill` reads them in every frontier job.
 
 Per prompt (:func:`agreement`): ``prefix`` = the number of leading new tokens equal to dense's
 (``0..new_tokens``) and ``agree`` = the share of the ``new_tokens`` positions whose token equals
@@ -65,7 +66,7 @@ from apc.perplexity.intervals import LEVEL, N_BOOT, mean_interval
 from apc.perplexity.scoring import _input_device, _logits
 
 __all__ = ["ROUTES", "COLUMNS", "Prompts", "select_prompts", "greedy", "Prefill", "dense_prefill", "agreement",
-           "columns", "generation_point", "sample_indices", "decode_samples", "dense_record", "read_dense"]
+           "columns", "generation_point", "save_prefill", "load_prefill", "sample_indices", "decode_samples", "dense_record", "read_dense"]
 
 #: how masked steps run (module docstring)
 ROUTES = ("cached", "prefill", "recompute")
@@ -202,6 +203,43 @@ def dense_prefill(model: nn.Module, prompts: Prompts, *, batch_size: int = 64) -
         caches = tuple(model(prompts.ids[s : s + int(batch_size), :-1].long().to(device), use_cache=True,
                              logits_to_keep=1).cache for s in range(0, prompts.n, int(batch_size)))
     return Prefill(prompts.n, prompts.prompt_len, int(batch_size), caches)
+
+
+def save_prefill(prefill: Prefill, path, prompts: Prompts) -> None:
+    """Write ``prefill`` (:func:`dense_prefill` of ``prompts``) to ``path``, atomically (``torch.save`` of
+    ``{"n", "prompt_len", "batch_size", "ids": (n, prompt_len) int64, "kv": [[(keys, values) per layer] per
+    batch]}``, each ``keys``/``values`` ``(B, kv_heads, prompt_len - 1, head_dim)``)."""
+    from apc.common.atomic import atomic_path
+
+    kv = [[(k.cpu(), v.cpu()) for k, v, *_ in cache] for cache in prefill.caches]
+    with atomic_path(path, ".pt") as tmp:
+        torch.save({"n": prefill.n, "prompt_len": prefill.prompt_len, "batch_size": prefill.batch_size,
+                    "ids": prompts.ids.long().cpu(), "kv": kv}, tmp)
+
+
+def load_prefill(path, prompts: Prompts, model: nn.Module) -> Prefill:
+    """The :class:`Prefill` that :func:`save_prefill` wrote to ``path``, on ``model``'s device, as the KV caches
+    of ``model``'s config; ``ValueError`` naming the file when it is unreadable or holds other prompts."""
+    from pathlib import Path
+
+    from transformers import DynamicCache
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"missing file: {path} (dense's prefill of the generation prompts); rerun "
+                                "generation_dense")
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+        n, prompt_len, batch_size, ids, kv = (rec[k] for k in ("n", "prompt_len", "batch_size", "ids", "kv"))
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported as one error
+        raise ValueError(f"{path} is not a readable prefill file ({type(err).__name__}: {err}); rerun "
+                         "generation_dense") from None
+    if not torch.equal(ids, prompts.ids.long().cpu()) or n != prompts.n or len(kv) != -(-n // batch_size):
+        raise ValueError(f"{path} holds the prefill of other prompts than the generation file's; rerun "
+                         "generation_dense")
+    device = _input_device(model)
+    caches = tuple(DynamicCache(ddp_cache_data=[(k.to(device), v.to(device)) for k, v in layers],
+                                config=model.config) for layers in kv)
+    return Prefill(int(n), int(prompt_len), int(batch_size), caches)
 
 
 def _cached(model: nn.Module, ids: torch.Tensor, new_tokens: int, context, prefill: bool = False,
