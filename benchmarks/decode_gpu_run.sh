@@ -15,7 +15,8 @@
 #   decode        bench_decode.py on the Mistral-7B shape, compiled, every line, batch 1, 4, 16, with the tiles
 #   gptfast       gptfast_peer.py: gpt-fast's own model and decode loop, batch 1, 4, 16
 #   smollm2       smollm2_tokens.py: the embedded model compiled against eager, TEAL's token agreement
-# STEPS (default "kernel_tests gemv decode gptfast smollm2") names the steps to run, in that order; CONF (a
+#   smollm2_fp32  the same model in float32, dense only: compiled against eager without bf16's rounding
+# STEPS (default "kernel_tests gemv decode gptfast smollm2 smollm2_fp32") names the steps to run, in that order; CONF (a
 # tiles.json) is used where the gemv step did not write WORK/tiles.json.  WORK/DONE is written last.
 set -uo pipefail
 EXT=$1 WORK=$2 GGUF=${3:-}
@@ -55,5 +56,10 @@ run_smollm2() {
     step smollm2 python3 benchmarks/smollm2_tokens.py ${c:+--config "$c"} --gguf "$GGUF" --prompts "$EXT/prompts.json" \
         --out "$WORK/smollm2.csv"
 }
-for s in ${STEPS:-kernel_tests gemv decode gptfast smollm2}; do "run_$s"; done
+run_smollm2_fp32() {
+    [ -f "$GGUF" ] || return 0
+    step smollm2_fp32 python3 benchmarks/smollm2_tokens.py --dtype float32 --gguf "$GGUF" \
+        --prompts "$EXT/prompts.json" --out "$WORK/smollm2_fp32.csv"
+}
+for s in ${STEPS:-kernel_tests gemv decode gptfast smollm2 smollm2_fp32}; do "run_$s"; done
 date > "$WORK/DONE"

@@ -65,7 +65,10 @@ rule calibrate_thresholds:
         extract={k: v for k, v in C["extract"].items() if k != "magnitudes"},  # thresholds do not depend on it
         device=C["device"],
     threads: C["threads"]
-    priority: 60  # everything waits for it
+    # Snakemake's job selector maximises the sum of the started jobs' priorities: a job of all the cores waits
+    # behind any two 1-core jobs whose priorities sum to more than its own.  The two multi-thread jobs that
+    # unblock the others come first, above any pair of the rest (at most 50 each).
+    priority: 200  # everything waits for it
     log:
         L.log("calibrate_thresholds"),
     resources:
@@ -93,7 +96,7 @@ rule extract_patterns:
         device=C["device"],
         dataset=dataset_name(C["data"]),
     threads: C["threads"]
-    priority: 55  # before the 1-thread jobs it unblocks: started later, it waits for both cores to come free
+    priority: 150  # above any two 1-core jobs (see calibrate_thresholds): else it waits for both cores to come free
     log:
         L.log("extract_patterns", split="{split}"),
     resources:
