@@ -12,20 +12,22 @@ STAMP := $(VENV)/.apc-installed
 
 .PHONY: run test env dry-run report ui clean-results docs collect
 
+# Python writes the bytecode of the modules a job imports into .venv (and src/, both ignored by git) even where
+# the calling environment sets PYTHONDONTWRITEBYTECODE: else every job compiles all it imports, every time.
+unexport PYTHONDONTWRITEBYTECODE
+
 env: $(STAMP)
 
 $(STAMP): pyproject.toml requirements-embedded.txt
 	$(PYTHON) -m venv $(VENV)
 # torch through pip, which honours a local wheel folder or index in pip's own configuration; the rest
-# through uv, which installs the same pinned versions in parallel. Bytecode is compiled here, on all
-# cores, for every installed package (torch and its dependencies came through pip without it): a job run
-# with PYTHONDONTWRITEBYTECODE set would otherwise compile every module it imports, every time (sympy
-# alone, which torch imports with transformers, cost 3 s a job; a model-loading job's imports took 12 s
-# instead of 6). Version-specific test files that do not compile are skipped, as pip skips them.
+# through uv, which installs the same pinned versions in parallel. No bytecode is compiled here: compiling
+# every installed package took 34 s of a fresh environment's 48, and a run imports a small part of them.
+# Every target below lets Python write the bytecode of what it imports instead (the unexport above), so the
+# first job that imports a module compiles it once for every later job.
 	$(BIN)/python -m pip install --quiet --no-compile torch==2.13.0 uv==0.13.9
-	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python -e '.[dev]'
-	$(BIN)/python -m uv pip install --quiet --compile-bytecode --python $(BIN)/python --no-deps -r requirements-embedded.txt
-	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib/python*/site-packages > /dev/null || true
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python --no-deps -r requirements-embedded.txt
 	touch $(STAMP)
 
 run: $(STAMP)

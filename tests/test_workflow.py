@@ -371,17 +371,27 @@ def test_predictor_reports_have_sane_metrics(smoke):
 def test_frontier_points_table_and_plot(smoke):
     c, files = _frontier(smoke)
     dense = json.loads((smoke / "ppl" / "dense.json").read_text())
-    assert len(files.points) == 15  # threshold, random, cats, chess, teal, wina, rsparse, griffin, oracle, static,
-    # predicted, two neuron ranks, experts, and the plugin's topk
+    assert len(files.points) == 18  # threshold, random, cats, chess, teal, wina, rsparse, griffin, oracle, static,
+    # predicted, two neuron ranks, experts, the plugin's topk, and teal-model at its three shares
     table = pd.read_csv(smoke / "frontier.csv")
     assert len(table) == len(files.points) and set(table["line"]) == {p.line for p in files.points}
+    model = table[table["compute_scope"] == "model"]
+    table = table[table["compute_scope"] != "model"]
     assert np.allclose(table["compute_share"], table["ffn_flops_share"] + table["predictor_flops_share"]
                        + table["rotation_flops_share"])  # the overheads (R-Sparse's low-rank part) counted
+    # TEAL as published: its attention inputs kept at its share too, its compute over every linear layer
+    assert set(model["line"]) == {"teal-model"} and sorted(model["share"]) == [0.5, 0.6, 0.75]
+    assert np.allclose(model["attn_qkv_share"], model["share"], atol=0.1)
+    assert np.allclose(model["attn_o_share"], model["share"], atol=0.15)
+    assert np.allclose(model["ffn_compute_share"], model["ffn_flops_share"])
+    assert (np.abs(model["compute_share"] - model["share"]) < 0.1).all() and model["gen_agree"].notna().all()
+    pairs = pd.read_csv(smoke / "frontier_paired.csv")
+    assert "teal-model" not in set(pairs["line"]) | set(pairs["against"])  # never paired with FFN-scope lines
     assert table["ppl_lo"].isna().all()  # 7 blocks (GRIFFIN: 6): n/a
     assert (table["kl"] > 0).all() and (table["top1"] < 1).all() and table["kl_hi"].isna().all()
     assert (smoke / "plots" / "frontier_kl_down_in.png").stat().st_size > 5000
     decision = pd.read_csv(smoke / "frontier_decision.csv")  # the rule writes the decision beside the table
-    assert set(decision["line"]) == set(table["line"]) and {"share_1.05", "share_kl0.05", "share_kl0.2"} <= set(decision)
+    assert set(decision["line"]) == set(table["line"]) | set(model["line"]) and {"share_1.05", "share_kl0.05", "share_kl0.2"} <= set(decision)
     row = table.set_index("line")
     # GRIFFIN scores the tokens after its prompt (a quarter of each window), the others every token
     assert (table["tokens"] == dense["tokens"]).sum() == len(table) - 1
@@ -453,18 +463,19 @@ def test_mlflow_one_run_per_frontier_point(smoke):
         run_view_type=ViewType.ACTIVE_ONLY, max_results=1000)
     by_key = {r.data.tags["apc.cell_key"]: r for r in runs}
     assert len(by_key) == len(runs) == len(files.points) and set(by_key) == {p.key for p in files.points}
-    table = pd.read_csv(smoke / "frontier.csv").set_index("line")
+    table = pd.read_csv(smoke / "frontier.csv")
     for p in files.points:
         r = by_key[p.key]
+        row = table[(table["line"] == p.line) & np.isclose(table["share"], p.share)].iloc[0]  # teal-model: 3 shares
         assert r.info.run_name == p.key and r.data.tags["mlflow.parentRunId"] == info["parent"]
-        assert r.data.metrics["ppl"] == pytest.approx(table.loc[p.line, "ppl"])
-        assert r.data.metrics["kl"] == pytest.approx(table.loc[p.line, "kl"])
-        assert r.data.metrics["compute_share"] == pytest.approx(table.loc[p.line, "compute_share"])
-        if np.isfinite(table.loc[p.line, "union_b16"]):
-            assert r.data.metrics["union_b16"] == pytest.approx(table.loc[p.line, "union_b16"])
+        assert r.data.metrics["ppl"] == pytest.approx(row["ppl"])
+        assert r.data.metrics["kl"] == pytest.approx(row["kl"])
+        assert r.data.metrics["compute_share"] == pytest.approx(row["compute_share"])
+        if np.isfinite(row["union_b16"]):
+            assert r.data.metrics["union_b16"] == pytest.approx(row["union_b16"])
         else:  # GRIFFIN: one mask per window, and the smoke run has fewer than 16 windows
             assert p.line == "griffin" and "union_b16" not in r.data.metrics
-        assert r.data.metrics["down_share"] == pytest.approx(table.loc[p.line, "down_share"])
+        assert r.data.metrics["down_share"] == pytest.approx(row["down_share"])
     assert by_key[f"frontier/down_in/oracle.per_layer.apc-k8-s0/0.6"].data.tags["apc.frontier_cells"] == \
         "down_in=down_in/per_layer/apc-k8-d0.6-s0"
 

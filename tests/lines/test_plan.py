@@ -45,7 +45,8 @@ def test_the_schema_has_one_key_per_training_free_line():
 def test_defaults_filled_and_a_line_turned_off(tmp_path):
     c = _config(tmp_path, frontier={"lines": {"griffin": False, "scap": {}}})
     assert "griffin" not in c["frontier"]["lines"] and c["frontier"]["lines"]["scap"] == {}
-    assert c["frontier"]["lines"]["teal"] == {"allocation": ["uniform"]}  # the default preset's, as given
+    # the default preset's allocation, as given, and the line's default for the key it leaves out
+    assert c["frontier"]["lines"]["teal"] == {"allocation": ["uniform"], "compute_scope": ["ffn"]}
     lines = frontier_lines(c, ["down_in"])
     assert "griffin" not in lines and "scap" in lines and lines.index("scap") < lines.index("oracle.per_layer.apc-k128-s0")
 

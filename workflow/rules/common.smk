@@ -18,8 +18,8 @@ from apc.common.config import load_schema
 from apc.common.errors import ConfigError
 from apc.common.frontier import frontier_psets, greedy_cells
 from apc.common.frontier import reference_tokens as frontier_reference_tokens
-from apc.lines.plan import (calibration_lines, job_groups, line_cells, line_inputs, line_shares, own_job_lines,
-                            resolve_config, settings_of)
+from apc.lines.plan import (calibration_inputs, calibration_lines, job_groups, line_cells, line_inputs, line_shares,
+                            own_job_lines, resolve_config, settings_of)
 from apc.common.layout import WILDCARDS as W, Cell, Layout
 from apc.common.families import PROJECTIONS
 from apc.common.sweep import perplexity_batch_of, perplexity_batches

@@ -24,10 +24,10 @@ rule calibrate_kept_shares:
 
 rule calibrate_line:
     # One line's calibration (apc.lines.Line.calibrate: thresholds, allocations, rotations, factors) from train FFN
-    # inputs through the MLP weights: one job and file per line, so adding a line reruns no other.
+    # inputs through the MLP weights (and the attention inputs of train tokens where the line asks for them): one
+    # job and file per line, so adding a line reruns no other.
     input:
-        model=L.manifest(),
-        ffn=L.ffn_inputs("train"),
+        unpack(lambda wc: calibration_inputs(C, L, wc.line)),
     output:
         L.line_calibration("{line}"),
     params:

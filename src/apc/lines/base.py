@@ -14,6 +14,8 @@ A *line* is a method of choosing the FFN's keep mask at a kept share.  Its class
 * ``masks(spec, share, ...)`` and the rule methods (:class:`MaskRule`): the keep mask for a share, for
   the torch route and the fused route;
 * ``overhead_share``: FLOPs it spends beyond the masked products (a rotation, a low-rank part, a bias);
+* ``compute_scope``: the layers its compute share is measured over, ``ffn`` (the FFN's products) or ``model``
+  (every linear layer of the blocks, the attention projections too, whose inputs ``attention_masks`` masks);
 * ``style`` and ``label()``: how plots and tables show it; ``decode``: optionally its decode FFN binding.
 
 The code that uses a line never branches on its name: it asks the registry (:func:`apc.lines.get_line`).
@@ -212,8 +214,14 @@ class Line:
                   settings: Mapping[str, Any], *, lines: Sequence[LineSpec] = ()) -> dict:
         """Arrays of the line from ``samples[l]: (n, d_model)`` train FFN inputs of each layer and the gated MLPs
         ``mlps`` (:class:`apc.perplexity.calibrate.LayerMLP`): a JSON-able dict, keyed by share label where it
-        depends on the share.  ``lines``: the specs of this family on the frontier."""
+        depends on the share.  ``lines``: the specs of this family on the frontier.  A line whose
+        :meth:`calibration_needs` names ``"attention"`` is also given ``attention``: per layer ``(qkv input
+        (n, d_model), o input (n, d_q))`` of train tokens (:func:`apc.perplexity.attention_masks.attention_inputs`)."""
         return {}
+
+    def calibration_needs(self, spec: LineSpec) -> tuple[str, ...]:
+        """What :meth:`calibrate` needs beyond the train FFN inputs: ``()`` or ``("attention",)``."""
+        return ()
 
     # --- the masks ---------------------------------------------------------------------------------------
     def workflow_inputs(self, spec: LineSpec, ctx: WorkflowInputs, *, projections: Sequence[str] = (),
@@ -249,6 +257,11 @@ class Line:
         """``h -> (h masked, keep)`` on the MLP input of layer ``layer`` (lines decided by the input), or None."""
         return None
 
+    def attention_masks(self, state, layer: int):
+        """``(qkv keep_in, o keep_in)`` on the attention inputs of layer ``layer`` (each ``h -> (h masked, keep)``
+        or None; :mod:`apc.perplexity.attention_masks`), or None: lines of ``model`` compute scope."""
+        return None
+
     def extra_hooks(self, state, layers, handle) -> list:
         """Hooks beyond the mask (e.g. a low-rank part of a product): a list of removable handles."""
         return []
@@ -267,3 +280,9 @@ class Line:
     def overhead_share(self, spec: LineSpec, model, masks=None) -> float:
         """FLOPs per token spent beyond the masked products, as a share of the gated FFN's (0 by default)."""
         return 0.0
+
+    def compute_scope(self, spec: LineSpec) -> str:
+        """``"ffn"``: the compute share is the FFN's; ``"model"``: over every linear layer of the blocks (the
+        attention projections, masked by :meth:`attention_masks`, and the FFN; :func:`apc.perplexity.accounting.
+        model_share`)."""
+        return "ffn"

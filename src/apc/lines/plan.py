@@ -155,6 +155,16 @@ def calibration_lines(config: dict) -> list[str]:
                               for line in frontier_lines(config, projs) if parse(line).impl.calibrates))
 
 
+def calibration_inputs(config: dict, layout, line: str) -> dict:
+    """The input files of one line's ``calibrate_line`` job: the model and the train FFN inputs, and the train
+    tokens for a line that calibrates on the attention inputs too (:meth:`apc.lines.Line.calibration_needs`)."""
+    spec = parse(line)
+    ins = {"model": layout.manifest(), "ffn": layout.ffn_inputs("train")}
+    if "attention" in spec.impl.calibration_needs(spec):
+        ins["tokens"] = layout.tokens("train")
+    return ins
+
+
 def job_groups(config: dict) -> list[tuple[tuple[float, ...], list[str]]]:
     """``[(kept shares, lines)]``: the lines of the frontier's ``frontier_line`` jobs grouped by their kept shares
     (one rule per group, the same body; lines with a job of their own, ``Line.own_job``, left out)."""

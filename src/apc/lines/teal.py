@@ -5,6 +5,13 @@ Allocations of the kept share: ``uniform`` (one share for both in every layer), 
 in every layer the input and ``down_in`` shares chosen greedily on train at equal block compute), and
 ``layer-greedy`` (per-layer shares allocated greedily across layers on train at the same mean; not TEAL's).
 The mask is decided by the input: gate and up run on the kept input channels, down on the kept neurons.
+
+``teal-model`` (``compute_scope: [model]``): TEAL as published, all seven projections of every block sparse.
+Besides the FFN's two inputs, the attention input that q_proj, k_proj and v_proj share (one threshold over the
+stacked qkv weight) and the input of o_proj are zeroed below their thresholds, with one kept share for every
+input (uniform, as TEAL's own inference path uses), calibrated on the attention inputs of train tokens.  Its
+compute share is over every linear layer of the blocks, so that it reads beside TEAL's paper, and its points
+sit at TEAL's whole-model sparsities 0.25, 0.4 and 0.5 (kept shares :data:`MODEL_SHARES`).
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from apc.lines.registry import register_line
 
 #: TEAL's allocations of its kept shares
 ALLOCATIONS = ("uniform", "layer-greedy", "block")
+#: kept shares of the model-scope line: TEAL's whole-model sparsities 0.25, 0.4 and 0.5
+MODEL_SHARES = (0.75, 0.6, 0.5)
+#: the layers the compute share covers: the FFN's products, or every linear layer of the blocks
+COMPUTE_SCOPES = ("ffn", "model")
 #: old allocation names and their new ones (a config with the old name fails with the new one)
 RENAMED = {"greedy": "layer-greedy"}
 
@@ -29,7 +40,7 @@ def train_share(t: dict) -> float:
 @register_line
 class Teal(Line):
     family = "teal"
-    pattern = r"teal(?:-(?P<allocation>layer-greedy|block))?"
+    pattern = r"teal(?:-(?P<allocation>layer-greedy|block))?(?P<model>-model)?"
     mode = "teal"
     decided_by = "input"
     gated = True
@@ -37,17 +48,36 @@ class Teal(Line):
     order = 30
     style = ("-", "s", "#2ca02c")
     decode = "teal"
-    config = {"allocation": ["uniform"]}
+    config = {"allocation": ["uniform"], "compute_scope": ["ffn"]}
     config_schema = {"allocation": {"type": "array", "minItems": 1, "uniqueItems": True,
                                     "items": {"type": "string", "enum": list(ALLOCATIONS) + list(RENAMED)},
                                     "description": "uniform | block (TEAL's own split per layer) | layer-greedy "
-                                                   "(across layers, on train)"}}
+                                                   "(across layers, on train)"},
+                     "compute_scope": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                       "items": {"type": "string", "enum": list(COMPUTE_SCOPES)},
+                                       "description": "ffn (the FFN's inputs, one line per allocation) | model "
+                                                      "(teal-model: TEAL as published, the attention inputs too, "
+                                                      "compute over every linear layer, uniform shares)"}}
 
     def normalise(self, params):
-        return {**params, "allocation": params.get("allocation") or "uniform"}
+        return {**params, "allocation": params.get("allocation") or "uniform", "model": bool(params.get("model"))}
 
     def line_names(self, settings, config, *, projections=()):
-        return ["teal" if a == "uniform" else f"teal-{a}" for a in settings.get("allocation", ["uniform"])]
+        scopes = settings.get("compute_scope", ["ffn"])
+        ffn = ["teal" if a == "uniform" else f"teal-{a}" for a in settings.get("allocation", ["uniform"])]
+        return (ffn if "ffn" in scopes else []) + (["teal-model"] if "model" in scopes else [])
+
+    def shares(self, spec, kept_shares):
+        return list(MODEL_SHARES) if spec.model else [float(s) for s in kept_shares]
+
+    def compute_scope(self, spec):
+        return "model" if spec.model else "ffn"
+
+    def calibration_needs(self, spec):
+        return ("attention",) if spec.model else ()
+
+    def decode_line(self, spec):
+        return "teal_model" if spec.model else self.decode
 
     def check(self, settings, config):
         from apc.common.errors import ConfigError
@@ -58,15 +88,19 @@ class Teal(Line):
                               f"{RENAMED[renamed[0]]!r}")
 
     def label(self, spec):
+        if spec.model:
+            return "TEAL as published (q/k/v, o, gate/up and down inputs; compute over every linear layer)"
         what = {"uniform": "one share per layer", "block": "TEAL's block-wise split",
                 "layer-greedy": "layer-greedy shares across layers"}[spec.allocation]
         return f"TEAL input and down_in thresholds ({what})"
 
-    def calibrate(self, mlps, samples, shares, settings, *, lines=()):
+    def calibrate(self, mlps, samples, shares, settings, *, lines=(), attention=None):
         from apc.lines._calibrate import (block_allocation, error_curves, greedy_allocation, share_grid,
                                               teal_thresholds)
 
         (spec,) = lines
+        if spec.model:
+            return _model_calibration(mlps, samples, shares, attention)
         width = mlps[0].gate.out_features
         grid = share_grid(float(settings["allocation_step"]))
         out, table = {}, {}
@@ -93,7 +127,10 @@ class Teal(Line):
 
     def arrays(self, spec, share, *, projections, calibration, model, windows, settings, inputs, j=0):
         t = calibrated(calibration, share, spec)
-        return {"keep_thresholds": {"down_in": t["mid"]}, "input_thresholds": t["input"]}
+        out = {"keep_thresholds": {"down_in": t["mid"]}, "input_thresholds": t["input"]}
+        if spec.model:
+            out["attention_thresholds"] = {"qkv": t["qkv"], "o": t["o"]}
+        return out
 
     def prepare(self, masks, layers, width, model):
         from apc.lines._checks import check_thresholds
@@ -102,10 +139,39 @@ class Teal(Line):
         keep = check_thresholds(masks.keep_thresholds, masks.projections, n, masks.mode, "keep_thresholds")
         given = {"input": masks.input_thresholds} if masks.input_thresholds is not None else None
         inp = check_thresholds(given, ["input"], n, masks.mode, "input_thresholds")["input"]
-        return {"keep": keep, "input": inp}
+        state = {"keep": keep, "input": inp}
+        attn = (masks.arrays or {}).get("attention_thresholds")
+        if attn is not None:
+            state["attn"] = check_thresholds(attn, ["qkv", "o"], n, masks.mode, "attention_thresholds")
+        return state
 
     def rule(self, state, layer, proj, taps, *, fused):
         return AtLeast(state["keep"][proj][layer])
 
     def input_mask(self, state, layer):
         return input_threshold(state["input"][layer])
+
+    def attention_masks(self, state, layer):
+        if "attn" not in state:
+            return None
+        return input_threshold(state["attn"]["qkv"][layer]), input_threshold(state["attn"]["o"][layer])
+
+
+def _model_calibration(mlps, samples, shares, attention) -> dict:
+    """``teal-model`` per share label: TEAL's uniform FFN thresholds (``input``, ``mid``, their kept shares; those
+    of ``teal`` at the same share) and
+    the attention inputs' ``qkv`` and ``o`` thresholds per layer at the same kept share, from ``attention``: per
+    layer ``(qkv input (n, d_model), o input (n, d_q))`` of train tokens."""
+    from apc.lines._calibrate import share_threshold, teal_thresholds
+
+    if attention is None or len(attention) != len(mlps):
+        raise ValueError(f"teal-model calibrates on the attention inputs of every layer ({len(mlps)}); "
+                         f"got {0 if attention is None else len(attention)}")
+    table, width = {}, mlps[0].gate.out_features
+    for share in map(float, shares):
+        t = teal_thresholds(mlps, samples, [round(share * width) / width] * len(mlps))  # as the ffn-scope line's
+        for k, i in (("qkv", 0), ("o", 1)):
+            t[k] = [share_threshold(a[i], share) for a in attention]
+            t[f"{k}_kept"] = [float((a[i].abs() >= v).float().mean()) for a, v in zip(attention, t[k])]
+        table[share_label(share)] = {**t, "train_compute_share": train_share(t)}
+    return table

@@ -83,3 +83,16 @@ def product_weights(model) -> dict[str, float]:
 
     mods = mlp_projections(model)[0]
     return {prod: float(mods[prod].weight.numel()) for prod in PRODUCTS}
+
+
+def model_share(ffn_compute: float, attn_kept: Mapping[str, Sequence[float]], ffn_weights: Mapping[str, float],
+                attn_weights: Mapping[str, float]) -> float:
+    """The compute share over every linear layer of the blocks (a line of ``model`` compute scope): the FFN's
+    ``ffn_compute`` (its products and overheads, a share of the FFN's multiply-adds) and each attention input's
+    measured kept share per layer (``attn_kept: {"qkv": [...], "o": [...]}``, 1 where an input is not masked),
+    weighed by multiply-adds per token and layer (``ffn_weights``: :func:`product_weights`; ``attn_weights``:
+    :func:`apc.perplexity.attention_masks.attention_weights`)."""
+    f = float(sum(ffn_weights.values()))
+    a = {k: float(v) for k, v in attn_weights.items()}
+    attn = sum(a[k] * float(np.mean(attn_kept[k])) if k in attn_kept else a[k] for k in a)
+    return float((f * ffn_compute + attn) / (f + sum(a.values())))

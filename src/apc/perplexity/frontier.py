@@ -19,7 +19,7 @@ from torch import nn
 from dataclasses import dataclass, fields, replace
 
 from apc.lines import LineSpec, parse
-from apc.perplexity.accounting import ffn_share, product_shares, product_weights
+from apc.perplexity.accounting import ffn_share, model_share, product_shares, product_weights
 from apc.perplexity.generation import (Prefill, Prompts, columns, decode_samples, dense_prefill, generation_point,
                                       load_prefill, read_dense, sample_indices)
 from apc.perplexity.maskargs import Masks
@@ -120,6 +120,9 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
     ``dense`` of the same windows to reuse it) and ``score_from``.  ``scoring``: :func:`score`'s
     ``block_tokens``, ``reference`` (the dense reference of every token, for the KL) and ``check_top_k``.
     ``generation``: the point also carries its generation agreement (``generation``: :func:`point_generation`).
+    A line of ``model`` compute scope (:meth:`apc.lines.Line.compute_scope`) also carries ``compute_scope``,
+    ``ffn_compute_share`` (the FFN's share as above), ``attn_shares`` (``{"qkv", "o"}``: mean kept share of each
+    attention input) and ``attn_kept`` (per layer), its ``compute_share`` being over every linear layer.
     """
     spec = line if isinstance(line, LineSpec) else parse(line)
     impl = spec.impl
@@ -140,6 +143,13 @@ def score_point(model: nn.Module, windows: torch.Tensor, line: str | LineSpec, s
            "kept_share": kept, "product_shares": shares, "ffn_flops_share": flops, "predictor_flops_share": pshare,
            "rotation_flops_share": rot, "compute_share": flops + pshare + rot,
            "deployable": bool(impl.is_deployable(spec))}
+    if impl.compute_scope(spec) == "model":  # the compute share over every linear layer (the attention's too)
+        from apc.perplexity.attention_masks import attention_weights
+
+        attn = res.get("attn_kept") or {}
+        out.update(compute_scope="model", ffn_compute_share=out["compute_share"],
+                   attn_shares={k: float(sum(v) / len(v)) for k, v in attn.items()},
+                   compute_share=model_share(out["compute_share"], attn, weights, attention_weights(model)))
     if generation is not None:
         out["generation"] = point_generation(model, masks, generation, sequence=impl.scope == "sequence")
     if score_from > 1:

@@ -41,6 +41,8 @@ from apc.common.sites import ffn_sites
 from apc.lines.base import Line
 from apc.lines.registry import all_lines, line_of_mode
 from apc.perplexity import fused as _fused
+from apc.perplexity.attention_masks import install_attention_masks
+from apc.perplexity.input_mask import counted_mask
 from apc.perplexity.batch_view import add_batch_view, sequence_view
 from apc.perplexity.maskargs import Masks, check_thresholds, site_width
 from apc.perplexity.mode_rules import MODES, builtin_rules, nearest_centroid  # noqa: F401  (nearest_centroid: re-exported)
@@ -73,6 +75,7 @@ class Interventions:
         self._acc = {p: [None] * self.n_layers for p in self.projections}  # fused route: (kept, active) float64
         self._input_kept = [0] * self.n_layers  # input modes: kept MLP-input elements per layer
         self._input_total = [0] * self.n_layers
+        self.attention = None  # lines of model compute scope: the attention inputs' counts (attention_masks)
         # batch view, per projection, layer and B: [union sum, grouped-read sum, groups, grouped groups]
         self._batch = {p: [{b: [0, 0, 0, 0] for b in self.batch_sizes} for _ in range(self.n_layers)]
                        for p in self.projections}
@@ -145,7 +148,7 @@ class Interventions:
         kept = {p: [share(self._counts(p, l)[0], t) for l, t in enumerate(self._layer_total[p])]
                 for p in self.projections}
         inp = [share(k, t) for k, t in zip(self._input_kept, self._input_total)] if self.input_masked else None
-        return {"kept": kept, "input_kept": inp}
+        return {"kept": kept, "input_kept": inp, **({"attn_kept": self.attention.shares()} if self.attention else {})}
 
     def batch_view(self) -> dict:
         """Per projection and batch size B: ``union`` (mean share of a layer's neurons that at least one of
@@ -258,6 +261,10 @@ def _line_rules(model, line, masks, layers, width, handle, taps, skip_first, use
         for name in ("gate", "up"):
             handle._handles.append(mods[name].register_forward_pre_hook(
                 lambda m, args, fn=fn, count=name == "gate": (fn(args[0], count),) + tuple(args[1:])))
+    attn = [line.attention_masks(state, l) for l in range(len(layers))]
+    if any(a is not None for a in attn):  # the attention inputs too (a line of model compute scope)
+        handle.attention, hooks = install_attention_masks(model, attn, skip_first)
+        handle._handles += hooks
     handle._handles += list(line.extra_hooks(state, layers, handle))
     rules = {p: [line.rule(state, l, p, taps, fused=use_fused(site.device(p))) for l, site in enumerate(layers)]
              for p in masks.projections}
@@ -349,28 +356,13 @@ def _make_apply(handle, proj, layer, threshold, choose, skip_first, sequence=Non
 
 
 def _make_input_mask(handle, layer, keep_in, skip_first):
-    """Build ``(h, count) -> h masked`` for the MLP input of one layer (:data:`INPUT_MODES`): ``keep_in(h)``
-    gives the masked input and its mask; gate_proj and up_proj read the same tensor, so the second call
-    on it reuses the first's result; ``count`` adds its kept share to the layer's statistics."""
-    last: list = [None, None]
+    """Build ``(h, count) -> h masked`` for the MLP input of one layer (:func:`apc.perplexity.input_mask.counted_mask`:
+    gate_proj and up_proj read the same tensor; ``count`` adds its kept share to the layer's statistics)."""
+    def record(kept: torch.Tensor) -> None:
+        handle._input_kept[layer] = handle._input_kept[layer] + kept.sum()
+        handle._input_total[layer] += kept.numel()
 
-    def mask(h: torch.Tensor, count: bool) -> torch.Tensor:
-        if last[0] is h:
-            return last[1]
-        out, keep = keep_in(h)
-        if skip_first and h.dim() >= 2:
-            out = out.clone()
-            out[..., 0, :] = h[..., 0, :]
-            kept = keep[..., 1:, :]
-        else:
-            kept = keep
-        if count:
-            handle._input_kept[layer] = handle._input_kept[layer] + kept.sum()
-            handle._input_total[layer] += kept.numel()
-        last[0], last[1] = h, out
-        return out
-
-    return mask
+    return counted_mask(keep_in, skip_first, record)
 
 
 def _activations(model: nn.Module, n_layers: int, mode: str) -> list[Callable]:

@@ -134,7 +134,7 @@ def score(model: nn.Module, windows: torch.Tensor, mode: str | Masks, *, bos: bo
     if detail:
         layers = handle.layer_stats()
         out.update(layer_kept=layers["kept"], input_kept=layers["input_kept"], batch=handle.batch_view(),
-                   id_counts=handle.id_counts())
+                   id_counts=handle.id_counts(), **({"attn_kept": layers["attn_kept"]} if "attn_kept" in layers else {}))
     log.info("%s: ppl %s over %d tokens in %d windows (%d units)%s; kept %s", mode,
              fmt_interval(out["ppl"], out["ppl_lo"], out["ppl_hi"], "{:.3f}"), out["tokens"], out["windows"],
              out["units"], "" if "kl" not in out else

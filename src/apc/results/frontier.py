@@ -38,7 +38,8 @@ COLUMNS = ["pset", "line", "family", "mode", "share", "ppl", "ppl_lo", "ppl_hi",
 def point_columns(d: dict) -> dict[str, float]:
     """The per-product FLOPs shares (mean over layers), the batch view (mean over the masked projections) and the
     generation agreement of one point file: ``{gate_share, up_share, down_share, union_b{B}, grouped_b{B},
-    gen_*}``."""
+    gen_*}``; a point of ``model`` compute scope adds ``compute_scope``, ``ffn_compute_share`` and
+    ``attn_qkv_share``/``attn_o_share`` (absent from a table of FFN-scope lines alone)."""
     out = {f"{prod}_share": float(np.mean(v)) for prod, v in (d.get("product_shares") or {}).items()}
     batch = d.get("batch") or {}
     sizes = sorted({int(b) for v in batch.values() for b in v})
@@ -51,6 +52,9 @@ def point_columns(d: dict) -> dict[str, float]:
 
     gen = d.get("generation") or {}
     out.update({k: float(gen[k]) for k in GENERATION_COLUMNS if k in gen})
+    if d.get("compute_scope", "ffn") != "ffn":  # compute over every linear layer: the FFN's share beside it
+        out.update(compute_scope=d["compute_scope"], ffn_compute_share=float(d["ffn_compute_share"]),
+                   **{f"attn_{k}_share": float(v) for k, v in (d.get("attn_shares") or {}).items()})
     return out
 
 

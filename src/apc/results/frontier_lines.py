@@ -47,12 +47,15 @@ def line_label(line: str) -> str:
 
 def line_style(line: str) -> dict:
     """Matplotlib keywords of a line: its family's colour and marker (:attr:`apc.lines.Line.style`); an upper
-    bound hollow and dashed, in the colour and marker of the family it bounds."""
-    impl = parse(line).impl
+    bound hollow and dashed, in the colour and marker of the family it bounds; a line whose compute share covers
+    every linear layer (:meth:`apc.lines.Line.compute_scope`) dotted."""
+    spec = parse(line)
+    impl = spec.impl
     up = not deployable(line)
     shown = all_lines().get(impl.bounds, impl) if up and impl.bounds else impl
     _, marker, colour = shown.style
-    return {"color": colour, "marker": marker, "ls": "--" if up else "-", "mfc": "white" if up else colour,
+    ls = "--" if up else (":" if impl.compute_scope(spec) == "model" else "-")
+    return {"color": colour, "marker": marker, "ls": ls, "mfc": "white" if up else colour,
             "lw": 1.2 if up else 1.6, "ms": 6}
 
 
@@ -98,15 +101,25 @@ def best_line(rows: pd.DataFrame, lines: Iterable[str], x: str = "compute_share"
     return min(curves, key=lambda a: own(curves[a]))
 
 
+def compute_scope(rows: pd.DataFrame, line: str) -> str:
+    """The layers ``line``'s compute share covers: ``ffn`` (no ``compute_scope`` column or value) or ``model``."""
+    if "compute_scope" not in rows:
+        return "ffn"
+    v = rows.loc[rows["line"] == line, "compute_scope"]
+    return str(v.iloc[0]) if len(v) and isinstance(v.iloc[0], str) else "ffn"
+
+
 def pick_lines(rows: pd.DataFrame, x: str = "compute_share") -> list[str]:
-    """The lines a static plot draws, in legend order: per family the :func:`best_line` of its deployable
+    """The lines a static plot draws, in legend order: per family (and compute scope: a line whose compute share
+    covers every linear layer is not ranked against the FFN-scope lines) the :func:`best_line` of its deployable
     lines, then per family the best of its upper bounds."""
     lines = list(dict.fromkeys(rows["line"]))
     order = family_order()
-    fams = sorted({line_family(ln) for ln in lines}, key=lambda f: (order.index(f) if f in order else len(order), f))
+    fams = sorted({(line_family(ln), compute_scope(rows, ln)) for ln in lines},
+                  key=lambda f: (order.index(f[0]) if f[0] in order else len(order), f))
     best, bounds = [], []
     for fam in fams:
-        members = [ln for ln in lines if line_family(ln) == fam]
+        members = [ln for ln in lines if (line_family(ln), compute_scope(rows, ln)) == fam]
         for want, out in ((True, best), (False, bounds)):
             pick = best_line(rows, [ln for ln in members if deployable(ln) == want], x)
             if pick is not None:

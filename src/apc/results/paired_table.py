@@ -29,10 +29,13 @@ def paired_table(points: list[dict], shares=SHARES, tol: float = TOLERANCE, **bo
     """Every unordered pair of lines of each projection set placed at each of ``shares`` (:func:`at_share` with
     ``tol``): columns :data:`PAIR_COLUMNS` (``compute_share``: the point's, or the share itself when
     interpolated; ``d_{metric}``: ``line - against`` with its interval).  ``points``: point dicts with ``pset``,
-    ``line``, ``compute_share`` and the per-token arrays; ``boot``: :func:`paired_difference`'s keywords."""
+    ``line``, ``compute_share`` and the per-token arrays; ``boot``: :func:`paired_difference`'s keywords.  Lines
+    whose compute shares cover other layers (``compute_scope``: ``ffn`` by default, ``model``) are not paired."""
     by_line: dict[tuple[str, str], list[dict]] = {}
+    scope: dict[str, str] = {}  # a line's compute scope: lines are compared at equal compute of the same layers only
     for p in points:
         by_line.setdefault((p["pset"], p["line"]), []).append(p)
+        scope[p["line"]] = p.get("compute_scope", "ffn")
     cache: dict = {}
     rows = []
     for pset in dict.fromkeys(k[0] for k in by_line):
@@ -41,6 +44,8 @@ def paired_table(points: list[dict], shares=SHARES, tol: float = TOLERANCE, **bo
             places = {l: at_share(by_line[pset, l], s, tol) for l in lines}
             placed = [l for l in lines if places[l] is not None]
             for a, b in combinations(placed, 2):
+                if scope[a] != scope[b]:
+                    continue
                 d = paired_difference(places[a], places[b], cache=cache, **boot)
                 row = {"pset": pset, "share": float(s), "line": a, "against": b, "deployable": deployable(a),
                        "against_deployable": deployable(b), "compute_share": places[a].compute_share,
