@@ -92,3 +92,15 @@ def test_a_calibration_file_round_trips_its_table_and_arrays(tmp_path):
     with pytest.raises(ValueError, match="bad.npz: not a line calibration file"):
         read_calibration(tmp_path / "bad.npz")
     assert [p.name for p in path.parent.iterdir()] == ["x.npz"]  # written atomically: no temporary left
+
+
+def test_a_key_that_only_names_lines_is_no_setting_of_theirs(tmp_path):
+    from apc.lines.plan import settings_of
+
+    one = _config(tmp_path, frontier={"lines": {"teal": {"allocation": ["uniform"]}}})
+    more = _config(tmp_path, frontier={"lines": {"teal": {"allocation": ["uniform", "block"],
+                                                          "compute_scope": ["ffn", "model"]}}})
+    assert {"teal", "teal-block", "teal-model"} <= set(frontier_lines(more, ["down_in"]))
+    # adding teal-block and teal-model leaves teal's own settings, and so its jobs' params, as they were
+    assert settings_of(one, "teal") == settings_of(more, "teal") == {}
+    assert settings_of(more, "griffin") == {"prompt": None}

@@ -154,6 +154,9 @@ class Line:
     #: defaults of ``frontier.lines.<family>`` and the JSON schema of each key
     config: ClassVar[Mapping[str, Any]] = {}
     config_schema: ClassVar[Mapping[str, Any]] = {}
+    #: keys of that fragment that only choose which line strings the family puts on the frontier (a spec carries
+    #: its own choice): left out of each line's settings, so that adding a line of the family reruns no other
+    naming_keys: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`calibrate` runs (one calibration job per line)
     calibrates: ClassVar[bool] = False
     #: scored by a frontier job of its own rather than the shared ``frontier_line`` rule

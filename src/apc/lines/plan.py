@@ -70,8 +70,10 @@ def configured(config: dict) -> dict[str, dict]:
 
 
 def line_settings(config: dict, spec: LineSpec) -> dict:
-    """The settings of ``spec``'s family (``frontier.lines.<family>``; ``{}`` for a line of the cells)."""
-    return configured(config).get(spec.family, {})
+    """The settings of ``spec``'s family (``frontier.lines.<family>``; ``{}`` for a line of the cells) without the
+    keys that only name the family's lines (:attr:`apc.lines.Line.naming_keys`)."""
+    keys = spec.impl.naming_keys
+    return {k: v for k, v in configured(config).get(spec.family, {}).items() if k not in keys}
 
 
 def resolve_config(raw: dict, schema: dict | None = None, root: str | Path = ".") -> dict:

@@ -49,6 +49,7 @@ class Teal(Line):
     style = ("-", "s", "#2ca02c")
     decode = "teal"
     config = {"allocation": ["uniform"], "compute_scope": ["ffn"]}
+    naming_keys = ("allocation", "compute_scope")  # they choose the lines; each spec carries its own
     config_schema = {"allocation": {"type": "array", "minItems": 1, "uniqueItems": True,
                                     "items": {"type": "string", "enum": list(ALLOCATIONS) + list(RENAMED)},
                                     "description": "uniform | block (TEAL's own split per layer) | layer-greedy "
