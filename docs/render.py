@@ -1288,3 +1288,26 @@ def new_lines_sentence(run: str, lines: tuple, refs: tuple, share: float = 0.6) 
         parts.append(f"`{line}` " + " and ".join(said))
     return (f"The lines added as one file each, at compute {share:g}: " + "; ".join(parts)
             + " ([docs/results.md](docs/results.md) has every share).\n") if parts else ""
+
+
+def model_scope_table(run: str, line: str, ffn_line: str) -> str:
+    """A line of `model` compute scope point by point: its whole-model sparsity (1 − kept share), compute share over
+    every linear layer and the FFN's own, the attention inputs' kept shares, perplexity ratio to dense, KL, top-1 and
+    generation agreement (95 % intervals), and `ffn_line` (of `ffn` scope, the same FFN thresholds) at the same kept
+    share where it has a point there: what masking the attention inputs too costs (unpaired: the folder keeps no
+    per-token arrays)."""
+    fr = frontier(run)
+    ref = fr[fr.line == ffn_line].set_index("share")
+    rows = []
+    for r in fr[fr.line == line].sort_values("share", ascending=False).itertuples():
+        hit = ref[np.isclose(ref.index.to_numpy(float), r.share)]
+        rows.append([f"{1 - r.share:.2f}", f"{r.compute_share:.3f}", f"{r.ffn_compute_share:.3f}",
+                     f"{r.attn_qkv_share:.3f} / {r.attn_o_share:.3f}", iv(r.ratio, r.ratio_lo, r.ratio_hi, "{:.3f}×"),
+                     iv(r.kl, r.kl_lo, r.kl_hi, "{:.4f}"), iv(r.top1, r.top1_lo, r.top1_hi, "{:.3f}"),
+                     iv(r.gen_agree, r.gen_agree_lo, r.gen_agree_hi, "{:.3f}"), f"{int(r.tokens):,}",
+                     "–" if hit.empty else iv(hit.ratio.iloc[0], hit.ratio_lo.iloc[0], hit.ratio_hi.iloc[0], "{:.3f}×")
+                     + f" @ {hit.compute_share.iloc[0]:.2f}"])
+    return md(["whole-model sparsity", "compute share, every linear layer", "FFN compute share",
+               "q/k/v, o inputs kept", "perplexity ÷ dense [95 %]", "KL, nats [95 %]", "top-1 [95 %]",
+               "generation agreement [95 %]", "tokens",
+               f"`{ffn_line}` at the same kept share (FFN inputs only): perplexity ÷ dense @ FFN compute"], rows)
