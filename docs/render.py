@@ -8,7 +8,6 @@ suite runs `cog --check`). Every function takes a run name (a folder of docs/res
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 import sys
@@ -820,9 +819,11 @@ def found_sentence(run: str, decode_run: str | None = None, decode_line: str | N
     out += " " + V.family_claims(run, 0.6)
     if decode_run is None:
         return out + "\n"
-    out += (f" On an H200, `{decode_line}` at FFN compute 0.6 decodes a model of Mistral-7B's shape with random weights "
+    card = str(decode(decode_run).device.iloc[0]).replace("NVIDIA ", "")
+    out += (f" On an {card}, `{decode_line}` at FFN compute 0.6 decodes a model of Mistral-7B's shape with random weights "
             f"at {decode_cell(decode_run, 1, decode_line, 0.6)} at batch 1, and at "
-            f"{decode_cell(decode_run, 16, decode_line, 0.6)} at batch 16.")
+            f"{decode_cell(decode_run, 16, decode_line, 0.6)} at batch 16 (compiled step, "
+            f"[docs/decode.md](docs/decode.md)).")
     return out + "\n"
 
 

@@ -141,7 +141,7 @@ def profile_sentences(run: str, layers: int = 32) -> str:
     """Each profiled cell's step with its FFN (and, for TEAL as published, its attention products) at the byte bound
     and the rest as profiled, and the speed-up over dense that leaves."""
     prof = {c["cell"]: c for c in R.js(run, "profile.json")}
-    d, k = _csv(run, "decode.csv"), _csv(run, "gemv.csv")
+    d = _csv(run, "decode.csv")
     dense = prof.get("dense:1:1")
     if dense is None:
         return ""
@@ -171,9 +171,55 @@ def smollm2_table(run: str) -> str:
                  "teacher-forced top-1", "free-running vs eager", "teacher-forced vs eager", "tokens"], rows)
 
 
-def smollm2_sentence(run: str) -> str:
-    s = _csv(run, "smollm2.csv")
+def smollm2_sentence(run: str, rel: str = "smollm2.csv") -> str:
+    """Whether compiled dense equals eager dense token for token (``rel``: ``smollm2.csv``, bf16, or the float32
+    step's ``smollm2_fp32.csv``)."""
+    s = _csv(run, rel)
     d = s[s.line == "dense"].iloc[0]
     same = str(d.compiled_equals_eager).lower() == "true"
-    return (f"Compiled dense {'equals' if same else 'does not equal'} eager dense on every token "
-            f"({d.tokens} tokens; free-running agreement of compiled with eager {d.free_agree_eager:.3f}).")
+    head = f"In {d['dtype']}, compiled" if "dtype" in s.columns else "Compiled"
+    return (f"{head} dense {'equals' if same else 'does not equal'} eager dense on every token "
+            f"({d.tokens} tokens; {round(d.free_agree_eager * d.tokens)} equal, free-running agreement of compiled "
+            f"with eager {d.free_agree_eager:.3f}).")
+
+
+def top_kernels(run: str, cell: str, n: int = 4) -> str:
+    """The ``n`` longest kernels of one profiled cell (``line:batch:compute``), time per step and launches."""
+    prof = {c["cell"]: c for c in R.js(run, "profile.json")}
+    if cell not in prof:
+        return "–"
+    tops = [k.split(" ms x") for k in prof[cell]["top_kernels"][:n]]
+    return ", ".join(f"`{name.split(' ', 1)[1]}` {ms} ms ×{name.split(' ', 1)[0]}" for ms, name in tops)
+
+
+def gemv_vs_teal(run: str, rhos=(0.4, 0.6)) -> str:
+    """Per shape, ours (bf16) against TEAL's kernel (fp16) in time over the byte bound at ``rhos``: one bullet a
+    shape, the faster named."""
+    k = _csv(run, "gemv.csv")
+    out = []
+    for shape in k["shape"].unique():
+        s = k[k["shape"] == shape]
+        parts = []
+        for rho in rhos:
+            ours = s[(s.kernel == "ours") & (s.dtype == "bf16") & np.isclose(s.rho, rho)]
+            teal = s[(s.kernel == "teal") & np.isclose(s.rho, rho)]
+            if not (len(ours) and len(teal)):
+                continue
+            a, b = float(ours.over_bound.iloc[0]), float(teal.over_bound.iloc[0])
+            who = "ours faster" if a < b else ("TEAL's faster" if b < a else "equal")
+            parts.append(f"ρ {rho:g}: ours {a:.2f}×, TEAL's {b:.2f}× ({who})")
+        if parts:
+            b0 = s.iloc[0]
+            out.append(f"{shape} ({b0.K} → {b0.N}): " + "; ".join(parts))
+    return "\n".join(f"- {s}" for s in out) + "\n"
+
+
+def faster_than_dense(run: str, batches=(4, 16)) -> str:
+    """The cells faster than dense at each of ``batches`` (line, compute, speed-up), or "none"."""
+    d = _csv(run, "decode.csv")
+    out = []
+    for b in batches:
+        g = d[(d.batch == b) & (d.line != "dense") & (d.speedup > 1.0)].sort_values(["line", "compute_share"])
+        cells = ", ".join(f"`{r.line}` at {r.compute_share:g} ({r.speedup:.3f}×)" for r in g.itertuples()) or "none"
+        out.append(f"batch {b}: {cells}")
+    return "; ".join(out)
