@@ -23,6 +23,11 @@ def _cell(d: pd.DataFrame, batch: int, line: str, share: float):
     return g.iloc[0] if len(g) else None
 
 
+def _profiles(run: str) -> dict:
+    """``profile.json`` by cell (``line:batch:compute``)."""
+    return {c["cell"]: c for c in R.js(run, "profile.json")}
+
+
 def _met(ok: bool) -> str:
     return "met" if ok else "not met"
 
@@ -140,7 +145,7 @@ def gemv_table(run: str) -> str:
 def profile_sentences(run: str, layers: int = 32) -> str:
     """Each profiled cell's step with its FFN (and, for TEAL as published, its attention products) at the byte bound
     and the rest as profiled, and the speed-up over dense that leaves."""
-    prof = {c["cell"]: c for c in R.js(run, "profile.json")}
+    prof = _profiles(run)
     d = _csv(run, "decode.csv")
     dense = prof.get("dense:1:1")
     if dense is None:
@@ -185,7 +190,7 @@ def smollm2_sentence(run: str, rel: str = "smollm2.csv") -> str:
 
 def top_kernels(run: str, cell: str, n: int = 4) -> str:
     """The ``n`` longest kernels of one profiled cell (``line:batch:compute``), time per step and launches."""
-    prof = {c["cell"]: c for c in R.js(run, "profile.json")}
+    prof = _profiles(run)
     if cell not in prof:
         return "–"
     tops = [k.split(" ms x") for k in prof[cell]["top_kernels"][:n]]
