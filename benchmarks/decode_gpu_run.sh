@@ -12,11 +12,13 @@
 #   gpu.txt       nvidia-smi, torch and Triton versions
 #   kernel_tests  the operator and kernel tests on this GPU
 #   gemv          bench_gemv_bound.py: tile sweep per shape, ours (bf16, fp16) beside TEAL's kernel and cuBLAS
+#   attn          bench_decode_attn.py: the decode attention kernel's tile sweep, ours against Inductor's SDPA;
+#                 its chosen tiles are merged into WORK/tiles.json (a copy of CONF where the gemv step did not run)
 #   decode        bench_decode.py on the Mistral-7B shape, compiled, every line, batch 1, 4, 16, with the tiles
 #   gptfast       gptfast_peer.py: gpt-fast's own model and decode loop, batch 1, 4, 16
 #   smollm2       smollm2_tokens.py: the embedded model compiled against eager, TEAL's token agreement
 #   smollm2_fp32  the same model in float32, dense only: compiled against eager without bf16's rounding
-# STEPS (default "kernel_tests gemv decode gptfast smollm2 smollm2_fp32") names the steps to run, in that order; CONF (a
+# STEPS (default "kernel_tests gemv attn decode gptfast smollm2 smollm2_fp32") names the steps to run, in that order; CONF (a
 # tiles.json) is used where the gemv step did not write WORK/tiles.json.  WORK/DONE is written last.
 set -uo pipefail
 EXT=$1 WORK=$2 GGUF=${3:-}
@@ -38,6 +40,10 @@ run_kernel_tests() {
 run_gemv() {
     step gemv python3 benchmarks/bench_gemv_bound.py --teal "$EXT/teal_sparse_gemv.py" --out "$WORK/gemv.csv" \
         --sweep-out "$WORK/gemv_sweep.csv" --save "$WORK/tiles.json"
+}
+run_attn() {
+    [ -f "$WORK/tiles.json" ] || { [ -n "${CONF:-}" ] && cp "$CONF" "$WORK/tiles.json"; }
+    step attn python3 benchmarks/bench_decode_attn.py --out "$WORK/attn.csv" --save "$WORK/tiles.json"
 }
 tiles() { if [ -f "$WORK/tiles.json" ]; then echo "$WORK/tiles.json"; else echo "${CONF:-}"; fi; }
 run_decode() {
@@ -61,5 +67,5 @@ run_smollm2_fp32() {
     step smollm2_fp32 python3 benchmarks/smollm2_tokens.py --dtype float32 --gguf "$GGUF" \
         --prompts "$EXT/prompts.json" --out "$WORK/smollm2_fp32.csv"
 }
-for s in ${STEPS:-kernel_tests gemv decode gptfast smollm2 smollm2_fp32}; do "run_$s"; done
+for s in ${STEPS:-kernel_tests gemv attn decode gptfast smollm2 smollm2_fp32}; do "run_$s"; done
 date > "$WORK/DONE"

@@ -7,7 +7,8 @@ them padded to a power of two), split over the cache length (flash-decoding).  I
 nkv, L, hd)``.  The split-0 program of each ``(b, kv head)`` writes the new key and value into the
 caches at ``pos``; every program takes the new ones from registers at ``pos`` (no program reads a cache
 row written in the same launch).  Program ``(b * nkv + h, s)`` covers keys ``[s * CH, (s + 1) * CH) ∩
-[0, pos]`` in ``BL``-key steps (one step when ``CH <= BL``): scores and the weighted values in float32
+[0, pos]`` in ``BL``-key steps, each skipped at run time when it starts past ``pos`` (a split past ``pos`` loads
+nothing; one step when ``CH <= BL``): scores and the weighted values in float32
 (products and sums of the upcast bf16/fp16 inputs, no matrix instructions: ``G`` rows are too few), a
 running max and sum (online softmax); it stores its unnormalised output, max and sum into a float32
 workspace.  The last program of a ``(b, kv head)`` to arrive (an arrival counter, reset by it) merges the
@@ -42,23 +43,25 @@ def decode_attn_kernel(q_ptr, kn_ptr, vn_ptr, kc_ptr, vc_ptr, pos_ptr, part_ptr,
     lsum = tl.zeros((GP,), dtype=tl.float32)
     acc = tl.zeros((GP, HD), dtype=tl.float32)
     start = sp * CH
+    stop = tl.minimum(tl.minimum(start + CH, pos + 1), L)  # the live keys of this split: none past pos
     for j in tl.static_range(0, CH, BL):
-        ls = start + j + tl.arange(0, BL)
-        lmask = (ls <= pos) & (ls < L) & (ls < start + CH)
-        at = ls[:, None] * s_cl + ds[None, :]
-        k = tl.load(kc_ptr + cbase + at, mask=lmask[:, None], other=0.0).to(tl.float32)
-        v = tl.load(vc_ptr + cbase + at, mask=lmask[:, None], other=0.0).to(tl.float32)
-        now = (ls == pos)[:, None]
-        k = tl.where(now, kn[None, :], k)
-        v = tl.where(now, vn[None, :], v)
-        s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # (GP, BL)
-        s = tl.where(lmask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, axis=1))
-        alpha = tl.exp(m - m_new)
-        p = tl.exp(s - m_new[:, None])
-        lsum = lsum * alpha + tl.sum(p, axis=1)
-        acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
-        m = m_new
+        if start + j < stop:  # a step past pos loads and computes nothing
+            ls = start + j + tl.arange(0, BL)
+            lmask = ls < stop
+            at = ls[:, None] * s_cl + ds[None, :]
+            k = tl.load(kc_ptr + cbase + at, mask=lmask[:, None], other=0.0).to(tl.float32)
+            v = tl.load(vc_ptr + cbase + at, mask=lmask[:, None], other=0.0).to(tl.float32)
+            now = (ls == pos)[:, None]
+            k = tl.where(now, kn[None, :], k)
+            v = tl.where(now, vn[None, :], v)
+            s = tl.sum(q[:, None, :] * k[None, :, :], axis=2)  # (GP, BL)
+            s = tl.where(lmask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, axis=1))
+            alpha = tl.exp(m - m_new)
+            p = tl.exp(s - m_new[:, None])
+            lsum = lsum * alpha + tl.sum(p, axis=1)
+            acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * v[None, :, :], axis=1)
+            m = m_new
     row = pid * NSPLIT + sp
     tl.store(part_ptr + (row * GP + gs)[:, None] * HD + ds[None, :], acc)
     tl.store(ml_ptr + (row * GP + gs) * 2, m)
