@@ -4,7 +4,10 @@
 
 
 rule calibrate_kept_shares:
-    # T_rho of the threshold line: other quantiles of the calibration pass's histograms (no model pass).
+    # T_rho of the threshold line: other quantiles of the calibration pass's histograms (no model pass). A
+    # 2-s job that a frontier line waits on: first as soon as its histograms exist (at priority 0 it ran after
+    # every clustering and evaluation job, and that line then ran alone at the end of the run).
+    priority: 60
     input:
         histograms=L.threshold_histograms(),
     output:
