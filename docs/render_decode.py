@@ -228,3 +228,30 @@ def faster_than_dense(run: str, batches=(4, 16)) -> str:
         cells = ", ".join(f"`{r.line}` at {r.compute_share:g} ({r.speedup:.3f}×)" for r in g.itertuples()) or "none"
         out.append(f"batch {b}: {cells}")
     return "; ".join(out)
+
+
+def attn_table(run: str) -> str:
+    """The decode attention kernel at its chosen tile beside Inductor's SDPA, per batch and position, from attn.csv:
+    time, byte bound of the live cache rows and time over bound; and the sweep's chosen tile."""
+    a = _csv(run, "attn.csv")
+    a = a[a.kernel != "ours_sweep"]
+    rows = []
+    for (b, pos), g in a.groupby(["batch", "pos"], sort=True):
+        ours, sdpa = g[g.kernel == "ours"], g[g.kernel == "inductor_sdpa"]
+        if not len(ours) or not len(sdpa):
+            continue
+        o, s = ours.iloc[0], sdpa.iloc[0]
+        rows.append([int(b), int(pos), f"{o.us:.2f}", f"{s.us:.2f}", f"{o.bound_us:.2f}", f"{o.over_bound:.2f}×",
+                     f"{s.over_bound:.2f}×", f"{s.us / o.us:.2f}"])
+    return R.md(["batch", "pos", "ours µs", "Inductor SDPA µs", "bound µs", "ours / bound", "SDPA / bound",
+                 "SDPA / ours"], rows)
+
+
+def attn_choice(run: str) -> str:
+    """The tile the batch-1 sweep kept, its worst time over bound over the positions, and the sweep's size."""
+    a = _csv(run, "attn.csv")
+    s = a[a.kernel == "ours_sweep"]
+    worst = s.groupby("tile").over_bound.max().sort_values()
+    chosen = a[a.kernel == "ours"].tile.iloc[0]
+    return (f"{len(worst)} tiles `(BL, NSPLIT, warps)` swept at batch 1; kept `{chosen}` (worst time over bound "
+            f"{worst[chosen]:.2f}×; the sweep's range {worst.iloc[0]:.2f}×–{worst.iloc[-1]:.2f}×)")

@@ -33,6 +33,12 @@ def run(tmp_path, monkeypatch):
                        "tokens": 1024}]).to_csv(d / name, index=False)
     (d / "profile.json").write_text(json.dumps([{"cell": "dense:1:1", "top_kernels": [
         "2.000 ms x32 fused_norm_mm", "0.500 ms x32 decode_attn_kernel", "0.100 ms x1 head"]}]))
+    pd.DataFrame([{"batch": b, "pos": pos, "kernel": k, "tile": t, "us": us, "bound_us": 2.0, "over_bound": us / 2.0}
+                  for b, pos, k, t, us in [(1, 576, "ours_sweep", "32/32/8", 6.0), (1, 639, "ours_sweep", "32/32/8", 8.0),
+                                           (1, 576, "ours_sweep", "64/8/4", 5.0), (1, 639, "ours_sweep", "64/8/4", 5.0),
+                                           (1, 576, "ours", "64/8/4", 5.0), (1, 576, "inductor_sdpa", "", 10.0),
+                                           (4, 576, "ours", "64/8/4", 4.0), (4, 576, "inductor_sdpa", "", 3.0)]]
+                 ).to_csv(d / "attn.csv", index=False)
     monkeypatch.setattr(R, "RESULTS", tmp_path)
     R.table.cache_clear()
     yield "gpu"
@@ -57,3 +63,12 @@ def test_compiled_against_eager_per_dtype(run):
 def test_longest_kernels_keep_their_order_and_launches(run):
     assert RD.top_kernels(run, "dense:1:1", n=2) == "`fused_norm_mm` 2.000 ms ×32, `decode_attn_kernel` 0.500 ms ×32"
     assert RD.top_kernels(run, "teal:1:0.6") == "–"
+
+
+def test_attention_table_pairs_ours_with_sdpa_and_names_the_kept_tile(run):
+    table = RD.attn_table(run).splitlines()
+    assert len(table) == 4  # header, rule, batch 1 and batch 4 (sweep rows left out)
+    assert table[2].split("|")[1:-1] == [" 1 ", " 576 ", " 5.00 ", " 10.00 ", " 2.00 ", " 2.50× ", " 5.00× ", " 2.00 "]
+    assert table[3].split("|")[-2] == " 0.75 "
+    assert RD.attn_choice(run) == ("2 tiles `(BL, NSPLIT, warps)` swept at batch 1; kept `64/8/4` (worst time over "
+                                   "bound 2.50×; the sweep's range 2.50×–4.00×)")
