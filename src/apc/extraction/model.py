@@ -156,13 +156,14 @@ def ensure_converted(out: str | Path, convert: Callable[[Path], None]) -> Path:
 
 
 def check_gguf(path: str | Path, name_or_path: str) -> None:
-    """Parse the GGUF header and tensor table of ``path``; raise one clear ``ValueError`` if it is unreadable."""
-    from gguf import GGUFReader
+    """Parse the GGUF header and tensor table of ``path`` (:func:`apc.extraction.gguf_table.read_table`: every
+    tensor's bytes inside the file); raise one clear ``ValueError`` if it is unreadable."""
+    from apc.extraction.gguf_table import read_table
 
     path = Path(path)
     try:
-        GGUFReader(path)
-    except Exception as err:  # the reader raises struct, index, reshape and magic errors alike
+        read_table(path)
+    except Exception as err:  # a short or corrupt file: value, struct and OS errors alike
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(
             f"config keys 'model.name_or_path' ({name_or_path}) / 'model.gguf_file' ({path.name}): "
