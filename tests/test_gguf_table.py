@@ -39,7 +39,7 @@ def test_table_matches_the_gguf_reader(tmp_path, alignment):
     assert table.n_kv == len(ref.fields) - 3  # the reader also lists the header's three fields
 
 
-def test_every_truncation_and_a_bad_magic_raise(tmp_path):
+def test_truncations_and_a_bad_magic_raise(tmp_path):
     data = _write(tmp_path / "t.gguf").read_bytes()
     bad = tmp_path / "bad.gguf"
     table = read_table(tmp_path / "t.gguf")

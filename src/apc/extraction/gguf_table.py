@@ -15,13 +15,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
+from gguf.gguf_reader import GGUFReader
+
 __all__ = ["GGUFTable", "read_table"]
 
 MAGIC = b"GGUF"
-#: fixed sizes of the scalar value types (0 UINT8 .. 12 FLOAT64; 8 STRING and 9 ARRAY have their own layout)
-_FORMAT = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-_SCALAR = {t: struct.calcsize(f) for t, f in _FORMAT.items()}
-_STRING, _ARRAY = 8, 9
+#: the little-endian numpy type of each scalar value type (the gguf package's own table); strings and arrays
+#: have their own layout
+_SCALAR = {t: np.dtype(np_type).newbyteorder("<") for t, np_type in GGUFReader.gguf_scalar_to_np.items()}
 
 
 @dataclass(frozen=True)
@@ -62,19 +65,22 @@ class _Cursor:
 
     def value(self, vtype: int):
         if vtype in _SCALAR:
-            return self.take("<" + _FORMAT[vtype])
-        if vtype == _STRING:
+            dtype = _SCALAR[vtype]
+            start = self.pos
+            self.skip(dtype.itemsize)
+            return np.frombuffer(self.buf, dtype, 1, start)[0].item()
+        if vtype == GGUFValueType.STRING:
             return self.string()
-        if vtype == _ARRAY:
+        if vtype == GGUFValueType.ARRAY:
             itype, count = self.take("<IQ")
             if itype in _SCALAR:
-                self.skip(count * _SCALAR[itype])
-            elif itype == _STRING:
+                self.skip(count * _SCALAR[itype].itemsize)
+            elif itype == GGUFValueType.STRING:
                 for _ in range(count):
                     self.skip(self.take("<Q"))
-            elif itype == _ARRAY:
+            elif itype == GGUFValueType.ARRAY:
                 for _ in range(count):
-                    self.value(_ARRAY)
+                    self.value(GGUFValueType.ARRAY)
             else:
                 raise ValueError(f"unknown array item type {itype} at byte {self.pos}")
             return None
@@ -82,8 +88,6 @@ class _Cursor:
 
 
 def _tensor_bytes(shape, ggml_type: int) -> int:
-    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
     try:
         block, size = GGML_QUANT_SIZES[GGMLQuantizationType(ggml_type)]
     except (KeyError, ValueError):
